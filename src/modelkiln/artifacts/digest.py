@@ -1,0 +1,128 @@
+"""The one place that computes sha256 of files, and the stat cache that keeps us from doing it twice.
+
+Everything that needs a file's digest (the up-to-date check, manifests, verify, the runtime
+bootstrap, the store) calls `sha256_file` or `StatCache.digest`. `sha256_file` always reads the
+bytes; `StatCache.digest` trusts a previous result while the file's (device, inode, size, mtime_ns)
+are unchanged, so an untouched file is never read again and a touched-but-identical one is read
+once, not on every run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+CHUNK = 1 << 20  # 1 MiB: large enough that Python overhead is noise next to OpenSSL's sha256
+# A file modified this recently may be modified again within the same mtime tick without its stat
+# changing ("racy git"); such entries are hashed but not remembered.
+RACY_NS = 100_000_000
+
+Progress = Callable[[int], None]
+
+
+def sha256_file(path: str | os.PathLike[str], progress: Progress | None = None) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks into one reused buffer."""
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            if progress:
+                progress(n)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of bytes in memory (manifests, canonical JSON, params)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(value: object) -> bytes:
+    """The byte form we hash and write: sorted keys, no spaces, UTF-8, trailing newline."""
+    return (json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+
+
+def aggregate(entries: Iterable[tuple[str, str]]) -> str:
+    """Aggregate digest of (relative path, sha256) pairs: sha256 of `sha256  path` lines, sorted.
+
+    The same text `sha256sum` prints, so a user can recompute it with coreutils.
+    """
+    lines = "".join(f"{digest}  {path}\n" for path, digest in sorted(entries))
+    return sha256_bytes(lines.encode())
+
+
+def _stat_key(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+class StatCache:
+    """(device, inode, size, mtime_ns) -> sha256, persisted as one JSON file.
+
+    The cache is an optimisation only: losing it, or losing a concurrent writer's entries, costs a
+    re-hash, never a wrong answer about a file whose stat changed.
+    """
+
+    VERSION = 1
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._entries: dict[str, list] = {}
+        self._dirty = False
+        self.hashed: list[str] = []  # paths actually read this process: benchmarks and tests look
+        if path is not None:
+            self._entries = self._read(path)
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, list]:
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict) or data.get("version") != StatCache.VERSION:
+            return {}
+        entries = data.get("entries")
+        return entries if isinstance(entries, dict) else {}
+
+    def digest(self, path: str | os.PathLike[str], progress: Progress | None = None) -> str:
+        """sha256 of `path`, reading it only when its stat differs from the remembered one."""
+        key = os.path.abspath(path)
+        st = os.stat(key)
+        stat = _stat_key(st)
+        hit = self._entries.get(key)
+        if hit is not None and hit[:4] == stat:
+            return hit[4]
+        value = sha256_file(key, progress)
+        self.hashed.append(key)
+        if time.time_ns() - st.st_mtime_ns > RACY_NS and _stat_key(os.stat(key)) == stat:
+            self._entries[key] = [*stat, value]
+            self._dirty = True
+        return value
+
+    def peek(self, path: str | os.PathLike[str]) -> str | None:
+        """The remembered digest if the file's stat still matches, else None; never reads bytes."""
+        key = os.path.abspath(path)
+        try:
+            stat = _stat_key(os.stat(key))
+        except OSError:
+            return None
+        hit = self._entries.get(key)
+        return hit[4] if hit is not None and hit[:4] == stat else None
+
+    def save(self) -> None:
+        """Merge our entries into the file on disk and replace it atomically."""
+        if self.path is None or not self._dirty:
+            return
+        merged = self._read(self.path)
+        merged.update(self._entries)
+        # Drop entries for files that are gone so the cache does not grow without bound.
+        merged = {k: v for k, v in merged.items() if os.path.exists(k)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(canonical_json({"version": self.VERSION, "entries": merged}))
+        os.replace(tmp, self.path)
+        self._entries = merged
+        self._dirty = False

@@ -1,0 +1,142 @@
+"""One exception root, a few leaves, each mapped to one exit code.
+
+The CLI turns a `KilnError` into its message and `exit_code`; nothing below the CLI prints. Every
+leaf carries structured fields so tests (and callers) need not parse messages, and every message ends
+with what to do about it.
+
+Exit codes (the README repeats this table):
+
+    0   ok
+    1   build, publish or I/O failure            (BuildError, PublishError, StoreError, KilnError)
+    2   hash drift: bytes differ from the lock   (DriftError)
+    3   invalid spec or registry file            (SpecError)
+    4   capability mismatch                      (CapabilityError)
+    5   immutable version conflict               (ConflictError)
+    6   `kiln plan --check`: something would run (OutOfDate)
+    64  command-line usage error
+    130 interrupted
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class KilnError(Exception):
+    """Root of every error modelkiln raises on purpose. Exit code 1 unless a leaf says otherwise."""
+
+    exit_code = 1
+
+
+class BuildError(KilnError):
+    """A stage failed: bad model files, a failed load check, a failed parity gate."""
+
+
+class PublishError(KilnError):
+    """An upload, download or store write failed after its retries."""
+
+
+class StoreError(KilnError):
+    """The model store is missing, unreadable or in a state an operation cannot proceed from."""
+
+
+class OutOfDate(KilnError):
+    """`kiln plan --check` found tasks that would run."""
+
+    exit_code = 6
+
+
+class CapabilityError(KilnError):
+    """A registry entry lacks a capability or role that a caller required."""
+
+    exit_code = 4
+
+    def __init__(self, name: str, missing: list[str], have: list[str]):
+        self.name, self.missing, self.have = name, list(missing), list(have)
+        super().__init__(
+            f"{name}: missing capability {', '.join(missing)} (has: {', '.join(have) or 'none'}); "
+            f"pick an entry that has it (`kiln registry list --json`) or add it to the curated entry"
+        )
+
+
+class ConflictError(PublishError):
+    """A published version already exists with different bytes: versions are immutable."""
+
+    exit_code = 5
+
+    def __init__(self, location: str, existing: str, new: str):
+        self.location, self.existing, self.new = location, existing, new
+        super().__init__(
+            f"{location}: already published with sha256 {existing}, refusing to overwrite with "
+            f"{new}; bump the version in the spec, or pass --force to replace it on purpose"
+        )
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """One difference between what was locked and what is on disk now."""
+
+    path: str
+    kind: str  # "changed" | "missing" | "added"
+    expected: str | None = None
+    actual: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "changed":
+            return f"changed {self.path}: {self.expected} -> {self.actual}"
+        return f"{self.kind} {self.path}"
+
+
+class DriftError(KilnError):
+    """Bytes on disk no longer match the recorded hash."""
+
+    exit_code = 2
+
+    def __init__(self, name: str, changes: list[FileChange], expected: str | None = None,
+                 actual: str | None = None):
+        self.name, self.changes, self.expected, self.actual = name, list(changes), expected, actual
+        lines = [f"{name}: hash drift" + (f" (expected {expected}, got {actual})" if expected else "")]
+        lines += [f"  {c}" for c in self.changes]
+        lines.append("  if the change is intended: `kiln registry lock NAME --set-expected`; "
+                     "if not, restore the files from a trusted copy")
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One thing wrong with a spec, pinned to a place in a file.
+
+    Sorted by (file, line, col, key) so reports are stable.
+    """
+
+    file: str
+    line: int
+    col: int
+    key: str
+    message: str
+    hint: str = field(default="", compare=False)
+
+    def __str__(self) -> str:
+        text = f"{self.file}:{self.line}:{self.col}: {self.key or '<document>'}: {self.message}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+class SpecError(KilnError):
+    """One or more problems in spec (or registry) files. Carries every problem, sorted."""
+
+    exit_code = 3
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = sorted(set(problems))
+        count = len(self.problems)
+        head = f"{count} problem{'s' if count != 1 else ''} found:"
+        super().__init__("\n".join([head, *map(str, self.problems)]))
+
+
+def display_path(path: Path | str) -> str:
+    """A path as a user wants to read it: relative to the working directory when inside it."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
