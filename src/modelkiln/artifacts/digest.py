@@ -41,6 +41,24 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class HashingWriter:
+    """A binary writer that hashes what passes through it, so a file we produce is never re-read
+    just to learn its digest (the tarball)."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def hexdigest(self) -> str:
+        return self.hash.hexdigest()
+
+
 def canonical_json(value: object) -> bytes:
     """The byte form we hash and write: sorted keys, no spaces, UTF-8, trailing newline."""
     return (json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
@@ -55,18 +73,28 @@ def aggregate(entries: Iterable[tuple[str, str]]) -> str:
     return sha256_bytes(lines.encode())
 
 
-def _stat_key(st: os.stat_result) -> list[int]:
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+def _ident(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def _still_there(key: str, entry: list) -> bool:
+    try:
+        return _ident(os.stat(entry[3])) == key
+    except (OSError, IndexError, TypeError):
+        return False
 
 
 class StatCache:
     """(device, inode, size, mtime_ns) -> sha256, persisted as one JSON file.
 
+    Keyed by (device, inode), not by path, so a file hashed in a staging directory is still known
+    after it is renamed into place; the path is kept only to drop entries for deleted files.
+
     The cache is an optimisation only: losing it, or losing a concurrent writer's entries, costs a
     re-hash, never a wrong answer about a file whose stat changed.
     """
 
-    VERSION = 1
+    VERSION = 2
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -89,28 +117,39 @@ class StatCache:
 
     def digest(self, path: str | os.PathLike[str], progress: Progress | None = None) -> str:
         """sha256 of `path`, reading it only when its stat differs from the remembered one."""
-        key = os.path.abspath(path)
-        st = os.stat(key)
-        stat = _stat_key(st)
+        st = os.stat(path)
+        key = _ident(st)
         hit = self._entries.get(key)
-        if hit is not None and hit[:4] == stat:
-            return hit[4]
-        value = sha256_file(key, progress)
-        self.hashed.append(key)
-        if time.time_ns() - st.st_mtime_ns > RACY_NS and _stat_key(os.stat(key)) == stat:
-            self._entries[key] = [*stat, value]
+        if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            if hit[3] != os.path.abspath(path):  # renamed since: remember where it lives now
+                hit[3] = os.path.abspath(path)
+                self._dirty = True
+            return hit[2]
+        value = sha256_file(path, progress)
+        self.hashed.append(os.path.abspath(path))
+        after = os.stat(path)
+        if (time.time_ns() - after.st_mtime_ns > RACY_NS and after.st_mtime_ns == st.st_mtime_ns
+                and after.st_size == st.st_size):
+            self._entries[key] = [st.st_size, st.st_mtime_ns, value, os.path.abspath(path)]
             self._dirty = True
         return value
 
+    def remember(self, path: str | os.PathLike[str], digest: str) -> None:
+        """Record the digest of a file this process has just written and computed itself."""
+        st = os.stat(path)
+        self._entries[_ident(st)] = [st.st_size, st.st_mtime_ns, digest, os.path.abspath(path)]
+        self._dirty = True
+
     def peek(self, path: str | os.PathLike[str]) -> str | None:
         """The remembered digest if the file's stat still matches, else None; never reads bytes."""
-        key = os.path.abspath(path)
         try:
-            stat = _stat_key(os.stat(key))
+            st = os.stat(path)
         except OSError:
             return None
-        hit = self._entries.get(key)
-        return hit[4] if hit is not None and hit[:4] == stat else None
+        hit = self._entries.get(_ident(st))
+        if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            return hit[2]
+        return None
 
     def save(self) -> None:
         """Merge our entries into the file on disk and replace it atomically."""
@@ -119,7 +158,7 @@ class StatCache:
         merged = self._read(self.path)
         merged.update(self._entries)
         # Drop entries for files that are gone so the cache does not grow without bound.
-        merged = {k: v for k, v in merged.items() if os.path.exists(k)}
+        merged = {k: v for k, v in merged.items() if _still_there(k, v)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(canonical_json({"version": self.VERSION, "entries": merged}))

@@ -9,13 +9,14 @@ Memory stays at one 1 MiB buffer whatever the file sizes.
 """
 from __future__ import annotations
 
-import io
 import os
 import struct
 import tarfile
 import zlib
 from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
+
+from .digest import HashingWriter
 
 CHUNK = 1 << 20
 BLOCK = 512
@@ -79,33 +80,38 @@ def _header(name: str, size: int, is_dir: bool) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def member_list(root: Path, files: Sequence[str]) -> list[tuple[str, bool]]:
-    """Sorted (name, is_dir) entries: every file plus each parent directory once."""
-    entries: dict[str, bool] = {}
-    for rel in files:
+def member_list(members: Sequence[tuple[str, Path]]) -> list[tuple[str, Path | None]]:
+    """Sorted (name, source) entries: every file plus each parent directory (source None) once."""
+    entries: dict[str, Path | None] = {}
+    for rel, source in members:
         parts = rel.split("/")
         for i in range(1, len(parts)):
-            entries["/".join(parts[:i])] = True
-        entries[rel] = False
+            entries["/".join(parts[:i])] = None
+        entries[rel] = source
     return sorted(entries.items())
 
 
-def write_tarball(out: Path, root: Path, files: Sequence[str],
-                  progress: Callable[[int], None] | None = None) -> None:
-    """Write `files` (POSIX paths relative to `root`) into the gzip tarball `out`."""
+def write_tarball(out: Path, members: Sequence[tuple[str, Path]],
+                  progress: Callable[[int], None] | None = None) -> tuple[int, str]:
+    """Write (archive name, source file) pairs into the gzip tarball `out`, sorted by name.
+
+    Sources may live in different directories (each stage's output), so packaging never copies a
+    weight file into a staging tree first. Returns the tarball's size and sha256, computed from
+    the bytes as they are written.
+    """
     buf = bytearray(CHUNK)
     view = memoryview(buf)
-    with open(out, "wb") as raw:
-        stream = io.BufferedWriter(raw, CHUNK)
-        gz = _GzipMembers(stream)
+    with open(out, "wb", buffering=CHUNK) as raw:
+        hashing = HashingWriter(raw)
+        gz = _GzipMembers(hashing)
         total = 0
-        for name, is_dir in member_list(root, files):
-            path = root / name
-            size = 0 if is_dir else os.stat(path).st_size
-            gz.use_level(6 if is_dir else choose_level(path, size))
+        for name, path in member_list(members):
+            is_dir = path is None
+            size = 0 if path is None else os.stat(path).st_size
+            gz.use_level(6 if path is None else choose_level(path, size))
             gz.write(_header(name, size, is_dir))
             total += BLOCK
-            if is_dir:
+            if path is None:
                 continue
             with open(path, "rb", buffering=0) as f:
                 left = size
@@ -127,5 +133,6 @@ def write_tarball(out: Path, root: Path, files: Sequence[str],
         end += -(total + end) % RECORD
         gz.write(bytes(end))
         gz.finish()
-        stream.flush()
+        raw.flush()
         os.fsync(raw.fileno())
+    return hashing.size, hashing.hexdigest()

@@ -1,0 +1,105 @@
+"""One function per verb. Returns data, raises KilnError; never prints (cli.py does).
+
+Light by construction: validate and plan import PyYAML/jsonschema at most (and not even those on
+a spec-cache hit); doit and the heavy stage libraries are imported only by `build`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .errors import KilnError, SpecError
+from .model import Bundle, check_unique, project_root, to_bundle
+from .stages.base import Layout
+
+SPEC_SUFFIXES = (".yaml", ".yml")
+
+
+def discover(specs: Sequence[str | Path] = (), cwd: Path | None = None) -> list[Path]:
+    """Spec files named on the command line (files or directories); default `bundles/*.yaml`."""
+    cwd = cwd or Path.cwd()
+    targets = [Path(s) for s in specs] or [cwd / "bundles"]
+    found: list[Path] = []
+    for t in targets:
+        if t.is_dir():
+            found += sorted(p for p in t.iterdir() if p.suffix in SPEC_SUFFIXES and p.is_file())
+        elif t.exists():
+            found.append(t)
+        else:
+            raise KilnError(f"{t}: no such spec file or directory; name a bundles/*.yaml file")
+    if not found:
+        raise KilnError(f"no specs found under {', '.join(map(str, targets))}; add bundles/<name>.yaml")
+    return found
+
+
+def load_bundles(paths: Sequence[Path]) -> list[Bundle]:
+    """Load, schema-check and convert every spec; one SpecError listing every problem of every file."""
+    from .graph.state import stat_cache
+    from .spec import load_documents
+
+    layout = Layout(project_root(Path(paths[0])))
+    cache = stat_cache(layout.state)
+    docs = load_documents(list(paths), cache_dir=layout.state, stat_cache=cache)
+    problems, pairs = [], []
+    for doc in docs:
+        try:
+            pairs.append((doc, to_bundle(doc)))
+        except SpecError as exc:
+            problems += exc.problems
+    if problems:
+        raise SpecError(problems)
+    check_unique(pairs)
+    cache.save()
+    return [b for _, b in pairs]
+
+
+def validate(specs: Sequence[str | Path] = ()) -> list[Bundle]:
+    """`kiln validate`: every spec loads, matches the schema and passes the cross-field checks."""
+    return load_bundles(discover(specs))
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    task: str
+    run: bool
+    reasons: tuple[str, ...]
+
+
+def plan(specs: Sequence[str | Path] = (), skip: frozenset[str] = frozenset()) -> list[PlanRow]:
+    """`kiln plan`: every task, whether it would run and why. Runs nothing, imports no doit."""
+    from .graph.plans import plan_bundle
+    from .graph.state import stat_cache, status
+
+    rows: list[PlanRow] = []
+    for bundle in load_bundles(discover(specs)):
+        plans = plan_bundle(bundle, skip)
+        stamps = {p.task: p.stamp for p in plans}
+        cache = stat_cache(Layout(bundle.root).state)
+        pending: set[str] = set()
+        for p in plans:  # plans come in dependency order
+            st = status(p, bundle.root, cache, stamps, pending, explain=True)
+            if st.run:
+                pending.add(p.task)
+            rows.append(PlanRow(p.task, st.run, st.reasons))
+        cache.save()
+    return rows
+
+
+def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int = 1,
+          skip: frozenset[str] = frozenset()) -> int:
+    """`kiln build`: run the doit graph for the given tasks (default: build every bundle).
+
+    Returns doit's exit status (0 ok, non-zero when a task failed); doit reports progress itself.
+    """
+    from doit.cmd_base import ModuleTaskLoader
+    from doit.doit_cmd import DoitMain
+
+    from .graph.tasks import doit_namespace
+
+    bundles = load_bundles(discover(specs))
+    namespace = doit_namespace(bundles, bundles[0].root, skip)
+    args = ["run", *(tasks or [f"build:{b.name}" for b in bundles])]
+    if jobs > 1:
+        args += ["-n", str(jobs), "-P", "process"]
+    return DoitMain(ModuleTaskLoader(namespace)).run(args)

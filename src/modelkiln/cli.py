@@ -1,0 +1,104 @@
+"""`kiln`: argv -> api call -> exit code. The only module that prints for humans.
+
+Exit codes (errors.py holds the same table): 0 ok; 1 build, publish or I/O failure; 2 hash drift;
+3 invalid spec or registry file; 4 capability mismatch; 5 immutable version conflict;
+6 `plan --check` found work; 64 usage error; 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from . import __version__, api
+from .errors import KilnError
+
+USAGE_ERROR = 64
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error, which is our hash-drift code: use 64 (EX_USAGE)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"kiln: error: {message}\n")
+        raise SystemExit(USAGE_ERROR)
+
+
+def _skip(values: Sequence[str] | None) -> frozenset[str]:
+    return frozenset(s.strip() for v in values or () for s in v.split(",") if s.strip())
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    bundles = api.validate(args.specs)
+    for b in bundles:
+        print(f"ok  {b.spec_path.name}: {b.name} {b.version} ({', '.join(b.backends)})")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    rows = api.plan(args.specs, _skip(args.skip))
+    if args.json:
+        print(json.dumps([{"task": r.task, "run": r.run, "reasons": list(r.reasons)}
+                          for r in rows], indent=2))
+    else:
+        for r in rows:
+            if r.run:
+                print(f"run  {r.task}")
+                for reason in r.reasons:
+                    print(f"       {reason}")
+            else:
+                print(f"ok   {r.task}")
+        todo = sum(r.run for r in rows)
+        print(f"{todo} of {len(rows)} tasks would run")
+    if args.check and any(r.run for r in rows):
+        return 6
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    return 1 if api.build(args.specs, args.task or (), args.jobs, _skip(args.skip)) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="kiln", description="Build, publish and serve ML model bundles from YAML specs.")
+    p.add_argument("--version", action="version", version=f"modelkiln {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    v = sub.add_parser("validate", help="check specs against the schema and each other")
+    v.add_argument("specs", nargs="*", help="spec files or directories (default: bundles/)")
+    v.set_defaults(func=cmd_validate)
+
+    pl = sub.add_parser("plan", help="show what a build would run and why, without running it")
+    pl.add_argument("specs", nargs="*", help="spec files or directories (default: bundles/)")
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
+    pl.add_argument("--check", action="store_true", help="exit 6 when anything would run (CI)")
+    pl.add_argument("--skip", action="append", metavar="BACKEND", help="leave a backend out (onnx)")
+    pl.set_defaults(func=cmd_plan)
+
+    b = sub.add_parser("build", help="build bundles incrementally (the doit graph)")
+    b.add_argument("specs", nargs="*", help="spec files or directories (default: bundles/)")
+    b.add_argument("-t", "--task", action="append", help="run only these doit tasks")
+    b.add_argument("-j", "--jobs", type=int, default=1, help="parallel processes")
+    b.add_argument("--skip", action="append", metavar="BACKEND", help="leave a backend out (onnx)")
+    b.set_defaults(func=cmd_build)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KilnError as exc:
+        print(f"kiln: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("kiln: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

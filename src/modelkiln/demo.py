@@ -1,0 +1,166 @@
+"""Example inputs made by code: a seeded tiny BERT classifier, its tokenizer, labels, calibration data.
+
+Nothing is downloaded. `python -m modelkiln.demo [BUNDLES_DIR]` writes the inputs the example specs
+in `bundles/` point at; tests call the same functions with their own sizes and formats. The
+models are trained for a few seconds on synthetic text whose words imply labels, so thresholds
+and parity figures mean something, and identical seeds give identical files.
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+REGISTRY_LABELS = ("cpt_bronchoscopy", "cpt_ebus", "cpt_biopsy", "laterality_left",
+                   "laterality_right", "sedation_moderate", "sedation_general", "complication")
+TRIAGE_LABELS = ("urgent", "routine", "informational")
+FILLER = ("patient", "procedure", "performed", "noted", "airway", "normal", "without", "with",
+          "the", "was", "and", "of", "in", "to", "after", "before", "scope", "tissue", "sample",
+          "room", "team", "consent", "history", "review", "plan", "follow", "up", "clinic")
+
+
+def keywords(labels: tuple[str, ...]) -> dict[str, list[str]]:
+    """Three made-up words per label that imply it (plus the label's own parts)."""
+    return {lab: [f"{lab.split('_')[-1]}{i}" for i in range(3)] + lab.split("_") for lab in labels}
+
+
+def synthetic_rows(labels: tuple[str, ...], n: int, seed: int, multi: bool = True) -> list[dict]:
+    """Rows {"text", "labels"}: filler words plus the keywords of 1-3 (or exactly 1) labels."""
+    rng = random.Random(seed)
+    kw = keywords(labels)
+    rows = []
+    for _ in range(n):
+        chosen = sorted(rng.sample(labels, rng.randint(1, 3) if multi else 1))
+        words = [rng.choice(FILLER) for _ in range(rng.randint(6, 14))]
+        for lab in chosen:
+            words.insert(rng.randrange(len(words) + 1), rng.choice(kw[lab]))
+        if rng.random() < 0.1:  # a little label noise keeps the thresholds honest
+            words.append(rng.choice(kw[rng.choice(labels)]))
+        rows.append({"text": " ".join(words), "labels": chosen})
+    return rows
+
+
+def make_tokenizer(texts: list[str], out: Path):
+    """Build a WordPiece tokenizer from the corpus and save it as a fast tokenizer.
+
+    The vocabulary is derived deterministically (specials, characters, `##` continuations, then
+    every corpus word, sorted): the `tokenizers` trainer breaks frequency ties in hash order, which
+    would make two runs of this script differ.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = sorted({w for t in texts for w in t.lower().split()})
+    chars = sorted({c for w in words for c in w})
+    vocab_list = specials + chars + [f"##{c}" for c in chars] + [w for w in words if len(w) > 1]
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab_list)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls, sep = vocab_list.index("[CLS]"), vocab_list.index("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tok.decoder = decoders.WordPiece()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                   model_max_length=256)
+    fast.save_pretrained(str(out))
+    return fast
+
+
+def make_model(labels: tuple[str, ...], vocab_size: int, *, multi: bool = True, hidden: int = 64,
+               layers: int = 2, seed: int = 0):
+    """A seeded BertForSequenceClassification with the given head."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 32), intermediate_size=hidden * 4,
+        max_position_embeddings=256, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)},
+        problem_type="multi_label_classification" if multi else "single_label_classification")
+    return BertForSequenceClassification(config)
+
+
+def train(model, tokenizer, rows: list[dict], labels: tuple[str, ...], *, multi: bool,
+          steps: int = 60, seed: int = 0) -> None:
+    """A few seconds of AdamW so the head learns the keyword rules."""
+    import torch
+
+    torch.manual_seed(seed)
+    index = {lab: i for i, lab in enumerate(labels)}
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        batch = rows[(step * 32) % len(rows):][:32]
+        enc = tokenizer([r["text"] for r in batch], padding=True, return_tensors="pt")
+        if multi:
+            y = torch.zeros(len(batch), len(labels))
+            for i, r in enumerate(batch):
+                y[i, [index[lab] for lab in r["labels"]]] = 1.0
+        else:
+            y = torch.tensor([index[r["labels"][0]] for r in batch])
+        loss = model(**enc, labels=y).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+def make_checkpoint(out: Path, labels: tuple[str, ...], *, multi: bool = True, seed: int = 0,
+                    hidden: int = 64, layers: int = 2, weights: str = "safetensors",
+                    steps: int = 60, rows: int = 600) -> list[dict]:
+    """Write a trained tiny checkpoint (+ tokenizer) to `out`; returns held-out rows.
+
+    weights: "safetensors" | "sharded" (two safetensors shards + index) | "bin" (pytorch_model.bin).
+    """
+    import torch
+
+    torch.set_num_threads(1)  # same float summation order everywhere: same bytes from one seed
+    out.mkdir(parents=True, exist_ok=True)
+    data = synthetic_rows(labels, rows, seed, multi)
+    tok = make_tokenizer([r["text"] for r in data], out)
+    model = make_model(labels, len(tok), multi=multi, hidden=hidden, layers=layers, seed=seed)
+    if steps:
+        train(model, tok, data, labels, multi=multi, steps=steps, seed=seed)
+    if weights == "bin":
+        model.save_pretrained(str(out), safe_serialization=False)
+    elif weights == "sharded":
+        model.save_pretrained(str(out), safe_serialization=True, max_shard_size="100KB")
+    else:
+        model.save_pretrained(str(out), safe_serialization=True)
+    return synthetic_rows(labels, 200, seed + 1, multi)
+
+
+def write_label_files(directory: Path, labels: tuple[str, ...]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "label_order.json").write_text(json.dumps(list(labels), indent=2) + "\n")
+    fields = {lab: {"field": lab.split("_")[0], "value": "_".join(lab.split("_")[1:]) or lab}
+              for lab in labels}
+    (directory / "registry_label_fields.json").write_text(json.dumps(fields, indent=2) + "\n")
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def make_example_inputs(bundles: Path) -> None:
+    """Inputs of bundles/registry-v3.yaml (multi-label, f1-optimal, ONNX) and bundles/triage-v1.yaml
+    (single-label, fixed thresholds, pytorch_model.bin pickle, float16 cast)."""
+    reg = bundles / "registry-v3"
+    held_out = make_checkpoint(reg / "checkpoint", REGISTRY_LABELS, seed=3)
+    write_label_files(reg, REGISTRY_LABELS)
+    write_jsonl(reg / "calibration.jsonl", held_out)
+    tri = bundles / "triage-v1"
+    make_checkpoint(tri / "checkpoint", TRIAGE_LABELS, multi=False, seed=5, weights="bin")
+    write_label_files(tri, TRIAGE_LABELS)
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "bundles")
+    make_example_inputs(target)
+    print(f"example inputs written under {target}/")

@@ -1,0 +1,41 @@
+"""Run one task: snapshot inputs, run the stage into a fresh directory, swap it in, stamp it.
+
+Input digests are taken *before* the stage runs, so an input edited while the task runs is seen
+as changed on the next run. The old stamp is removed first and the new one written last.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..artifacts.atomic import staged_dir, sweep_leftovers, write_bytes
+from ..artifacts.digest import canonical_json
+from ..model.bundle import Bundle
+from ..stages.base import Layout, RunContext, StagePlan, module
+from .state import snapshot, stamp_for, stat_cache, walk_outputs
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def execute(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...]) -> dict:
+    """Build `plan`'s outputs; returns the stage's report (doit stores it as task values)."""
+    layout = Layout(bundle.root)
+    cache = stat_cache(layout.state)
+    stamps = {p.task: p.stamp for p in upstream}
+    inputs = snapshot(plan, bundle.root, cache, stamps)
+    plan.stamp.unlink(missing_ok=True)
+    sweep_leftovers(plan.out_dir.parent)
+    with staged_dir(plan.out_dir) as tmp:
+        ctx = RunContext(plan=plan, bundle=bundle, layout=layout, out=tmp,
+                         upstream={p.stage: p for p in upstream}, cache=cache, log=_log)
+        report = module(plan.stage).run(ctx)
+        outputs = {rel: cache.digest(tmp / rel) for rel in walk_outputs(tmp)}
+    write_bytes(plan.stamp, canonical_json(stamp_for(plan, inputs, outputs, report)))
+    cache.save()
+    return {"outputs": len(outputs)}
+
+
+def stamp_paths(plans: list[StagePlan]) -> dict[str, Path]:
+    return {p.task: p.stamp for p in plans}

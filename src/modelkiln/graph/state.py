@@ -1,0 +1,148 @@
+"""Stamps: the record of what each task last built from, and the up-to-date rule that reads them.
+
+A stamp is written after a task's outputs are swapped into place (the marker comes last) and
+removed before the task starts again, so a kill at any point leaves either no stamp (the task
+reruns) or a stamp that describes the outputs on disk. Because the record lives beside the
+artifacts, a killed `doit` run keeps every finished task done, whatever doit's own database saved.
+
+A task is up to date when its stamp exists and
+- its params digest (spec section + stage code version) is unchanged,
+- every input file's content digest is unchanged (read through the stat cache),
+- every upstream task's output aggregate is unchanged (early cutoff: an upstream rerun that
+  produced identical bytes does not ripple down), and
+- every output it recorded is still there with the recorded digest (a corrupt or truncated output
+  is rebuilt, not trusted).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from ..artifacts.digest import StatCache, aggregate
+from ..stages.base import StagePlan
+
+_CACHES: dict[Path, StatCache] = {}
+
+
+def stat_cache(state_dir: Path) -> StatCache:
+    """The process-wide stat cache of a project (one per `.kiln/` directory)."""
+    if state_dir not in _CACHES:
+        _CACHES[state_dir] = StatCache(state_dir / "hashcache.json")
+    return _CACHES[state_dir]
+
+
+def read_stamp(path: Path) -> dict | None:
+    """A stamp's content, or None when absent or unreadable (either way: rebuild)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def snapshot(plan: StagePlan, root: Path, cache: StatCache, stamps: dict[str, Path]) -> dict[str, str]:
+    """Current digests of everything the task reads: input files and upstream output aggregates."""
+    current = {_rel(p, root): cache.digest(p) for p in plan.inputs}
+    for task in plan.upstream:
+        stamp = read_stamp(stamps[task])
+        current[f"@{task}"] = stamp["outputs_aggregate"] if stamp else "missing"
+    return current
+
+
+def walk_outputs(directory: Path) -> list[str]:
+    """Every regular file under a task's output directory, as sorted POSIX relative paths."""
+    out = []
+    for dirpath, _dirs, files in os.walk(directory):
+        for name in files:
+            out.append(Path(dirpath, name).relative_to(directory).as_posix())
+    return sorted(out)
+
+
+def stamp_for(plan: StagePlan, inputs: dict[str, str], outputs: dict[str, str],
+              report: dict | None) -> dict:
+    return {
+        "task": plan.task,
+        "params_digest": plan.params_digest,
+        "params": json.loads(plan.params),
+        "inputs": inputs,
+        "outputs": outputs,
+        "outputs_aggregate": aggregate(outputs.items()),
+        "report": report or {},
+    }
+
+
+@dataclass(frozen=True)
+class Status:
+    run: bool
+    reasons: tuple[str, ...]
+
+
+def _short(digest: str | None) -> str:
+    return (digest or "none")[:12]
+
+
+def status(plan: StagePlan, root: Path, cache: StatCache, stamps: dict[str, Path],
+           pending: Iterable[str] = (), explain: bool = False) -> Status:
+    """Whether `plan` must run, and why. Stops at the first reason unless `explain`."""
+    reasons: list[str] = []
+
+    def why(text: str) -> bool:
+        reasons.append(text)
+        return not explain
+
+    stamp = read_stamp(plan.stamp)
+    if stamp is None:
+        why("never built (no stamp)")
+        return Status(True, tuple(reasons))
+    if stamp.get("params_digest") != plan.params_digest:
+        changed = _params_diff(stamp.get("params", {}), json.loads(plan.params))
+        if why(f"spec changed: {changed} ({_short(stamp.get('params_digest'))} -> "
+               f"{_short(plan.params_digest)})"):
+            return Status(True, tuple(reasons))
+    recorded = stamp.get("inputs", {})
+    pending = set(pending)
+    for task in plan.upstream:
+        if task in pending and why(f"upstream {task} will run"):
+            return Status(True, tuple(reasons))
+    for p in plan.inputs:
+        key = _rel(p, root)
+        try:
+            now = cache.digest(p)
+        except OSError:
+            now = "missing"
+        if recorded.get(key) != now and why(f"input {key} changed "
+                                            f"({_short(recorded.get(key))} -> {_short(now)})"):
+            return Status(True, tuple(reasons))
+    for task in plan.upstream:
+        if task in pending:
+            continue
+        up = read_stamp(stamps[task])
+        now = up["outputs_aggregate"] if up else "missing"
+        old = recorded.get(f"@{task}")
+        if old != now and why(f"upstream {task} outputs changed ({_short(old)} -> {_short(now)})"):
+            return Status(True, tuple(reasons))
+    for rel, digest in stamp.get("outputs", {}).items():
+        path = plan.out_dir / rel
+        try:
+            now = cache.digest(path)
+        except OSError:
+            now = "missing"
+        if now != digest and why(f"output {_rel(path, root)} is "
+                                 f"{'missing' if now == 'missing' else 'corrupt'}"):
+            return Status(True, tuple(reasons))
+    return Status(bool(reasons), tuple(reasons))
+
+
+def _params_diff(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(keys) if keys else "params"

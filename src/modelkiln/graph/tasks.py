@@ -1,0 +1,116 @@
+"""StagePlans -> doit task generators. The only module that imports doit.
+
+One doit task per (stage, bundle), `build:<name>` as the group of every enabled backend's
+package. doit is told nothing about file contents: each task's `uptodate` is a `Fresh` check
+that reads the task's stamp (graph.state), so content digests, params digests and output
+verification all follow one rule, and `kiln plan` can explain it without doit.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import KilnError
+from ..model.bundle import Bundle
+from ..stages.base import Layout, StagePlan
+from .execute import execute
+from .plans import STAGES, plan_bundle, upstream_of
+from .state import stat_cache, status
+
+STAGE_DOCS = {
+    "weights": "convert checkpoints to safetensors and check they load",
+    "tokenizer": "copy tokenizers and check they load as fast tokenizers",
+    "labels": "write label order and registry label fields, checked against the model head",
+    "thresholds": "choose per-label decision thresholds (fixed or calibrated)",
+    "onnx": "export to ONNX (fp32) with dynamic batch and sequence axes",
+    "int8": "quantize the ONNX model to int8 with onnxruntime",
+    "parity": "parity gates: fp32 ONNX vs PyTorch logits, int8 decision flips",
+    "smoke": "load the ONNX bundle as a consumer would and run a sample",
+    "package": "pack bundle.tar.gz and manifest.json per backend",
+    "publish": "publish built bundles to S3 / file:// and the model store",
+    "build": "build every enabled backend's bundle",
+}
+
+
+class Fresh:
+    """doit `uptodate` callable: True when the task's stamp says nothing changed."""
+
+    def __init__(self, plan: StagePlan, root: Path, stamps: dict[str, Path]):
+        self.plan, self.root, self.stamps = plan, root, stamps
+
+    def __call__(self) -> bool:
+        cache = stat_cache(Layout(self.root).state)
+        fresh = not status(self.plan, self.root, cache, self.stamps).run
+        cache.save()
+        return fresh
+
+
+def _action(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...]) -> Any:
+    """doit python-action: run the stage; a KilnError becomes a readable TaskFailed."""
+    from doit.exceptions import TaskFailed
+
+    try:
+        return execute(plan, bundle, upstream)
+    except KilnError as exc:
+        return TaskFailed(f"{plan.task}: {exc}")
+
+
+def task_dicts(bundles: list[Bundle], skip: frozenset[str] = frozenset()
+               ) -> dict[str, list[dict]]:
+    """basename -> doit task dicts (one per bundle, or per bundle and backend)."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for bundle in bundles:
+        plans = plan_bundle(bundle, skip)
+        stamps = {p.task: p.stamp for p in plans}
+        for p in plans:
+            basename, name = p.task.split(":", 1)
+            groups[basename].append({
+                "name": name, "doc": p.doc,
+                "actions": [(_action, (p, bundle, upstream_of(p, plans)))],
+                "task_dep": list(p.upstream),
+                "uptodate": [Fresh(p, bundle.root, stamps)],
+                "targets": [str(p.stamp)],
+                "verbosity": 2,
+            })
+        groups["build"].append({
+            "name": bundle.name, "doc": f"build every enabled backend of {bundle.name}",
+            "actions": None,
+            "task_dep": [p.task for p in plans if p.stage == "package"],
+        })
+    return groups
+
+
+def _generator(basename: str, dicts: list[dict]) -> Callable:
+    def gen():
+        yield {"name": None, "doc": STAGE_DOCS.get(basename, basename)}
+        yield from dicts
+    gen.__name__ = f"task_{basename}"
+    gen.__doc__ = STAGE_DOCS.get(basename, basename)
+    return gen
+
+
+def doit_namespace(bundles: list[Bundle], root: Path, skip: frozenset[str] = frozenset()
+                   ) -> dict[str, Any]:
+    """What dodo.py exposes: DOIT_CONFIG plus one `task_<stage>` generator per stage."""
+    state = Layout(root).state
+    state.mkdir(parents=True, exist_ok=True)
+    namespace: dict[str, Any] = {"DOIT_CONFIG": {
+        "backend": "sqlite3", "dep_file": str(state / "doit.sqlite3"),
+        "default_tasks": ["build"], "verbosity": 2,
+    }}
+    groups = task_dicts(bundles, skip)
+    for basename in (*STAGES, "publish", "build"):
+        if basename in groups:
+            namespace[f"task_{basename}"] = _generator(basename, groups[basename])
+    return namespace
+
+
+def skipped_backends(argv: list[str] | None = None) -> frozenset[str]:
+    """Backends skipped for this run: `doit ... skip=onnx` or KILN_SKIP=onnx (comma-separated)."""
+    argv = sys.argv if argv is None else argv
+    values = [a.split("=", 1)[1] for a in argv if a.startswith("skip=")]
+    values.append(os.environ.get("KILN_SKIP", ""))
+    return frozenset(s.strip() for v in values for s in v.split(",") if s.strip())

@@ -1,0 +1,116 @@
+"""Frozen, typed form of a validated spec. Nothing past this boundary sees a dict.
+
+Paths are absolute (resolved against the spec file's directory). `sections` keeps each top-level
+spec section as canonical JSON so a stage can digest exactly the part of the spec it depends on.
+Everything here is picklable so `doit -P process` can ship it to worker processes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+BACKENDS = ("pytorch", "onnx", "tensorrt")
+
+
+@dataclass(frozen=True)
+class Source:
+    checkpoint: Path
+    task: str  # multi-label-classification | single-label-classification
+    tokenizer: Path
+    dtype: str | None  # None keeps the stored dtype
+
+
+@dataclass(frozen=True)
+class Labels:
+    order: Path
+    fields: Path
+    names: tuple[str, ...]  # read from `order` during validation
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    strategy: str  # fixed | f1-optimal
+    default: float
+    values: tuple[tuple[str, float], ...]
+    calibration: Path | None
+    min_support: int
+    max_length: int
+
+
+@dataclass(frozen=True)
+class Quantize:
+    mode: str  # dynamic | static
+    weight_type: str  # int8 | uint8
+    per_channel: bool
+    reduce_range: bool
+    op_types: tuple[str, ...] | None
+    calibration: Path | None
+
+
+@dataclass(frozen=True)
+class Parity:
+    atol: float
+    max_decision_flip_rate: float
+    samples: int | None
+
+
+@dataclass(frozen=True)
+class Onnx:
+    opset: int
+    quantize: Quantize
+    parity: Parity
+
+
+@dataclass(frozen=True)
+class TensorRT:
+    precision: str
+    when: str  # gpu-available | always | never
+    workspace_mb: int | None
+    shapes: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class StoreTarget:
+    root: str  # may hold ${MODEL_STORE_ROOT}; expanded at publish time, not at load time
+    agent: str  # may hold {backend}
+
+
+@dataclass(frozen=True)
+class Publish:
+    s3: str | None
+    store: StoreTarget | None
+
+
+@dataclass(frozen=True)
+class RegistryInfo:
+    roles: tuple[str, ...]
+    capabilities: tuple[str, ...]
+    served_id: str | None
+
+
+@dataclass(frozen=True)
+class Bundle:
+    name: str
+    version: str  # may hold {git_commit}; see model.version.resolve
+    description: str
+    spec_path: Path
+    root: Path  # the project root: paths may not escape it; build/ and dist/ live here
+    source: Source
+    labels: Labels
+    thresholds: Thresholds
+    pytorch: bool
+    onnx: Onnx | None
+    tensorrt: TensorRT | None
+    publish: Publish
+    registry: RegistryInfo
+    metadata: tuple[tuple[str, str | int | float | bool], ...]
+    sections: tuple[tuple[str, str], ...]  # top-level section -> canonical JSON
+
+    def section(self, key: str) -> str:
+        """Canonical JSON of one top-level spec section ('null' when absent)."""
+        return dict(self.sections).get(key, "null")
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """Enabled backends that produce a bundle, in a fixed order."""
+        return tuple(b for b, on in (("pytorch", self.pytorch), ("onnx", self.onnx is not None)) if on)

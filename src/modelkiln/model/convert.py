@@ -1,0 +1,223 @@
+"""Validated plain data -> `Bundle`, with the checks the schema cannot express.
+
+The schema owns shape; this module owns meaning: paths exist and stay inside the project, the label
+files agree with each other and with the model's head, backends that need one another are enabled
+together. Every problem is collected (never the first only) and reported with its file:line:col.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import Problem, SpecError
+from . import bundle as m
+
+PROJECT_MARKERS = ("dodo.py", "pyproject.toml", ".git")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+class Document(Protocol):
+    """What this module needs from a loaded spec (modelkiln.spec.SpecDocument provides it)."""
+
+    path: Path
+    data: Any
+
+    def problem(self, key_path: tuple, message: str, hint: str = "") -> Problem: ...
+
+
+def project_root(spec_path: Path) -> Path:
+    """The nearest ancestor of the spec holding dodo.py, pyproject.toml or .git."""
+    start = spec_path.resolve().parent
+    for d in (start, *start.parents):
+        if any((d / marker).exists() for marker in PROJECT_MARKERS):
+            return d
+    return start
+
+
+class _Checker:
+    def __init__(self, doc: Document, root: Path):
+        self.doc, self.root, self.base = doc, root, doc.path.resolve().parent
+        self.problems: list[Problem] = []
+
+    def fail(self, key: tuple, message: str, hint: str = "") -> None:
+        self.problems.append(self.doc.problem(key, message, hint))
+
+    def path(self, key: tuple, value: str | None, kind: str) -> Path | None:
+        """Resolve a spec path; it must exist, be a `kind` ('file'|'dir') and stay in the project."""
+        if value is None:
+            return None
+        p = (self.base / value).resolve()
+        try:
+            p.relative_to(self.root)
+        except ValueError:
+            self.fail(key, f"path '{value}' escapes the project root {self.root}",
+                      "keep model inputs inside the repository; use a path relative to the spec")
+            return p
+        if not p.exists():
+            self.fail(key, f"'{value}' does not exist", f"create it, or fix the path (relative to "
+                      f"{self.base.name}/); example inputs come from `python -m modelkiln.demo`")
+        elif kind == "dir" and not p.is_dir():
+            self.fail(key, f"'{value}' is not a directory", "point at the checkpoint directory")
+        elif kind == "file" and not p.is_file():
+            self.fail(key, f"'{value}' is not a file", "point at a file")
+        return p
+
+    def json_file(self, key: tuple, path: Path | None) -> Any:
+        if path is None or not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            self.fail(key, f"'{path.name}' is not valid JSON ({exc})", "fix the file's syntax")
+            return None
+
+
+def _labels(c: _Checker, data: dict, checkpoint: Path | None) -> m.Labels:
+    lab = data["labels"]
+    order_p = c.path(("labels", "order"), lab["order"], "file")
+    fields_p = c.path(("labels", "fields"), lab["fields"], "file")
+    order = c.json_file(("labels", "order"), order_p)
+    names: tuple[str, ...] = ()
+    if order is not None:
+        if not (isinstance(order, list) and order and all(isinstance(x, str) for x in order)):
+            c.fail(("labels", "order"), "label order must be a non-empty JSON array of strings",
+                   'e.g. ["cpt_code", "laterality"]')
+        elif len(set(order)) != len(order):
+            dups = sorted({x for x in order if order.count(x) > 1})
+            c.fail(("labels", "order"), f"duplicate labels {dups}", "each label once")
+        else:
+            names = tuple(order)
+    fields = c.json_file(("labels", "fields"), fields_p)
+    if fields is not None and names:
+        if not isinstance(fields, dict):
+            c.fail(("labels", "fields"), "label fields must be a JSON object keyed by label",
+                   '{"label": {...}, ...}')
+        elif set(fields) != set(names):
+            extra, missing = sorted(set(fields) - set(names)), sorted(set(names) - set(fields))
+            c.fail(("labels", "fields"), f"labels differ from labels.order (extra: {extra}, "
+                   f"missing: {missing})", "one entry per label in label_order")
+    config = c.json_file(("source", "checkpoint"), checkpoint / "config.json") if checkpoint else None
+    if config is not None and names:
+        id2label = config.get("id2label") or {}
+        head = [id2label.get(str(i)) for i in range(len(id2label))]
+        if len(head) != len(names):
+            c.fail(("labels", "order"), f"{len(names)} labels, but the model's head has "
+                   f"{len(head)} outputs", "labels.order must list every output of the model")
+        elif head != list(names):
+            c.fail(("labels", "order"), f"labels do not match the model's id2label {head}",
+                   "list labels in the model's output order (config.json id2label)")
+    return m.Labels(order_p or Path(), fields_p or Path(), names)
+
+
+def _source(c: _Checker, data: dict) -> m.Source:
+    src = data["source"]
+    ckpt = c.path(("source", "checkpoint"), src["checkpoint"], "dir")
+    if ckpt is not None and ckpt.is_dir():
+        if not (ckpt / "config.json").is_file():
+            c.fail(("source", "checkpoint"), "checkpoint has no config.json",
+                   "point at a Hugging Face style checkpoint directory (save_pretrained output)")
+        if not any((ckpt / f).is_file() for f in WEIGHT_FILES):
+            c.fail(("source", "checkpoint"), "checkpoint has no weights (model.safetensors, "
+                   "sharded safetensors or pytorch_model.bin)", "save the model with save_pretrained")
+    tok = c.path(("source", "tokenizer"), src.get("tokenizer"), "dir") if "tokenizer" in src else ckpt
+    return m.Source(ckpt or Path(), src["task"], tok or Path(), src.get("dtype"))
+
+
+def _thresholds(c: _Checker, data: dict, names: tuple[str, ...]) -> m.Thresholds:
+    t = data["thresholds"]
+    values = t.get("values", {})
+    for label in sorted(set(values) - set(names)) if names else ():
+        c.fail(("thresholds", "values", label), f"unknown label '{label}'",
+               f"labels are: {', '.join(names)}")
+    cal = c.path(("thresholds", "calibration"), t.get("calibration"), "file")
+    return m.Thresholds(t["strategy"], float(t["default"]),
+                        tuple(sorted((k, float(v)) for k, v in values.items())), cal,
+                        int(t.get("min_support", 1)), int(t.get("max_length", 128)))
+
+
+def _onnx(c: _Checker, data: dict, default_cal: Path | None) -> m.Onnx | None:
+    o = data["backends"].get("onnx")
+    if o is None or not o.get("enabled", True):
+        return None
+    q, p = o.get("quantize", {}), o.get("parity", {})
+    qcal = c.path(("backends", "onnx", "quantize", "calibration"), q.get("calibration"), "file")
+    if q.get("mode") == "static" and qcal is None and default_cal is None:
+        c.fail(("backends", "onnx", "quantize", "mode"), "static quantization needs calibration data",
+               "set quantize.calibration or thresholds.calibration")
+    if default_cal is None:
+        c.fail(("backends", "onnx", "parity"), "parity gates need calibration inputs",
+               "set thresholds.calibration (JSONL of text + labels)")
+    quant = m.Quantize(q.get("mode", "dynamic"), q.get("weight_type", "int8"),
+                       bool(q.get("per_channel", True)), bool(q.get("reduce_range", False)),
+                       tuple(q["op_types"]) if "op_types" in q else None, qcal or default_cal)
+    parity = m.Parity(float(p.get("atol", 1e-4)), float(p.get("max_decision_flip_rate", 0.01)),
+                      p.get("samples"))
+    return m.Onnx(int(o.get("opset", 17)), quant, parity)
+
+
+def _tensorrt(c: _Checker, data: dict, onnx: m.Onnx | None) -> m.TensorRT | None:
+    t = data["backends"].get("tensorrt")
+    if t is None or not t.get("enabled", True) or t.get("when") == "never":
+        return None
+    if onnx is None:
+        c.fail(("backends", "tensorrt"), "TensorRT engines are built from the ONNX model",
+               "enable backends.onnx, or disable backends.tensorrt")
+    return m.TensorRT(t.get("precision", "fp16"), t.get("when", "gpu-available"),
+                      t.get("workspace_mb"), tuple(sorted(t.get("shapes", {}).items())))
+
+
+def _publish(c: _Checker, data: dict, backends: int) -> m.Publish:
+    pub = data.get("publish", {})
+    store = pub.get("store")
+    target = m.StoreTarget(store["root"], store["agent"]) if store else None
+    if target and backends > 1 and "{backend}" not in target.agent:
+        c.fail(("publish", "store", "agent"), f"{backends} backends would share the store agent "
+               f"'{target.agent}'", f"use agent: \"{target.agent}-{{backend}}\"")
+    return m.Publish(pub.get("s3"), target)
+
+
+def to_bundle(doc: Document) -> m.Bundle:
+    """Build a Bundle from a schema-valid document; raise SpecError listing every problem."""
+    data = doc.data
+    root = project_root(doc.path)
+    c = _Checker(doc, root)
+    source = _source(c, data)
+    labels = _labels(c, data, source.checkpoint if source.checkpoint != Path() else None)
+    thresholds = _thresholds(c, data, labels.names)
+    pytorch = bool(data["backends"].get("pytorch", {}).get("enabled", True)) \
+        if "pytorch" in data["backends"] else False
+    onnx = _onnx(c, data, thresholds.calibration)
+    tensorrt = _tensorrt(c, data, onnx)
+    if not pytorch and onnx is None:
+        c.fail(("backends",), "no backend is enabled", "enable backends.pytorch or backends.onnx")
+    publish = _publish(c, data, int(pytorch) + int(onnx is not None))
+    reg = data.get("registry", {})
+    if c.problems:
+        raise SpecError(c.problems)
+    return m.Bundle(
+        name=data["name"], version=data["version"], description=data.get("description", ""),
+        spec_path=doc.path.resolve(), root=root, source=source, labels=labels,
+        thresholds=thresholds, pytorch=pytorch, onnx=onnx, tensorrt=tensorrt, publish=publish,
+        registry=m.RegistryInfo(tuple(reg.get("roles", ())), tuple(reg.get("capabilities", ())),
+                                reg.get("served_id")),
+        metadata=tuple(sorted(data.get("metadata", {}).items())),
+        sections=tuple(sorted((k, json.dumps(v, sort_keys=True, separators=(",", ":")))
+                              for k, v in data.items())),
+    )
+
+
+def check_unique(bundles: list[tuple[Document, m.Bundle]]) -> None:
+    """Two specs may not claim one bundle name: their tasks and dist paths would collide."""
+    seen: dict[str, Document] = {}
+    problems = []
+    for doc, b in bundles:
+        if b.name in seen:
+            first = seen[b.name].path
+            problems.append(doc.problem(("name",), f"bundle name '{b.name}' is also used by {first}",
+                                        "give each spec its own name"))
+        else:
+            seen[b.name] = doc
+    if problems:
+        raise SpecError(problems)

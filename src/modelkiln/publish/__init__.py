@@ -1,0 +1,63 @@
+"""Publishing built bundles: content first, one small commit point (the manifest) last.
+
+`publish_bundle` sends `dist/<name>/<version>/<backend>/{bundle.tar.gz, manifest.json}` to an
+s3:// prefix or a local directory (file:// or a plain path) with the same guarantees everywhere:
+the manifest is written only after the tarball is complete, a published version is immutable
+(different bytes raise ConflictError unless force=True), and publishing the same bytes again
+writes nothing. Publishers import boto3 only when an s3:// destination is used.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable
+
+from ..artifacts.digest import StatCache
+from ..errors import KilnError
+from .bundle import DistBundle, PublishResult
+
+__all__ = ["DistBundle", "PublishResult", "publish_bundle", "render_destination"]
+
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def render_destination(template: str, *, name: str, version: str, backend: str) -> str:
+    """Fill {name}, {version} and {backend} in a destination template; end it with '/'.
+
+    Unknown placeholders are an error rather than left in place, so a typo cannot publish to a
+    literal `{verison}` prefix.
+    """
+    values = {"name": name, "version": version, "backend": backend}
+
+    def fill(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key not in values:
+            raise KilnError(f"{template}: unknown placeholder {{{key}}} in the publish "
+                            "destination; use {name}, {version} or {backend}")
+        return values[key]
+
+    rendered = _PLACEHOLDER.sub(fill, template)
+    return rendered if rendered.endswith("/") else rendered + "/"
+
+
+def publish_bundle(dist_dir: Path, destination: str, *, force: bool = False,
+                   progress: Callable[[int], None] | None = None,
+                   cache: StatCache | None = None) -> PublishResult:
+    """Publish one built backend bundle to `destination` (s3://bucket/prefix/, file:// or a path).
+
+    `progress` receives byte counts as content is written (it may receive a negative count when
+    a part is retried). `cache` lets an unchanged tarball skip re-hashing. Raises ConflictError
+    (exit 5) for different bytes under a published version, PublishError for transfer failures.
+    """
+    from ..runtime.fetch import scheme_of
+
+    scheme = scheme_of(destination)
+    bundle = DistBundle.load(Path(dist_dir), cache)
+    if scheme == "s3":
+        from . import s3
+        return s3.publish(bundle, destination, force=force, progress=progress)
+    if scheme == "file":
+        from . import local
+        return local.publish(bundle, destination, force=force, progress=progress)
+    raise KilnError(f"{destination}: unsupported publish destination; use s3://bucket/prefix/, "
+                    "file:///absolute/path/ or a directory path")

@@ -1,0 +1,94 @@
+"""What every publisher starts from (a checked dist directory) and what it reports.
+
+A publisher must never send bytes it has not checked: `DistBundle.load` re-derives the tarball's
+sha256 (through the stat cache when the build left one, so an untouched tarball is not re-read)
+and refuses a dist directory whose tarball and published manifest disagree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..artifacts import manifest as mf
+from ..artifacts.digest import StatCache, sha256_file
+from ..errors import KilnError, PublishError
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class DistBundle:
+    """A built `dist/<name>/<version>/<backend>/` directory whose tarball matches its manifest."""
+
+    directory: Path
+    archive: Path
+    manifest_bytes: bytes
+    name: str
+    version: str
+    backend: str
+    size: int
+    sha256: str
+
+    @classmethod
+    def load(cls, dist_dir: Path, cache: StatCache | None = None) -> "DistBundle":
+        """Read and check `dist_dir`; PublishError says to rebuild when anything is off."""
+        dist_dir = Path(dist_dir)
+        archive, manifest_path = dist_dir / mf.ARCHIVE, dist_dir / mf.MANIFEST
+        if not archive.is_file() or not manifest_path.is_file():
+            raise PublishError(f"{dist_dir}: no {mf.ARCHIVE} + {mf.MANIFEST} here; build the "
+                               "bundle first (`kiln build`)")
+        raw = manifest_path.read_bytes()
+        manifest = mf.loads(raw, str(manifest_path))
+        entry = manifest.get("archive")
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise PublishError(f"{manifest_path}: no 'archive' entry; this is not a published "
+                               "manifest, rebuild the bundle (`kiln build`)")
+        size = archive.stat().st_size
+        digest = cache.digest(archive) if cache is not None else sha256_file(archive)
+        if size != entry.get("size") or digest != entry["sha256"]:
+            raise PublishError(f"{archive}: size {size} / sha256 {digest} differ from "
+                               f"{manifest_path} ({entry.get('size')} / {entry['sha256']}); "
+                               "the dist directory is damaged, rebuild it (`kiln build`)")
+        for key in ("name", "version", "backend"):
+            if not isinstance(manifest.get(key), str) or not manifest[key]:
+                raise KilnError(f"{manifest_path}: missing {key!r}; rebuild the bundle")
+        return cls(directory=dist_dir, archive=archive, manifest_bytes=raw,
+                   name=manifest["name"], version=manifest["version"],
+                   backend=manifest["backend"], size=size, sha256=digest)
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What one publish did. `unchanged`: the same bytes were already there, nothing was written.
+
+    `uploaded` names the objects written this run, in order (tarball before manifest);
+    `skipped` those already present with the right sha256 (a re-run after an interruption);
+    `forced` is True when force=True replaced a different published version, whose archive
+    sha256 is `replaced`.
+    """
+
+    destination: str
+    archive_uri: str
+    manifest_uri: str
+    name: str
+    version: str
+    backend: str
+    archive_sha256: str
+    uploaded: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
+    bytes_uploaded: int = 0
+    unchanged: bool = False
+    forced: bool = False
+    replaced: str | None = None
+
+
+def existing_archive_sha(raw: bytes, origin: str) -> str:
+    """The archive sha256 recorded in an already-published manifest ('<unreadable>' if none)."""
+    try:
+        entry = mf.loads(raw, origin).get("archive")
+    except KilnError:
+        return "<unreadable>"
+    if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    return "<unreadable>"

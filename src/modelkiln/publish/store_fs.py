@@ -1,0 +1,185 @@
+"""Filesystem primitives for the model store: the writer lock, tree scans, hashing, durability.
+
+Kept apart from `store.py` so the store reads as its protocol (stage, seal, rename, swap) and this
+module as the mechanics. Hashing goes through `sha256_file` (the one file-hashing function); we
+only spread files over a few threads, which helps because hashlib and file reads release the GIL.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from ..artifacts.atomic import fsync_dir
+from ..artifacts.digest import sha256_file
+from ..errors import FileChange, StoreError
+
+StatKey = tuple[int, int, int, int]
+Digests = dict[str, tuple[int, str]]  # relpath -> (size, sha256)
+DELETING_SUFFIX = ".deleting"
+
+
+def stat_key(st: os.stat_result) -> StatKey:
+    """(device, inode, size, mtime_ns): unchanged key means unchanged bytes for our own staging."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class AgentLock:
+    """An exclusive `fcntl.flock` on `<agent>/.lock`, re-entrant within one holder.
+
+    flock is released by the kernel when the holder dies, so a SIGKILLed writer never leaves the
+    store locked. Re-entrancy lets one `ModelStore` stage two versions of an agent without
+    deadlocking on its own lock (flock conflicts even between two fds of one process).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+        self._depth = 0
+
+    def acquire(self) -> None:
+        if self._depth == 0:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o664)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+        self._depth += 1
+
+    def release(self) -> None:
+        if self._depth == 0:
+            return
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            os.close(self._fd)  # closing the last fd drops the flock
+            self._fd = None
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+
+@dataclass
+class Tree:
+    """A scan of a directory: regular files by relative path, and everything that is not one."""
+
+    files: dict[str, os.stat_result] = field(default_factory=dict)
+    odd: dict[str, str] = field(default_factory=dict)  # relpath -> "symlink" | "special file"
+
+
+def scan(root: Path, exclude: frozenset[str] = frozenset()) -> Tree:
+    """Walk `root` without following symlinks; `exclude` names top-level entries to skip.
+
+    A symlink is never followed and never hashed: it is reported in `odd` so a file replaced by a
+    link to an identical copy still shows up as drift.
+    """
+    tree = Tree()
+    stack = [("", root)]
+    while stack:
+        prefix, directory = stack.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                rel = prefix + entry.name
+                if not prefix and entry.name in exclude:
+                    continue
+                if entry.is_symlink():
+                    tree.odd[rel] = "symlink"
+                elif entry.is_dir(follow_symlinks=False):
+                    stack.append((rel + "/", Path(entry.path)))
+                elif entry.is_file(follow_symlinks=False):
+                    tree.files[rel] = entry.stat(follow_symlinks=False)
+                else:
+                    tree.odd[rel] = "special file"
+    return tree
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def hash_tree(root: Path, tree: Tree, *, known: Mapping[str, tuple[StatKey, str]] | None = None,
+              fsync: bool = False, workers: int | None = None) -> Digests:
+    """sha256 (and size) of every regular file in `tree`, largest first over a few threads.
+
+    `known` digests are reused only while a file's stat key is unchanged (the caller hashed it
+    moments ago in its own private staging); everything else is read. With `fsync`, each file is
+    also flushed to disk, in the same worker, so flushing one file overlaps hashing another.
+    """
+    known = known or {}
+
+    def one(rel: str) -> tuple[str, tuple[int, str]]:
+        path = root / rel
+        st = tree.files[rel]
+        hit = known.get(rel)
+        digest = hit[1] if hit is not None and hit[0] == stat_key(st) else sha256_file(path)
+        if fsync:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return rel, (st.st_size, digest)
+
+    order = sorted(tree.files, key=lambda r: -tree.files[r].st_size)
+    n = min(workers or default_workers(), max(1, len(order)))
+    if n == 1:
+        return dict(map(one, order))
+    with ThreadPoolExecutor(n, thread_name_prefix="kiln-hash") as pool:
+        return dict(pool.map(one, order))
+
+
+def diff(expected: Mapping[str, tuple[int, str]], actual: Mapping[str, tuple[int, str]],
+         odd: Mapping[str, str]) -> list[FileChange]:
+    """Every changed, missing and added file between a recorded list and a fresh scan."""
+    changes = []
+    for rel, kind in odd.items():
+        if rel in expected:
+            changes.append(FileChange(rel, "changed", expected[rel][1], f"{kind}, not a regular file"))
+        else:
+            changes.append(FileChange(rel, "added", None, kind))
+    for rel, (_size, digest) in actual.items():
+        if rel not in expected:
+            changes.append(FileChange(rel, "added", None, digest))
+        elif expected[rel][1] != digest:
+            changes.append(FileChange(rel, "changed", expected[rel][1], digest))
+    changes += [FileChange(rel, "missing", d) for rel, (_s, d) in expected.items()
+                if rel not in actual and rel not in odd]
+    return sorted(changes, key=lambda c: (c.path, c.kind))
+
+
+def fsync_dirs(root: Path, files: Mapping[str, object]) -> None:
+    """fsync every directory that holds one of `files`, deepest first, then `root` itself."""
+    dirs = {str(Path(rel).parent) for rel in files} | {"."}
+    for rel in sorted(dirs, key=lambda d: (-d.count("/"), d), reverse=False):
+        fsync_dir(root / rel)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory so that no crash leaves a half-deleted tree under its real name.
+
+    The tree is first renamed to a dot-name ending in `.deleting` (atomic), which listings ignore
+    and the next locked operation sweeps.
+    """
+    if not path.exists() and not path.is_symlink():
+        return
+    doomed = path.with_name(f".{path.name}{DELETING_SUFFIX}")
+    if doomed.exists():
+        shutil.rmtree(doomed, ignore_errors=True)
+    try:
+        os.rename(path, doomed)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot remove ({exc.strerror}); check permissions on "
+                         f"{path.parent}") from None
+    fsync_dir(path.parent)
+    shutil.rmtree(doomed, ignore_errors=True)

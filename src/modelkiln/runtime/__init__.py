@@ -1,0 +1,11 @@
+"""Runtime side of modelkiln: what a serving host runs to get a verified bundle on disk.
+
+Light on purpose (no torch, doit, transformers, yaml or jsonschema; boto3 only for s3://), so a
+serving image can depend on it without the build tool's weight.
+"""
+from __future__ import annotations
+
+from .bootstrap import Runtime, bootstrap, resolve_paths
+from .extract import UnsafeArchive, safe_extract
+
+__all__ = ["Runtime", "UnsafeArchive", "bootstrap", "resolve_paths", "safe_extract"]

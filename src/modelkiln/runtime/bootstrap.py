@@ -1,0 +1,303 @@
+"""The serving-side bootstrap: fetch, verify, unpack and swap in a published bundle.
+
+A serving app calls `bootstrap()` at start-up (or runs `kiln bootstrap` and evaluates its exports).
+It reads the published `manifest.json` beside the bundle, and:
+
+- if the version is already unpacked here and still looks as it did when it was verified, it
+  downloads nothing (only the small manifest) and returns at once;
+- otherwise it downloads `bundle.tar.gz`, checks its size and sha256 against the published
+  manifest, unpacks it with `safe_extract` into a fresh hidden directory, checks every file against
+  the bundle's own manifest (nothing missing, nothing extra, every sha256 right), renames it to
+  `versions/<version>-<sha12>/`, records what it verified, and only then points `current` at it
+  (a symlink replaced with os.replace). Any failure leaves `current` on the previous version.
+
+"Cheap" verification of a cached version means: the published archive sha256 equals the one
+recorded when the directory was verified, and every file's (size, mtime_ns, inode) is unchanged
+and no file was added. That catches edits, truncation, deletion and replacement in milliseconds
+without reading gigabytes; it cannot catch bit rot under an unchanged stat. `REGISTRY_VERIFY=full`
+(or `verify="full"`) re-hashes every file instead.
+
+Imports stay light: no torch, doit, transformers, yaml or jsonschema; boto3 only for s3:// URIs.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from ..artifacts import manifest as mf
+from ..artifacts.atomic import fsync_dir, write_bytes
+from ..artifacts.digest import canonical_json
+from ..errors import KilnError, PublishError
+from . import fetch
+from .extract import safe_extract
+
+BACKENDS = ("pytorch", "onnx")
+URI_ENV = {"pytorch": "MODEL_BUNDLE_S3_URI_PYTORCH", "onnx": "MODEL_BUNDLE_S3_URI_ONNX"}
+DEFAULT_RUNTIME_DIR = "data/models/registry_runtime"
+ONNX_MODEL = "registry_model_int8.onnx"
+RECORD_SUFFIX = ".verified.json"
+KEEP = 2  # versions kept on disk: current and the one before (running workers, quick rollback)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A verified, unpacked bundle and the paths a serving app needs from it."""
+
+    backend: str
+    version: str
+    directory: Path
+    archive_sha256: str
+    downloaded: bool
+    paths: Mapping[str, str] = field(default_factory=dict)
+
+    def exports(self) -> dict[str, str]:
+        """Environment variables for the serving app (what `kiln bootstrap` prints as exports)."""
+        return {"MODEL_BACKEND": self.backend, "REGISTRY_MODEL_VERSION": self.version,
+                **self.paths}
+
+    def as_json(self) -> dict[str, Any]:
+        """The machine-readable report (`kiln bootstrap --json`)."""
+        return {"model_backend": self.backend, "model_version": self.version,
+                "directory": str(self.directory), "archive_sha256": self.archive_sha256,
+                "downloaded": self.downloaded, "exports": self.exports()}
+
+
+def bootstrap(env: Mapping[str, str] | None = None, progress: fetch.Progress | None = None, *,
+              verify: str | None = None,
+              settings: fetch.TransferSettings = fetch.DEFAULT) -> Runtime:
+    """Make the bundle named by the environment available locally and return where it is.
+
+    Reads MODEL_BACKEND (pytorch|onnx), MODEL_BUNDLE_S3_URI_PYTORCH / _ONNX (s3:// or file://,
+    pointing at `.../bundle.tar.gz`), REGISTRY_RUNTIME_DIR (default data/models/registry_runtime)
+    and REGISTRY_VERIFY (stat|full). `progress` receives downloaded byte counts. Raises KilnError
+    (PublishError for transfer and verification failures) and leaves `current` untouched then.
+    """
+    env = os.environ if env is None else env
+    backend = (env.get("MODEL_BACKEND") or "").strip().lower()
+    if backend not in BACKENDS:
+        raise KilnError(f"MODEL_BACKEND={backend!r}: set it to one of {', '.join(BACKENDS)}")
+    uri = (env.get(URI_ENV[backend]) or "").strip()
+    if not uri:
+        raise KilnError(f"{URI_ENV[backend]} is not set; point it at the published "
+                        f".../{backend}/{mf.ARCHIVE} (s3:// or file://)")
+    if uri.endswith("/"):
+        uri += mf.ARCHIVE
+    if fetch.scheme_of(uri) not in ("s3", "file"):
+        raise KilnError(f"{URI_ENV[backend]}={uri}: only s3:// and file:// are supported")
+    mode = (verify or env.get("REGISTRY_VERIFY") or "stat").strip().lower()
+    if mode not in ("stat", "full"):
+        raise KilnError(f"REGISTRY_VERIFY={mode!r}: use 'stat' (default) or 'full'")
+    root = Path(env.get("REGISTRY_RUNTIME_DIR") or DEFAULT_RUNTIME_DIR).expanduser().absolute()
+    base = root / backend
+    with _locked(base):
+        return _bootstrap(backend, uri, base, mode == "full", progress, settings)
+
+
+def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: fetch.Progress | None,
+               settings: fetch.TransferSettings) -> Runtime:
+    client = fetch.s3_client(settings) if fetch.scheme_of(uri) == "s3" else None
+    manifest_uri = fetch.sibling(uri, mf.MANIFEST)
+    raw = fetch.read_small(manifest_uri, client=client, settings=settings)
+    if raw is None:
+        raise PublishError(f"{manifest_uri}: not found, so {uri} is not a published bundle (or its "
+                           "publish was interrupted); publish it with `kiln publish`")
+    published = mf.loads(raw, manifest_uri)
+    size, sha = _archive(published, manifest_uri)
+    if published.get("backend") != backend:
+        raise KilnError(f"{manifest_uri}: a {published.get('backend')!r} bundle, but "
+                        f"MODEL_BACKEND={backend}; point {URI_ENV[backend]} at the {backend} bundle")
+    version = str(published.get("version", ""))
+    vid = f"{re.sub(r'[^A-Za-z0-9._+-]', '_', version) or 'unversioned'}-{sha[:12]}"
+    versions = base / "versions"
+    vdir, record = versions / vid, versions / (vid + RECORD_SUFFIX)
+
+    downloaded = False
+    if not _cached(vdir, record, sha, published, full):
+        _install(uri, published, size, sha, vdir, record, progress, client, settings)
+        downloaded = True
+    paths = resolve_paths(vdir, backend)
+    _point_current(base, vid)
+    return Runtime(backend=backend, version=version, directory=vdir, archive_sha256=sha,
+                   downloaded=downloaded, paths=paths)
+
+
+def _archive(published: dict, origin: str) -> tuple[int, str]:
+    archive = published.get("archive")
+    if not (isinstance(archive, dict) and isinstance(archive.get("size"), int)
+            and isinstance(archive.get("sha256"), str)
+            and re.fullmatch(r"[0-9a-f]{64}", archive["sha256"])):
+        raise PublishError(f"{origin}: no valid 'archive' entry (size, sha256); this is a bundle "
+                           "manifest, not a published one; re-publish with `kiln publish`")
+    return archive["size"], archive["sha256"]
+
+
+def _cached(vdir: Path, record: Path, sha: str, published: dict, full: bool) -> bool:
+    """Is `vdir` the verified unpacking of this archive, untouched since? (see module doc)"""
+    try:
+        seen = json.loads(record.read_bytes())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(seen, dict) or seen.get("archive_sha256") != sha:
+        return False
+    if _stat_tree(vdir) != seen.get("files"):
+        return False
+    if full:
+        inner = {k: v for k, v in published.items() if k != "archive"}
+        try:
+            on_disk = mf.load(vdir / mf.MANIFEST)
+        except KilnError:
+            return False
+        return on_disk == inner and not mf.compare_tree(vdir, inner)
+    return True
+
+
+def _stat_tree(root: Path) -> dict[str, list[int]] | None:
+    """{relative path: [size, mtime_ns, inode]} of every file, or None if anything is not regular."""
+    out: dict[str, list[int]] = {}
+    if not root.is_dir() or root.is_symlink():
+        return None
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            if os.path.islink(os.path.join(dirpath, name)):
+                return None
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if not os.path.isfile(path) or os.path.islink(path):
+                return None
+            out[os.path.relpath(path, root).replace(os.sep, "/")] = [
+                st.st_size, st.st_mtime_ns, st.st_ino]
+    return out
+
+
+def _install(uri: str, published: dict, size: int, sha: str, vdir: Path, record: Path,
+             progress: fetch.Progress | None, client: Any,
+             settings: fetch.TransferSettings) -> None:
+    """Download, check, unpack and verify into a hidden directory, then rename it into place."""
+    versions = vdir.parent
+    versions.mkdir(parents=True, exist_ok=True)
+    _sweep(versions)
+    work = Path(tempfile.mkdtemp(prefix=f".{vdir.name}.", suffix=".tmp", dir=versions))
+    try:
+        tarball, tree = work / mf.ARCHIVE, work / "tree"
+        fetch.download(uri, tarball, size=size, sha256=sha, progress=progress, client=client,
+                       settings=settings)
+        sizes: dict[str, int | None] = {f["path"]: f["size"] for f in published["files"]}
+        sizes[mf.MANIFEST] = None
+        safe_extract(tarball, tree, sizes=sizes)
+        tarball.unlink()
+        _verify_tree(tree, published, uri)
+        resolve_paths(tree, published.get("backend", ""))  # refuse a bundle the app cannot use
+        stats = _stat_tree(tree)
+        record.unlink(missing_ok=True)  # the old record must never vouch for a new directory
+        if vdir.exists() or vdir.is_symlink():  # there but unverified or damaged: set it aside
+            os.replace(vdir, work / "damaged")
+        os.replace(tree, vdir)
+        fsync_dir(versions)
+        write_bytes(record, canonical_json({"archive_sha256": sha, "files": stats,
+                                            "version": published.get("version")}))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _verify_tree(tree: Path, published: dict, uri: str) -> None:
+    """The bundle's own manifest must equal the published one, and every file must match it."""
+    inner = mf.load(tree / mf.MANIFEST)
+    expected = {k: v for k, v in published.items() if k != "archive"}
+    if inner != expected:
+        raise PublishError(f"{uri}: the manifest inside the bundle differs from the published "
+                           "manifest.json; the bundle was replaced or mis-published, refusing it")
+    changes = mf.compare_tree(tree, inner)
+    if changes:
+        listed = "; ".join(map(str, changes[:5]))
+        raise PublishError(f"{uri}: unpacked files do not match the bundle manifest ({listed}); "
+                           "refusing it, re-publish the bundle")
+
+
+def resolve_paths(root: Path, backend: str) -> dict[str, str]:
+    """REGISTRY_* paths inside an unpacked bundle; KilnError naming what a backend lacks."""
+    paths: dict[str, str] = {}
+    missing: list[str] = []
+
+    def need(var: str, rel: str, is_dir: bool = False) -> None:
+        p = root / rel
+        if (p.is_dir() if is_dir else p.is_file()):
+            paths[var] = str(p)
+        else:
+            missing.append(rel + ("/" if is_dir else ""))
+
+    if backend == "pytorch" or (root / "config.json").is_file():
+        need("REGISTRY_MODEL_DIR", "config.json")
+        if "REGISTRY_MODEL_DIR" in paths:
+            paths["REGISTRY_MODEL_DIR"] = str(root)
+            if not any(root.glob("*.safetensors")) and not any(root.glob("pytorch_model*.bin")):
+                missing.append("model.safetensors")
+    if backend == "onnx":
+        need("REGISTRY_ONNX_MODEL_PATH", ONNX_MODEL)
+    need("REGISTRY_TOKENIZER_PATH", "tokenizer", is_dir=True)
+    need("REGISTRY_THRESHOLDS_PATH", "thresholds.json")
+    need("REGISTRY_LABEL_FIELDS_PATH", "registry_label_fields.json")
+    if (root / "label_order.json").is_file():
+        paths["REGISTRY_LABEL_ORDER_PATH"] = str(root / "label_order.json")
+    if missing:
+        raise KilnError(f"{root}: the {backend} bundle lacks {', '.join(missing)}; rebuild it "
+                        f"with `kiln build` and publish a new version")
+    return dict(sorted(paths.items()))
+
+
+def _point_current(base: Path, vid: str) -> None:
+    """Point `current` at versions/<vid> (relative symlink, os.replace), then prune old versions."""
+    link = base / "current"
+    target = f"versions/{vid}"
+    try:
+        previous = os.readlink(link)
+    except OSError:
+        previous = None
+    if previous != target:
+        tmp = base / f".current.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+        fsync_dir(base)
+    keep = {vid} | ({Path(previous).name} if previous else set())
+    _prune(base / "versions", keep)
+
+
+def _prune(versions: Path, keep: set[str]) -> None:
+    """Remove versions other than `keep` (their record first, so none is trusted half-deleted)."""
+    for entry in sorted(versions.iterdir()):
+        if entry.name.startswith(".") or entry.name.endswith(RECORD_SUFFIX):
+            continue
+        if entry.name not in keep:
+            (versions / (entry.name + RECORD_SUFFIX)).unlink(missing_ok=True)
+            shutil.rmtree(entry, ignore_errors=True)
+    for rec in versions.glob("*" + RECORD_SUFFIX):
+        if not (versions / rec.name[: -len(RECORD_SUFFIX)]).exists():
+            rec.unlink(missing_ok=True)
+
+
+def _sweep(versions: Path) -> None:
+    """Remove work directories a killed bootstrap left (we hold the lock, so none is live)."""
+    for entry in versions.iterdir():
+        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+@contextmanager
+def _locked(base: Path) -> Iterator[None]:
+    """One bootstrap per runtime dir at a time: workers started together queue, then hit the cache."""
+    base.mkdir(parents=True, exist_ok=True)
+    fd = os.open(base / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,120 @@
+"""What every stage shares: the pure plan it returns, the context it runs in, the directory layout.
+
+A stage module provides:
+    CODE_VERSION: str                      bump it when the stage's output for the same inputs changes
+    plan(bundle, layout) -> list[StagePlan] pure: no file reads beyond listing, no heavy imports
+    run(ctx: RunContext) -> dict | None    writes outputs into ctx.out; may return a JSON-able report
+Heavy libraries are imported inside `run`, never at module level.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+from ..artifacts.digest import StatCache, canonical_json, sha256_bytes
+from ..model.bundle import Bundle
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a project's build state lives: build/, dist/ and .kiln/ under the project root."""
+
+    root: Path
+
+    @property
+    def build(self) -> Path:
+        return self.root / "build"
+
+    @property
+    def dist(self) -> Path:
+        return self.root / "dist"
+
+    @property
+    def state(self) -> Path:
+        return self.root / ".kiln"
+
+    def stage_dir(self, bundle: str, stage: str) -> Path:
+        return self.build / bundle / stage
+
+    def stamp(self, bundle: str, stage: str) -> Path:
+        return self.build / bundle / ".stamps" / f"{stage}.json"
+
+    def dist_dir(self, bundle: str, version: str, backend: str) -> Path:
+        return self.dist / bundle / version / backend
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One task: what it reads, what it writes, and the part of the spec it depends on."""
+
+    task: str  # doit task id, e.g. "weights:registry-v3"
+    stage: str  # stage module name
+    bundle: str
+    doc: str
+    out_dir: Path
+    stamp: Path
+    inputs: tuple[Path, ...]  # source files read (content digests tracked)
+    upstream: tuple[str, ...]  # task ids whose outputs this reads
+    params: str  # canonical JSON of the stage's spec section and code version
+    backend: str | None = None
+    extra: tuple[tuple[str, str], ...] = field(default=())  # stage-specific plain values
+
+    @property
+    def params_digest(self) -> str:
+        return sha256_bytes(self.params.encode())
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        return dict(self.extra).get(key, default)
+
+
+def params(code_version: str, **values: Any) -> str:
+    """Canonical JSON of a stage's code version plus the spec values it depends on."""
+    return canonical_json({"code": code_version, **values}).decode().strip()
+
+
+def section(bundle: Bundle, key: str) -> Any:
+    """One top-level spec section as plain data (for params digests only)."""
+    return json.loads(bundle.section(key))
+
+
+@dataclass
+class RunContext:
+    """What a stage's `run` gets: its plan, the bundle, a fresh output dir, upstream outputs."""
+
+    plan: StagePlan
+    bundle: Bundle
+    layout: Layout
+    out: Path  # a fresh staging directory; swapped into plan.out_dir after run() returns
+    upstream: dict[str, StagePlan]  # stage name -> plan, for stages this one reads
+    cache: StatCache
+    log: Callable[[str], None]
+
+    def up(self, stage: str) -> Path:
+        """The (final) output directory of an upstream stage."""
+        return self.upstream[stage].out_dir
+
+    def up_stamp(self, stage: str) -> dict:
+        """The stamp an upstream stage wrote: its inputs, outputs and report."""
+        return json.loads(self.upstream[stage].stamp.read_bytes())
+
+
+def module(stage: str) -> ModuleType:
+    """Import a stage module by name (lazily: the no-op path imports only the ones it plans)."""
+    return importlib.import_module(f"modelkiln.stages.{stage}")
+
+
+def tool_versions(*dists: str) -> dict[str, str]:
+    """Installed versions of distributions, read from metadata (no import of the packages)."""
+    from importlib import metadata
+
+    out = {}
+    for d in dists:
+        try:
+            out[d] = metadata.version(d)
+        except metadata.PackageNotFoundError:
+            out[d] = "absent"
+    return out

@@ -1,0 +1,45 @@
+"""labels: `label_order.json` and `registry_label_fields.json`, checked against the model's head.
+
+Validation already compared the spec's label files with the checkpoint; this stage checks them
+again against the *converted* config, so a bundle can never pair labels with the wrong head.
+"""
+from __future__ import annotations
+
+import json
+
+from ..errors import BuildError
+from ..model.bundle import Bundle
+from .base import Layout, RunContext, StagePlan, params
+
+CODE_VERSION = "1"
+
+
+def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
+    return [StagePlan(
+        task=f"labels:{bundle.name}", stage="labels", bundle=bundle.name,
+        doc=f"write {bundle.name}'s label order and registry label fields",
+        out_dir=layout.stage_dir(bundle.name, "labels"),
+        stamp=layout.stamp(bundle.name, "labels"),
+        inputs=(bundle.labels.order, bundle.labels.fields), upstream=(f"weights:{bundle.name}",),
+        params=params(CODE_VERSION),
+    )]
+
+
+def _dump(value: object) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
+
+
+def run(ctx: RunContext) -> dict:
+    order = json.loads(ctx.bundle.labels.order.read_bytes())
+    fields = json.loads(ctx.bundle.labels.fields.read_bytes())
+    config = json.loads((ctx.up("weights") / "config.json").read_bytes())
+    id2label = config.get("id2label", {})
+    head = [id2label.get(str(i)) for i in range(len(id2label))]
+    if head != order:
+        raise BuildError(f"label_order {order} does not match the model's id2label {head}; list "
+                         "labels in the model's output order")
+    if set(fields) != set(order):
+        raise BuildError("registry_label_fields.json must have one entry per label in label_order")
+    (ctx.out / "label_order.json").write_text(_dump(order))
+    (ctx.out / "registry_label_fields.json").write_text(_dump({k: fields[k] for k in order}))
+    return {"labels": len(order)}

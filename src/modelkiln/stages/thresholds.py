@@ -1,0 +1,86 @@
+"""thresholds: per-label decision cuts -> `thresholds.json` and `threshold_metrics.json`.
+
+`fixed` takes values from the spec (the default for labels it does not name). `f1-optimal` scores
+the calibration set with the converted model and, per label, picks the cut that maximises F1,
+placed halfway between two neighbouring scores so no calibration row sits on the boundary. Labels
+with fewer positives than `min_support` keep the default: the data cannot decide them.
+"""
+from __future__ import annotations
+
+import json
+
+from ..model.bundle import Bundle
+from .base import Layout, RunContext, StagePlan, params, section
+
+CODE_VERSION = "1"
+
+
+def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
+    t = bundle.thresholds
+    calibrated = t.strategy == "f1-optimal"
+    upstream = [f"labels:{bundle.name}"]
+    if calibrated:
+        upstream = [f"weights:{bundle.name}", f"tokenizer:{bundle.name}", *upstream]
+    return [StagePlan(
+        task=f"thresholds:{bundle.name}", stage="thresholds", bundle=bundle.name,
+        doc=f"choose {bundle.name}'s per-label decision thresholds ({t.strategy})",
+        out_dir=layout.stage_dir(bundle.name, "thresholds"),
+        stamp=layout.stamp(bundle.name, "thresholds"),
+        inputs=(t.calibration,) if calibrated and t.calibration else (),
+        upstream=tuple(upstream),
+        params=params(CODE_VERSION, thresholds=section(bundle, "thresholds"),
+                      task=bundle.source.task),
+    )]
+
+
+def best_cut(score, truth) -> tuple[float, dict]:
+    """The F1-maximising threshold for one label and its metrics (ties: the higher cut)."""
+    import numpy as np
+
+    order = np.argsort(-score, kind="stable")
+    s, y = score[order], truth[order].astype(np.int64)
+    tp = np.cumsum(y)
+    fp = np.cumsum(1 - y)
+    positives = int(y.sum())
+    # Predicting the top k rows positive is possible only where score[k-1] > score[k].
+    distinct = np.append(s[:-1] > s[1:], True)
+    f1 = np.where(distinct, 2 * tp / (tp + fp + positives), -1.0)
+    k = int(np.argmax(f1))
+    cut = float((s[k] + s[k + 1]) / 2) if k + 1 < len(s) else float(s[k]) / 2
+    precision = float(tp[k] / (tp[k] + fp[k]))
+    recall = float(tp[k] / positives)
+    return round(cut, 6), {"f1": round(float(f1[k]), 6), "precision": round(precision, 6),
+                           "recall": round(recall, 6), "support": positives}
+
+
+def run(ctx: RunContext) -> dict:
+    from .infer import encode, read_calibration, scores, torch_logits
+
+    t = ctx.bundle.thresholds
+    labels = tuple(json.loads((ctx.up("labels") / "label_order.json").read_bytes()))
+    fixed = dict(t.values)
+    cuts, metrics = {}, {}
+    if t.strategy == "f1-optimal":
+        texts, truth = read_calibration(t.calibration, labels)
+        batch = encode(ctx.up("tokenizer") / "tokenizer", texts, t.max_length)
+        probs = scores(torch_logits(ctx.up("weights"), batch), ctx.bundle.source.task)
+        for i, label in enumerate(labels):
+            support = int(truth[:, i].sum())
+            if label in fixed:
+                cuts[label], metrics[label] = fixed[label], {"source": "spec", "support": support}
+            elif support < t.min_support or support == len(texts):
+                cuts[label] = t.default
+                metrics[label] = {"source": "default", "support": support,
+                                  "why": "calibration data cannot decide this label"}
+            else:
+                cuts[label], m = best_cut(probs[:, i], truth[:, i])
+                metrics[label] = {"source": "f1-optimal", **m}
+        ctx.log(f"thresholds:{ctx.bundle.name}: calibrated on {len(texts)} rows")
+    else:
+        for label in labels:
+            cuts[label] = fixed.get(label, t.default)
+            metrics[label] = {"source": "spec" if label in fixed else "default"}
+    (ctx.out / "thresholds.json").write_text(json.dumps(cuts, indent=2) + "\n")
+    (ctx.out / "threshold_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    decided = sum(1 for m in metrics.values() if m["source"] == "f1-optimal")
+    return {"strategy": t.strategy, "calibrated_labels": decided, "labels": len(labels)}

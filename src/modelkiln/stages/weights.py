@@ -1,0 +1,125 @@
+"""weights: a Hugging Face checkpoint directory -> `config.json` + one `model.safetensors`.
+
+Accepts a single or sharded safetensors checkpoint and `pytorch_model.bin` (single or sharded).
+Pickles are read only with `torch.load(weights_only=True)`, which refuses any global outside
+torch's tensor allow-list: a pickle that tries to run code fails before anything runs. Weights
+leave the build only as safetensors.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import BuildError
+from ..model.bundle import Bundle
+from .base import Layout, RunContext, StagePlan, params
+
+CODE_VERSION = "1"
+_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def checkpoint_files(ckpt: Path) -> list[Path]:
+    """config.json plus every weight file the checkpoint holds (listing only, no reads)."""
+    names = ["config.json"]
+    for pattern in ("*.safetensors", "model.safetensors.index.json", "*.bin",
+                    "pytorch_model.bin.index.json"):
+        names += sorted(p.name for p in ckpt.glob(pattern))
+    return [ckpt / n for n in dict.fromkeys(names) if (ckpt / n).is_file()]
+
+
+def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
+    ckpt = bundle.source.checkpoint
+    return [StagePlan(
+        task=f"weights:{bundle.name}", stage="weights", bundle=bundle.name,
+        doc=f"convert {bundle.name}'s checkpoint to safetensors",
+        out_dir=layout.stage_dir(bundle.name, "weights"),
+        stamp=layout.stamp(bundle.name, "weights"),
+        inputs=tuple(checkpoint_files(ckpt)), upstream=(),
+        params=params(CODE_VERSION, dtype=bundle.source.dtype,
+                      task=bundle.source.task),
+    )]
+
+
+def _shards(ckpt: Path, single: str, index: str) -> list[Path]:
+    if (ckpt / single).is_file():
+        return [ckpt / single]
+    if (ckpt / index).is_file():
+        weight_map = json.loads((ckpt / index).read_bytes()).get("weight_map", {})
+        return [ckpt / name for name in sorted(set(weight_map.values()))]
+    return []
+
+
+def load_state_dict(ckpt: Path) -> dict:
+    """All tensors of a checkpoint; pickles only through torch's weights-only unpickler."""
+    import torch
+    from safetensors.torch import load_file
+
+    state: dict = {}
+    st = _shards(ckpt, "model.safetensors", "model.safetensors.index.json")
+    for shard in st:
+        state.update(load_file(str(shard)))
+    if st:
+        return state
+    for shard in _shards(ckpt, "pytorch_model.bin", "pytorch_model.bin.index.json"):
+        try:
+            loaded = torch.load(shard, map_location="cpu", weights_only=True)
+        except Exception as exc:  # UnpicklingError and friends: the pickle asked for more
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BuildError(f"{shard}: refused to unpickle: {first[:300]}; only plain tensor "
+                             "pickles are read (weights_only). Re-save the checkpoint with "
+                             "save_pretrained(safe_serialization=True)") from None
+        if not isinstance(loaded, dict):
+            raise BuildError(f"{shard}: not a state dict; re-save with save_pretrained")
+        state.update(loaded)
+    if not state:
+        raise BuildError(f"{ckpt}: no weights found; expected model.safetensors, sharded "
+                         "safetensors with an index, or pytorch_model.bin")
+    return state
+
+
+def _untie(state: dict) -> dict:
+    """safetensors refuses tensors that share memory; give each its own contiguous storage."""
+    seen: set[int] = set()
+    out = {}
+    for name in sorted(state):
+        t = state[name]
+        ptr = t.untyped_storage().data_ptr() if t.numel() else -1
+        out[name] = t.clone().contiguous() if ptr in seen or not t.is_contiguous() else t
+        seen.add(ptr)
+    return out
+
+
+def run(ctx: RunContext) -> dict:
+    import torch
+    from safetensors.torch import save_file
+
+    ckpt = ctx.bundle.source.checkpoint
+    config = json.loads((ckpt / "config.json").read_bytes())
+    state = load_state_dict(ckpt)
+    dtype = ctx.bundle.source.dtype
+    if dtype:
+        target = getattr(torch, _DTYPES[dtype])
+        state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
+        config["torch_dtype"] = dtype
+    save_file(_untie(state), str(ctx.out / "model.safetensors"), metadata={"format": "pt"})
+    (ctx.out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    _check_loads(ctx.out, len(state))
+    ctx.log(f"weights:{ctx.bundle.name}: {len(state)} tensors -> model.safetensors")
+    return {"tensors": len(state), "dtype": dtype or "as stored"}
+
+
+def _check_loads(out: Path, count: int) -> None:
+    """The converted checkpoint must load into its architecture with no missing or extra keys."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        _model, info = AutoModelForSequenceClassification.from_pretrained(
+            str(out), output_loading_info=True)
+    except Exception as exc:
+        raise BuildError(f"converted weights do not load with transformers: {exc}; check that "
+                         "config.json matches the weights") from None
+    bad = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys",
+                                                         "mismatched_keys")}
+    if bad:
+        raise BuildError(f"converted weights do not match the architecture ({bad}); check that "
+                         "config.json belongs to these weights")
