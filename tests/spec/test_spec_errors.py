@@ -56,6 +56,16 @@ def test_missing_required_key(write: Write) -> None:
     ]
 
 
+def test_missing_key_hint_comes_from_the_schema_description(write: Write) -> None:
+    text = edit("  checkpoint: ckpt\n", "").replace("  default: 0.5\n", "")
+    assert problems(write("b.yaml", text)) == [
+        "b.yaml:5:1: source: missing required key 'checkpoint' (add checkpoint: Path to a Hugging Face style "
+        "checkpoint directory with config.json and the weights, relative to the spec file)",
+        "b.yaml:10:1: thresholds: missing required key 'default' "
+        "(add default: Threshold for labels without their own value, between 0 and 1)",
+    ]
+
+
 def test_bad_enum_and_bounds(write: Write) -> None:
     text = edit("strategy: fixed", "strategy: f1-optimum")
     text = edit("default: 0.5", "default: 1.5", text)
@@ -152,6 +162,23 @@ def test_alias_bomb_is_refused_quickly(write: Write) -> None:
     assert len(found) == 12 + 11 * 10  # each anchor and each alias, nothing expanded
     assert found[0] == ("bomb.yaml:1:5: a0: anchor &a0 is not allowed "
                         "(write values out in full; anchors and aliases are not supported)")
+
+
+def test_problems_per_file_are_capped(write: Write) -> None:
+    text = "a: &a 1\nb:\n" + "  - *a\n" * 300
+    found = problems(write("b.yaml", text))
+    assert len(found) == 201
+    assert found[-2:] == [
+        "b.yaml:201:5: b[198]: alias *a is not allowed "
+        "(write the value out in full; anchors and aliases are not supported)",
+        "b.yaml:202:5: <document>: stopped reading after 200 problems (fix those first)",
+    ]
+
+
+def test_deep_nesting_is_refused(write: Write) -> None:
+    found = problems(write("b.yaml", "a: " + "[" * 100_000 + "]" * 100_000 + "\n"))
+    assert found == [f"b.yaml:1:53: a{'[0]' * 49}: nested more than 50 levels deep "
+                     "(a spec needs a handful of levels; flatten the structure)"]
 
 
 def test_syntax_error_has_line_and_col(write: Write) -> None:

@@ -23,6 +23,8 @@ from typing import Any, Iterable
 from modelkiln.spec.document import KeyPath, Mark, key_text
 
 MAX_BYTES = 1 << 20  # specs describe a bundle; anything larger is a mistake (or an attack)
+MAX_DEPTH = 50  # nesting levels; a spec uses about five
+MAX_PROBLEMS = 200  # per file: past this a report helps nobody, and memory stays bounded
 
 _STD = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {_STD + t for t in ("str", "int", "float", "bool", "null")}
@@ -205,6 +207,9 @@ class _Builder:
 
         for event in events:
             mark = (event.start_mark.line + 1, event.start_mark.column + 1)
+            if len(self.parsed.problems) >= MAX_PROBLEMS:
+                self.parsed.add(mark, (), f"stopped reading after {MAX_PROBLEMS} problems", "fix those first")
+                return
             if isinstance(event, yaml.DocumentStartEvent):
                 self.documents += 1
                 if self.documents > 1:
@@ -216,6 +221,10 @@ class _Builder:
                 value, error, hint = _scalar(event.tag, event.implicit[0], event.value)
                 self._node(value, mark, error, key_text=event.value, hint=hint)
             elif isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                if len(self.stack) >= MAX_DEPTH:  # key paths grow with depth: cap the quadratic cost
+                    self.parsed.add(mark, self.current_path(), f"nested more than {MAX_DEPTH} levels deep",
+                                    "a spec needs a handful of levels; flatten the structure")
+                    return
                 self._check_anchor(event, mark)
                 is_map = isinstance(event, yaml.MappingStartEvent)
                 allowed = (None, "!", _STD + ("map" if is_map else "seq"))
@@ -226,7 +235,7 @@ class _Builder:
             elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
                 self.stack.pop()
             elif isinstance(event, yaml.AliasEvent):
-                self._node(None, mark, f"alias *{event.anchor} is not allowed", key_text=None,
+                self._node(None, mark, f"alias *{event.anchor} is not allowed", key_text=f"*{event.anchor}",
                            hint="write the value out in full; anchors and aliases are not supported")
 
     def _check_anchor(self, event: Any, mark: Mark) -> None:

@@ -57,7 +57,7 @@ def _render(doc: SpecDocument, error: Any, root: dict[str, Any]) -> list[Problem
 
 def _sentence(text: str) -> str:
     """First sentence of a description, for a hint."""
-    return re.split(r"\.\s+(?=[A-Z])", text, maxsplit=1)[0].rstrip(".")
+    return re.split(r"(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z{`])", text, maxsplit=1)[0].rstrip(".")
 
 
 def _additional(doc: SpecDocument, path: KeyPath, error: Any, root: dict) -> list[Problem]:
