@@ -89,12 +89,16 @@ def staged_dir(final: Path) -> Iterator[Path]:
         raise
 
 
-def sweep_leftovers(directory: Path) -> None:
-    """Remove `.*.tmp` / `.*.old` debris that a killed process left beside its targets."""
+def sweep_leftovers(final: Path) -> None:
+    """Remove the `.<name>.*.tmp` / `.old` debris a killed writer of `final` left beside it.
+
+    Only debris of this one target is touched: other writers may be staging siblings right now.
+    """
+    directory = final.parent
     if not directory.is_dir():
         return
     for entry in directory.iterdir():
-        if entry.name.startswith(".") and entry.name.endswith((".tmp", ".old")):
+        if entry.name.startswith(f".{final.name}.") and entry.name.endswith((".tmp", ".old")):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:

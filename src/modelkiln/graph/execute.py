@@ -26,7 +26,7 @@ def execute(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...]) ->
     stamps = {p.task: p.stamp for p in upstream}
     inputs = snapshot(plan, bundle.root, cache, stamps)
     plan.stamp.unlink(missing_ok=True)
-    sweep_leftovers(plan.out_dir.parent)
+    sweep_leftovers(plan.out_dir)
     with staged_dir(plan.out_dir) as tmp:
         ctx = RunContext(plan=plan, bundle=bundle, layout=layout, out=tmp,
                          upstream={p.stage: p for p in upstream}, cache=cache, log=_log)
