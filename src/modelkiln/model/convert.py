@@ -24,7 +24,8 @@ class Document(Protocol):
     path: Path
     data: Any
 
-    def problem(self, key_path: tuple, message: str, hint: str = "") -> Problem: ...
+    def problem(self, key_path: tuple, message: str, hint: str = "", *,
+                at_key: bool = False) -> Problem: ...
 
 
 def project_root(spec_path: Path) -> Path:
@@ -41,8 +42,8 @@ class _Checker:
         self.doc, self.root, self.base = doc, root, doc.path.resolve().parent
         self.problems: list[Problem] = []
 
-    def fail(self, key: tuple, message: str, hint: str = "") -> None:
-        self.problems.append(self.doc.problem(key, message, hint))
+    def fail(self, key: tuple, message: str, hint: str = "", at_key: bool = False) -> None:
+        self.problems.append(self.doc.problem(key, message, hint, at_key=at_key))
 
     def path(self, key: tuple, value: str | None, kind: str) -> Path | None:
         """Resolve a spec path; it must exist, be a `kind` ('file'|'dir') and stay in the project."""
@@ -130,7 +131,7 @@ def _thresholds(c: _Checker, data: dict, names: tuple[str, ...]) -> m.Thresholds
     values = t.get("values", {})
     for label in sorted(set(values) - set(names)) if names else ():
         c.fail(("thresholds", "values", label), f"unknown label '{label}'",
-               f"labels are: {', '.join(names)}")
+               f"labels are: {', '.join(names)}", at_key=True)
     cal = c.path(("thresholds", "calibration"), t.get("calibration"), "file")
     return m.Thresholds(t["strategy"], float(t["default"]),
                         tuple(sorted((k, float(v)) for k, v in values.items())), cal,
