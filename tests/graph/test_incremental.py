@@ -160,3 +160,24 @@ def test_parallel_process_build(built: Project) -> None:
     assert run.code == 0, run.output
     assert run.executed == ALL
     assert built.doit("build:tiny").executed == set()
+
+
+def test_git_commit_version_reaches_packaging_only(tmp_path: Path, tiny_inputs: Path) -> None:
+    project = make_project(tmp_path / "g", tiny_inputs)
+    project.edit('version: "1.0.0"', 'version: "1.0.0-{git_commit}"')
+
+    def commit(message: str) -> str:
+        for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t",
+                                                     "commit", "-q", "--allow-empty", "-m", message]):
+            subprocess.run(["git", *args], cwd=project.root, check=True, capture_output=True)
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=project.root,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    first = commit("one")
+    assert project.doit("build:tiny").executed == ALL
+    assert (project.dist(version=f"1.0.0-{first}") / "bundle.tar.gz").is_file()
+    second = commit("two")
+    run = project.doit("build:tiny")
+    assert run.executed == {"package:tiny-pytorch"}, run.output
+    manifest = json.loads((project.dist(version=f"1.0.0-{second}") / "manifest.json").read_text())
+    assert manifest["version"] == f"1.0.0-{second}"
