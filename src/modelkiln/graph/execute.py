@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..artifacts.atomic import staged_dir, sweep_leftovers, write_bytes
-from ..artifacts.digest import canonical_json
+from ..artifacts.digest import StatCache, canonical_json, sha256_file
 from ..model.bundle import Bundle
 from ..stages.base import Layout, RunContext, StagePlan, module
 from .state import snapshot, stamp_for, stat_cache, walk_outputs
@@ -31,11 +31,19 @@ def execute(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...]) ->
         ctx = RunContext(plan=plan, bundle=bundle, layout=layout, out=tmp,
                          upstream={p.stage: p for p in upstream}, cache=cache, log=_log)
         report = module(plan.stage).run(ctx)
-        outputs = {rel: cache.digest(tmp / rel) for rel in walk_outputs(tmp)}
+        outputs = {rel: _digest_new(cache, tmp / rel) for rel in walk_outputs(tmp)}
     write_bytes(plan.stamp, canonical_json(stamp_for(plan, inputs, outputs, report)))
     cache.save()
     return {"outputs": len(outputs)}
 
 
-def stamp_paths(plans: list[StagePlan]) -> dict[str, Path]:
-    return {p.task: p.stamp for p in plans}
+def _digest_new(cache: StatCache, path: Path) -> str:
+    """Digest of an output this task just wrote into its private staging directory: remembered
+    at once (no other writer can touch it), so the next no-op does not read it again."""
+    known = cache.peek(path)
+    if known is not None:
+        return known
+    digest = sha256_file(path)
+    cache.remember(path, digest)
+    return digest
+

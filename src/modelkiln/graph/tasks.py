@@ -43,9 +43,7 @@ class Fresh:
 
     def __call__(self) -> bool:
         cache = stat_cache(Layout(self.root).state)
-        fresh = not status(self.plan, self.root, cache, self.stamps).run
-        cache.save()
-        return fresh
+        return not status(self.plan, self.root, cache, self.stamps).run
 
 
 def _action(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...]) -> Any:
