@@ -108,35 +108,51 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def hash_tree(root: Path, tree: Tree, *, known: Mapping[str, tuple[StatKey, str]] | None = None,
               fsync: bool = False, workers: int | None = None) -> Digests:
     """sha256 (and size) of every regular file in `tree`, largest first over a few threads.
 
     `known` digests are reused only while a file's stat key is unchanged (the caller hashed it
-    moments ago in its own private staging); everything else is read. With `fsync`, each file is
-    also flushed to disk, in the same worker, so flushing one file overlaps hashing another.
+    moments ago in its own private staging); everything else is read. With `fsync`, every file is
+    also flushed to disk on its own I/O threads, concurrently with the hashing: the flush waits on
+    the disk while the hash works from the page cache, so the cost is the slower of the two, not
+    their sum.
     """
     known = known or {}
 
     def one(rel: str) -> tuple[str, tuple[int, str]]:
-        path = root / rel
         st = tree.files[rel]
         hit = known.get(rel)
-        digest = hit[1] if hit is not None and hit[0] == stat_key(st) else sha256_file(path)
-        if fsync:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        digest = hit[1] if hit is not None and hit[0] == stat_key(st) else sha256_file(root / rel)
         return rel, (st.st_size, digest)
 
     order = sorted(tree.files, key=lambda r: -tree.files[r].st_size)
-    n = min(workers or default_workers(), max(1, len(order)))
-    if n == 1:
-        return dict(map(one, order))
-    with ThreadPoolExecutor(n, thread_name_prefix="kiln-hash") as pool:
-        return dict(pool.map(one, order))
+    threads = workers or default_workers()
+    if threads == 1:  # strictly sequential: deterministic order of every read and flush
+        out: Digests = {}
+        for rel in order:
+            out.update([one(rel)])
+            if fsync:
+                _fsync_file(root / rel)
+        return out
+    n = min(threads, max(1, len(order)))
+    with contextlib.ExitStack() as stack:
+        flushes = []
+        if fsync and order:
+            io = stack.enter_context(ThreadPoolExecutor(min(4, len(order)), "kiln-fsync"))
+            flushes = [io.submit(_fsync_file, root / rel) for rel in order]
+        out = dict(stack.enter_context(ThreadPoolExecutor(n, "kiln-hash")).map(one, order))
+        for f in flushes:
+            f.result()
+    return out
 
 
 def diff(expected: Mapping[str, tuple[int, str]], actual: Mapping[str, tuple[int, str]],

@@ -1,0 +1,108 @@
+"""Publishing a built bundle into the model store: stage, unpack, check, finalize.
+
+Layout of a published version:
+
+    versions/<version>/manifest.json   the STORE manifest (seed format + files + seal)
+    versions/<version>/bundle/         the unpacked bundle, byte for byte what the tarball holds,
+                                       including the bundle's own manifest.json
+
+Why a `bundle/` subdirectory: the seed fixes `manifest.json` at the version root as the store's,
+and the bundle must keep its own `manifest.json` under that name (the runtime and serving code
+read it there). Flattening would force renaming one of them; keeping `bundle.tar.gz` instead of
+unpacking would double the disk and leave readers to unpack. A serving process points
+`REGISTRY_*_PATH` at `<get_current(agent)>/bundle`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..artifacts import manifest as mf
+from ..errors import ConflictError, PublishError, StoreError
+from . import store_manifest as sm
+from .bundle import DistBundle
+from .store import ModelStore
+from .store_fs import diff, hash_tree, scan, stat_key
+
+BUNDLE_DIR = "bundle"
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """What `publish_to_store` did. `noop`: these bytes were already published; nothing changed."""
+
+    agent: str
+    version: str
+    path: Path  # versions/<version>
+    bundle_path: Path  # versions/<version>/bundle
+    checksum: str
+    archive_sha256: str
+    noop: bool
+    current: bool
+
+
+def publish_to_store(dist_dir: Path, root: Path | str | None, agent: str, version: str,
+                     metadata: Mapping[str, Any] | None = None, *, activate: bool = True,
+                     store: ModelStore | None = None) -> StoreResult:
+    """Publish `dist/<name>/<version>/<backend>/` into `<root>/<agent>/versions/<version>/`.
+
+    The tarball is checked against its published manifest before a byte is unpacked, unpacked
+    with `safe_extract`, and every unpacked file is checked against the bundle's own manifest;
+    the hashes taken for that check are reused by `finalize`, so each byte is read once.
+    Same archive again: no-op. A different archive under an existing version: ConflictError.
+    """
+    from ..runtime.extract import safe_extract  # runtime stays importable without publish/
+
+    dist = DistBundle.load(Path(dist_dir))
+    published = mf.loads(dist.manifest_bytes, str(Path(dist_dir) / mf.MANIFEST))
+    store = store or ModelStore(root)
+    found = _already_there(store, agent, version, dist.sha256)
+    if found is not None:
+        return found
+    expected = {f"{BUNDLE_DIR}/{f['path']}": (f["size"], f["sha256"]) for f in published["files"]}
+    sizes: dict[str, int | None] = {f["path"]: f["size"] for f in published["files"]}
+    sizes[mf.MANIFEST] = None
+    with store.stage_new(agent, version) as tmp:
+        safe_extract(dist.archive, tmp / BUNDLE_DIR, sizes=sizes, durable=False)
+        inner = mf.load(tmp / BUNDLE_DIR / mf.MANIFEST)
+        if inner != {k: v for k, v in published.items() if k != "archive"}:
+            raise PublishError(f"{dist.archive}: its manifest.json differs from {dist_dir}/"
+                               f"{mf.MANIFEST}; the dist directory is damaged, rebuild it")
+        tree = scan(tmp)
+        digests = hash_tree(tmp, tree, workers=store.workers)
+        inner_rel = f"{BUNDLE_DIR}/{mf.MANIFEST}"
+        changes = diff(expected, {r: d for r, d in digests.items() if r != inner_rel}, tree.odd)
+        if changes:
+            raise PublishError(f"{dist.archive}: unpacked files differ from its manifest ("
+                               + "; ".join(map(str, changes)) + "); rebuild the bundle")
+        known = {rel: (stat_key(tree.files[rel]), d) for rel, (_s, d) in digests.items()}
+    source = {"name": dist.name, "version": dist.version, "backend": dist.backend,
+              "archive_sha256": dist.sha256, "aggregate_sha256": published.get("aggregate_sha256")}
+    info = store.finalize(agent, version, metadata, activate=activate, bundle=source, known=known)
+    return StoreResult(agent, version, info.path, info.path / BUNDLE_DIR, info.checksum or "",
+                       dist.sha256, info.noop, info.current)
+
+
+def _already_there(store: ModelStore, agent: str, version: str, archive_sha: str) -> StoreResult | None:
+    """Decide from the existing version's manifest alone: same archive -> no-op, other -> conflict.
+
+    A version finalized by other means (no `bundle` record) is left to `finalize`, which compares
+    checksums after unpacking.
+    """
+    store.recover(agent)
+    vdir = store.root / agent / "versions" / version
+    if not (vdir / sm.MANIFEST).is_file():
+        return None
+    try:
+        existing = sm.read(vdir)
+    except StoreError:
+        return None  # let finalize report the damaged version
+    old = (existing.get("bundle") or {}).get("archive_sha256")
+    if old is None:
+        return None
+    if old != archive_sha:
+        raise ConflictError(str(vdir), old, archive_sha)
+    current = store.current_version(agent) == version
+    return StoreResult(agent, version, vdir, vdir / BUNDLE_DIR, existing["checksum"], archive_sha,
+                       True, current)

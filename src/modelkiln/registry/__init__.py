@@ -1,0 +1,16 @@
+"""The layered model registry: curated + discovered layers, a regenerated snapshot, verify and lock.
+
+Everything here returns data; `cli.py` prints. See `layers.py` for the files, `entries.py` for the
+static/dynamic split, `ops.py` for the verbs.
+"""
+from .entries import DYNAMIC, STATIC, Artifacts, FileRecord, RegistryEntry, VersionLock
+from .layers import CURATED, DISCOVERED, SNAPSHOT, RegistryFiles, registry_dir
+from .ops import (Selection, VerifyResult, layers, list_entries, lock, record_discovered,
+                  regenerate, select, unlock, verify)
+
+__all__ = [
+    "CURATED", "DISCOVERED", "DYNAMIC", "SNAPSHOT", "STATIC", "Artifacts", "FileRecord",
+    "RegistryEntry", "RegistryFiles", "Selection", "VerifyResult", "VersionLock", "layers",
+    "list_entries", "lock", "record_discovered", "regenerate", "registry_dir", "select", "unlock",
+    "verify",
+]
