@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .errors import KilnError, SpecError
 from .model import Bundle, check_unique, project_root, to_bundle
@@ -87,7 +87,7 @@ def plan(specs: Sequence[str | Path] = (), skip: frozenset[str] = frozenset()) -
 
 
 def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int = 1,
-          skip: frozenset[str] = frozenset()) -> int:
+          skip: frozenset[str] = frozenset(), to: str | None = None) -> int:
     """`kiln build`: run the doit graph for the given tasks (default: build every bundle).
 
     Returns doit's exit status (0 ok, non-zero when a task failed); doit reports progress itself.
@@ -98,8 +98,31 @@ def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int
     from .graph.tasks import doit_namespace
 
     bundles = load_bundles(discover(specs))
-    namespace = doit_namespace(bundles, bundles[0].root, skip)
+    namespace = doit_namespace(bundles, bundles[0].root, skip, to)
     args = ["run", *(tasks or [f"build:{b.name}" for b in bundles])]
     if jobs > 1:
         args += ["-n", str(jobs), "-P", "process"]
     return DoitMain(ModuleTaskLoader(namespace)).run(args)
+
+
+def publish(specs: Sequence[str | Path] = (), backends: Sequence[str] = (), *, to: str | None = None,
+            force: bool = False, progress: Callable[[int], None] | None = None) -> list:
+    """`kiln publish`: every built backend bundle of the specs to S3/file://, store and registry."""
+    from .publish.release import release
+
+    out = []
+    for bundle in load_bundles(discover(specs)):
+        for backend in backends or bundle.backends:
+            if backend not in bundle.backends:
+                raise KilnError(f"{bundle.name}: backend {backend!r} is not enabled in "
+                                f"{bundle.spec_path.name} (enabled: {', '.join(bundle.backends)})")
+            out.append(release(bundle, backend, to=to, force=force, progress=progress))
+    return out
+
+
+def bootstrap(env: Mapping[str, str] | None = None,
+              progress: Callable[[int], None] | None = None) -> Any:
+    """`kiln bootstrap`: fetch, verify and swap in the bundle named by MODEL_BACKEND and friends."""
+    from .runtime import bootstrap as run_bootstrap
+
+    return run_bootstrap(env, progress)

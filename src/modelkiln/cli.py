@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from typing import Callable, Sequence
 
-from . import __version__, api
+from . import __version__, api, cli_admin
 from .errors import KilnError
 
 USAGE_ERROR = 64
@@ -61,6 +62,60 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 1 if api.build(args.specs, args.task or (), args.jobs, _skip(args.skip)) else 0
 
 
+class _Progress:
+    """Bytes moved, redrawn on one line on a terminal; silent in CI logs (house style 10)."""
+
+    def __init__(self, label: str):
+        self.label, self.done, self.live = label, 0, sys.stderr.isatty()
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self.live:
+            sys.stderr.write(f"\r{self.label}: {self.done / 2**20:,.1f} MiB")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.live and self.done:
+            sys.stderr.write("\n")
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    progress = _Progress("publish")
+    try:
+        releases = api.publish(args.specs, args.backend or (), to=args.to, force=args.force,
+                               progress=progress)
+    finally:
+        progress.close()
+    for r in releases:
+        remote = r.remote
+        if remote.unchanged:
+            what = "unchanged, uploaded nothing"
+        elif remote.forced:
+            what = f"FORCED: replaced {remote.replaced} ({remote.bytes_uploaded} bytes)"
+        else:
+            what = f"{remote.bytes_uploaded} bytes uploaded"
+        print(f"{r.name} {r.version} {r.backend}: {remote.destination} ({what})")
+        if r.store is not None:
+            state = "unchanged" if r.store.noop else "finalized"
+            print(f"  store: {r.store.path} ({state}, checksum {r.store.checksum[:12]})")
+        print(f"  registry: {r.registry_name}")
+    return 0
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    progress = _Progress("download")
+    try:
+        runtime = api.bootstrap(progress=progress)
+    finally:
+        progress.close()
+    if args.json:
+        print(json.dumps(runtime.as_json(), indent=2, sort_keys=True))
+    else:
+        for key, value in sorted(runtime.exports().items()):
+            print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kiln", description="Build, publish and serve ML model bundles from YAML specs.")
     p.add_argument("--version", action="version", version=f"modelkiln {__version__}")
@@ -83,6 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-j", "--jobs", type=int, default=1, help="parallel processes")
     b.add_argument("--skip", action="append", metavar="BACKEND", help="leave a backend out (onnx)")
     b.set_defaults(func=cmd_build)
+
+    pb = sub.add_parser("publish", help="publish built bundles to S3/file://, the store, the registry")
+    pb.add_argument("specs", nargs="*", help="spec files or directories (default: bundles/)")
+    pb.add_argument("--backend", action="append", help="only this backend (repeatable)")
+    pb.add_argument("--to", help="destination template overriding the spec's publish.s3 "
+                    "('local' = file://<project>/published/{name}/{version}/{backend}/)")
+    pb.add_argument("--force", action="store_true",
+                    help="replace a published version that holds different bytes (logged)")
+    pb.set_defaults(func=cmd_publish)
+
+    bs = sub.add_parser("bootstrap", help="fetch, verify and unpack the bundle named by "
+                        "MODEL_BACKEND / MODEL_BUNDLE_S3_URI_*; print the REGISTRY_* paths")
+    bs.add_argument("--json", action="store_true", help="print a JSON report instead of exports")
+    bs.set_defaults(func=cmd_bootstrap)
+
+    cli_admin.add_parsers(sub)
     return p
 
 

@@ -32,9 +32,10 @@ def synthetic_rows(labels: tuple[str, ...], n: int, seed: int, multi: bool = Tru
     rows = []
     for _ in range(n):
         chosen = sorted(rng.sample(labels, rng.randint(1, 3) if multi else 1))
-        words = [rng.choice(FILLER) for _ in range(rng.randint(6, 14))]
+        words = [rng.choice(FILLER) for _ in range(rng.randint(3, 6))]
         for lab in chosen:
-            words.insert(rng.randrange(len(words) + 1), rng.choice(kw[lab]))
+            for _ in range(2):
+                words.insert(rng.randrange(len(words) + 1), rng.choice(kw[lab]))
         if rng.random() < 0.1:  # a little label noise keeps the thresholds honest
             words.append(rng.choice(kw[rng.choice(labels)]))
         rows.append({"text": " ".join(words), "labels": chosen})
@@ -87,13 +88,15 @@ def make_model(labels: tuple[str, ...], vocab_size: int, *, multi: bool = True, 
 
 
 def train(model, tokenizer, rows: list[dict], labels: tuple[str, ...], *, multi: bool,
-          steps: int = 60, seed: int = 0) -> None:
-    """A few seconds of AdamW so the head learns the keyword rules."""
+          steps: int = 60, seed: int = 0, lr: float = 2e-3, warmup: int = 60) -> None:
+    """A few seconds of AdamW (linear warm-up: a transformer trained from scratch stalls at the
+    label priors without it) so the head learns the keyword rules."""
     import torch
 
     torch.manual_seed(seed)
     index = {lab: i for i, lab in enumerate(labels)}
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     model.train()
     for step in range(steps):
         batch = rows[(step * 32) % len(rows):][:32]
@@ -108,6 +111,7 @@ def train(model, tokenizer, rows: list[dict], labels: tuple[str, ...], *, multi:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
     model.eval()
 
 
@@ -152,7 +156,7 @@ def make_example_inputs(bundles: Path) -> None:
     """Inputs of bundles/registry-v3.yaml (multi-label, f1-optimal, ONNX) and bundles/triage-v1.yaml
     (single-label, fixed thresholds, pytorch_model.bin pickle, float16 cast)."""
     reg = bundles / "registry-v3"
-    held_out = make_checkpoint(reg / "checkpoint", REGISTRY_LABELS, seed=3)
+    held_out = make_checkpoint(reg / "checkpoint", REGISTRY_LABELS, seed=3, hidden=128, steps=300)
     write_label_files(reg, REGISTRY_LABELS)
     write_jsonl(reg / "calibration.jsonl", held_out)
     tri = bundles / "triage-v1"

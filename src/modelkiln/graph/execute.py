@@ -15,7 +15,7 @@ from ..stages.base import Layout, RunContext, StagePlan, module
 from .state import snapshot, stamp_for, stat_cache, walk_outputs
 
 
-def _log(message: str) -> None:
+def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
@@ -29,7 +29,7 @@ def execute(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...]) ->
     sweep_leftovers(plan.out_dir)
     with staged_dir(plan.out_dir) as tmp:
         ctx = RunContext(plan=plan, bundle=bundle, layout=layout, out=tmp,
-                         upstream={p.stage: p for p in upstream}, cache=cache, log=_log)
+                         upstream={p.stage: p for p in upstream}, cache=cache, log=log)
         report = module(plan.stage).run(ctx)
         outputs = {rel: _digest_new(cache, tmp / rel) for rel in walk_outputs(tmp)}
     write_bytes(plan.stamp, canonical_json(stamp_for(plan, inputs, outputs, report)))

@@ -56,8 +56,28 @@ def _action(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...]) ->
         return TaskFailed(f"{plan.task}: {exc}")
 
 
-def task_dicts(bundles: list[Bundle], skip: frozenset[str] = frozenset()
-               ) -> dict[str, list[dict]]:
+def _publish(bundle: Bundle, backends: tuple[str, ...], to: str | None) -> Any:
+    """doit python-action of `publish:<name>`: every built backend, then the registry."""
+    from doit.exceptions import TaskFailed
+
+    from ..publish.release import release
+    from .execute import log
+
+    try:
+        for backend in backends:
+            r = release(bundle, backend, to=to)
+            sent = "unchanged, uploaded nothing" if r.remote.unchanged else \
+                f"{r.remote.bytes_uploaded} bytes uploaded"
+            store = f"; store {r.store.path}" if r.store else ""
+            log(f"publish:{bundle.name}: {backend} {r.version} -> {r.remote.destination} "
+                 f"({sent}){store}; registry {r.registry_name}")
+    except KilnError as exc:
+        return TaskFailed(f"publish:{bundle.name}: {exc}")
+    return None
+
+
+def task_dicts(bundles: list[Bundle], skip: frozenset[str] = frozenset(),
+               to: str | None = None) -> dict[str, list[dict]]:
     """basename -> doit task dicts (one per bundle, or per bundle and backend)."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for bundle in bundles:
@@ -73,6 +93,12 @@ def task_dicts(bundles: list[Bundle], skip: frozenset[str] = frozenset()
                 "targets": [str(p.stamp)],
                 "verbosity": 2,
             })
+        packages = [p for p in plans if p.stage == "package"]
+        groups["publish"].append({
+            "name": bundle.name, "doc": f"publish {bundle.name} to S3/file://, store and registry",
+            "actions": [(_publish, (bundle, tuple(p.backend for p in packages), to))],
+            "task_dep": [p.task for p in packages], "verbosity": 2,
+        })
         groups["build"].append({
             "name": bundle.name, "doc": f"build every enabled backend of {bundle.name}",
             "actions": None,
@@ -90,8 +116,8 @@ def _generator(basename: str, dicts: list[dict]) -> Callable:
     return gen
 
 
-def doit_namespace(bundles: list[Bundle], root: Path, skip: frozenset[str] = frozenset()
-                   ) -> dict[str, Any]:
+def doit_namespace(bundles: list[Bundle], root: Path, skip: frozenset[str] = frozenset(),
+                   to: str | None = None) -> dict[str, Any]:
     """What dodo.py exposes: DOIT_CONFIG plus one `task_<stage>` generator per stage."""
     state = Layout(root).state
     state.mkdir(parents=True, exist_ok=True)
@@ -99,16 +125,26 @@ def doit_namespace(bundles: list[Bundle], root: Path, skip: frozenset[str] = fro
         "backend": "sqlite3", "dep_file": str(state / "doit.sqlite3"),
         "default_tasks": ["build"], "verbosity": 2,
     }}
-    groups = task_dicts(bundles, skip)
+    groups = task_dicts(bundles, skip, to)
     for basename in (*STAGES, "publish", "build"):
         if basename in groups:
             namespace[f"task_{basename}"] = _generator(basename, groups[basename])
     return namespace
 
 
+def _doit_var(name: str, argv: list[str] | None) -> list[str]:
+    """Values of `name=value` words on doit's command line (doit's own `get_var` convention)."""
+    argv = sys.argv if argv is None else argv
+    return [a.split("=", 1)[1] for a in argv if a.startswith(f"{name}=")]
+
+
 def skipped_backends(argv: list[str] | None = None) -> frozenset[str]:
     """Backends skipped for this run: `doit ... skip=onnx` or KILN_SKIP=onnx (comma-separated)."""
-    argv = sys.argv if argv is None else argv
-    values = [a.split("=", 1)[1] for a in argv if a.startswith("skip=")]
-    values.append(os.environ.get("KILN_SKIP", ""))
+    values = [*_doit_var("skip", argv), os.environ.get("KILN_SKIP", "")]
     return frozenset(s.strip() for v in values for s in v.split(",") if s.strip())
+
+
+def publish_target(argv: list[str] | None = None) -> str | None:
+    """Destination override for `publish:<name>`: `doit publish to=local` (or any URI template)."""
+    values = _doit_var("to", argv)
+    return values[-1] if values else None
