@@ -14,9 +14,11 @@ from typing import Callable
 
 from ..artifacts.digest import StatCache
 from ..errors import KilnError
+from ..runtime.fetch import DEFAULT, TransferSettings, scheme_of
 from .bundle import DistBundle, PublishResult
 
-__all__ = ["DistBundle", "PublishResult", "publish_bundle", "render_destination"]
+__all__ = ["DistBundle", "PublishResult", "TransferSettings", "publish_bundle",
+           "render_destination"]
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
@@ -42,22 +44,23 @@ def render_destination(template: str, *, name: str, version: str, backend: str) 
 
 def publish_bundle(dist_dir: Path, destination: str, *, force: bool = False,
                    progress: Callable[[int], None] | None = None,
-                   cache: StatCache | None = None) -> PublishResult:
+                   cache: StatCache | None = None,
+                   settings: TransferSettings | None = None) -> PublishResult:
     """Publish one built backend bundle to `destination` (s3://bucket/prefix/, file:// or a path).
 
     `progress` receives byte counts as content is written (it may receive a negative count when
-    a part is retried). `cache` lets an unchanged tarball skip re-hashing. Raises ConflictError
+    a part is retried). `cache` lets an unchanged tarball skip re-hashing; `settings` tunes S3
+    transfers (part size, concurrency, retries, checksum). Raises ConflictError
     (exit 5) for different bytes under a published version, PublishError for transfer failures.
     """
-    from ..runtime.fetch import scheme_of
-
     scheme = scheme_of(destination)
+    if scheme not in ("s3", "file"):
+        raise KilnError(f"{destination}: unsupported publish destination; use "
+                        "s3://bucket/prefix/, file:///absolute/path/ or a directory path")
     bundle = DistBundle.load(Path(dist_dir), cache)
     if scheme == "s3":
         from . import s3
-        return s3.publish(bundle, destination, force=force, progress=progress)
-    if scheme == "file":
-        from . import local
-        return local.publish(bundle, destination, force=force, progress=progress)
-    raise KilnError(f"{destination}: unsupported publish destination; use s3://bucket/prefix/, "
-                    "file:///absolute/path/ or a directory path")
+        return s3.publish(bundle, destination, force=force, progress=progress,
+                          settings=settings or DEFAULT)
+    from . import local
+    return local.publish(bundle, destination, force=force, progress=progress)

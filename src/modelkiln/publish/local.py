@@ -10,6 +10,7 @@ replaces the tarball, then writes the manifest with os.replace.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 import time
@@ -17,12 +18,12 @@ from pathlib import Path
 
 from ..artifacts import manifest as mf
 from ..artifacts.atomic import fsync_dir, staged_file
-from ..artifacts.digest import sha256_file
+from ..artifacts.digest import HashingWriter, sha256_file
 from ..errors import ConflictError, PublishError
 from ..runtime.fetch import local_path
 from .bundle import DistBundle, Progress, PublishResult, existing_archive_sha
 
-CHUNK = 8 << 20
+CHUNK = 256 << 10  # small reused-size pieces: multi-MiB ones page-fault on every allocation
 STALE_S = 3600  # temp files older than this are a killed publisher's debris
 
 
@@ -43,19 +44,21 @@ def publish(bundle: DistBundle, destination: str, *, force: bool = False,
 def _publish(bundle: DistBundle, dest: Path, uri: str, force: bool,
              progress: Progress | None) -> PublishResult:
     archive, manifest = dest / mf.ARCHIVE, dest / mf.MANIFEST
-    result = dict(destination=uri, archive_uri=uri + mf.ARCHIVE, manifest_uri=uri + mf.MANIFEST,
-                  name=bundle.name, version=bundle.version, backend=bundle.backend,
-                  archive_sha256=bundle.sha256)
+    result = PublishResult(destination=uri, archive_uri=uri + mf.ARCHIVE,
+                           manifest_uri=uri + mf.MANIFEST, name=bundle.name,
+                           version=bundle.version, backend=bundle.backend,
+                           archive_sha256=bundle.sha256)
     replaced = None
     existing = _read(manifest)
     if existing is not None:
         existing_sha = existing_archive_sha(existing, str(manifest))
         if existing_sha == bundle.sha256:
             if _intact(archive, bundle):
-                return PublishResult(**result, unchanged=True, skipped=(mf.ARCHIVE, mf.MANIFEST))
+                return dataclasses.replace(result, unchanged=True,
+                                           skipped=(mf.ARCHIVE, mf.MANIFEST))
             # Same version, tarball lost or damaged: writing the same bytes back is a repair.
             _copy(bundle, archive, progress)
-            return PublishResult(**result, uploaded=(mf.ARCHIVE,), skipped=(mf.MANIFEST,),
+            return dataclasses.replace(result, uploaded=(mf.ARCHIVE,), skipped=(mf.MANIFEST,),
                                  bytes_uploaded=bundle.size)
         if not force:
             raise ConflictError(str(manifest), existing_sha, bundle.sha256)
@@ -75,7 +78,7 @@ def _publish(bundle: DistBundle, dest: Path, uri: str, force: bool,
     sent += len(bundle.manifest_bytes)
     if progress:
         progress(len(bundle.manifest_bytes))
-    return PublishResult(**result, uploaded=tuple(uploaded), skipped=tuple(skipped),
+    return dataclasses.replace(result, uploaded=tuple(uploaded), skipped=tuple(skipped),
                          bytes_uploaded=sent, forced=replaced is not None, replaced=replaced)
 
 
@@ -99,12 +102,13 @@ def _intact(archive: Path, bundle: DistBundle) -> bool:
 def _copy(bundle: DistBundle, target: Path, progress: Progress | None) -> None:
     """Copy the tarball to `target` via a temp file beside it: fsync, rename, fsync the dir."""
     with staged_file(target) as tmp:
-        with open(bundle.archive, "rb") as src, open(tmp, "wb") as out:
+        with open(bundle.archive, "rb") as src, open(tmp, "wb") as raw:
+            out = HashingWriter(raw)  # hash the bytes as they are copied, not in a second read
             while chunk := src.read(CHUNK):
                 out.write(chunk)
                 if progress:
                     progress(len(chunk))
-        if sha256_file(tmp) != bundle.sha256:  # the source changed under us mid-copy
+        if out.hexdigest() != bundle.sha256:  # the source changed under us mid-copy
             raise PublishError(f"{bundle.archive}: changed while it was being published; "
                                "rebuild it and publish again")
 

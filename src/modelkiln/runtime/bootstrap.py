@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -62,6 +63,10 @@ class Runtime:
         """Environment variables for the serving app (what `kiln bootstrap` prints as exports)."""
         return {"MODEL_BACKEND": self.backend, "REGISTRY_MODEL_VERSION": self.version,
                 **self.paths}
+
+    def shell(self) -> str:
+        """`export NAME='value'` lines for `eval "$(kiln bootstrap)"` (values shell-quoted)."""
+        return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in self.exports().items())
 
     def as_json(self) -> dict[str, Any]:
         """The machine-readable report (`kiln bootstrap --json`)."""
@@ -103,9 +108,8 @@ def bootstrap(env: Mapping[str, str] | None = None, progress: fetch.Progress | N
 
 def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: fetch.Progress | None,
                settings: fetch.TransferSettings) -> Runtime:
-    client = fetch.s3_client(settings) if fetch.scheme_of(uri) == "s3" else None
     manifest_uri = fetch.sibling(uri, mf.MANIFEST)
-    raw = fetch.read_small(manifest_uri, client=client, settings=settings)
+    raw = fetch.read_small(manifest_uri, settings=settings)
     if raw is None:
         raise PublishError(f"{manifest_uri}: not found, so {uri} is not a published bundle (or its "
                            "publish was interrupted); publish it with `kiln publish`")
@@ -113,7 +117,8 @@ def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: fetch.P
     size, sha = _archive(published, manifest_uri)
     if published.get("backend") != backend:
         raise KilnError(f"{manifest_uri}: a {published.get('backend')!r} bundle, but "
-                        f"MODEL_BACKEND={backend}; point {URI_ENV[backend]} at the {backend} bundle")
+                        f"MODEL_BACKEND={backend}; point {URI_ENV[backend]} at the {backend} "
+                        "bundle")
     version = str(published.get("version", ""))
     vid = f"{re.sub(r'[^A-Za-z0-9._+-]', '_', version) or 'unversioned'}-{sha[:12]}"
     versions = base / "versions"
@@ -121,7 +126,7 @@ def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: fetch.P
 
     downloaded = False
     if not _cached(vdir, record, sha, published, full):
-        _install(uri, published, size, sha, vdir, record, progress, client, settings)
+        _install(uri, published, size, sha, vdir, record, progress, settings)
         downloaded = True
     paths = resolve_paths(vdir, backend)
     _point_current(base, vid)
@@ -160,7 +165,7 @@ def _cached(vdir: Path, record: Path, sha: str, published: dict, full: bool) -> 
 
 
 def _stat_tree(root: Path) -> dict[str, list[int]] | None:
-    """{relative path: [size, mtime_ns, inode]} of every file, or None if anything is not regular."""
+    """{relative path: [size, mtime_ns, inode]} of every file; None if anything is not regular."""
     out: dict[str, list[int]] = {}
     if not root.is_dir() or root.is_symlink():
         return None
@@ -179,8 +184,7 @@ def _stat_tree(root: Path) -> dict[str, list[int]] | None:
 
 
 def _install(uri: str, published: dict, size: int, sha: str, vdir: Path, record: Path,
-             progress: fetch.Progress | None, client: Any,
-             settings: fetch.TransferSettings) -> None:
+             progress: fetch.Progress | None, settings: fetch.TransferSettings) -> None:
     """Download, check, unpack and verify into a hidden directory, then rename it into place."""
     versions = vdir.parent
     versions.mkdir(parents=True, exist_ok=True)
@@ -188,13 +192,15 @@ def _install(uri: str, published: dict, size: int, sha: str, vdir: Path, record:
     work = Path(tempfile.mkdtemp(prefix=f".{vdir.name}.", suffix=".tmp", dir=versions))
     try:
         tarball, tree = work / mf.ARCHIVE, work / "tree"
-        fetch.download(uri, tarball, size=size, sha256=sha, progress=progress, client=client,
-                       settings=settings)
+        fetch.download(uri, tarball, size=size, sha256=sha, progress=progress, settings=settings)
         sizes: dict[str, int | None] = {f["path"]: f["size"] for f in published["files"]}
         sizes[mf.MANIFEST] = None
-        safe_extract(tarball, tree, sizes=sizes)
+        # Every listed file's size and sha256 is checked as it is written; nothing unlisted and
+        # nothing missing gets through; then the bundle's own manifest must equal the published.
+        safe_extract(tarball, tree, sizes=sizes,
+                     sha256s={f["path"]: f["sha256"] for f in published["files"]})
         tarball.unlink()
-        _verify_tree(tree, published, uri)
+        _check_inner(tree, published, uri)
         resolve_paths(tree, published.get("backend", ""))  # refuse a bundle the app cannot use
         stats = _stat_tree(tree)
         record.unlink(missing_ok=True)  # the old record must never vouch for a new directory
@@ -208,18 +214,13 @@ def _install(uri: str, published: dict, size: int, sha: str, vdir: Path, record:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _verify_tree(tree: Path, published: dict, uri: str) -> None:
-    """The bundle's own manifest must equal the published one, and every file must match it."""
+def _check_inner(tree: Path, published: dict, uri: str) -> None:
+    """The bundle's own manifest must equal the published one (whose files were just checked)."""
     inner = mf.load(tree / mf.MANIFEST)
     expected = {k: v for k, v in published.items() if k != "archive"}
     if inner != expected:
         raise PublishError(f"{uri}: the manifest inside the bundle differs from the published "
                            "manifest.json; the bundle was replaced or mis-published, refusing it")
-    changes = mf.compare_tree(tree, inner)
-    if changes:
-        listed = "; ".join(map(str, changes[:5]))
-        raise PublishError(f"{uri}: unpacked files do not match the bundle manifest ({listed}); "
-                           "refusing it, re-publish the bundle")
 
 
 def resolve_paths(root: Path, backend: str) -> dict[str, str]:
@@ -254,21 +255,22 @@ def resolve_paths(root: Path, backend: str) -> dict[str, str]:
 
 
 def _point_current(base: Path, vid: str) -> None:
-    """Point `current` at versions/<vid> (relative symlink, os.replace), then prune old versions."""
+    """Point `current` at versions/<vid> (relative symlink, os.replace); on a switch, prune all
+    versions but the new one and the one it replaced (running workers, quick rollback)."""
     link = base / "current"
     target = f"versions/{vid}"
     try:
         previous = os.readlink(link)
     except OSError:
         previous = None
-    if previous != target:
-        tmp = base / f".current.{os.getpid()}.tmp"
-        tmp.unlink(missing_ok=True)
-        os.symlink(target, tmp)
-        os.replace(tmp, link)
-        fsync_dir(base)
-    keep = {vid} | ({Path(previous).name} if previous else set())
-    _prune(base / "versions", keep)
+    if previous == target:
+        return  # nothing switched: keep what the last switch kept (current and its predecessor)
+    tmp = base / f".current.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    fsync_dir(base)
+    _prune(base / "versions", {vid} | ({Path(previous).name} if previous else set()))
 
 
 def _prune(versions: Path, keep: set[str]) -> None:
@@ -293,7 +295,7 @@ def _sweep(versions: Path) -> None:
 
 @contextmanager
 def _locked(base: Path) -> Iterator[None]:
-    """One bootstrap per runtime dir at a time: workers started together queue, then hit the cache."""
+    """One bootstrap per runtime dir at a time: workers started together queue, then hit cache."""
     base.mkdir(parents=True, exist_ok=True)
     fd = os.open(base / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from ..artifacts.digest import sha256_file
+from ..artifacts.digest import HashingWriter
 from ..errors import KilnError, PublishError
 
 Progress = Callable[[int], None]
@@ -27,15 +27,15 @@ MIB = 1 << 20
 
 @dataclass(frozen=True)
 class TransferSettings:
-    """Knobs for S3 transfers; the defaults keep up with `aws s3 cp` on one host.
+    """Knobs for S3 transfers; the defaults are `aws s3 cp`'s (8 MiB parts, 10 at a time).
 
     `attempts` is our own retry loop around a whole transfer (botocore and s3transfer also retry
     single requests and parts `max_attempts` times underneath). `checksum` is the transport
     checksum the server verifies per request or part ("CRC32", "SHA256", or None).
     """
 
-    part_size: int = 16 * MIB
-    threshold: int = 16 * MIB
+    part_size: int = 8 * MIB
+    threshold: int = 8 * MIB
     concurrency: int = 10
     max_attempts: int = 5
     attempts: int = 3
@@ -124,7 +124,7 @@ def error_code(exc: BaseException) -> str:
 def _permanent(exc: BaseException) -> bool:
     """Errors no retry can fix: 4xx answers (missing, forbidden, precondition) and credentials."""
     status = status_of(exc)
-    if status is not None and 400 <= status < 500 and status not in (408, 429):
+    if status is not None and (400 <= status < 500 and status not in (408, 429) or status == 501):
         return True
     return type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError",
                                   "ParamValidationError", "NoRegionError")
@@ -152,7 +152,11 @@ def with_retries(what: str, action: Callable[[], T], settings: TransferSettings 
 
 def read_small(uri: str, *, limit: int = 64 * MIB, client: Any = None,
                settings: TransferSettings = DEFAULT) -> bytes | None:
-    """The bytes of a small object (a manifest), or None when it does not exist."""
+    """The bytes of a small object (a manifest), or None when it does not exist.
+
+    Without a `client`, an s3:// read first tries `s3lite` (no boto3 import: the cached
+    bootstrap's 0.5 s budget), and falls back to boto3 for anything but a plain 200.
+    """
     if scheme_of(uri) == "file":
         path = local_path(uri)
         try:
@@ -162,6 +166,11 @@ def read_small(uri: str, *, limit: int = 64 * MIB, client: Any = None,
         except FileNotFoundError:
             return None
     bucket, key = parse_s3(uri)
+    if client is None:  # nobody paid for boto3 yet: try the stdlib-only signed GET first
+        from .s3lite import get_small
+        fast = get_small(bucket, key, limit=limit)
+        if fast is not None:
+            return fast
     client = client or s3_client(settings)
 
     def get() -> bytes | None:
@@ -184,35 +193,35 @@ def read_small(uri: str, *, limit: int = 64 * MIB, client: Any = None,
 
 
 def download(uri: str, dest: Path, *, size: int, sha256: str, progress: Progress | None = None,
-             client: Any = None, settings: TransferSettings = DEFAULT) -> None:
+             client: Any = None, settings: TransferSettings = DEFAULT,
+             durable: bool = False) -> None:
     """Fetch `uri` into the new file `dest` and check it has exactly `size` bytes and `sha256`.
 
-    A transfer that breaks is retried whole; bytes that arrive intact but differ from the
-    manifest are refused at once (re-downloading a corrupt object only repeats the corruption).
+    `dest` is not fsynced unless `durable`: the bootstrap unpacks and deletes it, and fsyncs
+    what it unpacks instead, so flushing a GiB it is about to delete would only cost time.
+
+    The digest is computed as the bytes are written (one pass, see `download.py`). A transfer
+    that breaks is retried (per range, then whole); bytes that arrive intact but differ from the
+    manifest are refused at once: re-downloading a corrupt object only repeats the corruption.
     """
-    def fetch() -> None:
-        dest.unlink(missing_ok=True)
-        if scheme_of(uri) == "file":
-            _copy(local_path(uri), dest, progress)
-        else:
-            bucket, key = parse_s3(uri)
-            from boto3.s3.transfer import create_transfer_manager
-            from s3transfer.subscribers import BaseSubscriber
-
-            class Report(BaseSubscriber):  # type: ignore[misc]
-                def on_progress(self, future: Any, bytes_transferred: int, **kw: Any) -> None:
-                    if progress:
-                        progress(bytes_transferred)
-
-            with create_transfer_manager(s3, transfer_config(settings)) as manager:
-                manager.download(bucket, key, str(dest), subscribers=[Report()]).result()
-        got = dest.stat().st_size
-        if got != size:  # a short read is a transfer failure: retry it
-            raise OSError(f"got {got} bytes, the manifest says {size}")
+    def fetch_once() -> tuple[int, str]:
+        with open(dest, "wb") as raw:
+            writer = HashingWriter(raw)
+            if scheme_of(uri) == "file":
+                _copy(local_path(uri), writer, progress)
+            else:
+                from .download import s3_download
+                bucket, key = parse_s3(uri)
+                s3_download(s3, bucket, key, writer, size=size, settings=settings,
+                            progress=progress)
+            if durable:
+                raw.flush()
+                os.fsync(raw.fileno())
+        return writer.size, writer.hexdigest()
 
     s3 = None if scheme_of(uri) == "file" else (client or s3_client(settings))
     try:
-        with_retries(f"download {uri}", fetch, settings)
+        got, actual = with_retries(f"download {uri}", fetch_once, settings)
     except KilnError:
         dest.unlink(missing_ok=True)
         raise
@@ -222,21 +231,17 @@ def download(uri: str, dest: Path, *, size: int, sha256: str, progress: Progress
             raise PublishError(f"{uri}: not found; check MODEL_BUNDLE_S3_URI_* and that the "
                                "version was published") from None
         raise PublishError(f"{uri}: download failed ({exc})") from None
-    actual = sha256_file(dest)
-    if actual != sha256:
+    if got != size or actual != sha256:
         dest.unlink(missing_ok=True)
-        raise PublishError(f"{uri}: sha256 {actual} does not match the published manifest's "
-                           f"{sha256}; the object is corrupt or was replaced, refusing it "
-                           "(re-publish the bundle, then bootstrap again)")
+        raise PublishError(f"{uri}: {got} bytes with sha256 {actual}, but the published manifest "
+                           f"says {size} bytes with {sha256}; the object is corrupt or was "
+                           "replaced, refusing it (re-publish the bundle, then bootstrap again)")
 
 
-def _copy(src: Path, dest: Path, progress: Progress | None) -> None:
-    """Copy a local file in 8 MiB chunks, reporting progress, fsyncing the copy."""
-    with open(src, "rb") as fin, open(dest, "xb") as fout:
-        while chunk := fin.read(8 * MIB):
-            fout.write(chunk)
+def _copy(src: Path, out: HashingWriter, progress: Progress | None) -> None:
+    """Copy a local file through `out` in 256 KiB chunks (see download.PIECE), with progress."""
+    with open(src, "rb") as fin:
+        while chunk := fin.read(256 << 10):
+            out.write(chunk)
             if progress:
                 progress(len(chunk))
-        fout.flush()
-        os.fsync(fout.fileno())
-

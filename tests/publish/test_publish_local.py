@@ -1,0 +1,130 @@
+"""Publishing to a local directory (file:// and plain paths): order, immutability, convergence."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from distfactory import make_dist
+from modelkiln.artifacts import manifest as mf
+from modelkiln.errors import ConflictError, KilnError, PublishError
+from modelkiln.publish import local, publish_bundle, render_destination
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def test_render_destination() -> None:
+    assert render_destination("s3://b/deploy/registry/{version}/{backend}", name="r",
+                              version="3.0.0", backend="onnx") \
+        == "s3://b/deploy/registry/3.0.0/onnx/"
+    assert render_destination("/srv/{name}/{version}/{backend}/", name="r", version="1",
+                              backend="pytorch") == "/srv/r/1/pytorch/"
+    with pytest.raises(KilnError, match=r"unknown placeholder \{verison\}"):
+        render_destination("s3://b/{verison}/", name="r", version="1", backend="onnx")
+
+
+@pytest.mark.parametrize("as_uri", [True, False])
+def test_publish_writes_the_layout_tarball_then_manifest(tmp_path: Path, as_uri: bool) -> None:
+    dist = make_dist(tmp_path)
+    dest = tmp_path / "registry" / "3.0.0" / "pytorch"
+    seen: list[int] = []
+    result = publish_bundle(dist, dest.as_uri() + "/" if as_uri else str(dest),
+                            progress=seen.append)
+    assert _files(dest) == _files(dist)
+    assert result.uploaded == (mf.ARCHIVE, mf.MANIFEST)
+    assert result.archive_uri == dest.as_uri() + "/" + mf.ARCHIVE
+    assert not result.unchanged and not result.forced
+    assert sum(seen) == result.bytes_uploaded == sum(len(b) for b in _files(dist).values())
+    # Tarball before manifest: the commit point is the newer of the two.
+    assert (dest / mf.ARCHIVE).stat().st_mtime_ns <= (dest / mf.MANIFEST).stat().st_mtime_ns
+
+
+def test_same_bytes_again_writes_nothing(tmp_path: Path) -> None:
+    dist, dest = make_dist(tmp_path), tmp_path / "pub"
+    publish_bundle(dist, str(dest))
+    before = {n: os.stat(dest / n) for n in (mf.ARCHIVE, mf.MANIFEST)}
+    result = publish_bundle(dist, str(dest))
+    assert result.unchanged and result.uploaded == () and result.bytes_uploaded == 0
+    for name, st in before.items():
+        now = os.stat(dest / name)
+        assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+
+
+def test_different_bytes_conflict_and_force_replaces(tmp_path: Path) -> None:
+    first, second = make_dist(tmp_path, seed=1), make_dist(tmp_path, seed=2)
+    dest = tmp_path / "pub"
+    publish_bundle(first, str(dest))
+    old = _files(dest)
+    with pytest.raises(ConflictError) as err:
+        publish_bundle(second, str(dest))
+    assert err.value.exit_code == 5
+    assert err.value.existing == mf.load(first / mf.MANIFEST)["archive"]["sha256"]
+    assert err.value.new == mf.load(second / mf.MANIFEST)["archive"]["sha256"]
+    assert _files(dest) == old
+    result = publish_bundle(second, str(dest), force=True)
+    assert result.forced and result.replaced == err.value.existing
+    assert _files(dest) == _files(second)
+
+
+def test_killed_after_tarball_converges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dist, dest = make_dist(tmp_path), tmp_path / "pub"
+
+    def killed(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt  # the process dies between the two writes
+
+    with monkeypatch.context() as m:
+        m.setattr(local, "_commit", killed)
+        with pytest.raises(KeyboardInterrupt):
+            publish_bundle(dist, str(dest))
+    assert sorted(p.name for p in dest.iterdir()) == [mf.ARCHIVE]  # no manifest: not published
+    result = publish_bundle(dist, str(dest))
+    assert result.skipped == (mf.ARCHIVE,) and result.uploaded == (mf.MANIFEST,)
+    assert _files(dest) == _files(dist)
+
+
+def test_leftover_tarball_of_other_bytes_is_replaced(tmp_path: Path) -> None:
+    dist, dest = make_dist(tmp_path), tmp_path / "pub"
+    dest.mkdir()
+    (dest / mf.ARCHIVE).write_bytes(b"half an upload")
+    result = publish_bundle(dist, str(dest))
+    assert result.uploaded == (mf.ARCHIVE, mf.MANIFEST) and not result.forced
+    assert _files(dest) == _files(dist)
+
+
+def test_damaged_tarball_under_same_manifest_is_repaired(tmp_path: Path) -> None:
+    dist, dest = make_dist(tmp_path), tmp_path / "pub"
+    publish_bundle(dist, str(dest))
+    (dest / mf.ARCHIVE).write_bytes(b"rot")
+    result = publish_bundle(dist, str(dest))
+    assert result.uploaded == (mf.ARCHIVE,) and not result.unchanged
+    assert _files(dest) == _files(dist)
+
+
+def test_racing_publisher_loses_at_the_commit_point(tmp_path: Path) -> None:
+    first, second = make_dist(tmp_path, seed=1), make_dist(tmp_path, seed=2)
+    dest = tmp_path / "pub"
+    dest.mkdir()
+    # Another publisher commits between our check and our write: os.link refuses to replace it.
+    (dest / mf.MANIFEST).write_bytes((first / mf.MANIFEST).read_bytes())
+    bundle = local.DistBundle.load(second)
+    with pytest.raises(ConflictError):
+        local._commit(bundle, dest / mf.MANIFEST, force=False)
+    assert (dest / mf.MANIFEST).read_bytes() == (first / mf.MANIFEST).read_bytes()
+    assert [p.name for p in dest.iterdir()] == [mf.MANIFEST]  # no temp file left behind
+
+
+def test_damaged_dist_directory_is_refused(tmp_path: Path) -> None:
+    dist = make_dist(tmp_path)
+    with open(dist / mf.ARCHIVE, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(PublishError, match="rebuild"):
+        publish_bundle(dist, str(tmp_path / "pub"))
+    assert not (tmp_path / "pub").exists()
+
+
+def test_unsupported_scheme(tmp_path: Path) -> None:
+    with pytest.raises(KilnError, match="unsupported"):
+        publish_bundle(make_dist(tmp_path), "ftp://host/x/")
