@@ -112,3 +112,14 @@ def test_store_agent_must_separate_backends(tmp_path: Path) -> None:
     assert code == 3
     assert lines == ["bundles/x.yaml:20:37: publish.store.agent: 2 backends would share the store "
                      "agent 'reg' (use agent: \"reg-{backend}\")"]
+
+
+def test_s3_prefix_must_separate_backends(tmp_path: Path) -> None:
+    spec = project(tmp_path)
+    text = spec.read_text().replace("  pytorch: {}\n", "  pytorch: {}\n  onnx: {}\npublish:\n"
+                                    "  s3: s3://bucket/models/{version}/\n")
+    spec.write_text(text.replace("strategy: fixed", "strategy: fixed\n  calibration: m/label_order.json"))
+    code, lines = validate(tmp_path)
+    assert code == 3
+    assert lines == ["bundles/x.yaml:20:7: publish.s3: 2 backends would publish to the same prefix "
+                     "(put {backend} in the destination, e.g. s3://bucket/models/{version}/{backend}/)"]

@@ -176,7 +176,11 @@ def _publish(c: _Checker, data: dict, backends: int) -> m.Publish:
     if target and backends > 1 and "{backend}" not in target.agent:
         c.fail(("publish", "store", "agent"), f"{backends} backends would share the store agent "
                f"'{target.agent}'", f"use agent: \"{target.agent}-{{backend}}\"")
-    return m.Publish(pub.get("s3"), target)
+    s3 = pub.get("s3")
+    if s3 and backends > 1 and "{backend}" not in s3:
+        c.fail(("publish", "s3"), f"{backends} backends would publish to the same prefix",
+               "put {backend} in the destination, e.g. s3://bucket/models/{version}/{backend}/")
+    return m.Publish(s3, target)
 
 
 def to_bundle(doc: Document) -> m.Bundle:
