@@ -9,6 +9,9 @@ Layout (one filesystem, so every rename is atomic):
     <agent>/pins/<v>               "do not prune" markers (the registry's version locks write them)
     <agent>/.pending               journal: "make <v> current" between the rename and the swap
 
+Payload gets into staging by any means (finalize then reads and hashes it) or by `copy_in`, which
+hashes and fsyncs while copying so that finalize does neither again (store_copy.py).
+
 Commit order: fsync every staged file and directory, write the sealed manifest, write `.pending`,
 rename `<v>.tmp` -> `<v>`, fsync `versions/`, swap `current`, fsync, drop `.pending`. A reader
 therefore only ever sees `current` name a complete version. After a crash the next locked
@@ -27,7 +30,9 @@ from typing import Any, Iterable, Iterator, Mapping
 from ..artifacts.atomic import fsync_dir, write_bytes
 from ..errors import ConflictError, StoreError
 from . import store_manifest as sm
-from .store_fs import DELETING_SUFFIX, AgentLock, StatKey, fsync_dirs, hash_tree, remove_tree, scan
+from .store_copy import copy_into
+from .store_fs import (DELETING_SUFFIX, AgentLock, Known, StatKey, fsync_dirs, hash_tree,
+                       remove_tree, scan)
 from .store_read import StoreReader, VersionInfo, strict_from_env
 
 __all__ = ["ModelStore", "StoreReader", "VersionInfo", "strict_from_env"]
@@ -43,6 +48,7 @@ class ModelStore(StoreReader):
         super().__init__(root, strict=strict, workers=workers)
         self._locks: dict[Path, AgentLock] = {}
         self._staged: dict[tuple[Path, str], Path] = {}
+        self._copied: dict[tuple[Path, str], dict[str, tuple[StatKey, str]]] = {}  # by copy_in
 
     def _agent_write(self, agent: str) -> Path:
         """The agent's directory for writing, created on demand; aliases are read-only shims."""
@@ -85,6 +91,7 @@ class ModelStore(StoreReader):
                 remove_tree(tmp)
             tmp.mkdir()
             self._staged[key] = tmp
+            self._copied[key] = {}
         except BaseException:
             lock.release()
             raise
@@ -98,34 +105,50 @@ class ModelStore(StoreReader):
         """Drop a staged version without finalizing it and release the agent lock."""
         adir = self.root / agent
         tmp = self._staged.pop((adir, version), None)
+        self._copied.pop((adir, version), None)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
             self._lock(adir).release()
 
+    def copy_in(self, staging: Path, src: Path | str, rel: str = "", *,
+                durable: bool = True) -> dict[str, tuple[int, str]]:
+        """Copy a file or tree into `staging` (from `stage_new`), hashing and (`durable`) fsyncing
+        as it copies, so `finalize` reads none of it again; {staging relpath: (size, sha256)}.
+        Placement rules: `store_copy.copy_into`."""
+        key = next((k for k, v in self._staged.items() if v == Path(staging)), None)
+        if key is None:
+            raise StoreError(f"{staging}: not a staging directory of this store; copy into the "
+                             "path `with store.stage_new(agent, version) as tmp:` yields")
+        copied = copy_into(Path(staging), Path(src), rel, durable=durable, workers=self.workers)
+        self._copied[key].update({r: (k, d) for r, (k, _s, d) in copied.items()})
+        return {r: (s, d) for r, (_k, s, d) in copied.items()}
+
     def finalize(self, agent: str, version: str, metadata: Mapping[str, Any] | None = None, *,
                  activate: bool = True, bundle: Mapping[str, Any] | None = None,
-                 known: Mapping[str, tuple[StatKey, str]] | None = None) -> VersionInfo:
+                 known: Known | None = None) -> VersionInfo:
         """Seal the staged version, rename it into place and (with `activate`) make it current.
 
         Versions are immutable: if `<version>` exists with the same checksum this is a no-op
         (`noop=True`, `current` untouched); with a different checksum, ConflictError.
-        `known` lets a caller that just hashed the staged files skip a second read of them.
+        Digests from `copy_in`, and `known` ones ({relpath: (stat key, sha256)}), spare re-reading
+        those files under `store_fs.hash_tree`'s trust rule (stat key unchanged; a wrong one is
+        caught by `verify`). Every file is still fsynced here (a no-op after a durable copy_in).
         """
         adir = self._agent_write(agent)
+        copied = self._copied.pop((adir, version), {})
         tmp = self._staged.pop((adir, version), None)
         if tmp is None:
             raise StoreError(f"{agent}/{version} is not staged in this process; write it inside "
                              f"`with store.stage_new({agent!r}, {version!r}) as tmp:` first")
         try:
             return self._commit(adir, agent, version, tmp, dict(metadata or {}), activate,
-                                bundle, known)
+                                bundle, {**(known or {}), **copied})
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
             self._lock(adir).release()
 
     def _commit(self, adir: Path, agent: str, version: str, tmp: Path, metadata: dict[str, Any],
-                activate: bool, bundle: Mapping[str, Any] | None,
-                known: Mapping[str, tuple[StatKey, str]] | None) -> VersionInfo:
+                activate: bool, bundle: Mapping[str, Any] | None, known: Known) -> VersionInfo:
         tree = scan(tmp)
         if tree.odd:
             rel, kind = min(tree.odd.items())

@@ -1,14 +1,16 @@
 """Filesystem primitives for the model store: the writer lock, tree scans, hashing, durability.
 
 Kept apart from `store.py` so the store reads as its protocol (stage, seal, rename, swap) and this
-module as the mechanics. Hashing goes through `sha256_file` (the one file-hashing function); we
-only spread files over a few threads, which helps because hashlib and file reads release the GIL.
+module as the mechanics. Hashing goes through `digest.sha256_file` (the one file-hashing function,
+looked up on its module at call time so a test can count the reads); we only spread files over a
+few threads, which helps because hashlib and file reads release the GIL.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,12 +18,14 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from ..artifacts.atomic import fsync_dir
-from ..artifacts.digest import sha256_file
+from ..artifacts import digest as _digest
 from ..errors import FileChange, StoreError
 
 StatKey = tuple[int, int, int, int]
 Digests = dict[str, tuple[int, str]]  # relpath -> (size, sha256)
 DELETING_SUFFIX = ".deleting"
+Known = Mapping[str, tuple[StatKey, str]]  # relpath -> (stat key when the digest was taken, sha256)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def stat_key(st: os.stat_result) -> StatKey:
@@ -75,6 +79,7 @@ class Tree:
     """A scan of a directory: regular files by relative path, and everything that is not one."""
 
     files: dict[str, os.stat_result] = field(default_factory=dict)
+    dirs: list[str] = field(default_factory=list)  # relpaths of subdirectories, parents first
     odd: dict[str, str] = field(default_factory=dict)  # relpath -> "symlink" | "special file"
 
 
@@ -96,6 +101,7 @@ def scan(root: Path, exclude: frozenset[str] = frozenset()) -> Tree:
                 if entry.is_symlink():
                     tree.odd[rel] = "symlink"
                 elif entry.is_dir(follow_symlinks=False):
+                    tree.dirs.append(rel)
                     stack.append((rel + "/", Path(entry.path)))
                 elif entry.is_file(follow_symlinks=False):
                     tree.files[rel] = entry.stat(follow_symlinks=False)
@@ -116,22 +122,29 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def hash_tree(root: Path, tree: Tree, *, known: Mapping[str, tuple[StatKey, str]] | None = None,
+def hash_tree(root: Path, tree: Tree, *, known: Known | None = None,
               fsync: bool = False, workers: int | None = None) -> Digests:
     """sha256 (and size) of every regular file in `tree`, largest first over a few threads.
 
-    `known` digests are reused only while a file's stat key is unchanged (the caller hashed it
-    moments ago in its own private staging); everything else is read. With `fsync`, every file is
-    also flushed to disk on its own I/O threads, concurrently with the hashing: the flush waits on
-    the disk while the hash works from the page cache, so the cost is the slower of the two, not
-    their sum.
+    Trust rule for `known` (digests a caller took moments ago in its own private staging, e.g. while
+    copying the file in): one is reused only if it is a well-formed sha256 (64 lowercase hex) AND
+    the file's stat key (device, inode, size, mtime_ns) is still the one recorded with it; anything
+    else is read and hashed. The size recorded is always the stat's, never the caller's. A digest
+    that passes both checks but is simply wrong (a caller's bug) is not detectable without reading
+    the bytes, which is the cost `known` exists to avoid: it is written to the manifest as given
+    and the version then fails `verify` (which never uses `known`, re-reads every byte, and runs
+    before every `rollback`), naming the file. With `fsync`, every file is also flushed to disk on
+    its own I/O threads, concurrently with the hashing: the flush waits on the disk while the hash
+    works from the page cache, so the cost is the slower of the two, not their sum.
     """
     known = known or {}
 
     def one(rel: str) -> tuple[str, tuple[int, str]]:
         st = tree.files[rel]
         hit = known.get(rel)
-        digest = hit[1] if hit is not None and hit[0] == stat_key(st) else sha256_file(root / rel)
+        trusted = (hit is not None and hit[0] == stat_key(st) and isinstance(hit[1], str)
+                   and _SHA256.fullmatch(hit[1]) is not None)
+        digest = hit[1] if trusted and hit is not None else _digest.sha256_file(root / rel)
         return rel, (st.st_size, digest)
 
     order = sorted(tree.files, key=lambda r: -tree.files[r].st_size)

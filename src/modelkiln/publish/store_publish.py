@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..artifacts import manifest as mf
-from ..errors import ConflictError, PublishError, StoreError
+from ..errors import ConflictError, FileChange, PublishError, StoreError
 from . import store_manifest as sm
 from .bundle import DistBundle
 from .store import ModelStore
-from .store_fs import diff, hash_tree, scan, stat_key
+from .store_fs import diff, scan, stat_key
 
 BUNDLE_DIR = "bundle"
 
@@ -48,11 +48,12 @@ def publish_to_store(dist_dir: Path, root: Path | str | None, agent: str, versio
     """Publish `dist/<name>/<version>/<backend>/` into `<root>/<agent>/versions/<version>/`.
 
     The tarball is checked against its published manifest before a byte is unpacked, unpacked
-    with `safe_extract`, and every unpacked file is checked against the bundle's own manifest;
-    the hashes taken for that check are reused by `finalize`, so each byte is read once.
+    with `safe_extract`, which hashes every file as it writes it and checks it against the
+    bundle's manifest; those digests, once checked, are handed to `finalize` as `known`, so no
+    unpacked file is read back to be hashed (finalize only flushes them to disk).
     Same archive again: no-op. A different archive under an existing version: ConflictError.
     """
-    from ..runtime.extract import safe_extract  # runtime stays importable without publish/
+    from ..runtime.extract import UnsafeArchive, safe_extract  # runtime stays publish-free
 
     dist = DistBundle.load(Path(dist_dir))
     published = mf.loads(dist.manifest_bytes, str(Path(dist_dir) / mf.MANIFEST))
@@ -64,19 +65,33 @@ def publish_to_store(dist_dir: Path, root: Path | str | None, agent: str, versio
     sizes: dict[str, int | None] = {f["path"]: f["size"] for f in published["files"]}
     sizes[mf.MANIFEST] = None
     with store.stage_new(agent, version) as tmp:
-        safe_extract(dist.archive, tmp / BUNDLE_DIR, sizes=sizes, durable=False)
+        try:  # every listed file is hashed as it is written and checked against the manifest
+            safe_extract(dist.archive, tmp / BUNDLE_DIR, sizes=sizes, durable=False,
+                         sha256s={f["path"]: f["sha256"] for f in published["files"]})
+        except UnsafeArchive as exc:
+            if not exc.why.startswith("sha256"):
+                raise
+            raise PublishError(f"{dist.archive}: unpacked files differ from its manifest "
+                               f"({exc.member}: {exc.why}); rebuild the bundle") from None
         inner = mf.load(tmp / BUNDLE_DIR / mf.MANIFEST)
         if inner != {k: v for k, v in published.items() if k != "archive"}:
             raise PublishError(f"{dist.archive}: its manifest.json differs from {dist_dir}/"
                                f"{mf.MANIFEST}; the dist directory is damaged, rebuild it")
         tree = scan(tmp)
-        digests = hash_tree(tmp, tree, workers=store.workers)
         inner_rel = f"{BUNDLE_DIR}/{mf.MANIFEST}"
-        changes = diff(expected, {r: d for r, d in digests.items() if r != inner_rel}, tree.odd)
+        # safe_extract refused unlisted, missing and wrongly sized files; check the tree anyway
+        # (cheap: names and sizes only) before handing the checked digests on.
+        unpacked = {r: (st.st_size, expected.get(r, (0, "unlisted"))[1])
+                    for r, st in tree.files.items() if r != inner_rel}
+        changes = diff(expected, unpacked, tree.odd) + [
+            FileChange(r, "changed", f"{n} bytes", f"{unpacked[r][0]} bytes")
+            for r, (n, _d) in expected.items() if r in unpacked and unpacked[r][0] != n]
         if changes:
             raise PublishError(f"{dist.archive}: unpacked files differ from its manifest ("
                                + "; ".join(map(str, changes)) + "); rebuild the bundle")
-        known = {rel: (stat_key(tree.files[rel]), d) for rel, (_s, d) in digests.items()}
+        # The manifest's digests, each just checked against the bytes written, ARE the digests:
+        # finalize reads none of these files again (only the bundle's own small manifest.json).
+        known = {rel: (stat_key(tree.files[rel]), d) for rel, (_s, d) in expected.items()}
     source = {"name": dist.name, "version": dist.version, "backend": dist.backend,
               "archive_sha256": dist.sha256, "aggregate_sha256": published.get("aggregate_sha256")}
     info = store.finalize(agent, version, metadata, activate=activate, bundle=source, known=known)
