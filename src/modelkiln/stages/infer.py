@@ -79,3 +79,80 @@ def scores(logits: Any, task: str) -> Any:
         return 1.0 / (1.0 + np.exp(-logits))
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
+
+
+# --- ONNX Runtime side (onnx, int8, parity, smoke stages) ---------------------------------------
+# Every ONNX file is opened through `ort_session`, which first refuses external data that points
+# outside the model's directory (stages.onnx.check_external_data).
+
+def ort_session(model_path: Path, threads: int | None = None) -> Any:
+    """A CPU InferenceSession for a checked ONNX file (external data: bare names beside it)."""
+    import onnxruntime as ort
+
+    from .onnx import check_external_data
+
+    check_external_data(model_path)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # warnings about unused initializers are noise in build logs
+    try:
+        return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise BuildError(f"{model_path}: onnxruntime cannot load it: {str(exc)[:400]}; "
+                         "rebuild the ONNX stages") from None
+
+
+def ort_feed(session: Any, batch: dict) -> dict:
+    """The encoded batch restricted to the model's inputs (int64); a missing input is an error."""
+    import numpy as np
+
+    names = [i.name for i in session.get_inputs()]
+    missing = [n for n in names if n not in batch]
+    if missing:
+        raise BuildError(f"the ONNX model needs inputs {missing} that the tokenizer does not "
+                         f"produce (it gives {sorted(batch)}); export with a matching tokenizer")
+    return {n: np.asarray(batch[n], dtype=np.int64) for n in names}
+
+
+def ort_logits(model_path: Path | Any, batch: dict, chunk: int = 64) -> Any:
+    """Logits of an ONNX model (a path or an open session) over an encoded batch, float32."""
+    import numpy as np
+
+    session = model_path if hasattr(model_path, "run") else ort_session(model_path)
+    feed = ort_feed(session, batch)
+    n = len(next(iter(feed.values())))
+    outs = [session.run(["logits"], {k: v[s:s + chunk] for k, v in feed.items()})[0]
+            for s in range(0, n, chunk)]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def ort_logits_per_text(model_path: Path | Any, batch: dict) -> Any:
+    """Logits of each text run on its own (batch 1, padding stripped), float32.
+
+    Dynamically quantized models scale activations per input tensor, so a row's int8 logits
+    depend on the other rows and the padding in its batch; one text per run is what a serving
+    call for one text computes, and it does not depend on how the calibration set is chunked.
+    """
+    import numpy as np
+
+    session = model_path if hasattr(model_path, "run") else ort_session(model_path)
+    feed = ort_feed(session, batch)
+    mask = np.asarray(batch.get("attention_mask", np.ones_like(batch["input_ids"])))
+    outs = []
+    for i in range(len(mask)):
+        length = int(mask[i].sum())
+        right_padded = bool(mask[i, :length].all())
+        row = {k: v[i:i + 1, :length] if right_padded else v[i:i + 1] for k, v in feed.items()}
+        outs.append(session.run(["logits"], row)[0])
+    return np.concatenate(outs).astype(np.float32)
+
+
+def decide(probs: Any, labels: tuple[str, ...], cuts: dict[str, float]) -> Any:
+    """Boolean decisions (rows x labels): a label is on when its score reaches its threshold."""
+    import numpy as np
+
+    missing = [lab for lab in labels if lab not in cuts]
+    if missing:
+        raise BuildError(f"thresholds.json has no threshold for {missing}; rebuild thresholds")
+    return probs >= np.asarray([cuts[lab] for lab in labels], dtype=probs.dtype)

@@ -1,0 +1,157 @@
+"""int8: `model.onnx` -> `registry_model_int8.onnx`, quantized with onnxruntime as the spec says.
+
+dynamic (the default) stores int8/uint8 weights and quantizes activations at run time: it needs no
+data and is the usual choice for transformer encoders on CPU. static calibrates activation
+ranges (MinMax) by running the fp32 model over the calibration texts in small padded batches, as
+they are served, so the attention-mask path is calibrated on the values it really carries, and
+writes a QDQ model. For transformers, static mode usually wants `op_types: [MatMul, Gemm]`:
+quantizing every op (the quantizer's default) moves scores far more. `weight_type`,
+`per_channel`, `reduce_range` and `op_types` go to the quantizer unchanged.
+
+The plan depends only on the quantization settings (and, for static mode, on the calibration
+file and the tokenizer): editing thresholds or parity limits never re-quantizes, and editing
+quantization never re-exports.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import BuildError
+from ..model.bundle import Bundle
+from .base import Layout, RunContext, StagePlan, params
+
+CODE_VERSION = "1"
+OUTPUT = "registry_model_int8.onnx"
+CALIBRATION_ROWS = 256  # static mode: activation ranges from at most this many texts
+CALIBRATION_BATCH = 8  # padded batches, as served: the attention-mask path sees its real range
+
+
+def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
+    if bundle.onnx is None:
+        return []
+    q = bundle.onnx.quantize
+    static = q.mode == "static"
+    values: dict[str, Any] = {"mode": q.mode, "weight_type": q.weight_type,
+                              "per_channel": q.per_channel, "reduce_range": q.reduce_range,
+                              "op_types": list(q.op_types) if q.op_types else None}
+    if static:  # the texts' bytes are an input; how they are cut into tokens is a parameter
+        values.update(max_length=bundle.thresholds.max_length, rows=CALIBRATION_ROWS)
+    return [StagePlan(
+        task=f"int8:{bundle.name}", stage="int8", bundle=bundle.name,
+        doc=f"quantize {bundle.name}'s ONNX model to int8 ({q.mode})",
+        out_dir=layout.stage_dir(bundle.name, "int8"),
+        stamp=layout.stamp(bundle.name, "int8"),
+        inputs=(q.calibration,) if static and q.calibration else (),
+        upstream=(f"onnx:{bundle.name}",) + ((f"tokenizer:{bundle.name}",) if static else ()),
+        params=params(CODE_VERSION, quantize=values),
+        backend="onnx",
+    )]
+
+
+class _TextReader:
+    """onnxruntime CalibrationDataReader over tokenized calibration texts, one row per run."""
+
+    def __init__(self, rows: list[dict]):
+        self._rows = iter(rows)
+
+    def get_next(self) -> dict | None:
+        return next(self._rows, None)
+
+    def rewind(self) -> None:  # not needed for MinMax; defined because some versions ask
+        pass
+
+
+def _calibration_rows(ctx: RunContext, input_names: list[str]) -> list[dict]:
+    import numpy as np
+
+    from .infer import encode, read_calibration
+
+    q = ctx.bundle.onnx.quantize
+    texts, _ = read_calibration(q.calibration, ctx.bundle.labels.names, limit=CALIBRATION_ROWS)
+    tok_dir = ctx.up("tokenizer") / "tokenizer"
+    rows = []
+    for start in range(0, len(texts), CALIBRATION_BATCH):
+        enc = encode(tok_dir, texts[start:start + CALIBRATION_BATCH],
+                     ctx.bundle.thresholds.max_length)
+        missing = [n for n in input_names if n not in enc]
+        if missing:
+            raise BuildError(f"the ONNX model needs inputs {missing} the tokenizer does not give")
+        rows.append({n: np.asarray(enc[n], dtype=np.int64) for n in input_names})
+    return rows
+
+
+def _quantize(ctx: RunContext, src: Path, dst: Path, large: bool) -> None:
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_dynamic, quantize_static)
+
+    from .infer import ort_session
+
+    q = ctx.bundle.onnx.quantize
+    weight_type = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[q.weight_type]
+    op_types = list(q.op_types) if q.op_types else None
+    if q.mode == "dynamic":
+        quantize_dynamic(src, dst, op_types_to_quantize=op_types, per_channel=q.per_channel,
+                         reduce_range=q.reduce_range, weight_type=weight_type,
+                         use_external_data_format=large)
+        return
+    names = [i.name for i in ort_session(src).get_inputs()]
+    reader = _TextReader(_calibration_rows(ctx, names))
+    quantize_static(src, dst, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
+                    per_channel=q.per_channel, reduce_range=q.reduce_range,
+                    activation_type=QuantType.QUInt8, weight_type=weight_type,
+                    calibrate_method=CalibrationMethod.MinMax, use_external_data_format=large)
+
+
+def _op_counts(path: Path) -> dict[str, int]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def run(ctx: RunContext) -> dict:
+    from .onnx import MODEL, check_external_data
+
+    q = ctx.bundle.onnx.quantize
+    src = ctx.up("onnx") / MODEL
+    fp32_files = [MODEL, *check_external_data(src)]
+    fp32_bytes = sum((src.parent / n).stat().st_size for n in fp32_files)
+    scratch = ctx.out / ".quantize"
+    scratch.mkdir()
+    dst = scratch / OUTPUT
+    ctx.log(f"int8:{ctx.bundle.name}: quantizing ({q.mode}, {q.weight_type}, "
+            f"per_channel={q.per_channel}, reduce_range={q.reduce_range})")
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's "consider pre-processing" nag
+    try:
+        try:
+            _quantize(ctx, src, dst, large=False)
+        except ValueError as exc:  # the int8 protobuf itself is over 2 GB: external data
+            if "2GB" not in str(exc) and "2 GB" not in str(exc):
+                raise
+            _quantize(ctx, src, dst, large=True)
+    except BuildError:
+        raise
+    except Exception as exc:
+        raise BuildError(f"quantization ({q.mode}) failed: {type(exc).__name__}: "
+                         f"{str(exc)[:400]}; check backends.onnx.quantize "
+                         "(op_types, weight_type)") from None
+    finally:
+        logging.getLogger().setLevel(quiet)
+    data_files = check_external_data(dst)
+    for name in [OUTPUT, *data_files]:
+        shutil.move(str(scratch / name), str(ctx.out / name))
+    shutil.rmtree(scratch)
+    size = sum((ctx.out / n).stat().st_size for n in [OUTPUT, *data_files])
+    ops = _op_counts(ctx.out / OUTPUT)
+    ctx.log(f"int8:{ctx.bundle.name}: {fp32_bytes / 1e6:.1f} MB -> {size / 1e6:.1f} MB")
+    return {"mode": q.mode, "weight_type": q.weight_type, "per_channel": q.per_channel,
+            "reduce_range": q.reduce_range, "op_types": list(q.op_types or ()),
+            "bytes": size, "fp32_bytes": fp32_bytes, "size_ratio": round(size / fp32_bytes, 4),
+            "external_data": data_files, "ops": ops}

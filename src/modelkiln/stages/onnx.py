@@ -1,0 +1,178 @@
+"""onnx: the converted checkpoint -> `model.onnx` (fp32), exported with the Hugging Face exporter.
+
+The export goes through optimum's `onnx_export_from_model` (torch's TorchScript exporter under
+the hood), with dynamic `batch_size` and `sequence_length` axes on every input and on the logits,
+at the spec's opset. Its own output validation is turned off: the `parity` stage compares ONNX
+with PyTorch on the calibration texts, which is the check that gates the bundle.
+
+Models over 2 GB cannot live in one protobuf: the exporter then writes the weights to one
+external data file beside the model. Every external-data `location` must be a bare file name in
+the model's own directory; `check_external_data` refuses anything else (absolute paths, `..`,
+separators), and every stage that loads an ONNX file calls it first, so a crafted model cannot
+make a loader read outside the bundle.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import BuildError
+from ..model.bundle import Bundle
+from .base import Layout, RunContext, StagePlan, params
+
+CODE_VERSION = "1"
+MODEL = "model.onnx"
+EXPORT_TASK = "text-classification"  # the exporter's name for a sequence-classification head
+DYNAMIC_AXES = ("batch_size", "sequence_length")
+
+
+def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
+    if bundle.onnx is None:
+        return []
+    return [StagePlan(
+        task=f"onnx:{bundle.name}", stage="onnx", bundle=bundle.name,
+        doc=f"export {bundle.name} to ONNX fp32 (opset {bundle.onnx.opset}, dynamic batch and "
+            "sequence)",
+        out_dir=layout.stage_dir(bundle.name, "onnx"),
+        stamp=layout.stamp(bundle.name, "onnx"),
+        inputs=(), upstream=(f"weights:{bundle.name}",),
+        # Only the export's own settings: thresholds, quantization and gates do not re-export.
+        params=params(CODE_VERSION, opset=bundle.onnx.opset, dynamic_axes=list(DYNAMIC_AXES)),
+        backend="onnx",
+    )]
+
+
+# --- external data: where an ONNX file may point a loader --------------------------------------
+
+def _graph_tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto a graph holds: initializers, sparse initializers, node attributes, and
+    the same inside subgraphs (If/Loop/Scan bodies)."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _graph_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _graph_tensors(sub)
+
+
+def _bad_location(location: str) -> str | None:
+    """Why `location` is not a bare file name, or None when it is one."""
+    if not location:
+        return "empty location"
+    if "\x00" in location:
+        return "NUL byte in location"
+    if location.startswith(("/", "\\")) or (len(location) > 1 and location[1] == ":"):
+        return "absolute path"
+    if location in (".", ".."):
+        return "not a file name"
+    if any(part == ".." for part in location.replace("\\", "/").split("/")):
+        return "'..' escapes the model directory"
+    if "/" in location or "\\" in location:
+        return "path separator (only a bare file name beside the model is allowed)"
+    return None
+
+
+def external_locations(model: Any) -> list[tuple[str, str]]:
+    """(tensor name, location) of every tensor whose data lives outside the protobuf."""
+    from onnx import TensorProto
+
+    found = []
+    for tensor in _graph_tensors(model.graph):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        entries = {e.key: e.value for e in tensor.external_data}
+        found.append((tensor.name, entries.get("location", "")))
+    for func in model.functions:
+        for node in func.node:
+            for attr in node.attribute:
+                if attr.HasField("t") and attr.t.data_location == TensorProto.EXTERNAL:
+                    found.append((attr.t.name, {e.key: e.value for e in
+                                                attr.t.external_data}.get("location", "")))
+    return found
+
+
+def check_external_data(path: Path) -> list[str]:
+    """Refuse an ONNX file whose external data is anywhere but a regular file beside it.
+
+    Reads only the protobuf (never the external data). Returns the sorted file names it uses.
+    """
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise BuildError(f"{path}: not a readable ONNX model: {exc}; rebuild it") from None
+    problems, files = [], set()
+    for tensor, location in external_locations(model):
+        why = _bad_location(location)
+        target = path.parent / location
+        if why is None and (target.is_symlink() or not target.is_file()):
+            why = "no such regular file beside the model"
+        if why:
+            problems.append(f"tensor {tensor!r} -> {location!r}: {why}")
+        else:
+            files.add(location)
+    if problems:
+        shown = "; ".join(sorted(problems)[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise BuildError(f"{path}: refused external data: {shown}{more}; external data must be "
+                         "one file named bare (e.g. model.onnx_data) in the model's directory")
+    return sorted(files)
+
+
+# --- the export --------------------------------------------------------------------------------
+
+def _export(weights: Path, out: Path, opset: int) -> None:
+    import torch
+    from optimum.exporters.onnx import onnx_export_from_model
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(weights), dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    onnx_export_from_model(model, output=out, opset=opset, task=EXPORT_TASK, do_validation=False,
+                           monolith=True, no_post_process=True)
+
+
+def run(ctx: RunContext) -> dict:
+    import onnx
+
+    opset = ctx.bundle.onnx.opset
+    scratch = ctx.out / ".export"
+    ctx.log(f"onnx:{ctx.bundle.name}: exporting at opset {opset}")
+    try:
+        _export(ctx.up("weights"), scratch, opset)
+    except BuildError:
+        raise
+    except Exception as exc:
+        raise BuildError(f"ONNX export failed at opset {opset}: {type(exc).__name__}: "
+                         f"{str(exc)[:400]}; try another opset (backends.onnx.opset)") from None
+    exported = scratch / MODEL
+    if not exported.is_file():
+        got = sorted(p.name for p in scratch.iterdir())
+        raise BuildError(f"the exporter wrote no {MODEL} (it wrote {got}); check the checkpoint")
+    data_files = check_external_data(exported)
+    for name in [MODEL, *data_files]:
+        shutil.move(str(scratch / name), str(ctx.out / name))
+    shutil.rmtree(scratch)
+    model_path = ctx.out / MODEL
+    onnx.checker.check_model(str(model_path))  # by path: works past 2 GB
+    model = onnx.load(str(model_path), load_external_data=False)
+    inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+              for i in model.graph.input}
+    outputs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
+               for o in model.graph.output}
+    if "logits" not in outputs:
+        raise BuildError(f"exported model has outputs {sorted(outputs)}, expected 'logits'")
+    size = sum((ctx.out / n).stat().st_size for n in [MODEL, *data_files])
+    ctx.log(f"onnx:{ctx.bundle.name}: {size / 1e6:.1f} MB, inputs {sorted(inputs)}")
+    return {"opset": opset, "inputs": inputs, "outputs": outputs, "bytes": size,
+            "external_data": data_files}

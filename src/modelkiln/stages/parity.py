@@ -1,0 +1,157 @@
+"""parity: the ONNX models must agree with PyTorch on the calibration texts, or the bundle fails.
+
+Two gates, both on the same tokenized calibration rows (`parity.samples` caps how many):
+
+- fp32: the largest absolute difference between ONNX fp32 and PyTorch *logits* must be at most
+  `parity.atol`. Export is exact up to float rounding, so anything larger is an export bug.
+- int8: quantization moves scores a little; what matters is whether a shipped decision changes.
+  int8 runs one text at a time, as a serving call does (dynamic quantization scales activations
+  per input tensor, so batching would make a row's result depend on its neighbours).
+  Each (text, label) decision is `score >= threshold` with the thresholds the bundle ships; the
+  fraction of all (text, label) decisions that differ from PyTorch's must be at most
+  `parity.max_decision_flip_rate`. Per-label rates and top-label agreement are reported beside
+  it, and a failure names the worst labels. Per-label rates are not gated one by one: cuts are
+  fitted on these same rows and sit halfway between two of their scores, so with a few hundred
+  rows one or two flips (0.5-1% of a label) are noise, not a broken label.
+
+The report goes to `parity.json` and `parity.md` and into the stamp, from where the package stage
+copies it into the manifest. A failed gate raises BuildError naming the worst labels.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..errors import BuildError
+from ..model.bundle import Bundle
+from .base import Layout, RunContext, StagePlan, params
+
+CODE_VERSION = "1"
+WORST = 3  # labels named in a failure message
+
+
+def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
+    if bundle.onnx is None:
+        return []
+    p, n = bundle.onnx.parity, bundle.name
+    cal = bundle.thresholds.calibration
+    return [StagePlan(
+        task=f"parity:{n}", stage="parity", bundle=n,
+        doc=f"parity gates for {n}: fp32 logits within {p.atol:g}, int8 decision flips at most "
+            f"{p.max_decision_flip_rate:g}",
+        out_dir=layout.stage_dir(n, "parity"), stamp=layout.stamp(n, "parity"),
+        inputs=(cal,) if cal else (),
+        upstream=tuple(f"{s}:{n}" for s in ("weights", "tokenizer", "labels", "thresholds",
+                                            "onnx", "int8")),
+        params=params(CODE_VERSION, atol=p.atol, max_decision_flip_rate=p.max_decision_flip_rate,
+                      samples=p.samples, max_length=bundle.thresholds.max_length,
+                      task=bundle.source.task),
+        backend="onnx",
+    )]
+
+
+def _r(x: float) -> float:
+    return float(f"{float(x):.6g}")
+
+
+def compare(ref: Any, fp32: Any, int8: Any, labels: tuple[str, ...], cuts: dict[str, float],
+            task: str) -> dict:
+    """The parity figures of fp32 and int8 logits against the PyTorch reference (pure numpy)."""
+    import numpy as np
+
+    from .infer import decide, scores
+
+    diff = np.abs(fp32 - ref)
+    p_ref, p_int8 = scores(ref, task), scores(int8, task)
+    d_ref, d_int8 = decide(p_ref, labels, cuts), decide(p_int8, labels, cuts)
+    flips = d_ref != d_int8
+    rows = len(ref)
+    per_label = {lab: {"flips": int(flips[:, i].sum()), "flip_rate": _r(flips[:, i].mean()),
+                       "fp32_max_abs_diff": _r(diff[:, i].max()),
+                       "int8_max_abs_score_diff": _r(np.abs(p_int8[:, i] - p_ref[:, i]).max())}
+                 for i, lab in enumerate(labels)}
+    return {
+        "rows": rows, "labels": len(labels),
+        "fp32": {"max_abs_logit_diff": _r(diff.max()),
+                 "max_abs_score_diff": _r(np.abs(scores(fp32, task) - p_ref).max())},
+        "int8": {"decision_flip_rate": _r(flips.mean()), "decision_flips": int(flips.sum()),
+                 "decisions": int(flips.size),
+                 "rows_with_a_flip": int(flips.any(axis=1).sum()),
+                 "row_flip_rate": _r(flips.any(axis=1).mean()),
+                 "top_label_agreement": _r((ref.argmax(1) == int8.argmax(1)).mean()),
+                 "max_abs_logit_diff": _r(np.abs(int8 - ref).max())},
+        "per_label": per_label,
+    }
+
+
+def gate(report: dict, atol: float, max_rate: float) -> dict[str, str]:
+    """gate name ('fp32', 'int8') -> readable reason it fails; empty when both pass."""
+    failures = {}
+    per = report["per_label"]
+    fp32 = report["fp32"]["max_abs_logit_diff"]
+    if fp32 > atol:
+        worst = sorted(per, key=lambda lab: -per[lab]["fp32_max_abs_diff"])[:WORST]
+        named = ", ".join(f"{lab} {per[lab]['fp32_max_abs_diff']:.3g}" for lab in worst)
+        failures["fp32"] = (f"fp32 ONNX logits differ from PyTorch by up to {fp32:.3g} > atol "
+                            f"{atol:g} (worst labels: {named}); the export is not faithful: try "
+                            "another opset, or raise backends.onnx.parity.atol if this is "
+                            "rounding")
+    rate = report["int8"]["decision_flip_rate"]
+    if rate > max_rate:
+        worst = sorted(per, key=lambda lab: (-per[lab]["flip_rate"], lab))[:WORST]
+        named = ", ".join(f"{lab} {per[lab]['flip_rate']:.2%} ({per[lab]['flips']}/"
+                          f"{report['rows']})" for lab in worst)
+        failures["int8"] = (f"int8 flips {report['int8']['decision_flips']} of "
+                            f"{report['int8']['decisions']} decisions ({rate:.2%}) at the "
+                            f"shipped thresholds, over the limit of {max_rate:.2%}; worst labels: "
+                            f"{named}; try quantize.per_channel: true or fewer op_types, or "
+                            "raise backends.onnx.parity.max_decision_flip_rate")
+    return failures
+
+
+def markdown(report: dict, atol: float, max_rate: float) -> str:
+    """A short Markdown summary: the two gates, then one row per label."""
+    fp32, int8 = report["fp32"], report["int8"]
+    failed = gate(report, atol, max_rate)
+    ok = {True: "pass", False: "FAIL"}
+    lines = [f"# Parity ({report['rows']} calibration rows, {report['labels']} labels)", "",
+             "| gate | figure | limit | result |", "|---|---|---|---|",
+             f"| fp32 ONNX vs PyTorch, max abs logit diff | {fp32['max_abs_logit_diff']:.3g} | "
+             f"{atol:g} | {ok['fp32' not in failed]} |",
+             f"| int8 vs PyTorch, decision flip rate | {int8['decision_flip_rate']:.2%} | "
+             f"{max_rate:.2%} | {ok['int8' not in failed]} |",
+             f"| int8 vs PyTorch, top-label agreement | {int8['top_label_agreement']:.2%} | "
+             "- | info |", "",
+             "| label | int8 flips | flip rate | fp32 max abs logit diff |", "|---|---|---|---|"]
+    for lab, m in report["per_label"].items():
+        lines.append(f"| {lab} | {m['flips']} | {m['flip_rate']:.2%} | "
+                     f"{m['fp32_max_abs_diff']:.3g} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(ctx: RunContext) -> dict:
+    from .infer import encode, ort_logits, ort_logits_per_text, read_calibration, torch_logits
+    from .int8 import OUTPUT
+    from .onnx import MODEL
+
+    b, p = ctx.bundle, ctx.bundle.onnx.parity
+    labels = tuple(json.loads((ctx.up("labels") / "label_order.json").read_bytes()))
+    cuts = json.loads((ctx.up("thresholds") / "thresholds.json").read_bytes())
+    texts, _ = read_calibration(b.thresholds.calibration, labels, limit=p.samples)
+    batch = encode(ctx.up("tokenizer") / "tokenizer", texts, b.thresholds.max_length)
+    ctx.log(f"parity:{b.name}: scoring {len(texts)} rows with PyTorch, ONNX fp32 and int8")
+    ref = torch_logits(ctx.up("weights"), batch)
+    fp32 = ort_logits(ctx.up("onnx") / MODEL, batch)
+    int8 = ort_logits_per_text(ctx.up("int8") / OUTPUT, batch)
+    report = compare(ref, fp32, int8, labels, cuts, b.source.task)
+    report["limits"] = {"atol": p.atol, "max_decision_flip_rate": p.max_decision_flip_rate}
+    failures = gate(report, p.atol, p.max_decision_flip_rate)
+    report["gates"] = {g: "fail" if g in failures else "pass" for g in ("fp32", "int8")}
+    report["passed"] = not failures
+    (ctx.out / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
+    (ctx.out / "parity.md").write_text(markdown(report, p.atol, p.max_decision_flip_rate))
+    if failures:
+        raise BuildError(f"parity gate failed for {b.name}: " + " | ".join(failures.values()))
+    ctx.log(f"parity:{b.name}: fp32 max |diff| {report['fp32']['max_abs_logit_diff']:.3g}, "
+            f"int8 flip rate {report['int8']['decision_flip_rate']:.2%}")
+    return report
