@@ -30,8 +30,10 @@ def test_build_publish_verify_bootstrap(tmp_path: Path, tiny_inputs: Path) -> No
         return subprocess.run([str(BIN / "kiln"), *args], cwd=project.root, capture_output=True,
                               text=True, timeout=300, env={**env, **(extra or {})})
 
-    built = project.doit("build:tiny")
-    assert built.code == 0, built.output
+    built = kiln("build", "-j", "2")
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "package:tiny-pytorch" in built.stdout
+    assert kiln("plan", "--check").returncode == 0
     first = kiln("publish", "--to", "local")
     assert first.returncode == 0, first.stderr
     assert "bytes uploaded" in first.stdout and "finalized" in first.stdout

@@ -13,13 +13,18 @@ from pathlib import Path
 from typing import Iterator
 
 
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so the names in it (renames, creations) are durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_path(path: Path, directory: bool = False) -> None:
+    """fsync a file (its bytes) or a directory (the names in it: renames, creations)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0))
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so the names in it (renames, creations) are durable."""
+    fsync_path(path, directory=True)
 
 
 def write_bytes(path: Path, data: bytes, durable: bool = True) -> None:

@@ -32,18 +32,15 @@ def execute(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...]) ->
                          upstream={p.stage: p for p in upstream}, cache=cache, log=log)
         report = module(plan.stage).run(ctx)
         outputs = {rel: _digest_new(cache, tmp / rel) for rel in walk_outputs(tmp)}
+    for rel, digest in outputs.items():  # no other writer can touch them: remember them now, by
+        cache.remember(plan.out_dir / rel, digest)  # their final paths, so no no-op re-reads them
     write_bytes(plan.stamp, canonical_json(stamp_for(plan, inputs, outputs, report)))
     cache.save()
     return {"outputs": len(outputs)}
 
 
 def _digest_new(cache: StatCache, path: Path) -> str:
-    """Digest of an output this task just wrote into its private staging directory: remembered
-    at once (no other writer can touch it), so the next no-op does not read it again."""
-    known = cache.peek(path)
-    if known is not None:
-        return known
-    digest = sha256_file(path)
-    cache.remember(path, digest)
-    return digest
+    """Digest of an output this task just wrote into its private staging directory (a stage that
+    hashed it while writing, like package's tarball, has already told the cache)."""
+    return cache.peek(path) or sha256_file(path)
 

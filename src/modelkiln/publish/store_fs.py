@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from ..artifacts.atomic import fsync_dir
+from ..artifacts.atomic import fsync_dir, fsync_path
 from ..artifacts import digest as _digest
 from ..errors import FileChange, StoreError
 
@@ -114,14 +114,6 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def hash_tree(root: Path, tree: Tree, *, known: Known | None = None,
               fsync: bool = False, workers: int | None = None) -> Digests:
     """sha256 (and size) of every regular file in `tree`, largest first over a few threads.
@@ -154,14 +146,14 @@ def hash_tree(root: Path, tree: Tree, *, known: Known | None = None,
         for rel in order:
             out.update([one(rel)])
             if fsync:
-                _fsync_file(root / rel)
+                fsync_path(root / rel)
         return out
     n = min(threads, max(1, len(order)))
     with contextlib.ExitStack() as stack:
         flushes = []
         if fsync and order:
             io = stack.enter_context(ThreadPoolExecutor(min(4, len(order)), "kiln-fsync"))
-            flushes = [io.submit(_fsync_file, root / rel) for rel in order]
+            flushes = [io.submit(fsync_path, root / rel) for rel in order]
         out = dict(stack.enter_context(ThreadPoolExecutor(n, "kiln-hash")).map(one, order))
         for f in flushes:
             f.result()
