@@ -44,7 +44,7 @@ def test_bundle_layout_and_manifest(built: Project) -> None:
     with tarfile.open(dist / "bundle.tar.gz") as tar:
         names = set(tar.getnames())
         inner = json.loads(tar.extractfile("manifest.json").read())
-    assert {"config.json", "model.safetensors", "tokenizer/tokenizer.json", "thresholds.json",
+    assert {"config.json", "model.safetensors", "tokenizer/tokenizer.json", "thresholds.json", "model_card.md",
             "label_order.json", "registry_label_fields.json", "manifest.json"} <= names
     published = json.loads((dist / "manifest.json").read_text())
     assert published["archive"]["sha256"] != inner["aggregate_sha256"]

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+from string import Template
 
 from ..artifacts import manifest as mf
-from ..artifacts.digest import sha256_bytes
+from ..artifacts.digest import sha256_bytes, sha256_file
 from ..artifacts.tarball import write_tarball
 from ..model.bundle import Bundle
 from ..model.version import resolve
+from ..resources import resource_bytes
 from .base import Layout, RunContext, StagePlan, params, tool_versions
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"
+CARD = "model_card.md"
 # backend -> (stage, files taken from its output dir; None = all of them)
 CONTENTS: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
     "pytorch": (("weights", None), ("tokenizer", None), ("labels", None), ("thresholds", None)),
@@ -46,6 +49,43 @@ def spec_digest(bundle: Bundle, backend: str) -> str:
     return sha256_bytes(json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode())
 
 
+def model_card(ctx: RunContext, backend: str, version: str, reports: dict, tools: dict) -> str:
+    """The bundle's model card from templates/model_card.md: inputs, outputs, labels, thresholds,
+    and the checks it passed. Deterministic: no dates, only what the build recorded."""
+    b = ctx.bundle
+    labels_dir, thresholds_dir = ctx.up("labels"), ctx.up("thresholds")
+    order = json.loads((labels_dir / "label_order.json").read_bytes())
+    fields = json.loads((labels_dir / "registry_label_fields.json").read_bytes())
+    cuts = json.loads((thresholds_dir / "thresholds.json").read_bytes())
+    metrics = json.loads((thresholds_dir / "threshold_metrics.json").read_bytes())
+    rows = "\n".join(f"| {lab} | {cuts[lab]:.6g} | {metrics[lab].get('source', '')} | "
+                     f"{json.dumps(fields.get(lab), sort_keys=True)} |" for lab in order)
+    checks = ["- weights load into their architecture with no missing or extra keys",
+              "- the tokenizer loads as a fast tokenizer"]
+    parity = reports.get("parity") or {}
+    if parity:
+        fp32, int8, limits = parity["fp32"], parity["int8"], parity["limits"]
+        checks.append(f"- fp32 ONNX vs PyTorch on {parity['rows']} calibration texts: max |logit "
+                      f"diff| {fp32['max_abs_logit_diff']:.3g} (limit {limits['atol']:g})")
+        checks.append(f"- int8 vs PyTorch: decision flip rate {int8['decision_flip_rate']:.2%} "
+                      f"(limit {limits['max_decision_flip_rate']:.2%}), top-label agreement "
+                      f"{int8['top_label_agreement']:.2%}")
+    if reports.get("smoke"):
+        checks.append("- smoke test: the shipped int8 model, tokenizer and thresholds load alone "
+                      "and label a sample")
+    multi = b.source.task == "multi-label-classification"
+    template = Template(resource_bytes("templates", "model_card.md").decode())
+    return template.substitute(
+        name=b.name, version=version, backend=backend, description=b.description or "",
+        task=b.source.task, max_length=b.thresholds.max_length,
+        model_file="registry_model_int8.onnx" if backend == "onnx" else "model.safetensors",
+        strategy=b.thresholds.strategy, default=b.thresholds.default,
+        metadata=", ".join(f"{k}: {v}" for k, v in b.metadata) or "-",
+        score="sigmoid of each logit" if multi else "softmax over the labels",
+        labels=rows, checks="\n".join(checks),
+        tools=", ".join(f"{k} {v}" for k, v in sorted(tools.items())))
+
+
 def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
     version = resolve(bundle.version, bundle.root)
     plans = []
@@ -59,7 +99,8 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
             inputs=(), upstream=tuple(f"{s}:{bundle.name}" for s in stages),
             params=params(CODE_VERSION, name=bundle.name, version=version, backend=backend,
                           description=bundle.description, metadata=dict(bundle.metadata),
-                          spec=spec_digest(bundle, backend)),
+                          spec=spec_digest(bundle, backend),
+                          card=sha256_bytes(resource_bytes("templates", "model_card.md"))),
             backend=backend, extra=(("version", version),),
         ))
     return plans
@@ -78,15 +119,22 @@ def run(ctx: RunContext) -> dict:
         inputs.update({k: v for k, v in stamp["inputs"].items() if not k.startswith("@")})
     reports = {stage: ctx.up_stamp(stage)["report"] for stage in REPORTS[backend]}
     version = ctx.plan.get("version") or ctx.bundle.version
+    tools = tool_versions(*TOOLS[backend])
+    card = ctx.out / ".model_card.md"
+    card.write_text(model_card(ctx, backend, version, reports, tools))
+    members.append((CARD, card))
+    files.append({"path": CARD, "size": card.stat().st_size, "sha256": sha256_file(card)})
+    files.sort(key=lambda f: f["path"])
     manifest = mf.build(
         name=ctx.bundle.name, version=version, backend=backend, files=files, inputs=inputs,
-        spec_digest=spec_digest(ctx.bundle, backend), tools=tool_versions(*TOOLS[backend]),
+        spec_digest=spec_digest(ctx.bundle, backend), tools=tools,
         parity=reports, metadata=dict(ctx.bundle.metadata))
     inner = ctx.out / ".bundle-manifest.json"
     inner.write_bytes(mf.dumps(manifest))
     archive = ctx.out / mf.ARCHIVE
     size, digest = write_tarball(archive, [*members, (mf.MANIFEST, inner)])
     os.unlink(inner)
+    os.unlink(card)
     ctx.cache.remember(archive, digest)
     published = mf.with_archive(manifest, size, digest)
     (ctx.out / mf.MANIFEST).write_bytes(mf.dumps(published))
