@@ -99,9 +99,8 @@ def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int
 
     bundles = load_bundles(discover(specs))
     namespace = doit_namespace(bundles, bundles[0].root, skip, to)
-    args = ["run", *(tasks or [f"build:{b.name}" for b in bundles])]
-    if jobs > 1:
-        args += ["-n", str(jobs), "-P", "process"]
+    args = ["run"] + (["-n", str(jobs), "-P", "process"] if jobs > 1 else [])
+    args += list(tasks or [f"build:{b.name}" for b in bundles])
     return DoitMain(ModuleTaskLoader(namespace)).run(args)
 
 
