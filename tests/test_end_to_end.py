@@ -42,6 +42,8 @@ def test_build_publish_verify_bootstrap(tmp_path: Path, tiny_inputs: Path) -> No
     published = project.root / "published" / "tiny" / "1.0.0" / "pytorch"
     assert (published / "bundle.tar.gz").read_bytes() == (project.dist() / "bundle.tar.gz").read_bytes()
     assert (store / "tiny" / "current").resolve() == store / "tiny" / "versions" / "1.0.0"
+    assert kiln("store", "current", "tiny").stdout.strip() == str(store / "tiny" / "versions" / "1.0.0")
+    assert kiln("store", "verify", "tiny").stdout.startswith("ok tiny 1.0.0 checksum=")
 
     listed = kiln("registry", "list", "--json")
     entries = {e["name"]: e for e in json.loads(listed.stdout)}
@@ -72,3 +74,4 @@ def test_build_publish_verify_bootstrap(tmp_path: Path, tiny_inputs: Path) -> No
     drift = kiln("registry", "verify", "tiny-pytorch")
     assert drift.returncode == 2, drift.stdout + drift.stderr
     assert "changed bundle/model.safetensors" in drift.stderr
+    assert kiln("store", "verify", "tiny").returncode == 2

@@ -1,7 +1,7 @@
 """`kiln store ...` and `kiln registry ...`: the operator commands of seeds 001/002/004.
 
 Part of the CLI layer (it prints); cli.py registers these parsers. Kept apart so each file stays
-small. Store commands take --store-root (default $MODEL_STORE_ROOT); registry commands take
+small. Store commands take --store-root (default $MODEL_STORE_ROOT, else ./model-store); registry commands take
 --registry-dir (default $KILN_REGISTRY_DIR, else ./configs).
 """
 from __future__ import annotations
@@ -14,9 +14,13 @@ from .errors import KilnError
 
 
 def _store(args: argparse.Namespace) -> Any:
+    """The store named by --store-root, else $MODEL_STORE_ROOT, else the embedded default that
+    `kiln publish` uses when MODEL_STORE_ROOT is unset (./model-store)."""
+    import os
+
     from .publish.store import ModelStore
 
-    return ModelStore(args.store_root)
+    return ModelStore(args.store_root or os.environ.get("MODEL_STORE_ROOT") or "model-store")
 
 
 def _short(digest: str | None) -> str:
@@ -115,7 +119,7 @@ def registry_unlock(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any) -> None:
     """Register `store` and `registry` with their subcommands on the main parser."""
     st = sub.add_parser("store", help="the atomic on-disk model store (MODEL_STORE_ROOT)")
-    st.add_argument("--store-root", help="store root (default: $MODEL_STORE_ROOT)")
+    st.add_argument("--store-root", help="store root (default: $MODEL_STORE_ROOT, else ./model-store)")
     ss = st.add_subparsers(dest="store_command", required=True, parser_class=type(st))
     p = ss.add_parser("list", help="agents, or one agent's versions")
     p.add_argument("agent", nargs="?")
