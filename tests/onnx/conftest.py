@@ -9,25 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import LABELS, Project, make_project
+from helpers import LABELS, SPEC, Project, make_project
 
-ONNX_SPEC = """\
-apiVersion: modelkiln/v1
-kind: Bundle
-name: {name}
-version: "1.0.0"
-source:
-  checkpoint: {name}/checkpoint
-  task: multi-label-classification
-labels:
-  order: {name}/label_order.json
-  fields: {name}/registry_label_fields.json
-thresholds:
-  strategy: f1-optimal
-  default: 0.5
-  calibration: {name}/calibration.jsonl
-backends:
-  pytorch: {{}}
+ONNX_SPEC = SPEC + """\
   onnx:
     opset: 17
     quantize: {{mode: dynamic, weight_type: int8, per_channel: true}}

@@ -71,6 +71,18 @@ class StagePlan:
         return dict(self.extra).get(key, default)
 
 
+def stage_plan(bundle: Bundle, layout: Layout, stage: str, *, doc: str, params: str,
+               inputs: tuple[Path, ...] = (), upstream: tuple[str, ...] = (),
+               backend: str | None = None) -> StagePlan:
+    """The plan of a once-per-bundle stage: its task id, output directory and stamp follow from
+    (stage, bundle); `upstream` names other stages of the same bundle."""
+    return StagePlan(task=f"{stage}:{bundle.name}", stage=stage, bundle=bundle.name, doc=doc,
+                     out_dir=layout.stage_dir(bundle.name, stage),
+                     stamp=layout.stamp(bundle.name, stage), inputs=tuple(inputs),
+                     upstream=tuple(f"{s}:{bundle.name}" for s in upstream), params=params,
+                     backend=backend)
+
+
 def params(code_version: str, **values: Any) -> str:
     """Canonical JSON of a stage's code version plus the spec values it depends on."""
     return canonical_json({"code": code_version, **values}).decode().strip()

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import BuildError
 from ..model.bundle import Bundle
-from .base import Layout, RunContext, StagePlan, params
+from .base import Layout, RunContext, StagePlan, params, stage_plan
 
 CODE_VERSION = "1"
 OUTPUT = "registry_model_int8.onnx"
@@ -39,16 +39,11 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
                               "op_types": list(q.op_types) if q.op_types else None}
     if static:  # the texts' bytes are an input; how they are cut into tokens is a parameter
         values.update(max_length=bundle.thresholds.max_length, rows=CALIBRATION_ROWS)
-    return [StagePlan(
-        task=f"int8:{bundle.name}", stage="int8", bundle=bundle.name,
-        doc=f"quantize {bundle.name}'s ONNX model to int8 ({q.mode})",
-        out_dir=layout.stage_dir(bundle.name, "int8"),
-        stamp=layout.stamp(bundle.name, "int8"),
+    return [stage_plan(
+        bundle, layout, "int8", doc=f"quantize {bundle.name}'s ONNX model to int8 ({q.mode})",
         inputs=(q.calibration,) if static and q.calibration else (),
-        upstream=(f"onnx:{bundle.name}",) + ((f"tokenizer:{bundle.name}",) if static else ()),
-        params=params(CODE_VERSION, quantize=values),
-        backend="onnx",
-    )]
+        upstream=("onnx", "tokenizer") if static else ("onnx",),
+        params=params(CODE_VERSION, quantize=values), backend="onnx")]
 
 
 class _TextReader:

@@ -9,20 +9,16 @@ import json
 
 from ..errors import BuildError
 from ..model.bundle import Bundle
-from .base import Layout, RunContext, StagePlan, params
+from .base import Layout, RunContext, StagePlan, params, stage_plan
 
 CODE_VERSION = "1"
 
 
 def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
-    return [StagePlan(
-        task=f"labels:{bundle.name}", stage="labels", bundle=bundle.name,
-        doc=f"write {bundle.name}'s label order and registry label fields",
-        out_dir=layout.stage_dir(bundle.name, "labels"),
-        stamp=layout.stamp(bundle.name, "labels"),
-        inputs=(bundle.labels.order, bundle.labels.fields), upstream=(f"weights:{bundle.name}",),
-        params=params(CODE_VERSION),
-    )]
+    return [stage_plan(
+        bundle, layout, "labels", doc=f"write {bundle.name}'s label order and registry label fields",
+        inputs=(bundle.labels.order, bundle.labels.fields), upstream=("weights",),
+        params=params(CODE_VERSION))]
 
 
 def _dump(value: object) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from ..errors import BuildError
 from ..model.bundle import Bundle
-from .base import Layout, RunContext, StagePlan, params
+from .base import Layout, RunContext, StagePlan, params, stage_plan
 
 CODE_VERSION = "1"
 MODEL = "model.onnx"
@@ -30,17 +30,14 @@ DYNAMIC_AXES = ("batch_size", "sequence_length")
 def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
     if bundle.onnx is None:
         return []
-    return [StagePlan(
-        task=f"onnx:{bundle.name}", stage="onnx", bundle=bundle.name,
+    return [stage_plan(
+        bundle, layout, "onnx",
         doc=f"export {bundle.name} to ONNX fp32 (opset {bundle.onnx.opset}, dynamic batch and "
             "sequence)",
-        out_dir=layout.stage_dir(bundle.name, "onnx"),
-        stamp=layout.stamp(bundle.name, "onnx"),
-        inputs=(), upstream=(f"weights:{bundle.name}",),
+        upstream=("weights",),
         # Only the export's own settings: thresholds, quantization and gates do not re-export.
         params=params(CODE_VERSION, opset=bundle.onnx.opset, dynamic_axes=list(DYNAMIC_AXES)),
-        backend="onnx",
-    )]
+        backend="onnx")]
 
 
 # --- external data: where an ONNX file may point a loader --------------------------------------

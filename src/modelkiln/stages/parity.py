@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import BuildError
 from ..model.bundle import Bundle
-from .base import Layout, RunContext, StagePlan, params
+from .base import Layout, RunContext, StagePlan, params, stage_plan
 
 CODE_VERSION = "1"
 WORST = 3  # labels named in a failure message
@@ -35,19 +35,16 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
         return []
     p, n = bundle.onnx.parity, bundle.name
     cal = bundle.thresholds.calibration
-    return [StagePlan(
-        task=f"parity:{n}", stage="parity", bundle=n,
+    return [stage_plan(
+        bundle, layout, "parity",
         doc=f"parity gates for {n}: fp32 logits within {p.atol:g}, int8 decision flips at most "
             f"{p.max_decision_flip_rate:g}",
-        out_dir=layout.stage_dir(n, "parity"), stamp=layout.stamp(n, "parity"),
         inputs=(cal,) if cal else (),
-        upstream=tuple(f"{s}:{n}" for s in ("weights", "tokenizer", "labels", "thresholds",
-                                            "onnx", "int8")),
+        upstream=("weights", "tokenizer", "labels", "thresholds", "onnx", "int8"),
         params=params(CODE_VERSION, atol=p.atol, max_decision_flip_rate=p.max_decision_flip_rate,
                       samples=p.samples, max_length=bundle.thresholds.max_length,
                       task=bundle.source.task),
-        backend="onnx",
-    )]
+        backend="onnx")]
 
 
 def _r(x: float) -> float:

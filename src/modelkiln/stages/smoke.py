@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import BuildError
 from ..model.bundle import Bundle
-from .base import Layout, RunContext, StagePlan, params
+from .base import Layout, RunContext, StagePlan, params, stage_plan
 
 CODE_VERSION = "1"
 SAMPLES = ("modelkiln smoke test",
@@ -30,16 +30,13 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
     if bundle.onnx is None:
         return []
     n = bundle.name
-    return [StagePlan(
-        task=f"smoke:{n}", stage="smoke", bundle=n,
+    return [stage_plan(
+        bundle, layout, "smoke",
         doc=f"load {n}'s ONNX bundle files as a consumer would and run a sample",
-        out_dir=layout.stage_dir(n, "smoke"), stamp=layout.stamp(n, "smoke"),
-        inputs=(), upstream=tuple(f"{s}:{n}" for s in ("tokenizer", "labels", "thresholds",
-                                                       "int8")),
+        upstream=("tokenizer", "labels", "thresholds", "int8"),
         params=params(CODE_VERSION, samples=list(SAMPLES), task=bundle.source.task,
                       max_length=bundle.thresholds.max_length),
-        backend="onnx",
-    )]
+        backend="onnx")]
 
 
 def assemble(ctx: RunContext, view: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from ..model.bundle import Bundle
-from .base import Layout, RunContext, StagePlan, params, section
+from .base import Layout, RunContext, StagePlan, params, stage_plan, section
 
 CODE_VERSION = "1"
 
@@ -18,19 +18,13 @@ CODE_VERSION = "1"
 def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
     t = bundle.thresholds
     calibrated = t.strategy == "f1-optimal"
-    upstream = [f"labels:{bundle.name}"]
-    if calibrated:
-        upstream = [f"weights:{bundle.name}", f"tokenizer:{bundle.name}", *upstream]
-    return [StagePlan(
-        task=f"thresholds:{bundle.name}", stage="thresholds", bundle=bundle.name,
+    return [stage_plan(
+        bundle, layout, "thresholds",
         doc=f"choose {bundle.name}'s per-label decision thresholds ({t.strategy})",
-        out_dir=layout.stage_dir(bundle.name, "thresholds"),
-        stamp=layout.stamp(bundle.name, "thresholds"),
         inputs=(t.calibration,) if calibrated and t.calibration else (),
-        upstream=tuple(upstream),
+        upstream=("weights", "tokenizer", "labels") if calibrated else ("labels",),
         params=params(CODE_VERSION, thresholds=section(bundle, "thresholds"),
-                      task=bundle.source.task),
-    )]
+                      task=bundle.source.task))]
 
 
 def best_cut(score, truth) -> tuple[float, dict]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import BuildError
 from ..model.bundle import Bundle
-from .base import Layout, RunContext, StagePlan, params
+from .base import Layout, RunContext, StagePlan, params, stage_plan
 
 CODE_VERSION = "1"
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -19,14 +19,9 @@ FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "
 
 def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
     src = bundle.source.tokenizer
-    return [StagePlan(
-        task=f"tokenizer:{bundle.name}", stage="tokenizer", bundle=bundle.name,
-        doc=f"copy and check {bundle.name}'s fast tokenizer",
-        out_dir=layout.stage_dir(bundle.name, "tokenizer"),
-        stamp=layout.stamp(bundle.name, "tokenizer"),
-        inputs=tuple(src / f for f in FILES if (src / f).is_file()), upstream=(),
-        params=params(CODE_VERSION),
-    )]
+    return [stage_plan(
+        bundle, layout, "tokenizer", doc=f"copy and check {bundle.name}'s fast tokenizer",
+        inputs=tuple(src / f for f in FILES if (src / f).is_file()), params=params(CODE_VERSION))]
 
 
 def run(ctx: RunContext) -> dict:

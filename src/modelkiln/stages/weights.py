@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import BuildError
 from ..model.bundle import Bundle
-from .base import Layout, RunContext, StagePlan, params
+from .base import Layout, RunContext, StagePlan, params, stage_plan
 
 CODE_VERSION = "1"
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
@@ -29,15 +29,10 @@ def checkpoint_files(ckpt: Path) -> list[Path]:
 
 def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
     ckpt = bundle.source.checkpoint
-    return [StagePlan(
-        task=f"weights:{bundle.name}", stage="weights", bundle=bundle.name,
-        doc=f"convert {bundle.name}'s checkpoint to safetensors",
-        out_dir=layout.stage_dir(bundle.name, "weights"),
-        stamp=layout.stamp(bundle.name, "weights"),
-        inputs=tuple(checkpoint_files(ckpt)), upstream=(),
-        params=params(CODE_VERSION, dtype=bundle.source.dtype,
-                      task=bundle.source.task),
-    )]
+    return [stage_plan(
+        bundle, layout, "weights", doc=f"convert {bundle.name}'s checkpoint to safetensors",
+        inputs=tuple(checkpoint_files(ckpt)),
+        params=params(CODE_VERSION, dtype=bundle.source.dtype, task=bundle.source.task))]
 
 
 def _shards(ckpt: Path, single: str, index: str) -> list[Path]:
