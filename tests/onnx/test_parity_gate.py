@@ -1,6 +1,8 @@
 """The parity gates: the figures (pure numpy, fast) and real builds that a gate must stop (slow)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -82,6 +84,9 @@ def test_fp32_gate_fails_the_build(project_copy: Project) -> None:
     assert "parity gate failed for tiny: fp32 ONNX logits differ from PyTorch by up to" \
         in run.output
     assert "> atol 1e-12 (worst labels: " in run.output
+    kept = project_copy.root / "build/tiny/parity.failed"
+    assert f"kept in {kept}" in run.output
+    assert json.loads((kept / "parity.json").read_text())["gates"]["fp32"] == "fail"
     # no stamp: the gate reruns (and fails again) next time rather than passing silently
     assert not (project_copy.root / "build/tiny/.stamps/parity.json").exists()
     assert project_copy.doit("build:tiny").code != 0

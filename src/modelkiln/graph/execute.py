@@ -5,11 +5,14 @@ as changed on the next run. The old stamp is removed first and the new one writt
 """
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 
 from ..artifacts.atomic import staged_dir, sweep_leftovers, write_bytes
 from ..artifacts.digest import StatCache, canonical_json, sha256_file
+from ..errors import BuildError, KilnError
 from ..model.bundle import Bundle
 from ..stages.base import Layout, RunContext, StagePlan, module
 from .state import snapshot, stamp_for, stat_cache, walk_outputs
@@ -30,13 +33,31 @@ def execute(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...]) ->
     with staged_dir(plan.out_dir) as tmp:
         ctx = RunContext(plan=plan, bundle=bundle, layout=layout, out=tmp,
                          upstream={p.stage: p for p in upstream}, cache=cache, log=log)
-        report = module(plan.stage).run(ctx)
+        try:
+            report = module(plan.stage).run(ctx)
+        except KilnError as exc:
+            kept = _keep_failed(tmp, plan.out_dir)
+            raise BuildError(f"{exc} (what the stage wrote is kept in {kept})") from None
         outputs = {rel: _digest_new(cache, tmp / rel) for rel in walk_outputs(tmp)}
+    shutil.rmtree(_failed_dir(plan.out_dir), ignore_errors=True)  # a stale failure, now fixed
     for rel, digest in outputs.items():  # no other writer can touch them: remember them now, by
         cache.remember(plan.out_dir / rel, digest)  # their final paths, so no no-op re-reads them
     write_bytes(plan.stamp, canonical_json(stamp_for(plan, inputs, outputs, report)))
     cache.save()
     return {"outputs": len(outputs)}
+
+
+def _failed_dir(final: Path) -> Path:
+    return final.with_name(final.name + ".failed")
+
+
+def _keep_failed(tmp: Path, final: Path) -> Path:
+    """Move a failed stage's staging directory to `<out_dir>.failed/` (replacing an older one) so
+    its reports, e.g. a failed gate's parity.json, can be read. It is never an input to anything."""
+    failed = _failed_dir(final)
+    shutil.rmtree(failed, ignore_errors=True)
+    os.replace(tmp, failed)
+    return failed
 
 
 def _digest_new(cache: StatCache, path: Path) -> str:
