@@ -6,7 +6,7 @@ One run, one server, one 1 GiB bundle (random weights: incompressible, like real
   upload     `publish_bundle` (re-hashes the tarball, multipart + CRC32, conditional commit)
              vs `aws s3 cp bundle.tar.gz s3://...` (awscli defaults); best of 3 each,
              alternating, after a sync (both: 8 MiB parts, 10 at a time, CRC32)
-  download   `runtime.fetch.download` (ranged parallel GETs + the sha256 check)
+  download   `transport.download` (ranged parallel GETs + the sha256 check)
              vs `aws s3 cp s3://... file`
   bootstrap  cold (download, check, unpack, verify every file, swap) and cached (fresh process:
              interpreter start, imports, the manifest GET, the stat check)
@@ -32,7 +32,8 @@ from s3server import SeaweedFS, find_weed  # noqa: E402
 from modelkiln.artifacts import manifest as mf  # noqa: E402
 from modelkiln.artifacts.tarball import write_tarball  # noqa: E402
 from modelkiln.publish import publish_bundle  # noqa: E402
-from modelkiln.runtime import bootstrap, fetch  # noqa: E402
+from modelkiln import transport  # noqa: E402
+from modelkiln.runtime import bootstrap  # noqa: E402
 
 BUCKET = "bench"
 
@@ -132,7 +133,7 @@ def run(work: Path, size: int) -> list[tuple[str, str, str, str]]:
 
     def ours_down() -> None:
         got.unlink(missing_ok=True)
-        fetch.download(result.archive_uri, got, size=n, sha256=result.archive_sha256)
+        transport.download(result.archive_uri, got, size=n, sha256=result.archive_sha256)
 
     def aws_down() -> None:
         peer_got.unlink(missing_ok=True)
@@ -150,7 +151,7 @@ def run(work: Path, size: int) -> list[tuple[str, str, str, str]]:
                           fresh_up)
     rows.append(("upload (publish_bundle vs aws s3 cp)", f"{mib / t_up:.0f} MiB/s",
                  f"{mib / t_aws_up:.0f} MiB/s", f"{t_aws_up / t_up:.2f}x"))
-    rows.append(("download (fetch.download incl. sha256 check)", f"{mib / t_down:.0f} MiB/s",
+    rows.append(("download (transport.download incl. sha256 check)", f"{mib / t_down:.0f} MiB/s",
                  f"{mib / t_aws_down:.0f} MiB/s", f"{t_aws_down / t_down:.2f}x"))
 
     t_re, again = timed(lambda: publish_bundle(dist, dest))

@@ -38,7 +38,7 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import MiB, header, table, warm, workdir, write_random  # noqa: E402
 
-from modelkiln.publish.store import ModelStore  # noqa: E402
+from modelkiln.store import ModelStore  # noqa: E402
 
 
 def make_payload(src: Path, layout: str, size: int) -> list[Path]:

@@ -14,7 +14,7 @@ from modelkiln.artifacts.tarball import write_tarball
 
 
 def bundle_files(backend: str, seed: int, weights: int) -> dict[str, bytes]:
-    """Relative path -> bytes of a fake registry bundle (seed 000's layout)."""
+    """Relative path -> bytes of a fake registry bundle (the layout serving code reads)."""
     rng = random.Random(seed)
     files = {
         "config.json": json.dumps({"model_type": "bert", "seed": seed}).encode(),

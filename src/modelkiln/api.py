@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .errors import KilnError, SpecError
-from .model import Bundle, check_unique, project_root, to_bundle
-from .stages.base import Layout
+from .model import Bundle, check_unique, to_bundle
+from .paths import Layout, project_root
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 

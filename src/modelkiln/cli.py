@@ -63,7 +63,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 class _Progress:
-    """Bytes moved, redrawn on one line on a terminal; silent in CI logs (house style 10)."""
+    """Bytes moved, redrawn on one line on a terminal; silent in CI logs."""
 
     def __init__(self, label: str):
         self.label, self.done, self.live = label, 0, sys.stderr.isatty()

@@ -1,4 +1,4 @@
-"""`kiln store ...` and `kiln registry ...`: the operator commands of seeds 001/002/004.
+"""`kiln store ...` and `kiln registry ...`: the operator commands for the store and the registry.
 
 Part of the CLI layer (it prints); cli.py registers these parsers. Kept apart so each file stays
 small. Store commands take --store-root (default $MODEL_STORE_ROOT, else ./model-store); registry commands take
@@ -15,12 +15,11 @@ from .errors import KilnError
 
 def _store(args: argparse.Namespace) -> Any:
     """The store named by --store-root, else $MODEL_STORE_ROOT, else the embedded default that
-    `kiln publish` uses when MODEL_STORE_ROOT is unset (./model-store)."""
-    import os
+    `kiln publish` uses when MODEL_STORE_ROOT is unset (<project>/model-store)."""
+    from .paths import store_root
+    from .store import ModelStore
 
-    from .publish.store import ModelStore
-
-    return ModelStore(args.store_root or os.environ.get("MODEL_STORE_ROOT") or "model-store")
+    return ModelStore(store_root(args.store_root))
 
 
 def _short(digest: str | None) -> str:

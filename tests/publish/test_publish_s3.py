@@ -15,7 +15,7 @@ from distfactory import make_dist
 from modelkiln.artifacts import manifest as mf
 from modelkiln.errors import ConflictError, PublishError
 from modelkiln.publish import DistBundle, TransferSettings, publish_bundle, s3 as s3pub
-from modelkiln.runtime import fetch
+from modelkiln import transport
 from s3server import CuttingProxy
 
 pytestmark = pytest.mark.s3
@@ -48,7 +48,7 @@ class Recorder:
 
 
 def _client(settings: TransferSettings = MULTIPART) -> tuple[Any, Recorder]:
-    client = fetch.s3_client(settings)
+    client = transport.s3_client(settings)
     return client, Recorder(client)
 
 
@@ -195,17 +195,17 @@ class _Refuse:
 
 
 def _refusing_publish(dist: Path, uri: str, hook: _Refuse) -> Any:
-    original = fetch.s3_client
+    original = transport.s3_client
 
-    def patched(settings: TransferSettings = fetch.DEFAULT) -> Any:
+    def patched(settings: TransferSettings = transport.DEFAULT) -> Any:
         client = original(settings)
         client.meta.events.register("before-send.s3", hook)
         return client
-    fetch.s3_client = patched  # the fallback builds a new client: hook that one too
+    transport.s3_client = patched  # the fallback builds a new client: hook that one too
     try:
         return s3pub.publish(DistBundle.load(dist), uri, settings=MULTIPART)
     finally:
-        fetch.s3_client = original
+        transport.s3_client = original
 
 
 @pytest.mark.parametrize("size", [1000, BIG])

@@ -146,9 +146,11 @@ def test_snapshot_is_regenerated_valid_and_never_read(tmp_path: Path) -> None:
 
 def test_directory_argument_then_environment_then_configs(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "bundles").mkdir()
+    monkeypatch.chdir(tmp_path / "bundles")  # the project's configs/, from any directory inside it
     monkeypatch.delenv("KILN_REGISTRY_DIR", raising=False)
-    assert RegistryFiles().directory == Path("configs")
+    assert RegistryFiles().directory == tmp_path.resolve() / "configs"
     monkeypatch.setenv("KILN_REGISTRY_DIR", str(tmp_path / "env"))
     assert RegistryFiles().directory == tmp_path / "env"
     assert RegistryFiles(tmp_path / "arg").directory == tmp_path / "arg"

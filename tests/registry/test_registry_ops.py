@@ -14,8 +14,8 @@ import pytest
 from distfactory import make_dist
 from modelkiln import registry as R
 from modelkiln.errors import CapabilityError, DriftError, KilnError, PublishError
-from modelkiln.publish.store import ModelStore
-from modelkiln.publish.store_publish import publish_to_store
+from modelkiln.store import ModelStore
+from modelkiln.publish.store import publish_to_store
 
 NAME = "registry-v3-onnx"
 

@@ -14,8 +14,9 @@ from distfactory import make_dist
 from modelkiln.artifacts import manifest as mf
 from modelkiln.errors import KilnError, PublishError
 from modelkiln.publish import publish_bundle
-from modelkiln.runtime import bootstrap, fetch
-from modelkiln.runtime.extract import UnsafeArchive
+from modelkiln import transport
+from modelkiln.runtime import bootstrap
+from modelkiln.artifacts.extract import UnsafeArchive
 
 
 def _env(uri: str, runtime: Path, backend: str = "pytorch", **extra: str) -> dict[str, str]:
@@ -67,7 +68,7 @@ def test_second_start_downloads_nothing(tmp_path: Path, monkeypatch: pytest.Monk
 
     def no_download(*a: Any, **k: Any) -> None:
         raise AssertionError("a cached start must not download the bundle")
-    monkeypatch.setattr(fetch, "download", no_download)
+    monkeypatch.setattr(transport, "download", no_download)
     again = bootstrap(env)
     assert not again.downloaded and again.directory == first.directory
     assert again.exports() == first.exports()
@@ -115,7 +116,7 @@ def test_corrupt_object_is_refused_and_previous_stays_current(tmp_path: Path) ->
     _, old_uri = _published(tmp_path, version="1.0.0", seed=1)
     old = bootstrap(_env(old_uri, runtime))
     _, uri = _published(tmp_path, version="2.0.0", seed=2)
-    path = fetch.local_path(uri)
+    path = transport.local_path(uri)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 1
     path.write_bytes(bytes(data))
@@ -157,7 +158,7 @@ def test_hostile_bundle_is_refused_even_with_a_matching_digest(tmp_path: Path) -
 
 def test_inner_manifest_must_match_the_published_one(tmp_path: Path) -> None:
     dist, uri = _published(tmp_path)
-    published_path = fetch.local_path(fetch.sibling(uri, mf.MANIFEST))
+    published_path = transport.local_path(transport.sibling(uri, mf.MANIFEST))
     published = json.loads(published_path.read_bytes())
     published["metadata"] = {"owner": "someone else"}  # archive digest still right
     published_path.write_bytes(mf.dumps(published))

@@ -14,8 +14,8 @@ from distfactory import make_dist
 from modelkiln.artifacts import manifest as mf
 from modelkiln.artifacts.digest import sha256_bytes
 from modelkiln.errors import KilnError
-from modelkiln.runtime import extract
-from modelkiln.runtime.extract import UnsafeArchive, check_name, safe_extract
+from modelkiln.artifacts import extract
+from modelkiln.artifacts.extract import UnsafeArchive, check_name, safe_extract
 
 
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], *,

@@ -11,11 +11,13 @@ from distfactory import make_dist
 from modelkiln.artifacts import manifest as mf
 from modelkiln.errors import PublishError
 from modelkiln.publish import publish_bundle
-from modelkiln.runtime import bootstrap, fetch, s3lite
+from modelkiln import transport
+from modelkiln.runtime import bootstrap
+from modelkiln.transport import s3lite
 from s3server import CuttingProxy
 
 pytestmark = pytest.mark.s3
-QUICK_FAIL = fetch.TransferSettings(part_size=5 << 20, threshold=5 << 20, max_attempts=2,
+QUICK_FAIL = transport.TransferSettings(part_size=5 << 20, threshold=5 << 20, max_attempts=2,
                                     attempts=2, backoff=0.01, read_timeout=5)
 
 
@@ -74,7 +76,7 @@ def test_replaced_object_is_refused(tmp_path: Path, s3: Any) -> None:
     _, old_uri = _publish(tmp_path, s3, "1.0.0", 1, 1000)
     old = bootstrap(_env(old_uri, runtime))
     other, uri = _publish(tmp_path, s3, "2.0.0", 2, 1000)
-    bucket, key = fetch.parse_s3(uri)
+    bucket, key = transport.parse_s3(uri)
     s3.client.put_object(Bucket=bucket, Key=key, Body=b"\x1f\x8b" + os.urandom(5000))
     with pytest.raises(PublishError, match="corrupt or was replaced"):
         bootstrap(_env(uri, runtime))
@@ -90,7 +92,7 @@ def test_without_env_credentials_boto3_chain_is_used(tmp_path: Path, s3: Any,
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    bucket, key = fetch.parse_s3(fetch.sibling(uri, mf.MANIFEST))
+    bucket, key = transport.parse_s3(transport.sibling(uri, mf.MANIFEST))
     assert s3lite.get_small(bucket, key, limit=1 << 20) is None  # not for the fast path
     rt = bootstrap(_env(uri, tmp_path / "rt"))
     assert rt.downloaded and not bootstrap(_env(uri, tmp_path / "rt")).downloaded
@@ -98,7 +100,7 @@ def test_without_env_credentials_boto3_chain_is_used(tmp_path: Path, s3: Any,
 
 def test_fast_path_reads_the_same_bytes_as_boto3(tmp_path: Path, s3: Any) -> None:
     dist, uri = _publish(tmp_path, s3, "1.0.0", 1, 1000)
-    bucket, key = fetch.parse_s3(fetch.sibling(uri, mf.MANIFEST))
+    bucket, key = transport.parse_s3(transport.sibling(uri, mf.MANIFEST))
     assert s3lite.get_small(bucket, key, limit=1 << 20) == (dist / mf.MANIFEST).read_bytes()
     assert s3lite.get_small(bucket, key + ".missing", limit=1 << 20) is None
 

@@ -10,7 +10,7 @@ import pytest
 
 from modelkiln.artifacts.digest import aggregate, sha256_file
 from modelkiln.errors import ConflictError, StoreError
-from modelkiln.publish.store import ModelStore
+from modelkiln.store import ModelStore
 
 from store_helpers import debris
 

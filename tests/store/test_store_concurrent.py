@@ -9,8 +9,8 @@ from pathlib import Path
 
 from distfactory import make_dist
 from modelkiln.errors import ConflictError
-from modelkiln.publish.store import ModelStore
-from modelkiln.publish.store_publish import publish_to_store
+from modelkiln.store import ModelStore
+from modelkiln.publish.store import publish_to_store
 
 from store_helpers import AGENT, debris
 

@@ -16,9 +16,9 @@ import modelkiln.artifacts.copy as kcopy
 from modelkiln.artifacts import digest
 from modelkiln.artifacts.copy import copy_file
 from modelkiln.errors import DriftError, StoreError
-from modelkiln.publish import store_manifest as sm
-from modelkiln.publish.store import ModelStore
-from modelkiln.publish.store_fs import stat_key
+from modelkiln.store import manifest as sm
+from modelkiln.store import ModelStore
+from modelkiln.store import stat_key
 
 from store_helpers import debris, fork_run, killed
 
@@ -297,7 +297,7 @@ def test_publish_to_store_reads_no_unpacked_file_back(tmp_path: Path, reads: lis
     """safe_extract hashes each file as it writes it and checks it against the bundle manifest;
     those digests go to finalize, which reads back only the bundle's own small manifest.json."""
     from distfactory import make_dist
-    from modelkiln.publish.store_publish import publish_to_store
+    from modelkiln.publish.store import publish_to_store
 
     dist = make_dist(tmp_path, version="1", seed=1, weights=300_000)
     result = publish_to_store(dist, tmp_path / "s", "registry", "1", {})

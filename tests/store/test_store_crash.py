@@ -18,8 +18,8 @@ from typing import Callable
 import pytest
 
 from distfactory import make_dist
-from modelkiln.publish.store import ModelStore
-from modelkiln.publish.store_publish import publish_to_store
+from modelkiln.store import ModelStore
+from modelkiln.publish.store import publish_to_store
 
 from store_helpers import AGENT, copy_store, debris, fork_run, killed
 

@@ -13,8 +13,8 @@ import pytest
 
 from distfactory import make_dist
 from modelkiln.errors import DriftError
-from modelkiln.publish.store import ModelStore
-from modelkiln.publish.store_publish import publish_to_store
+from modelkiln.store import ModelStore
+from modelkiln.publish.store import publish_to_store
 
 from store_helpers import AGENT, copy_store
 

@@ -10,8 +10,8 @@ from distfactory import bundle_files, make_dist
 from modelkiln.artifacts import manifest as mf
 from modelkiln.artifacts.tarball import write_tarball
 from modelkiln.errors import ConflictError, KilnError, PublishError
-from modelkiln.publish.store import ModelStore
-from modelkiln.publish.store_publish import publish_to_store
+from modelkiln.store import ModelStore
+from modelkiln.publish.store import publish_to_store
 
 from store_helpers import AGENT, debris
 

@@ -9,6 +9,7 @@ once, not on every run.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -241,3 +242,18 @@ class StatCache:
         os.replace(tmp, self.path)
         self._entries = merged
         self._dirty = False
+
+
+_CACHES: dict[Path, StatCache] = {}
+
+
+def stat_cache(state_dir: Path) -> StatCache:
+    """The process-wide stat cache of a project (one per `.kiln/` directory), saved at exit.
+
+    Saving merges and rewrites the whole file, so it happens once per process, not per task check
+    (doit's worker processes exit without atexit hooks; `execute` saves there itself).
+    """
+    if state_dir not in _CACHES:
+        cache = _CACHES[state_dir] = StatCache(state_dir / "hashcache.json")
+        atexit.register(cache.save)
+    return _CACHES[state_dir]

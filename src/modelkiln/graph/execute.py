@@ -14,7 +14,9 @@ from ..artifacts.atomic import staged_dir, sweep_leftovers, write_bytes
 from ..artifacts.digest import StatCache, canonical_json, sha256_file
 from ..errors import BuildError, KilnError
 from ..model.bundle import Bundle
-from ..stages.base import Layout, RunContext, StagePlan, module
+from ..paths import Layout
+from ..stages.base import RunContext, StagePlan
+from .plans import STAGES
 from .state import snapshot, stamp_for, stat_cache, walk_outputs
 
 
@@ -34,7 +36,7 @@ def execute(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...]) ->
         ctx = RunContext(plan=plan, bundle=bundle, layout=layout, out=tmp,
                          upstream={p.stage: p for p in upstream}, cache=cache, log=log)
         try:
-            report = module(plan.stage).run(ctx)
+            report = STAGES[plan.stage].run(ctx)
         except KilnError as exc:
             kept = _keep_failed(tmp, plan.out_dir)
             raise BuildError(f"{exc} (what the stage wrote is kept in {kept})") from None

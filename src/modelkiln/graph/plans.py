@@ -1,27 +1,38 @@
-"""Bundle -> the list of StagePlans for it. Pure: reads no file contents, imports no heavy library."""
+"""Bundle -> the list of StagePlans for it. Pure: reads no file contents, imports no heavy library.
+
+`STAGES` is the explicit table of stage modules, in the order `kiln plan` lists them (dependencies
+come from each plan's `upstream`). Stage modules import their heavy libraries inside `run`, so
+importing the table is cheap.
+"""
 from __future__ import annotations
 
-from ..model.bundle import Bundle
-from ..stages.base import Layout, StagePlan, module
+from types import ModuleType
 
-# Order matters only for readability of `kiln plan`; dependencies come from each plan's upstream.
-STAGES = ("weights", "tokenizer", "labels", "thresholds", "onnx", "int8", "parity", "smoke",
-          "package")
+from ..model.bundle import Bundle
+from ..paths import Layout
+from ..stages import int8, labels, onnx, package, parity, smoke, thresholds, tokenizer, weights
+from ..stages.base import StagePlan
+
+STAGES: dict[str, ModuleType] = {
+    "weights": weights,
+    "tokenizer": tokenizer,
+    "labels": labels,
+    "thresholds": thresholds,
+    "onnx": onnx,
+    "int8": int8,
+    "parity": parity,
+    "smoke": smoke,
+    "package": package,
+}
 
 
 def plan_bundle(bundle: Bundle, skip: frozenset[str] = frozenset()) -> list[StagePlan]:
     """Every task of one bundle. `skip` drops backends ('onnx') for this run only."""
     layout = Layout(bundle.root)
     plans: list[StagePlan] = []
-    for stage in STAGES:
-        try:
-            mod = module(stage)
-        except ModuleNotFoundError as exc:
-            if exc.name == f"modelkiln.stages.{stage}":
-                continue  # a stage this version does not ship
-            raise
+    for stage in STAGES.values():
         # A skipped backend takes its own stages (export, quantize, gates, package) with it.
-        plans.extend(p for p in mod.plan(bundle, layout) if p.backend not in skip)
+        plans.extend(p for p in stage.plan(bundle, layout) if p.backend not in skip)
     return plans
 
 

@@ -15,30 +15,14 @@ A task is up to date when its stamp exists and
 """
 from __future__ import annotations
 
-import atexit
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from ..artifacts.digest import StatCache, aggregate
+from ..artifacts.digest import StatCache, aggregate, stat_cache
 from ..stages.base import StagePlan
-
-_CACHES: dict[Path, StatCache] = {}
-
-
-def stat_cache(state_dir: Path) -> StatCache:
-    """The process-wide stat cache of a project (one per `.kiln/` directory), saved at exit.
-
-    Saving merges and rewrites the whole file, so it happens once per process, not per task check
-    (doit's worker processes exit without atexit hooks; `execute` saves there itself).
-    """
-    if state_dir not in _CACHES:
-        cache = _CACHES[state_dir] = StatCache(state_dir / "hashcache.json")
-        atexit.register(cache.save)
-    return _CACHES[state_dir]
-
 
 def read_stamp(path: Path) -> dict | None:
     """A stamp's content, or None when absent or unreadable (either way: rebuild)."""

@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 from ..errors import KilnError
 from ..model.bundle import Bundle
-from ..stages.base import Layout, StagePlan
+from ..paths import Layout
+from ..stages.base import StagePlan
 from .execute import execute
 from .plans import STAGES, plan_bundle, upstream_of
 from .state import stat_cache, status

@@ -1,5 +1,5 @@
 """Plain validated data -> frozen dataclasses, plus the cross-field checks the schema cannot make."""
 from .bundle import Bundle
-from .convert import check_unique, project_root, to_bundle
+from .convert import check_unique, to_bundle
 
-__all__ = ["Bundle", "check_unique", "project_root", "to_bundle"]
+__all__ = ["Bundle", "check_unique", "to_bundle"]

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import Problem, SpecError
+from ..paths import project_root
 from . import bundle as m
 
-PROJECT_MARKERS = ("dodo.py", "pyproject.toml", ".git")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 
@@ -26,15 +26,6 @@ class Document(Protocol):
 
     def problem(self, key_path: tuple, message: str, hint: str = "", *,
                 at_key: bool = False) -> Problem: ...
-
-
-def project_root(spec_path: Path) -> Path:
-    """The nearest ancestor of the spec holding dodo.py, pyproject.toml or .git."""
-    start = spec_path.resolve().parent
-    for d in (start, *start.parents):
-        if any((d / marker).exists() for marker in PROJECT_MARKERS):
-            return d
-    return start
 
 
 class _Checker:

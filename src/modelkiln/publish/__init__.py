@@ -14,7 +14,7 @@ from typing import Callable
 
 from ..artifacts.digest import StatCache
 from ..errors import KilnError
-from ..runtime.fetch import DEFAULT, TransferSettings, scheme_of
+from ..transport import DEFAULT, TransferSettings, scheme_of
 from .bundle import DistBundle, PublishResult
 
 __all__ = ["DistBundle", "PublishResult", "TransferSettings", "publish_bundle",

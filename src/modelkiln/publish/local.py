@@ -20,7 +20,7 @@ from ..artifacts import manifest as mf
 from ..artifacts.atomic import fsync_dir, staged_file
 from ..artifacts.digest import HashingWriter, sha256_file
 from ..errors import ConflictError, PublishError
-from ..runtime.fetch import local_path
+from ..transport import local_path
 from .bundle import DistBundle, Progress, PublishResult, existing_archive_sha
 
 CHUNK = 256 << 10  # small reused-size pieces: multi-MiB ones page-fault on every allocation

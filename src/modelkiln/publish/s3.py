@@ -27,7 +27,7 @@ from typing import Any
 from ..artifacts import manifest as mf
 from ..artifacts.digest import sha256_bytes
 from ..errors import ConflictError, KilnError, PublishError
-from ..runtime import fetch
+from .. import transport
 from .bundle import DistBundle, Progress, PublishResult, existing_archive_sha
 
 Condition = dict[str, str]
@@ -36,11 +36,11 @@ Condition = dict[str, str]
 class _Bucket:
     """One bucket, one client, and the conditional headers for the key being written."""
 
-    def __init__(self, bucket: str, settings: fetch.TransferSettings, client: Any = None):
+    def __init__(self, bucket: str, settings: transport.TransferSettings, client: Any = None):
         self.bucket, self.settings = bucket, settings
         self.conditional = True
         self.conditions: dict[str, Condition] = {}
-        self.client = client or fetch.s3_client(settings)
+        self.client = client or transport.s3_client(settings)
         self._hook(self.client)
 
     def _hook(self, client: Any) -> None:
@@ -54,7 +54,7 @@ class _Bucket:
     def drop_checksums(self) -> None:
         """Fall back to no transport checksum (a server that rejects them)."""
         self.settings = dataclasses.replace(self.settings, checksum=None)
-        self.client = fetch.s3_client(self.settings)
+        self.client = transport.s3_client(self.settings)
         self._hook(self.client)
 
     def head(self, key: str) -> dict | None:
@@ -62,13 +62,13 @@ class _Bucket:
             try:
                 return self.client.head_object(Bucket=self.bucket, Key=key)
             except Exception as exc:
-                if fetch.status_of(exc) == 404:
+                if transport.status_of(exc) == 404:
                     return None
                 raise
-        return fetch.with_retries(f"HEAD s3://{self.bucket}/{key}", call, self.settings)
+        return transport.with_retries(f"HEAD s3://{self.bucket}/{key}", call, self.settings)
 
     def delete(self, key: str) -> None:
-        fetch.with_retries(f"DELETE s3://{self.bucket}/{key}",
+        transport.with_retries(f"DELETE s3://{self.bucket}/{key}",
                            lambda: self.client.delete_object(Bucket=self.bucket, Key=key),
                            self.settings)
 
@@ -89,13 +89,13 @@ class _Bucket:
                 extra["ChecksumAlgorithm"] = self.settings.checksum
             self.conditions[key] = condition
             try:
-                config = fetch.transfer_config(self.settings)
+                config = transport.transfer_config(self.settings)
                 with create_transfer_manager(self.client, config) as manager:
                     manager.upload(str(bundle.archive), self.bucket, key, extra_args=extra,
                                    subscribers=[Report()]).result()
             finally:
                 self.conditions.pop(key, None)
-        self._fallbacks(lambda: fetch.with_retries(f"upload s3://{self.bucket}/{key}", send,
+        self._fallbacks(lambda: transport.with_retries(f"upload s3://{self.bucket}/{key}", send,
                                                    self.settings))
 
     def put_bytes(self, key: str, data: bytes, condition: Condition) -> None:
@@ -108,7 +108,7 @@ class _Bucket:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
                                    ContentType="application/json",
                                    Metadata={"sha256": sha256_bytes(data)}, **extra)
-        self._fallbacks(lambda: fetch.with_retries(f"upload s3://{self.bucket}/{key}", send,
+        self._fallbacks(lambda: transport.with_retries(f"upload s3://{self.bucket}/{key}", send,
                                                    self.settings))
 
     def _fallbacks(self, action: Any) -> None:
@@ -117,7 +117,7 @@ class _Bucket:
             try:
                 return action()
             except Exception as exc:
-                code, status = fetch.error_code(exc), fetch.status_of(exc)
+                code, status = transport.error_code(exc), transport.status_of(exc)
                 message = str(exc).lower()
                 rejected = status == 501 or code in ("NotImplemented", "InvalidRequest",
                                                       "InvalidArgument")
@@ -142,10 +142,10 @@ def _create_or_replace(head: dict | None) -> Condition:
 
 
 def publish(bundle: DistBundle, destination: str, *, force: bool = False,
-            progress: Progress | None = None, settings: fetch.TransferSettings = fetch.DEFAULT,
+            progress: Progress | None = None, settings: transport.TransferSettings = transport.DEFAULT,
             client: Any = None) -> PublishResult:
     """Publish `bundle` under the s3:// prefix `destination`; see the module doc."""
-    bucket, prefix = fetch.parse_s3(destination)
+    bucket, prefix = transport.parse_s3(destination)
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     uri = f"s3://{bucket}/{prefix}"
@@ -154,7 +154,7 @@ def publish(bundle: DistBundle, destination: str, *, force: bool = False,
     except KilnError:
         raise
     except Exception as exc:
-        if fetch.status_of(exc) == 412:
+        if transport.status_of(exc) == 412:
             raise PublishError(f"{uri}: another publisher wrote here at the same time; run the "
                                "command again") from None
         raise PublishError(f"{uri}: publish failed ({exc}); check credentials, the bucket and "
@@ -169,7 +169,7 @@ def _publish(s3: _Bucket, prefix: str, uri: str, bundle: DistBundle, force: bool
                            name=bundle.name, version=bundle.version, backend=bundle.backend,
                            archive_sha256=bundle.sha256)
     replaced = None
-    existing = fetch.read_small(muri, client=s3.client, settings=s3.settings)
+    existing = transport.read_small(muri, client=s3.client, settings=s3.settings)
     if existing is not None:
         existing_sha = existing_archive_sha(existing, muri)
         if existing_sha == bundle.sha256:
@@ -193,7 +193,7 @@ def _publish(s3: _Bucket, prefix: str, uri: str, bundle: DistBundle, force: bool
         try:
             s3.upload_file(bundle, akey, {} if force else _create_or_replace(head), progress)
         except Exception as exc:
-            if fetch.status_of(exc) != 412 or not _intact(s3.head(akey), bundle):
+            if transport.status_of(exc) != 412 or not _intact(s3.head(akey), bundle):
                 raise
         uploaded.append(mf.ARCHIVE)
         sent += bundle.size
@@ -201,10 +201,10 @@ def _publish(s3: _Bucket, prefix: str, uri: str, bundle: DistBundle, force: bool
     try:
         s3.put_bytes(mkey, bundle.manifest_bytes, {} if force else {"IfNoneMatch": "*"})
     except Exception as exc:
-        if fetch.status_of(exc) != 412:
+        if transport.status_of(exc) != 412:
             raise
         other = existing_archive_sha(
-            fetch.read_small(muri, client=s3.client, settings=s3.settings) or b"", muri)
+            transport.read_small(muri, client=s3.client, settings=s3.settings) or b"", muri)
         if other != bundle.sha256:
             raise ConflictError(muri, other, bundle.sha256) from None
     uploaded.append(mf.MANIFEST)

@@ -1,307 +1,122 @@
-"""The atomic on-disk model store: `MODEL_STORE_ROOT/<agent>/versions/<version>/` plus `current`.
+"""Publishing a built bundle into the model store: stage, unpack, check, finalize.
 
-Layout (one filesystem, so every rename is atomic):
+Layout of a published version:
 
-    <agent>/.lock                  flock: one writer per agent at a time (held stage_new -> finalize)
-    <agent>/versions/<v>.tmp/      staging, private to the lock holder
-    <agent>/versions/<v>/          complete, immutable versions; manifest.json is written last
-    <agent>/current -> versions/<v>   swapped with os.replace of a fresh temporary symlink
-    <agent>/pins/<v>               "do not prune" markers (the registry's version locks write them)
-    <agent>/.pending               journal: "make <v> current" between the rename and the swap
+    versions/<version>/manifest.json   the STORE manifest ({version, checksum, metadata} + files + seal)
+    versions/<version>/bundle/         the unpacked bundle, byte for byte what the tarball holds,
+                                       including the bundle's own manifest.json
 
-Payload gets into staging by any means (finalize then reads and hashes it) or by `copy_in`, which
-hashes and fsyncs while copying so that finalize does neither again (store_copy.py).
-
-Commit order: fsync every staged file and directory, write the sealed manifest, write `.pending`,
-rename `<v>.tmp` -> `<v>`, fsync `versions/`, swap `current`, fsync, drop `.pending`. A reader
-therefore only ever sees `current` name a complete version. After a crash the next locked
-operation rolls `.pending` forward and sweeps staging and temporary debris, so re-running a publish
-converges to what an uninterrupted run would have left. Legacy alias symlinks at the agent level
-(`news-cleaner-agent -> synthesizer`) are followed for reads and refused for writes.
+Why a `bundle/` subdirectory: serving hosts read the store's own `manifest.json` at the version root,
+and the bundle must keep its own `manifest.json` under that name (the runtime and serving code
+read it there). Flattening would force renaming one of them; keeping `bundle.tar.gz` instead of
+unpacking would double the disk and leave readers to unpack. A serving process points
+`REGISTRY_*_PATH` at `<get_current(agent)>/bundle`.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Mapping
 
-from ..artifacts.atomic import fsync_dir, write_bytes
-from ..errors import ConflictError, StoreError
-from . import store_manifest as sm
-from .store_copy import copy_into
-from .store_fs import (DELETING_SUFFIX, AgentLock, Known, StatKey, fsync_dirs, hash_tree,
-                       remove_tree, scan)
-from .store_read import StoreReader, VersionInfo, strict_from_env
+from ..artifacts import manifest as mf
+from ..errors import ConflictError, FileChange, PublishError, StoreError
+from ..store import MANIFEST as STORE_MANIFEST
+from ..store import ModelStore, diff, read_manifest, scan, stat_key
+from .bundle import DistBundle
 
-__all__ = ["ModelStore", "StoreReader", "VersionInfo", "strict_from_env"]
-
-_PENDING = ".pending"
+BUNDLE_DIR = "bundle"
 
 
-class ModelStore(StoreReader):
-    """Stage, finalize, roll back, prune and pin versions; everything StoreReader reads."""
+@dataclass(frozen=True)
+class StoreResult:
+    """What `publish_to_store` did. `noop`: these bytes were already published; nothing changed."""
 
-    def __init__(self, root: Path | str | None = None, *, strict: bool | None = None,
-                 workers: int | None = None):
-        super().__init__(root, strict=strict, workers=workers)
-        self._locks: dict[Path, AgentLock] = {}
-        self._staged: dict[tuple[Path, str], Path] = {}
-        self._copied: dict[tuple[Path, str], dict[str, tuple[StatKey, str]]] = {}  # by copy_in
+    agent: str
+    version: str
+    path: Path  # versions/<version>
+    bundle_path: Path  # versions/<version>/bundle
+    checksum: str
+    archive_sha256: str
+    noop: bool
+    current: bool
 
-    def _agent_write(self, agent: str) -> Path:
-        """The agent's directory for writing, created on demand; aliases are read-only shims."""
-        sm.check_name("agent", agent)
-        path = self.root / agent
-        if path.is_symlink():
-            raise StoreError(f"{path}: is a legacy alias of {os.readlink(path)}; aliases are "
-                             f"read-only, write to the canonical agent name instead")
-        if self.strict and not self.root.is_dir():
-            self._unavailable(f"model store {self.root} does not exist")
-        try:
-            (path / "versions").mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"{path}: cannot create ({exc.strerror}); check MODEL_STORE_ROOT "
-                             "and its permissions (writers and readers share a group)") from None
-        return path
 
-    def _lock(self, adir: Path) -> AgentLock:
-        return self._locks.setdefault(adir, AgentLock(adir / ".lock"))
+def publish_to_store(dist_dir: Path, root: Path | str | None, agent: str, version: str,
+                     metadata: Mapping[str, Any] | None = None, *, activate: bool = True,
+                     store: ModelStore | None = None) -> StoreResult:
+    """Publish `dist/<name>/<version>/<backend>/` into `<root>/<agent>/versions/<version>/`.
 
-    # ----------------------------------------------------------------------------- writing
-    @contextlib.contextmanager
-    def stage_new(self, agent: str, version: str) -> Iterator[Path]:
-        """Yield an empty `<version>.tmp` to fill; the agent lock stays held until `finalize`.
+    The tarball is checked against its published manifest before a byte is unpacked, unpacked
+    with `safe_extract`, which hashes every file as it writes it and checks it against the
+    bundle's manifest; those digests, once checked, are handed to `finalize` as `known`, so no
+    unpacked file is read back to be hashed (finalize only flushes them to disk).
+    Same archive again: no-op. A different archive under an existing version: ConflictError.
+    """
+    from ..artifacts.extract import UnsafeArchive, safe_extract
 
-        A staging directory left by a killed writer is removed first (its contents are unknown).
-        If the block raises, the staging is removed and the lock released.
-        """
-        sm.check_name("version", version)
-        adir = self._agent_write(agent)
-        key = (adir, version)
-        lock = self._lock(adir)
-        lock.acquire()
-        try:
-            if key in self._staged:
-                raise StoreError(f"{agent}/{version} is already being staged by this process")
-            self._recover(adir)
-            tmp = adir / "versions" / f"{version}{sm.STAGING_SUFFIX}"
-            if tmp.exists() or tmp.is_symlink():
-                remove_tree(tmp)
-            tmp.mkdir()
-            self._staged[key] = tmp
-            self._copied[key] = {}
-        except BaseException:
-            lock.release()
-            raise
-        try:
-            yield tmp
-        except BaseException:
-            self.discard(agent, version)
-            raise
-
-    def discard(self, agent: str, version: str) -> None:
-        """Drop a staged version without finalizing it and release the agent lock."""
-        adir = self.root / agent
-        tmp = self._staged.pop((adir, version), None)
-        self._copied.pop((adir, version), None)
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-            self._lock(adir).release()
-
-    def copy_in(self, staging: Path, src: Path | str, rel: str = "", *,
-                durable: bool = True) -> dict[str, tuple[int, str]]:
-        """Copy a file or tree into `staging` (from `stage_new`), hashing and (`durable`) fsyncing
-        as it copies, so `finalize` reads none of it again; {staging relpath: (size, sha256)}.
-        Placement rules: `store_copy.copy_into`."""
-        key = next((k for k, v in self._staged.items() if v == Path(staging)), None)
-        if key is None:
-            raise StoreError(f"{staging}: not a staging directory of this store; copy into the "
-                             "path `with store.stage_new(agent, version) as tmp:` yields")
-        copied = copy_into(Path(staging), Path(src), rel, durable=durable, workers=self.workers)
-        self._copied[key].update({r: (k, d) for r, (k, _s, d) in copied.items()})
-        return {r: (s, d) for r, (_k, s, d) in copied.items()}
-
-    def finalize(self, agent: str, version: str, metadata: Mapping[str, Any] | None = None, *,
-                 activate: bool = True, bundle: Mapping[str, Any] | None = None,
-                 known: Known | None = None) -> VersionInfo:
-        """Seal the staged version, rename it into place and (with `activate`) make it current.
-
-        Versions are immutable: if `<version>` exists with the same checksum this is a no-op
-        (`noop=True`, `current` untouched); with a different checksum, ConflictError.
-        Digests from `copy_in`, and `known` ones ({relpath: (stat key, sha256)}), spare re-reading
-        those files under `store_fs.hash_tree`'s trust rule (stat key unchanged; a wrong one is
-        caught by `verify`). Every file is still fsynced here (a no-op after a durable copy_in).
-        """
-        adir = self._agent_write(agent)
-        copied = self._copied.pop((adir, version), {})
-        tmp = self._staged.pop((adir, version), None)
-        if tmp is None:
-            raise StoreError(f"{agent}/{version} is not staged in this process; write it inside "
-                             f"`with store.stage_new({agent!r}, {version!r}) as tmp:` first")
-        try:
-            return self._commit(adir, agent, version, tmp, dict(metadata or {}), activate,
-                                bundle, {**(known or {}), **copied})
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
-            self._lock(adir).release()
-
-    def _commit(self, adir: Path, agent: str, version: str, tmp: Path, metadata: dict[str, Any],
-                activate: bool, bundle: Mapping[str, Any] | None, known: Known) -> VersionInfo:
+    dist = DistBundle.load(Path(dist_dir))
+    published = mf.loads(dist.manifest_bytes, str(Path(dist_dir) / mf.MANIFEST))
+    store = store or ModelStore(root)
+    found = _already_there(store, agent, version, dist.sha256)
+    if found is not None:
+        return found
+    expected = {f"{BUNDLE_DIR}/{f['path']}": (f["size"], f["sha256"]) for f in published["files"]}
+    sizes: dict[str, int | None] = {f["path"]: f["size"] for f in published["files"]}
+    sizes[mf.MANIFEST] = None
+    with store.stage_new(agent, version) as tmp:
+        try:  # every listed file is hashed as it is written and checked against the manifest
+            safe_extract(dist.archive, tmp / BUNDLE_DIR, sizes=sizes, durable=False,
+                         sha256s={f["path"]: f["sha256"] for f in published["files"]})
+        except UnsafeArchive as exc:
+            if not exc.why.startswith("sha256"):
+                raise
+            raise PublishError(f"{dist.archive}: unpacked files differ from its manifest "
+                               f"({exc.member}: {exc.why}); rebuild the bundle") from None
+        inner = mf.load(tmp / BUNDLE_DIR / mf.MANIFEST)
+        if inner != {k: v for k, v in published.items() if k != "archive"}:
+            raise PublishError(f"{dist.archive}: its manifest.json differs from {dist_dir}/"
+                               f"{mf.MANIFEST}; the dist directory is damaged, rebuild it")
         tree = scan(tmp)
-        if tree.odd:
-            rel, kind = min(tree.odd.items())
-            raise StoreError(f"{tmp / rel}: is a {kind}; a version holds only regular files and "
-                             "directories (copy the target's bytes instead)")
-        if sm.MANIFEST in tree.files:
-            raise StoreError(f"{tmp / sm.MANIFEST}: this name is the store's own manifest; put the "
-                             "payload in a subdirectory (publish_to_store uses bundle/)")
-        digests = hash_tree(tmp, tree, known=known, fsync=True, workers=self.workers)
-        final = adir / "versions" / version
-        if final.exists() or final.is_symlink():
-            existing = sm.read(final)["checksum"]
-            new = sm.checksum(digests)
-            if existing != new:
-                raise ConflictError(str(final), existing, new)
-            return self._info(adir, agent, version, noop=True)
-        manifest = sm.build(version, digests, metadata, self._next_seq(adir), bundle)
-        write_bytes(tmp / sm.MANIFEST, sm.dumps(manifest))
-        fsync_dirs(tmp, tree.files)
-        if activate:
-            write_bytes(adir / _PENDING, version.encode())
-        os.rename(tmp, final)
-        fsync_dir(final.parent)
-        if activate:
-            self._point_current(adir, version)
-            os.unlink(adir / _PENDING)
-            fsync_dir(adir)
-        return self._info(adir, agent, version)
+        inner_rel = f"{BUNDLE_DIR}/{mf.MANIFEST}"
+        # safe_extract refused unlisted, missing and wrongly sized files; check the tree anyway
+        # (cheap: names and sizes only) before handing the checked digests on.
+        unpacked = {r: (st.st_size, expected.get(r, (0, "unlisted"))[1])
+                    for r, st in tree.files.items() if r != inner_rel}
+        changes = diff(expected, unpacked, tree.odd) + [
+            FileChange(r, "changed", f"{n} bytes", f"{unpacked[r][0]} bytes")
+            for r, (n, _d) in expected.items() if r in unpacked and unpacked[r][0] != n]
+        if changes:
+            raise PublishError(f"{dist.archive}: unpacked files differ from its manifest ("
+                               + "; ".join(map(str, changes)) + "); rebuild the bundle")
+        # The manifest's digests, each just checked against the bytes written, ARE the digests:
+        # finalize reads none of these files again (only the bundle's own small manifest.json).
+        known = {rel: (stat_key(tree.files[rel]), d) for rel, (_s, d) in expected.items()}
+    source = {"name": dist.name, "version": dist.version, "backend": dist.backend,
+              "archive_sha256": dist.sha256, "aggregate_sha256": published.get("aggregate_sha256")}
+    info = store.finalize(agent, version, metadata, activate=activate, bundle=source, known=known)
+    return StoreResult(agent, version, info.path, info.path / BUNDLE_DIR, info.checksum or "",
+                       dist.sha256, info.noop, info.current)
 
-    def _next_seq(self, adir: Path) -> int:
-        seqs = [info.seq for info in self._scan_versions(adir, "") if info.seq is not None]
-        return max(seqs, default=0) + 1
 
-    def _point_current(self, adir: Path, version: str) -> None:
-        """Swap `current` to `versions/<version>`: a new symlink renamed over the old one."""
-        tmp = adir / f".current.{os.getpid()}.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        os.symlink(f"versions/{version}", tmp)
-        try:
-            os.replace(tmp, adir / "current")
-        except OSError as exc:
-            tmp.unlink()
-            raise StoreError(f"{adir / 'current'}: cannot replace ({exc.strerror}); it must be a "
-                             "symlink: move it away and run `kiln store rollback`") from None
-        fsync_dir(adir)
+def _already_there(store: ModelStore, agent: str, version: str, archive_sha: str) -> StoreResult | None:
+    """Decide from the existing version's manifest alone: same archive -> no-op, other -> conflict.
 
-    def recover(self, agent: str) -> None:
-        """Finish what a killed writer left (an interrupted `current` swap, staging debris).
-
-        Every locked operation does this first; call it before deciding anything from what is on
-        disk without the lock (publish_to_store's no-op check does).
-        """
-        adir = self._agent_write(agent)
-        with self._lock(adir).held():
-            self._recover(adir)
-
-    def _recover(self, adir: Path) -> None:
-        """Under the lock: finish an interrupted swap, then sweep what killed writers left."""
-        pending = adir / _PENDING
-        if pending.exists():
-            version = pending.read_text(errors="replace").strip()
-            with contextlib.suppress(StoreError):
-                sm.check_name("version", version)
-                if (adir / "versions" / version / sm.MANIFEST).is_file():
-                    self._point_current(adir, version)
-            pending.unlink()
-            fsync_dir(adir)
-        ours = set(self._staged.values())
-        for entry in (adir / "versions").iterdir():
-            debris = entry.name.endswith(sm.STAGING_SUFFIX) or (
-                entry.name.startswith(".") and entry.name.endswith(DELETING_SUFFIX))
-            if not debris or entry in ours:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink()
-        for entry in adir.iterdir():
-            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
-                entry.unlink()
-        pins = adir / "pins"
-        if pins.is_dir():
-            for entry in pins.iterdir():
-                if entry.name.startswith("."):
-                    entry.unlink()
-
-    # ----------------------------------------------------------------------------- operations
-    def _current_or_none(self, adir: Path, agent: str) -> Path | None:
-        """The current version, or None when it is missing or broken (rollback is the repair)."""
-        try:
-            return self._current_dir(adir, agent)
-        except StoreError:
-            return None
-
-    def rollback(self, agent: str, version: str | None = None, *, verify: bool = True) -> VersionInfo:
-        """Point `current` at `version` (default: the one finalized just before the current one).
-
-        The target is verified first (bytes re-read) so a rollback never lands on a drifted copy.
-        """
-        adir = self._agent_write(agent)
-        with self._lock(adir).held():
-            self._recover(adir)
-            cur = self._current_or_none(adir, agent)
-            infos = [i for i in self._scan_versions(adir, agent) if i.seq is not None]
-            if version is None:
-                cur_seq = next((i.seq for i in infos if cur and i.version == cur.name), None)
-                earlier = [i for i in infos if cur_seq is not None and (i.seq or 0) < cur_seq]
-                if not earlier:
-                    raise StoreError(f"{agent}: no version older than the current one; name the "
-                                     f"target: `kiln store rollback {agent} VERSION`")
-                version = earlier[-1].version
-            sm.check_name("version", version)
-            if version not in {i.version for i in infos}:
-                raise StoreError(f"{agent}: no complete version {version!r}; see "
-                                 f"`kiln store list {agent}`")
-            if verify:
-                self.verify(agent, version)
-            self._point_current(adir, version)
-            return self._info(adir, agent, version, current=True)
-
-    def prune(self, agent: str, keep: int = 3, *, protect: Iterable[str] = ()) -> list[str]:
-        """Remove all but the `keep` newest versions; never the current, a pinned or a protected
-        one, nor a damaged one (it is reported by `list_versions` for a human to look at)."""
-        if keep < 0:
-            raise StoreError(f"keep must be 0 or more, got {keep}")
-        adir = self._agent_write(agent)
-        removed = []
-        with self._lock(adir).held():
-            self._recover(adir)
-            path = self._current_or_none(adir, agent)
-            infos = [i for i in self._scan_versions(adir, agent) if i.seq is not None]
-            spare = {i.version for i in infos[len(infos) - keep:]} if keep else set()
-            spare |= set(protect) | self.pinned_in(adir) | ({path.name} if path else set())
-            for info in infos:
-                if info.version not in spare:
-                    remove_tree(info.path)
-                    removed.append(info.version)
-        return removed
-
-    def pin(self, agent: str, version: str, reason: str = "") -> None:
-        """Protect a version from `prune` (the registry pins what it locks)."""
-        adir = self._agent_write(agent)
-        sm.check_name("version", version)
-        with self._lock(adir).held():
-            if not (adir / "versions" / version / sm.MANIFEST).is_file():
-                raise StoreError(f"{agent}: no complete version {version!r} to pin")
-            write_bytes(adir / "pins" / version, (reason + "\n").encode())
-
-    def unpin(self, agent: str, version: str) -> None:
-        """Let `prune` remove a version again."""
-        adir = self._agent_write(agent)
-        sm.check_name("version", version)
-        with self._lock(adir).held(), contextlib.suppress(FileNotFoundError):
-            os.unlink(adir / "pins" / version)
-            fsync_dir(adir / "pins")
+    A version finalized by other means (no `bundle` record) is left to `finalize`, which compares
+    checksums after unpacking.
+    """
+    store.recover(agent)
+    vdir = store.root / agent / "versions" / version
+    if not (vdir / STORE_MANIFEST).is_file():
+        return None
+    try:
+        existing = read_manifest(vdir)
+    except StoreError:
+        return None  # let finalize report the damaged version
+    old = (existing.get("bundle") or {}).get("archive_sha256")
+    if old is None:
+        return None
+    if old != archive_sha:
+        raise ConflictError(str(vdir), old, archive_sha)
+    current = store.current_version(agent) == version
+    return StoreResult(agent, version, vdir, vdir / BUNDLE_DIR, existing["checksum"], archive_sha,
+                       True, current)

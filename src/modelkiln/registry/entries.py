@@ -1,6 +1,7 @@
 """Registry entries as frozen dataclasses, and the one rule that merges the two layers.
 
-Fields split in two kinds (ADR-0001 of the seed's registry: curated entries hold no dynamic fields):
+Fields split in two kinds, and curated entries hold no dynamic fields (a reviewed file must not
+change with every build):
 - static: what a model *is* — name, backend, description, roles, capabilities, served_model_id,
   metadata. Written by people in the curated layer; a build may also record them in the
   discovered layer, and the curated value wins when both have one.

@@ -4,8 +4,8 @@
     <dir>/model_registry.discovered.json   written by publishes and verify/lock/unlock, under a lock
     <dir>/model_registry.json              regenerated from the two after every write; never edited
 
-`<dir>` is the explicit argument, else $KILN_REGISTRY_DIR, else `configs/` under the working
-directory. Both source layers go through the spec loader (`schema/registry.schema.json`), so a
+`<dir>` is the explicit argument, else $KILN_REGISTRY_DIR, else `configs/` under the project
+(`modelkiln.paths.registry_dir`). Both source layers go through the spec loader (`schema/registry.schema.json`), so a
 malformed file is a SpecError (exit 3) with file:line:col problems, never a traceback. The snapshot
 is never read back: consumers may read it, modelkiln always merges the sources itself.
 """
@@ -21,6 +21,7 @@ from typing import Iterator
 
 from ..artifacts.atomic import write_bytes
 from ..errors import Problem, SpecError
+from ..paths import registry_dir
 from .entries import DYNAMIC, RegistryEntry, merge_all
 
 CURATED = "model_registry.curated.json"
@@ -30,14 +31,6 @@ _LOCK = ".model_registry.lock"
 SCHEMA_VERSION = 1
 _SNAPSHOT_COMMENT = (f"Generated from {CURATED} and {DISCOVERED}; do not edit. Change the curated "
                      "file (reviewed) or run `kiln registry verify/lock/unlock`.")
-
-
-def registry_dir(explicit: Path | str | None = None) -> Path:
-    """Where the registry files live: argument, else $KILN_REGISTRY_DIR, else ./configs."""
-    if explicit is not None:
-        return Path(explicit)
-    env = os.environ.get("KILN_REGISTRY_DIR")
-    return Path(env) if env else Path("configs")
 
 
 @dataclass(frozen=True)

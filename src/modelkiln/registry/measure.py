@@ -13,8 +13,9 @@ from pathlib import Path
 
 from ..artifacts.digest import aggregate
 from ..errors import FileChange, KilnError, StoreError
-from ..publish import store_manifest as sm
-from ..publish.store_fs import Digests, diff, hash_tree, scan
+from ..store import MANIFEST as STORE_MANIFEST
+from ..store import (Digests, diff, expected_files, hash_tree, manifest_problems,
+                     read_manifest, scan)
 from .entries import FileRecord, RegistryEntry
 
 
@@ -54,20 +55,20 @@ def measure(entry: RegistryEntry, workers: int | None = None) -> Measured:
     """Re-read and hash every file under the entry's artifact directory."""
     root = artifact_root(entry)
     is_store = bool(entry.artifacts.store)
-    tree = scan(root, exclude=frozenset({sm.MANIFEST}) if is_store else frozenset())
+    tree = scan(root, exclude=frozenset({STORE_MANIFEST}) if is_store else frozenset())
     files = hash_tree(root, tree, workers=workers)
     total = aggregate((p, d) for p, (_s, d) in files.items())
     changes: list[FileChange] = []
     if is_store:
-        mpath = root / sm.MANIFEST
+        mpath = root / STORE_MANIFEST
         try:
             if mpath.is_symlink():
                 raise StoreError("manifest.json is a symlink")
-            manifest = sm.read(root)
-            changes = sm.problems(manifest, root.name)
+            manifest = read_manifest(root)
+            changes = manifest_problems(manifest, root.name)
         except StoreError as exc:
             kind = "missing" if not (mpath.exists() or mpath.is_symlink()) else "changed"
-            changes = [FileChange(sm.MANIFEST, kind, None, str(exc).split(";")[0])]
+            changes = [FileChange(STORE_MANIFEST, kind, None, str(exc).split(";")[0])]
     return Measured(root, files, dict(tree.odd), total, tuple(changes))
 
 
@@ -78,12 +79,12 @@ def recorded_from_store(root: Path) -> tuple[tuple[FileRecord, ...], str] | None
     re-reads everything. None when the manifest is missing or fails its seal.
     """
     try:
-        manifest = sm.read(root)
+        manifest = read_manifest(root)
     except StoreError:
         return None
-    if sm.problems(manifest, root.name):
+    if manifest_problems(manifest, root.name):
         return None
-    files = sm.expected_files(manifest)
+    files = expected_files(manifest)
     return tuple(FileRecord(p, s, d) for p, (s, d) in sorted(files.items())), manifest["checksum"]
 
 

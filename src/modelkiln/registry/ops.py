@@ -172,7 +172,7 @@ def _pin(entry: RegistryEntry, pin: bool) -> None:
     where = store_location(Path(entry.artifacts.store))
     if where is None or not Path(entry.artifacts.store).is_dir():
         return
-    from ..publish.store import ModelStore
+    from ..store import ModelStore
 
     root, agent, version = where
     store = ModelStore(root, strict=False)

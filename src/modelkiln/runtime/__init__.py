@@ -5,7 +5,7 @@ serving image can depend on it without the build tool's weight.
 """
 from __future__ import annotations
 
+from ..artifacts.extract import UnsafeArchive, safe_extract
 from .bootstrap import Runtime, bootstrap, resolve_paths
-from .extract import UnsafeArchive, safe_extract
 
 __all__ = ["Runtime", "UnsafeArchive", "bootstrap", "resolve_paths", "safe_extract"]

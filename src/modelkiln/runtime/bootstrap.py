@@ -37,8 +37,8 @@ from ..artifacts import manifest as mf
 from ..artifacts.atomic import fsync_dir, write_bytes
 from ..artifacts.digest import canonical_json
 from ..errors import KilnError, PublishError
-from . import fetch
-from .extract import safe_extract
+from .. import transport
+from ..artifacts.extract import safe_extract
 
 BACKENDS = ("pytorch", "onnx")
 URI_ENV = {"pytorch": "MODEL_BUNDLE_S3_URI_PYTORCH", "onnx": "MODEL_BUNDLE_S3_URI_ONNX"}
@@ -75,9 +75,9 @@ class Runtime:
                 "downloaded": self.downloaded, "exports": self.exports()}
 
 
-def bootstrap(env: Mapping[str, str] | None = None, progress: fetch.Progress | None = None, *,
+def bootstrap(env: Mapping[str, str] | None = None, progress: transport.Progress | None = None, *,
               verify: str | None = None,
-              settings: fetch.TransferSettings = fetch.DEFAULT) -> Runtime:
+              settings: transport.TransferSettings = transport.DEFAULT) -> Runtime:
     """Make the bundle named by the environment available locally and return where it is.
 
     Reads MODEL_BACKEND (pytorch|onnx), MODEL_BUNDLE_S3_URI_PYTORCH / _ONNX (s3:// or file://,
@@ -95,7 +95,7 @@ def bootstrap(env: Mapping[str, str] | None = None, progress: fetch.Progress | N
                         f".../{backend}/{mf.ARCHIVE} (s3:// or file://)")
     if uri.endswith("/"):
         uri += mf.ARCHIVE
-    if fetch.scheme_of(uri) not in ("s3", "file"):
+    if transport.scheme_of(uri) not in ("s3", "file"):
         raise KilnError(f"{URI_ENV[backend]}={uri}: only s3:// and file:// are supported")
     mode = (verify or env.get("REGISTRY_VERIFY") or "stat").strip().lower()
     if mode not in ("stat", "full"):
@@ -106,10 +106,10 @@ def bootstrap(env: Mapping[str, str] | None = None, progress: fetch.Progress | N
         return _bootstrap(backend, uri, base, mode == "full", progress, settings)
 
 
-def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: fetch.Progress | None,
-               settings: fetch.TransferSettings) -> Runtime:
-    manifest_uri = fetch.sibling(uri, mf.MANIFEST)
-    raw = fetch.read_small(manifest_uri, settings=settings)
+def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: transport.Progress | None,
+               settings: transport.TransferSettings) -> Runtime:
+    manifest_uri = transport.sibling(uri, mf.MANIFEST)
+    raw = transport.read_small(manifest_uri, settings=settings)
     if raw is None:
         raise PublishError(f"{manifest_uri}: not found, so {uri} is not a published bundle (or its "
                            "publish was interrupted); publish it with `kiln publish`")
@@ -184,7 +184,7 @@ def _stat_tree(root: Path) -> dict[str, list[int]] | None:
 
 
 def _install(uri: str, published: dict, size: int, sha: str, vdir: Path, record: Path,
-             progress: fetch.Progress | None, settings: fetch.TransferSettings) -> None:
+             progress: transport.Progress | None, settings: transport.TransferSettings) -> None:
     """Download, check, unpack and verify into a hidden directory, then rename it into place."""
     versions = vdir.parent
     versions.mkdir(parents=True, exist_ok=True)
@@ -192,7 +192,7 @@ def _install(uri: str, published: dict, size: int, sha: str, vdir: Path, record:
     work = Path(tempfile.mkdtemp(prefix=f".{vdir.name}.", suffix=".tmp", dir=versions))
     try:
         tarball, tree = work / mf.ARCHIVE, work / "tree"
-        fetch.download(uri, tarball, size=size, sha256=sha, progress=progress, settings=settings)
+        transport.download(uri, tarball, size=size, sha256=sha, progress=progress, settings=settings)
         sizes: dict[str, int | None] = {f["path"]: f["size"] for f in published["files"]}
         sizes[mf.MANIFEST] = None
         # Every listed file's size and sha256 is checked as it is written; nothing unlisted and

@@ -1,6 +1,6 @@
 """Spec files -> plain data with a file:line:col for every node, checked against a JSON Schema.
 
-The only layer that knows YAML and JSON Schema (house style rule 1). Importing it is cheap: yaml and
+The only layer that knows YAML and JSON Schema (an import-linter contract holds it to that). Importing it is cheap: yaml and
 jsonschema are imported when a file actually has to be parsed or validated, never on a cache hit.
 """
 from modelkiln.spec.cache import LOADER_VERSION

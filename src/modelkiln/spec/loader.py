@@ -1,7 +1,7 @@
 """The public entry points: spec files in, validated `SpecDocument`s out, or one `SpecError`.
 
-Every problem of every file is collected before raising, so a reviewer sees the whole list at once
-(house style rule 4). Parse problems that leave the data unusable (syntax, encoding, forbidden tags,
+Every problem of every file is collected before raising, so a reviewer sees the whole list at once,
+sorted, one line each. Parse problems that leave the data unusable (syntax, encoding, forbidden tags,
 aliases) stop that file before schema validation, whose errors would only be noise; a duplicate key
 does not, since the first value is kept and the rest of the file is still worth checking.
 """

@@ -8,43 +8,14 @@ Heavy libraries are imported inside `run`, never at module level.
 """
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable
 
 from ..artifacts.digest import StatCache, canonical_json, sha256_bytes
 from ..model.bundle import Bundle
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where a project's build state lives: build/, dist/ and .kiln/ under the project root."""
-
-    root: Path
-
-    @property
-    def build(self) -> Path:
-        return self.root / "build"
-
-    @property
-    def dist(self) -> Path:
-        return self.root / "dist"
-
-    @property
-    def state(self) -> Path:
-        return self.root / ".kiln"
-
-    def stage_dir(self, bundle: str, stage: str) -> Path:
-        return self.build / bundle / stage
-
-    def stamp(self, bundle: str, stage: str) -> Path:
-        return self.build / bundle / ".stamps" / f"{stage}.json"
-
-    def dist_dir(self, bundle: str, version: str, backend: str) -> Path:
-        return self.dist / bundle / version / backend
+from ..paths import Layout
 
 
 @dataclass(frozen=True)
@@ -112,11 +83,6 @@ class RunContext:
     def up_stamp(self, stage: str) -> dict:
         """The stamp an upstream stage wrote: its inputs, outputs and report."""
         return json.loads(self.upstream[stage].stamp.read_bytes())
-
-
-def module(stage: str) -> ModuleType:
-    """Import a stage module by name (lazily: the no-op path imports only the ones it plans)."""
-    return importlib.import_module(f"modelkiln.stages.{stage}")
 
 
 def tool_versions(*dists: str) -> dict[str, str]:

@@ -9,7 +9,8 @@ import json
 
 from ..errors import BuildError
 from ..model.bundle import Bundle
-from .base import Layout, RunContext, StagePlan, params, stage_plan
+from ..paths import Layout
+from .base import RunContext, StagePlan, params, stage_plan
 
 CODE_VERSION = "1"
 

@@ -1,6 +1,6 @@
 """package: stage outputs -> `dist/<name>/<version>/<backend>/{bundle.tar.gz, manifest.json}`.
 
-The bundle is seed 000's layout (config.json, model.safetensors, tokenizer/, thresholds.json,
+The bundle layout that serving code reads (config.json, model.safetensors, tokenizer/, thresholds.json,
 label_order.json, registry_label_fields.json, manifest.json; plus registry_model_int8.onnx for the
 ONNX bundle). Files are streamed into the tarball straight from each stage's output directory and
 their digests come from the upstream stamps, so packaging reads each byte once and hashes only
@@ -18,7 +18,8 @@ from ..artifacts.tarball import write_tarball
 from ..model.bundle import Bundle
 from ..model.version import resolve
 from ..resources import resource_bytes
-from .base import Layout, RunContext, StagePlan, params, tool_versions
+from ..paths import Layout
+from .base import RunContext, StagePlan, params, tool_versions
 
 CODE_VERSION = "2"
 CARD = "model_card.md"

@@ -24,7 +24,8 @@ from typing import Any
 
 from ..errors import BuildError
 from ..model.bundle import Bundle
-from .base import Layout, RunContext, StagePlan, params, stage_plan
+from ..paths import Layout
+from .base import RunContext, StagePlan, params, stage_plan
 
 CODE_VERSION = "1"
 WORST = 3  # labels named in a failure message

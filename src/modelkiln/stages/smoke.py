@@ -1,4 +1,4 @@
-"""smoke: the pre-flight check (seed 003): load the ONNX bundle the way a consumer will and run it.
+"""smoke: the pre-flight check: load the ONNX bundle the way a consumer will and run it.
 
 The consumer view is assembled from the files the ONNX bundle ships and nothing else:
 `registry_model_int8.onnx`, `tokenizer/`, `thresholds.json` and `label_order.json` are copied
@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ..errors import BuildError
 from ..model.bundle import Bundle
-from .base import Layout, RunContext, StagePlan, params, stage_plan
+from ..paths import Layout
+from .base import RunContext, StagePlan, params, stage_plan
 
 CODE_VERSION = "1"
 SAMPLES = ("modelkiln smoke test",

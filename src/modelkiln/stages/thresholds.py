@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 
 from ..model.bundle import Bundle
-from .base import Layout, RunContext, StagePlan, params, stage_plan, section
+from ..paths import Layout
+from .base import RunContext, StagePlan, params, stage_plan, section
 
 CODE_VERSION = "1"
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..errors import BuildError
 from ..model.bundle import Bundle
-from .base import Layout, RunContext, StagePlan, params, stage_plan
+from ..paths import Layout
+from .base import RunContext, StagePlan, params, stage_plan
 
 CODE_VERSION = "1"
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ..errors import BuildError
 from ..model.bundle import Bundle
-from .base import Layout, RunContext, StagePlan, params, stage_plan
+from ..paths import Layout
+from .base import RunContext, StagePlan, params, stage_plan
 
 CODE_VERSION = "1"
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}

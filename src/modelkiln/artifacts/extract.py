@@ -19,8 +19,8 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO, Mapping, Self
 
-from ..artifacts.atomic import fsync_dir
-from ..artifacts.digest import HashingWriter
+from .atomic import fsync_dir
+from .digest import HashingWriter
 from ..errors import KilnError
 
 # 256 KiB pieces: 1 MiB ones are 4x slower here, each a fresh mmap whose pages fault in one by one.

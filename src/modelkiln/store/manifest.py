@@ -1,6 +1,6 @@
 """The store's own manifest (`versions/<version>/manifest.json`) and the names the store accepts.
 
-The seed fixes `{version, checksum, metadata}`. We add what `verify` needs to name every changed,
+Serving hosts read `{version, checksum, metadata}`. We add what `verify` needs to name every changed,
 missing or added file (`files`: path, size, sha256), an ordering that survives copies and backups
 (`seq`, not mtimes), where a published bundle came from (`bundle`), and a `seal`: the sha256 of the
 canonical JSON of every other field. Without the seal a hand edit of the manifest (a rewritten hash,

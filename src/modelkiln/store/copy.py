@@ -15,8 +15,8 @@ from pathlib import Path, PurePosixPath
 
 from ..artifacts.copy import copy_file
 from ..errors import StoreError
-from . import store_manifest as sm
-from .store_fs import StatKey, default_workers, scan, stat_key
+from . import manifest as sm
+from .fs import StatKey, default_workers, scan, stat_key
 
 Copied = dict[str, tuple[StatKey, int, str]]  # staging relpath -> (stat key, size, sha256)
 

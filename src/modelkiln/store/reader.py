@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import DriftError, FileChange, StoreError
-from . import store_manifest as sm
-from .store_fs import diff, hash_tree, scan
+from . import manifest as sm
+from .fs import diff, hash_tree, scan
 
 def strict_from_env() -> bool:
     """STRICT_MODEL_STORE=1 (or true/yes): a missing or unreadable store is an error, not "empty"."""
@@ -54,7 +54,7 @@ class StoreReader:
         if root is None:
             root = os.environ.get("MODEL_STORE_ROOT") or None
         if root is None:
-            raise StoreError("no model store root: set MODEL_STORE_ROOT (e.g. /opt/justnews/models) "
+            raise StoreError("no model store root: set MODEL_STORE_ROOT (for example /srv/models) "
                              "or pass the root explicitly")
         self.root = Path(root)
         self.strict = strict_from_env() if strict is None else strict

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 from ..errors import PublishError
-from . import fetch
+from . import s3
 
 # Parts are read and kept as 256 KiB pieces, never joined: a fresh multi-MiB buffer per part costs
 # a page fault per 4 KiB on first touch, which on a VM is slower than the network.
@@ -24,11 +24,11 @@ PIECE = 256 << 10
 
 
 def s3_download(client: Any, bucket: str, key: str, out: Any, *, size: int,
-                settings: fetch.TransferSettings,
+                settings: s3.TransferSettings,
                 progress: Callable[[int], None] | None = None) -> None:
     """Write s3://bucket/key into the writer `out` in order; PublishError if it is not `size`."""
     uri = f"s3://{bucket}/{key}"
-    head = fetch.with_retries(f"HEAD {uri}", lambda: client.head_object(Bucket=bucket, Key=key),
+    head = s3.with_retries(f"HEAD {uri}", lambda: client.head_object(Bucket=bucket, Key=key),
                               settings)
     if head["ContentLength"] != size:
         raise PublishError(f"{uri}: {head['ContentLength']} bytes, but the published manifest "
@@ -49,10 +49,10 @@ def s3_download(client: Any, bucket: str, key: str, out: Any, *, size: int,
                     return pieces
                 raise OSError(f"short read at {off}: {got} of {n} bytes")
             except Exception as exc:
-                if fetch.status_of(exc) == 412:
+                if s3.status_of(exc) == 412:
                     raise PublishError(f"{uri}: replaced while downloading; run the bootstrap "
                                        "again") from None
-                if fetch._permanent(exc) or attempt + 1 == settings.max_attempts:
+                if s3.is_permanent(exc) or attempt + 1 == settings.max_attempts:
                     raise
                 time.sleep(settings.backoff * (2 ** attempt))
         raise AssertionError("unreachable")

@@ -1,0 +1,307 @@
+"""The atomic on-disk model store: `MODEL_STORE_ROOT/<agent>/versions/<version>/` plus `current`.
+
+Layout (one filesystem, so every rename is atomic):
+
+    <agent>/.lock                  flock: one writer per agent at a time (held stage_new -> finalize)
+    <agent>/versions/<v>.tmp/      staging, private to the lock holder
+    <agent>/versions/<v>/          complete, immutable versions; manifest.json is written last
+    <agent>/current -> versions/<v>   swapped with os.replace of a fresh temporary symlink
+    <agent>/pins/<v>               "do not prune" markers (the registry's version locks write them)
+    <agent>/.pending               journal: "make <v> current" between the rename and the swap
+
+Payload gets into staging by any means (finalize then reads and hashes it) or by `copy_in`, which
+hashes and fsyncs while copying so that finalize does neither again (store_copy.py).
+
+Commit order: fsync every staged file and directory, write the sealed manifest, write `.pending`,
+rename `<v>.tmp` -> `<v>`, fsync `versions/`, swap `current`, fsync, drop `.pending`. A reader
+therefore only ever sees `current` name a complete version. After a crash the next locked
+operation rolls `.pending` forward and sweeps staging and temporary debris, so re-running a publish
+converges to what an uninterrupted run would have left. Legacy alias symlinks at the agent level
+(for example `old-name -> new-name`) are followed for reads and refused for writes.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+from ..artifacts.atomic import fsync_dir, write_bytes
+from ..errors import ConflictError, StoreError
+from . import manifest as sm
+from .copy import copy_into
+from .fs import (DELETING_SUFFIX, AgentLock, Known, StatKey, fsync_dirs, hash_tree,
+                       remove_tree, scan)
+from .reader import StoreReader, VersionInfo, strict_from_env
+
+__all__ = ["ModelStore", "StoreReader", "VersionInfo", "strict_from_env"]
+
+_PENDING = ".pending"
+
+
+class ModelStore(StoreReader):
+    """Stage, finalize, roll back, prune and pin versions; everything StoreReader reads."""
+
+    def __init__(self, root: Path | str | None = None, *, strict: bool | None = None,
+                 workers: int | None = None):
+        super().__init__(root, strict=strict, workers=workers)
+        self._locks: dict[Path, AgentLock] = {}
+        self._staged: dict[tuple[Path, str], Path] = {}
+        self._copied: dict[tuple[Path, str], dict[str, tuple[StatKey, str]]] = {}  # by copy_in
+
+    def _agent_write(self, agent: str) -> Path:
+        """The agent's directory for writing, created on demand; aliases are read-only shims."""
+        sm.check_name("agent", agent)
+        path = self.root / agent
+        if path.is_symlink():
+            raise StoreError(f"{path}: is a legacy alias of {os.readlink(path)}; aliases are "
+                             f"read-only, write to the canonical agent name instead")
+        if self.strict and not self.root.is_dir():
+            self._unavailable(f"model store {self.root} does not exist")
+        try:
+            (path / "versions").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create ({exc.strerror}); check MODEL_STORE_ROOT "
+                             "and its permissions (writers and readers share a group)") from None
+        return path
+
+    def _lock(self, adir: Path) -> AgentLock:
+        return self._locks.setdefault(adir, AgentLock(adir / ".lock"))
+
+    # ----------------------------------------------------------------------------- writing
+    @contextlib.contextmanager
+    def stage_new(self, agent: str, version: str) -> Iterator[Path]:
+        """Yield an empty `<version>.tmp` to fill; the agent lock stays held until `finalize`.
+
+        A staging directory left by a killed writer is removed first (its contents are unknown).
+        If the block raises, the staging is removed and the lock released.
+        """
+        sm.check_name("version", version)
+        adir = self._agent_write(agent)
+        key = (adir, version)
+        lock = self._lock(adir)
+        lock.acquire()
+        try:
+            if key in self._staged:
+                raise StoreError(f"{agent}/{version} is already being staged by this process")
+            self._recover(adir)
+            tmp = adir / "versions" / f"{version}{sm.STAGING_SUFFIX}"
+            if tmp.exists() or tmp.is_symlink():
+                remove_tree(tmp)
+            tmp.mkdir()
+            self._staged[key] = tmp
+            self._copied[key] = {}
+        except BaseException:
+            lock.release()
+            raise
+        try:
+            yield tmp
+        except BaseException:
+            self.discard(agent, version)
+            raise
+
+    def discard(self, agent: str, version: str) -> None:
+        """Drop a staged version without finalizing it and release the agent lock."""
+        adir = self.root / agent
+        tmp = self._staged.pop((adir, version), None)
+        self._copied.pop((adir, version), None)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self._lock(adir).release()
+
+    def copy_in(self, staging: Path, src: Path | str, rel: str = "", *,
+                durable: bool = True) -> dict[str, tuple[int, str]]:
+        """Copy a file or tree into `staging` (from `stage_new`), hashing and (`durable`) fsyncing
+        as it copies, so `finalize` reads none of it again; {staging relpath: (size, sha256)}.
+        Placement rules: `store_copy.copy_into`."""
+        key = next((k for k, v in self._staged.items() if v == Path(staging)), None)
+        if key is None:
+            raise StoreError(f"{staging}: not a staging directory of this store; copy into the "
+                             "path `with store.stage_new(agent, version) as tmp:` yields")
+        copied = copy_into(Path(staging), Path(src), rel, durable=durable, workers=self.workers)
+        self._copied[key].update({r: (k, d) for r, (k, _s, d) in copied.items()})
+        return {r: (s, d) for r, (_k, s, d) in copied.items()}
+
+    def finalize(self, agent: str, version: str, metadata: Mapping[str, Any] | None = None, *,
+                 activate: bool = True, bundle: Mapping[str, Any] | None = None,
+                 known: Known | None = None) -> VersionInfo:
+        """Seal the staged version, rename it into place and (with `activate`) make it current.
+
+        Versions are immutable: if `<version>` exists with the same checksum this is a no-op
+        (`noop=True`, `current` untouched); with a different checksum, ConflictError.
+        Digests from `copy_in`, and `known` ones ({relpath: (stat key, sha256)}), spare re-reading
+        those files under `store_fs.hash_tree`'s trust rule (stat key unchanged; a wrong one is
+        caught by `verify`). Every file is still fsynced here (a no-op after a durable copy_in).
+        """
+        adir = self._agent_write(agent)
+        copied = self._copied.pop((adir, version), {})
+        tmp = self._staged.pop((adir, version), None)
+        if tmp is None:
+            raise StoreError(f"{agent}/{version} is not staged in this process; write it inside "
+                             f"`with store.stage_new({agent!r}, {version!r}) as tmp:` first")
+        try:
+            return self._commit(adir, agent, version, tmp, dict(metadata or {}), activate,
+                                bundle, {**(known or {}), **copied})
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
+            self._lock(adir).release()
+
+    def _commit(self, adir: Path, agent: str, version: str, tmp: Path, metadata: dict[str, Any],
+                activate: bool, bundle: Mapping[str, Any] | None, known: Known) -> VersionInfo:
+        tree = scan(tmp)
+        if tree.odd:
+            rel, kind = min(tree.odd.items())
+            raise StoreError(f"{tmp / rel}: is a {kind}; a version holds only regular files and "
+                             "directories (copy the target's bytes instead)")
+        if sm.MANIFEST in tree.files:
+            raise StoreError(f"{tmp / sm.MANIFEST}: this name is the store's own manifest; put the "
+                             "payload in a subdirectory (publish_to_store uses bundle/)")
+        digests = hash_tree(tmp, tree, known=known, fsync=True, workers=self.workers)
+        final = adir / "versions" / version
+        if final.exists() or final.is_symlink():
+            existing = sm.read(final)["checksum"]
+            new = sm.checksum(digests)
+            if existing != new:
+                raise ConflictError(str(final), existing, new)
+            return self._info(adir, agent, version, noop=True)
+        manifest = sm.build(version, digests, metadata, self._next_seq(adir), bundle)
+        write_bytes(tmp / sm.MANIFEST, sm.dumps(manifest))
+        fsync_dirs(tmp, tree.files)
+        if activate:
+            write_bytes(adir / _PENDING, version.encode())
+        os.rename(tmp, final)
+        fsync_dir(final.parent)
+        if activate:
+            self._point_current(adir, version)
+            os.unlink(adir / _PENDING)
+            fsync_dir(adir)
+        return self._info(adir, agent, version)
+
+    def _next_seq(self, adir: Path) -> int:
+        seqs = [info.seq for info in self._scan_versions(adir, "") if info.seq is not None]
+        return max(seqs, default=0) + 1
+
+    def _point_current(self, adir: Path, version: str) -> None:
+        """Swap `current` to `versions/<version>`: a new symlink renamed over the old one."""
+        tmp = adir / f".current.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(f"versions/{version}", tmp)
+        try:
+            os.replace(tmp, adir / "current")
+        except OSError as exc:
+            tmp.unlink()
+            raise StoreError(f"{adir / 'current'}: cannot replace ({exc.strerror}); it must be a "
+                             "symlink: move it away and run `kiln store rollback`") from None
+        fsync_dir(adir)
+
+    def recover(self, agent: str) -> None:
+        """Finish what a killed writer left (an interrupted `current` swap, staging debris).
+
+        Every locked operation does this first; call it before deciding anything from what is on
+        disk without the lock (publish_to_store's no-op check does).
+        """
+        adir = self._agent_write(agent)
+        with self._lock(adir).held():
+            self._recover(adir)
+
+    def _recover(self, adir: Path) -> None:
+        """Under the lock: finish an interrupted swap, then sweep what killed writers left."""
+        pending = adir / _PENDING
+        if pending.exists():
+            version = pending.read_text(errors="replace").strip()
+            with contextlib.suppress(StoreError):
+                sm.check_name("version", version)
+                if (adir / "versions" / version / sm.MANIFEST).is_file():
+                    self._point_current(adir, version)
+            pending.unlink()
+            fsync_dir(adir)
+        ours = set(self._staged.values())
+        for entry in (adir / "versions").iterdir():
+            debris = entry.name.endswith(sm.STAGING_SUFFIX) or (
+                entry.name.startswith(".") and entry.name.endswith(DELETING_SUFFIX))
+            if not debris or entry in ours:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink()
+        for entry in adir.iterdir():
+            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                entry.unlink()
+        pins = adir / "pins"
+        if pins.is_dir():
+            for entry in pins.iterdir():
+                if entry.name.startswith("."):
+                    entry.unlink()
+
+    # ----------------------------------------------------------------------------- operations
+    def _current_or_none(self, adir: Path, agent: str) -> Path | None:
+        """The current version, or None when it is missing or broken (rollback is the repair)."""
+        try:
+            return self._current_dir(adir, agent)
+        except StoreError:
+            return None
+
+    def rollback(self, agent: str, version: str | None = None, *, verify: bool = True) -> VersionInfo:
+        """Point `current` at `version` (default: the one finalized just before the current one).
+
+        The target is verified first (bytes re-read) so a rollback never lands on a drifted copy.
+        """
+        adir = self._agent_write(agent)
+        with self._lock(adir).held():
+            self._recover(adir)
+            cur = self._current_or_none(adir, agent)
+            infos = [i for i in self._scan_versions(adir, agent) if i.seq is not None]
+            if version is None:
+                cur_seq = next((i.seq for i in infos if cur and i.version == cur.name), None)
+                earlier = [i for i in infos if cur_seq is not None and (i.seq or 0) < cur_seq]
+                if not earlier:
+                    raise StoreError(f"{agent}: no version older than the current one; name the "
+                                     f"target: `kiln store rollback {agent} VERSION`")
+                version = earlier[-1].version
+            sm.check_name("version", version)
+            if version not in {i.version for i in infos}:
+                raise StoreError(f"{agent}: no complete version {version!r}; see "
+                                 f"`kiln store list {agent}`")
+            if verify:
+                self.verify(agent, version)
+            self._point_current(adir, version)
+            return self._info(adir, agent, version, current=True)
+
+    def prune(self, agent: str, keep: int = 3, *, protect: Iterable[str] = ()) -> list[str]:
+        """Remove all but the `keep` newest versions; never the current, a pinned or a protected
+        one, nor a damaged one (it is reported by `list_versions` for a human to look at)."""
+        if keep < 0:
+            raise StoreError(f"keep must be 0 or more, got {keep}")
+        adir = self._agent_write(agent)
+        removed = []
+        with self._lock(adir).held():
+            self._recover(adir)
+            path = self._current_or_none(adir, agent)
+            infos = [i for i in self._scan_versions(adir, agent) if i.seq is not None]
+            spare = {i.version for i in infos[len(infos) - keep:]} if keep else set()
+            spare |= set(protect) | self.pinned_in(adir) | ({path.name} if path else set())
+            for info in infos:
+                if info.version not in spare:
+                    remove_tree(info.path)
+                    removed.append(info.version)
+        return removed
+
+    def pin(self, agent: str, version: str, reason: str = "") -> None:
+        """Protect a version from `prune` (the registry pins what it locks)."""
+        adir = self._agent_write(agent)
+        sm.check_name("version", version)
+        with self._lock(adir).held():
+            if not (adir / "versions" / version / sm.MANIFEST).is_file():
+                raise StoreError(f"{agent}: no complete version {version!r} to pin")
+            write_bytes(adir / "pins" / version, (reason + "\n").encode())
+
+    def unpin(self, agent: str, version: str) -> None:
+        """Let `prune` remove a version again."""
+        adir = self._agent_write(agent)
+        sm.check_name("version", version)
+        with self._lock(adir).held(), contextlib.suppress(FileNotFoundError):
+            os.unlink(adir / "pins" / version)
+            fsync_dir(adir / "pins")

@@ -1,0 +1,115 @@
+"""Reading published objects from s3:// or file:// locations, checking what arrives.
+
+Shared by the runtime bootstrap and the publishers: a small object (a manifest) by `read_small`,
+a large one (a tarball) by `download`, which hashes while it writes and refuses bytes that differ
+from what the manifest promised.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from ..artifacts.digest import HashingWriter
+from ..errors import KilnError, PublishError
+from .s3 import DEFAULT, MIB, TransferSettings, s3_client, status_of, with_retries
+from .uris import local_path, parse_s3, scheme_of
+
+Progress = Callable[[int], None]
+
+
+def read_small(uri: str, *, limit: int = 64 * MIB, client: Any = None,
+               settings: TransferSettings = DEFAULT) -> bytes | None:
+    """The bytes of a small object (a manifest), or None when it does not exist.
+
+    Without a `client`, an s3:// read first tries `s3lite` (no boto3 import: the cached
+    bootstrap's 0.5 s budget), and falls back to boto3 for anything but a plain 200.
+    """
+    if scheme_of(uri) == "file":
+        path = local_path(uri)
+        try:
+            if path.stat().st_size > limit:
+                raise KilnError(f"{uri}: larger than {limit} bytes; not a manifest")
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+    bucket, key = parse_s3(uri)
+    if client is None:  # nobody paid for boto3 yet: try the stdlib-only signed GET first
+        from .s3lite import get_small
+        fast = get_small(bucket, key, limit=limit)
+        if fast is not None:
+            return fast
+    client = client or s3_client(settings)
+
+    def get() -> bytes | None:
+        try:
+            response = client.get_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            if status_of(exc) == 404:
+                return None
+            raise
+        if response["ContentLength"] > limit:
+            raise KilnError(f"{uri}: larger than {limit} bytes; not a manifest")
+        return response["Body"].read()
+
+    try:
+        return with_retries(f"download {uri}", get, settings)
+    except KilnError:
+        raise
+    except Exception as exc:
+        raise PublishError(f"{uri}: cannot read ({exc}); check credentials and the URI") from None
+
+
+def download(uri: str, dest: Path, *, size: int, sha256: str, progress: Progress | None = None,
+             client: Any = None, settings: TransferSettings = DEFAULT,
+             durable: bool = False) -> None:
+    """Fetch `uri` into the new file `dest` and check it has exactly `size` bytes and `sha256`.
+
+    `dest` is not fsynced unless `durable`: the bootstrap unpacks and deletes it, and fsyncs
+    what it unpacks instead, so flushing a GiB it is about to delete would only cost time.
+
+    The digest is computed as the bytes are written (one pass, see `ranged.py`). A transfer
+    that breaks is retried (per range, then whole); bytes that arrive intact but differ from the
+    manifest are refused at once: re-downloading a corrupt object only repeats the corruption.
+    """
+    def fetch_once() -> tuple[int, str]:
+        with open(dest, "wb") as raw:
+            writer = HashingWriter(raw)
+            if scheme_of(uri) == "file":
+                _copy(local_path(uri), writer, progress)
+            else:
+                from .ranged import s3_download
+                bucket, key = parse_s3(uri)
+                s3_download(s3, bucket, key, writer, size=size, settings=settings,
+                            progress=progress)
+            if durable:
+                raw.flush()
+                os.fsync(raw.fileno())
+        return writer.size, writer.hexdigest()
+
+    s3 = None if scheme_of(uri) == "file" else (client or s3_client(settings))
+    try:
+        got, actual = with_retries(f"download {uri}", fetch_once, settings)
+    except KilnError:
+        dest.unlink(missing_ok=True)
+        raise
+    except Exception as exc:
+        dest.unlink(missing_ok=True)
+        if status_of(exc) == 404 or isinstance(exc, FileNotFoundError):
+            raise PublishError(f"{uri}: not found; check MODEL_BUNDLE_S3_URI_* and that the "
+                               "version was published") from None
+        raise PublishError(f"{uri}: download failed ({exc})") from None
+    if got != size or actual != sha256:
+        dest.unlink(missing_ok=True)
+        raise PublishError(f"{uri}: {got} bytes with sha256 {actual}, but the published manifest "
+                           f"says {size} bytes with {sha256}; the object is corrupt or was "
+                           "replaced, refusing it (re-publish the bundle, then bootstrap again)")
+
+
+def _copy(src: Path, out: HashingWriter, progress: Progress | None) -> None:
+    """Copy a local file through `out` in 256 KiB chunks (see ranged.PIECE), with progress."""
+    with open(src, "rb") as fin:
+        while chunk := fin.read(256 << 10):
+            out.write(chunk)
+            if progress:
+                progress(len(chunk))
