@@ -35,7 +35,7 @@ def discover(specs: Sequence[str | Path] = (), cwd: Path | None = None) -> list[
 
 def load_bundles(paths: Sequence[Path]) -> list[Bundle]:
     """Load, schema-check and convert every spec; one SpecError listing every problem of every file."""
-    from .graph.state import stat_cache
+    from .artifacts.digest import stat_cache
     from .spec import load_documents
 
     layout = Layout(project_root(Path(paths[0])))
@@ -69,7 +69,8 @@ class PlanRow:
 def plan(specs: Sequence[str | Path] = (), skip: frozenset[str] = frozenset()) -> list[PlanRow]:
     """`kiln plan`: every task, whether it would run and why. Runs nothing, imports no doit."""
     from .graph.plans import plan_bundle
-    from .graph.state import stat_cache, status
+    from .artifacts.digest import stat_cache
+    from .graph.state import status
 
     rows: list[PlanRow] = []
     for bundle in load_bundles(discover(specs)):

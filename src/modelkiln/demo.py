@@ -12,6 +12,8 @@ import random
 import sys
 from pathlib import Path
 
+from .artifacts import names
+
 REGISTRY_LABELS = ("cpt_bronchoscopy", "cpt_ebus", "cpt_biopsy", "laterality_left",
                    "laterality_right", "sedation_moderate", "sedation_general", "complication")
 TRIAGE_LABELS = ("urgent", "routine", "informational")
@@ -142,10 +144,10 @@ def make_checkpoint(out: Path, labels: tuple[str, ...], *, multi: bool = True, s
 
 def write_label_files(directory: Path, labels: tuple[str, ...]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "label_order.json").write_text(json.dumps(list(labels), indent=2) + "\n")
+    (directory / names.LABEL_ORDER).write_text(json.dumps(list(labels), indent=2) + "\n")
     fields = {lab: {"field": lab.split("_")[0], "value": "_".join(lab.split("_")[1:]) or lab}
               for lab in labels}
-    (directory / "registry_label_fields.json").write_text(json.dumps(fields, indent=2) + "\n")
+    (directory / names.LABEL_FIELDS).write_text(json.dumps(fields, indent=2) + "\n")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -15,12 +15,11 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from .names import ARCHIVE, MANIFEST
 from ..errors import FileChange, KilnError
 from .digest import StatCache, aggregate, sha256_file
 
 SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-ARCHIVE = "bundle.tar.gz"
 
 
 def list_files(root: Path) -> list[str]:

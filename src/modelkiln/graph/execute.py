@@ -17,7 +17,8 @@ from ..model.bundle import Bundle
 from ..paths import Layout
 from ..stages.base import RunContext, StagePlan
 from .plans import STAGES
-from .state import snapshot, stamp_for, stat_cache, walk_outputs
+from ..artifacts.digest import stat_cache
+from .state import snapshot, stamp_for, walk_outputs
 
 
 def log(message: str) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from ..artifacts.digest import StatCache, aggregate, stat_cache
+from ..artifacts.digest import StatCache, aggregate
 from ..stages.base import StagePlan
 
 def read_stamp(path: Path) -> dict | None:

@@ -19,7 +19,8 @@ from ..paths import Layout
 from ..stages.base import StagePlan
 from .execute import execute
 from .plans import STAGES, plan_bundle, upstream_of
-from .state import stat_cache, status
+from ..artifacts.digest import stat_cache
+from .state import status
 
 STAGE_DOCS = {
     "weights": "convert checkpoints to safetensors and check they load",

@@ -10,12 +10,13 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..artifacts import names as files
 from ..errors import Problem, SpecError
 from ..paths import project_root
 from . import bundle as m
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (files.WEIGHTS, files.WEIGHTS_INDEX, files.PICKLE_WEIGHTS,
+                files.PICKLE_WEIGHTS_INDEX)
 
 
 class Document(Protocol):
@@ -90,7 +91,7 @@ def _labels(c: _Checker, data: dict, checkpoint: Path | None) -> m.Labels:
             extra, missing = sorted(set(fields) - set(names)), sorted(set(names) - set(fields))
             c.fail(("labels", "fields"), f"labels differ from labels.order (extra: {extra}, "
                    f"missing: {missing})", "one entry per label in label_order")
-    config = c.json_file(("source", "checkpoint"), checkpoint / "config.json") if checkpoint else None
+    config = c.json_file(("source", "checkpoint"), checkpoint / files.CONFIG) if checkpoint else None
     if config is not None and names:
         id2label = config.get("id2label") or {}
         head = [id2label.get(str(i)) for i in range(len(id2label))]
@@ -107,7 +108,7 @@ def _source(c: _Checker, data: dict) -> m.Source:
     src = data["source"]
     ckpt = c.path(("source", "checkpoint"), src["checkpoint"], "dir")
     if ckpt is not None and ckpt.is_dir():
-        if not (ckpt / "config.json").is_file():
+        if not (ckpt / files.CONFIG).is_file():
             c.fail(("source", "checkpoint"), "checkpoint has no config.json",
                    "point at a Hugging Face style checkpoint directory (save_pretrained output)")
         if not any((ckpt / f).is_file() for f in WEIGHT_FILES):

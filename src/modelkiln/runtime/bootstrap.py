@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from ..artifacts import names
 from ..artifacts import manifest as mf
 from ..artifacts.atomic import fsync_dir, write_bytes
 from ..artifacts.digest import canonical_json
@@ -43,7 +44,7 @@ from ..artifacts.extract import safe_extract
 BACKENDS = ("pytorch", "onnx")
 URI_ENV = {"pytorch": "MODEL_BUNDLE_S3_URI_PYTORCH", "onnx": "MODEL_BUNDLE_S3_URI_ONNX"}
 DEFAULT_RUNTIME_DIR = "data/models/registry_runtime"
-ONNX_MODEL = "registry_model_int8.onnx"
+ONNX_MODEL = names.ONNX_INT8
 RECORD_SUFFIX = ".verified.json"
 KEEP = 2  # versions kept on disk: current and the one before (running workers, quick rollback)
 
@@ -235,19 +236,19 @@ def resolve_paths(root: Path, backend: str) -> dict[str, str]:
         else:
             missing.append(rel + ("/" if is_dir else ""))
 
-    if backend == "pytorch" or (root / "config.json").is_file():
-        need("REGISTRY_MODEL_DIR", "config.json")
+    if backend == "pytorch" or (root / names.CONFIG).is_file():
+        need("REGISTRY_MODEL_DIR", names.CONFIG)
         if "REGISTRY_MODEL_DIR" in paths:
             paths["REGISTRY_MODEL_DIR"] = str(root)
             if not any(root.glob("*.safetensors")) and not any(root.glob("pytorch_model*.bin")):
-                missing.append("model.safetensors")
+                missing.append(names.WEIGHTS)
     if backend == "onnx":
         need("REGISTRY_ONNX_MODEL_PATH", ONNX_MODEL)
     need("REGISTRY_TOKENIZER_PATH", "tokenizer", is_dir=True)
-    need("REGISTRY_THRESHOLDS_PATH", "thresholds.json")
-    need("REGISTRY_LABEL_FIELDS_PATH", "registry_label_fields.json")
-    if (root / "label_order.json").is_file():
-        paths["REGISTRY_LABEL_ORDER_PATH"] = str(root / "label_order.json")
+    need("REGISTRY_THRESHOLDS_PATH", names.THRESHOLDS)
+    need("REGISTRY_LABEL_FIELDS_PATH", names.LABEL_FIELDS)
+    if (root / names.LABEL_ORDER).is_file():
+        paths["REGISTRY_LABEL_ORDER_PATH"] = str(root / names.LABEL_ORDER)
     if missing:
         raise KilnError(f"{root}: the {backend} bundle lacks {', '.join(missing)}; rebuild it "
                         f"with `kiln build` and publish a new version")

@@ -19,13 +19,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import names
 from ..errors import BuildError
 from ..model.bundle import Bundle
 from ..paths import Layout
 from .base import RunContext, StagePlan, params, stage_plan
 
 CODE_VERSION = "1"
-OUTPUT = "registry_model_int8.onnx"
+OUTPUT = names.ONNX_INT8
 CALIBRATION_ROWS = 256  # static mode: activation ranges from at most this many texts
 CALIBRATION_BATCH = 8  # padded batches, as served: the attention-mask path sees its real range
 

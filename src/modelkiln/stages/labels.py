@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from ..artifacts import names
 from ..errors import BuildError
 from ..model.bundle import Bundle
 from ..paths import Layout
@@ -29,7 +30,7 @@ def _dump(value: object) -> str:
 def run(ctx: RunContext) -> dict:
     order = json.loads(ctx.bundle.labels.order.read_bytes())
     fields = json.loads(ctx.bundle.labels.fields.read_bytes())
-    config = json.loads((ctx.up("weights") / "config.json").read_bytes())
+    config = json.loads((ctx.up("weights") / names.CONFIG).read_bytes())
     id2label = config.get("id2label", {})
     head = [id2label.get(str(i)) for i in range(len(id2label))]
     if head != order:
@@ -37,6 +38,6 @@ def run(ctx: RunContext) -> dict:
                          "labels in the model's output order")
     if set(fields) != set(order):
         raise BuildError("registry_label_fields.json must have one entry per label in label_order")
-    (ctx.out / "label_order.json").write_text(_dump(order))
-    (ctx.out / "registry_label_fields.json").write_text(_dump({k: fields[k] for k in order}))
+    (ctx.out / names.LABEL_ORDER).write_text(_dump(order))
+    (ctx.out / names.LABEL_FIELDS).write_text(_dump({k: fields[k] for k in order}))
     return {"labels": len(order)}

@@ -12,6 +12,7 @@ import json
 import os
 from string import Template
 
+from ..artifacts import names
 from ..artifacts import manifest as mf
 from ..artifacts.digest import sha256_bytes, sha256_file
 from ..artifacts.tarball import write_tarball
@@ -55,10 +56,10 @@ def model_card(ctx: RunContext, backend: str, version: str, reports: dict, tools
     and the checks it passed. Deterministic: no dates, only what the build recorded."""
     b = ctx.bundle
     labels_dir, thresholds_dir = ctx.up("labels"), ctx.up("thresholds")
-    order = json.loads((labels_dir / "label_order.json").read_bytes())
-    fields = json.loads((labels_dir / "registry_label_fields.json").read_bytes())
-    cuts = json.loads((thresholds_dir / "thresholds.json").read_bytes())
-    metrics = json.loads((thresholds_dir / "threshold_metrics.json").read_bytes())
+    order = json.loads((labels_dir / names.LABEL_ORDER).read_bytes())
+    fields = json.loads((labels_dir / names.LABEL_FIELDS).read_bytes())
+    cuts = json.loads((thresholds_dir / names.THRESHOLDS).read_bytes())
+    metrics = json.loads((thresholds_dir / names.THRESHOLD_METRICS).read_bytes())
     rows = "\n".join(f"| {lab} | {cuts[lab]:.6g} | {metrics[lab].get('source', '')} | "
                      f"{json.dumps(fields.get(lab), sort_keys=True)} |" for lab in order)
     checks = ["- weights load into their architecture with no missing or extra keys",
@@ -79,7 +80,7 @@ def model_card(ctx: RunContext, backend: str, version: str, reports: dict, tools
     return template.substitute(
         name=b.name, version=version, backend=backend, description=b.description or "",
         task=b.source.task, max_length=b.thresholds.max_length,
-        model_file="registry_model_int8.onnx" if backend == "onnx" else "model.safetensors",
+        model_file=names.ONNX_INT8 if backend == "onnx" else names.WEIGHTS,
         strategy=b.thresholds.strategy, default=b.thresholds.default,
         metadata=", ".join(f"{k}: {v}" for k, v in b.metadata) or "-",
         score="sigmoid of each logit" if multi else "softmax over the labels",

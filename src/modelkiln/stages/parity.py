@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..artifacts import names
 from ..errors import BuildError
 from ..model.bundle import Bundle
 from ..paths import Layout
@@ -133,8 +134,8 @@ def run(ctx: RunContext) -> dict:
     from .onnx import MODEL
 
     b, p = ctx.bundle, ctx.bundle.onnx.parity
-    labels = tuple(json.loads((ctx.up("labels") / "label_order.json").read_bytes()))
-    cuts = json.loads((ctx.up("thresholds") / "thresholds.json").read_bytes())
+    labels = tuple(json.loads((ctx.up("labels") / names.LABEL_ORDER).read_bytes()))
+    cuts = json.loads((ctx.up("thresholds") / names.THRESHOLDS).read_bytes())
     texts, _ = read_calibration(b.thresholds.calibration, labels, limit=p.samples)
     batch = encode(ctx.up("tokenizer") / "tokenizer", texts, b.thresholds.max_length)
     ctx.log(f"parity:{b.name}: scoring {len(texts)} rows with PyTorch, ONNX fp32 and int8")

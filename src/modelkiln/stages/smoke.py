@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..artifacts import names
 from ..errors import BuildError
 from ..model.bundle import Bundle
 from ..paths import Layout
@@ -48,8 +49,8 @@ def assemble(ctx: RunContext, view: Path) -> None:
     for name in sorted(p.name for p in int8_dir.iterdir()):  # the model + any external data
         shutil.copyfile(int8_dir / name, view / name)
     shutil.copytree(ctx.up("tokenizer") / "tokenizer", view / "tokenizer")
-    shutil.copyfile(ctx.up("thresholds") / "thresholds.json", view / "thresholds.json")
-    shutil.copyfile(ctx.up("labels") / "label_order.json", view / "label_order.json")
+    shutil.copyfile(ctx.up("thresholds") / names.THRESHOLDS, view / names.THRESHOLDS)
+    shutil.copyfile(ctx.up("labels") / names.LABEL_ORDER, view / names.LABEL_ORDER)
     if not (view / OUTPUT).is_file():
         raise BuildError(f"the int8 stage produced no {OUTPUT}; rebuild int8")
 
@@ -62,8 +63,8 @@ def check_view(view: Path, task: str, max_length: int) -> dict:
     from .infer import decide, ort_feed, ort_session, scores
     from .int8 import OUTPUT
 
-    labels = tuple(json.loads((view / "label_order.json").read_bytes()))
-    cuts = json.loads((view / "thresholds.json").read_bytes())
+    labels = tuple(json.loads((view / names.LABEL_ORDER).read_bytes()))
+    cuts = json.loads((view / names.THRESHOLDS).read_bytes())
     if set(cuts) != set(labels):
         raise BuildError(f"thresholds.json labels {sorted(cuts)} differ from label_order "
                          f"{sorted(labels)}; rebuild thresholds")

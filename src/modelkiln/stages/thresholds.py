@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from ..artifacts import names
 from ..model.bundle import Bundle
 from ..paths import Layout
 from .base import RunContext, StagePlan, params, stage_plan, section
@@ -52,7 +53,7 @@ def run(ctx: RunContext) -> dict:
     from .infer import encode, read_calibration, scores, torch_logits
 
     t = ctx.bundle.thresholds
-    labels = tuple(json.loads((ctx.up("labels") / "label_order.json").read_bytes()))
+    labels = tuple(json.loads((ctx.up("labels") / names.LABEL_ORDER).read_bytes()))
     fixed = dict(t.values)
     cuts, metrics = {}, {}
     if t.strategy == "f1-optimal":
@@ -75,7 +76,7 @@ def run(ctx: RunContext) -> dict:
         for label in labels:
             cuts[label] = fixed.get(label, t.default)
             metrics[label] = {"source": "spec" if label in fixed else "default"}
-    (ctx.out / "thresholds.json").write_text(json.dumps(cuts, indent=2) + "\n")
-    (ctx.out / "threshold_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (ctx.out / names.THRESHOLDS).write_text(json.dumps(cuts, indent=2) + "\n")
+    (ctx.out / names.THRESHOLD_METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     decided = sum(1 for m in metrics.values() if m["source"] == "f1-optimal")
     return {"strategy": t.strategy, "calibrated_labels": decided, "labels": len(labels)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..artifacts import names
 from ..errors import BuildError
 from ..model.bundle import Bundle
 from ..paths import Layout
@@ -21,11 +22,10 @@ _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 def checkpoint_files(ckpt: Path) -> list[Path]:
     """config.json plus every weight file the checkpoint holds (listing only, no reads)."""
-    names = ["config.json"]
-    for pattern in ("*.safetensors", "model.safetensors.index.json", "*.bin",
-                    "pytorch_model.bin.index.json"):
-        names += sorted(p.name for p in ckpt.glob(pattern))
-    return [ckpt / n for n in dict.fromkeys(names) if (ckpt / n).is_file()]
+    found = [names.CONFIG]
+    for pattern in ("*.safetensors", names.WEIGHTS_INDEX, "*.bin", names.PICKLE_WEIGHTS_INDEX):
+        found += sorted(p.name for p in ckpt.glob(pattern))
+    return [ckpt / n for n in dict.fromkeys(found) if (ckpt / n).is_file()]
 
 
 def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
@@ -51,12 +51,12 @@ def load_state_dict(ckpt: Path) -> dict:
     from safetensors.torch import load_file
 
     state: dict = {}
-    st = _shards(ckpt, "model.safetensors", "model.safetensors.index.json")
+    st = _shards(ckpt, names.WEIGHTS, names.WEIGHTS_INDEX)
     for shard in st:
         state.update(load_file(str(shard)))
     if st:
         return state
-    for shard in _shards(ckpt, "pytorch_model.bin", "pytorch_model.bin.index.json"):
+    for shard in _shards(ckpt, names.PICKLE_WEIGHTS, names.PICKLE_WEIGHTS_INDEX):
         try:
             loaded = torch.load(shard, map_location="cpu", weights_only=True)
         except Exception as exc:  # UnpicklingError and friends: the pickle asked for more
@@ -90,15 +90,15 @@ def run(ctx: RunContext) -> dict:
     from safetensors.torch import save_file
 
     ckpt = ctx.bundle.source.checkpoint
-    config = json.loads((ckpt / "config.json").read_bytes())
+    config = json.loads((ckpt / names.CONFIG).read_bytes())
     state = load_state_dict(ckpt)
     dtype = ctx.bundle.source.dtype
     if dtype:
         target = getattr(torch, _DTYPES[dtype])
         state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
         config["torch_dtype"] = dtype
-    save_file(_untie(state), str(ctx.out / "model.safetensors"), metadata={"format": "pt"})
-    (ctx.out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_file(_untie(state), str(ctx.out / names.WEIGHTS), metadata={"format": "pt"})
+    (ctx.out / names.CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     _check_loads(ctx.out, len(state))
     ctx.log(f"weights:{ctx.bundle.name}: {len(state)} tensors -> model.safetensors")
     return {"tensors": len(state), "dtype": dtype or "as stored"}

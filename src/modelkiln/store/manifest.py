@@ -16,10 +16,10 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..artifacts.names import MANIFEST
 from ..artifacts.digest import aggregate, canonical_json, sha256_bytes
 from ..errors import FileChange, StoreError
 
-MANIFEST = "manifest.json"
 FORMAT = "modelkiln.store/1"
 STAGING_SUFFIX = ".tmp"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")

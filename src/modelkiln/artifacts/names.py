@@ -1,0 +1,29 @@
+"""The file names of a bundle, named once. Serving code reads these names; stages write them.
+
+    bundle.tar.gz + manifest.json          what is published (dist/<name>/<version>/<backend>/)
+    inside the bundle:
+      config.json, model.safetensors       the PyTorch model (safetensors only)
+      tokenizer/                           the fast tokenizer
+      label_order.json                     the model's output order
+      registry_label_fields.json           one entry per label
+      thresholds.json                      per-label decision cuts
+      registry_model_int8.onnx             the ONNX bundle's model
+      model_card.md                        the human-readable card
+      manifest.json                        every file's size and sha256
+"""
+from __future__ import annotations
+
+ARCHIVE = "bundle.tar.gz"
+MANIFEST = "manifest.json"
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+PICKLE_WEIGHTS = "pytorch_model.bin"
+PICKLE_WEIGHTS_INDEX = "pytorch_model.bin.index.json"
+TOKENIZER_DIR = "tokenizer"
+LABEL_ORDER = "label_order.json"
+LABEL_FIELDS = "registry_label_fields.json"
+THRESHOLDS = "thresholds.json"
+THRESHOLD_METRICS = "threshold_metrics.json"
+ONNX_INT8 = "registry_model_int8.onnx"
+MODEL_CARD = "model_card.md"
