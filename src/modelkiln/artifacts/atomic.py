@@ -2,6 +2,10 @@
 
 A reader (or a process that survives a crash) sees either the old file or the new one, never a
 torn one. Directories are fsynced after a rename so the rename itself survives power loss.
+
+`mkstemp` creates files 0600; serving processes usually run under another uid, so every file
+written here gets the ordinary mode a plain `open()` would give (0666 minus the umask) before it
+is renamed into place.
 """
 from __future__ import annotations
 
@@ -27,10 +31,41 @@ def fsync_dir(path: Path) -> None:
     fsync_path(path, directory=True)
 
 
+def umask() -> int:
+    """The process umask, read without changing it where Linux allows (threads may be writing)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: the classic set-and-restore (a brief process-wide change)
+    os.umask(mask)
+    return mask
+
+
+def readable_mode() -> int:
+    """The mode `open(path, "w")` would create a file with: 0666 minus the umask."""
+    return 0o666 & ~umask()
+
+
+def new_temp(path: Path) -> tuple[int, Path]:
+    """A fresh `.<name>.*.tmp` beside `path` (open fd, path) with ordinary read permissions."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, readable_mode())
+    except BaseException:
+        os.close(fd)
+        os.unlink(name)
+        raise
+    return fd, Path(name)
+
+
 def write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
     """Replace `path` with `data` atomically (temp file + fsync + rename + fsync of the directory)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = new_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -50,9 +85,8 @@ def write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
 def staged_file(path: Path, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = new_temp(path)
     os.close(fd)
-    tmp = Path(name)
     try:
         yield tmp
         if durable:
@@ -76,9 +110,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; readers of dist/ and the store need more
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; readers of dist/ and the store need more
     try:
         yield tmp
         old = None
@@ -92,6 +124,33 @@ def staged_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def swap_symlink(link: Path, target: str, durable: bool = True) -> str | None:
+    """Point the symlink `link` at `target` atomically; return what it pointed at before.
+
+    A fresh symlink `.<name>.<pid>.<random>.tmp` beside `link` is renamed over it (os.replace), so
+    a reader resolves either the old target or the new one, never nothing. Nothing is written
+    when `link` already points at `target`. OSError (for example `link` is a real directory)
+    propagates after the temporary link is removed; the caller words the fix.
+    """
+    try:
+        previous: str | None = os.readlink(link)
+    except OSError:
+        previous = None
+    if previous == target:
+        return previous
+    tmp = link.parent / f".{link.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if durable:
+        fsync_dir(link.parent)
+    return previous
 
 
 def sweep_leftovers(final: Path) -> None:
