@@ -93,16 +93,10 @@ def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int
 
     Returns doit's exit status (0 ok, non-zero when a task failed); doit reports progress itself.
     """
-    from doit.cmd_base import ModuleTaskLoader
-    from doit.doit_cmd import DoitMain
-
-    from .graph.tasks import doit_namespace
+    from .graph.tasks import run_doit
 
     bundles = load_bundles(discover(specs))
-    namespace = doit_namespace(bundles, bundles[0].root, skip, to)
-    args = ["run"] + (["-n", str(jobs), "-P", "process"] if jobs > 1 else [])
-    args += list(tasks or [f"build:{b.name}" for b in bundles])
-    return DoitMain(ModuleTaskLoader(namespace)).run(args)
+    return run_doit(bundles, list(tasks or [f"build:{b.name}" for b in bundles]), jobs, skip, to)
 
 
 def publish(specs: Sequence[str | Path] = (), backends: Sequence[str] = (), *, to: str | None = None,

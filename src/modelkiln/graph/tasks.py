@@ -134,6 +134,18 @@ def doit_namespace(bundles: list[Bundle], root: Path, skip: frozenset[str] = fro
     return namespace
 
 
+def run_doit(bundles: list[Bundle], tasks: list[str], jobs: int = 1,
+             skip: frozenset[str] = frozenset(), to: str | None = None) -> int:
+    """Run doit over the bundles' task graph; returns doit's exit status (non-zero: a task failed)."""
+    from doit.cmd_base import ModuleTaskLoader
+    from doit.doit_cmd import DoitMain
+
+    namespace = doit_namespace(bundles, bundles[0].root, skip, to)
+    args = ["run"] + (["-n", str(jobs), "-P", "process"] if jobs > 1 else [])
+    status: int = DoitMain(ModuleTaskLoader(namespace)).run(args + tasks)
+    return status
+
+
 def _doit_var(name: str, argv: list[str] | None) -> list[str]:
     """Values of `name=value` words on doit's command line (doit's own `get_var` convention)."""
     argv = sys.argv if argv is None else argv

@@ -1,0 +1,1 @@
+"""The build graph: per-bundle stage plans, up-to-date stamps, and the doit run that executes them."""

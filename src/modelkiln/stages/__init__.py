@@ -1,0 +1,1 @@
+"""Build stages: one module per step (plan is pure and light; run imports the heavy libraries)."""
