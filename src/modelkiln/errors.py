@@ -13,6 +13,7 @@ Exit codes (the README repeats this table):
     4   capability mismatch                      (CapabilityError)
     5   immutable version conflict               (ConflictError)
     6   `kiln plan --check`: something would run (OutOfDate)
+    7   signature refused: missing, untrusted key, or not what was signed (SignatureError)
     64  command-line usage error
     130 interrupted
 """
@@ -44,6 +45,13 @@ class OutOfDate(KilnError):
     """`kiln plan --check` found tasks that would run."""
 
     exit_code = 6
+
+
+class SignatureError(KilnError):
+    """A bundle's signature is missing where one is required, made by a key that is not trusted,
+    or does not match the manifest, the bytes, or the name and version it is served under."""
+
+    exit_code = 7
 
 
 class CapabilityError(KilnError):
