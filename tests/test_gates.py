@@ -1,0 +1,45 @@
+"""The lint, type and layer gates run as part of the test command, so a red gate is a red run.
+
+Each gate is the tool itself with its configuration from pyproject.toml: ruff (the rule set is
+stated there), mypy --strict on src/modelkiln, and import-linter's contracts (the layers of the
+flow, a light runtime, doit only in the graph, YAML only in the spec package). A failure prints
+the tool's own report.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tool(name: str) -> str:
+    """The console script installed beside this interpreter (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: pip install -e '.[test]'")
+    return found
+
+
+def _gate(*argv: str) -> None:
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(argv)} failed (exit {proc.returncode}):\n"
+                    f"{proc.stdout}{proc.stderr}", pytrace=False)
+
+
+def test_ruff() -> None:
+    _gate(_tool("ruff"), "check", "--no-fix", "src", "tests", "bench")
+
+
+def test_mypy_strict() -> None:
+    _gate(_tool("mypy"))  # files, strictness and overrides come from [tool.mypy]
+
+
+def test_import_layers() -> None:
+    _gate(_tool("lint-imports"), "--no-cache")
