@@ -7,6 +7,7 @@ together. Every problem is collected (never the first only) and reported with it
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,13 +20,23 @@ WEIGHT_FILES = (files.WEIGHTS, files.WEIGHTS_INDEX, files.PICKLE_WEIGHTS,
                 files.PICKLE_WEIGHTS_INDEX)
 
 
+KeyPath = tuple[str | int, ...]  # a node in the spec: ("labels", "order"), ("metadata", 0)
+Data = Mapping[str, Any]  # schema-valid spec data: shape is the schema's, meaning is ours
+
+
 class Document(Protocol):
-    """What this module needs from a loaded spec (modelkiln.spec.SpecDocument provides it)."""
+    """What this module needs from a loaded spec (modelkiln.spec.SpecDocument provides it).
 
-    path: Path
-    data: Any
+    Read-only members, so a frozen dataclass satisfies it; the protocol keeps model/ free of YAML.
+    """
 
-    def problem(self, key_path: tuple, message: str, hint: str = "", *,
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def data(self) -> Data: ...
+
+    def problem(self, key_path: KeyPath, message: str, hint: str = "", *,
                 at_key: bool = False) -> Problem: ...
 
 
@@ -34,10 +45,10 @@ class _Checker:
         self.doc, self.root, self.base = doc, root, doc.path.resolve().parent
         self.problems: list[Problem] = []
 
-    def fail(self, key: tuple, message: str, hint: str = "", at_key: bool = False) -> None:
+    def fail(self, key: KeyPath, message: str, hint: str = "", at_key: bool = False) -> None:
         self.problems.append(self.doc.problem(key, message, hint, at_key=at_key))
 
-    def path(self, key: tuple, value: str | None, kind: str) -> Path | None:
+    def path(self, key: KeyPath, value: str | None, kind: str) -> Path | None:
         """Resolve a spec path; it must exist, be a `kind` ('file'|'dir') and stay in the project."""
         if value is None:
             return None
@@ -57,7 +68,7 @@ class _Checker:
             self.fail(key, f"'{value}' is not a file", "point at a file")
         return p
 
-    def json_file(self, key: tuple, path: Path | None) -> Any:
+    def json_file(self, key: KeyPath, path: Path | None) -> Any:
         if path is None or not path.is_file():
             return None
         try:
@@ -67,7 +78,7 @@ class _Checker:
             return None
 
 
-def _labels(c: _Checker, data: dict, checkpoint: Path | None) -> m.Labels:
+def _labels(c: _Checker, data: Data, checkpoint: Path | None) -> m.Labels:
     lab = data["labels"]
     order_p = c.path(("labels", "order"), lab["order"], "file")
     fields_p = c.path(("labels", "fields"), lab["fields"], "file")
@@ -104,7 +115,7 @@ def _labels(c: _Checker, data: dict, checkpoint: Path | None) -> m.Labels:
     return m.Labels(order_p or Path(), fields_p or Path(), names)
 
 
-def _source(c: _Checker, data: dict) -> m.Source:
+def _source(c: _Checker, data: Data) -> m.Source:
     src = data["source"]
     ckpt = c.path(("source", "checkpoint"), src["checkpoint"], "dir")
     if ckpt is not None and ckpt.is_dir():
@@ -118,7 +129,7 @@ def _source(c: _Checker, data: dict) -> m.Source:
     return m.Source(ckpt or Path(), src["task"], tok or Path(), src.get("dtype"))
 
 
-def _thresholds(c: _Checker, data: dict, names: tuple[str, ...]) -> m.Thresholds:
+def _thresholds(c: _Checker, data: Data, names: tuple[str, ...]) -> m.Thresholds:
     t = data["thresholds"]
     values = t.get("values", {})
     for label in sorted(set(values) - set(names)) if names else ():
@@ -130,7 +141,7 @@ def _thresholds(c: _Checker, data: dict, names: tuple[str, ...]) -> m.Thresholds
                         int(t.get("min_support", 1)), int(t.get("max_length", 128)))
 
 
-def _onnx(c: _Checker, data: dict, default_cal: Path | None) -> m.Onnx | None:
+def _onnx(c: _Checker, data: Data, default_cal: Path | None) -> m.Onnx | None:
     o = data["backends"].get("onnx")
     if o is None or not o.get("enabled", True):
         return None
@@ -150,7 +161,7 @@ def _onnx(c: _Checker, data: dict, default_cal: Path | None) -> m.Onnx | None:
     return m.Onnx(int(o.get("opset", 17)), quant, parity)
 
 
-def _tensorrt(c: _Checker, data: dict, onnx: m.Onnx | None) -> m.TensorRT | None:
+def _tensorrt(c: _Checker, data: Data, onnx: m.Onnx | None) -> m.TensorRT | None:
     t = data["backends"].get("tensorrt")
     if t is None or not t.get("enabled", True) or t.get("when") == "never":
         return None
@@ -161,7 +172,7 @@ def _tensorrt(c: _Checker, data: dict, onnx: m.Onnx | None) -> m.TensorRT | None
                       t.get("workspace_mb"), tuple(sorted(t.get("shapes", {}).items())))
 
 
-def _publish(c: _Checker, data: dict, backends: int) -> m.Publish:
+def _publish(c: _Checker, data: Data, backends: int) -> m.Publish:
     pub = data.get("publish", {})
     store = pub.get("store")
     target = m.StoreTarget(store["root"], store["agent"]) if store else None
@@ -205,7 +216,7 @@ def to_bundle(doc: Document) -> m.Bundle:
     )
 
 
-def check_unique(bundles: list[tuple[Document, m.Bundle]]) -> None:
+def check_unique(bundles: Sequence[tuple[Document, m.Bundle]]) -> None:
     """Two specs may not claim one bundle name: their tasks and dist paths would collide."""
     seen: dict[str, Document] = {}
     problems = []

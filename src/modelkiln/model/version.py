@@ -2,14 +2,14 @@
 `{git_commit}` in the version never makes weights, thresholds or ONNX export rerun."""
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from ..errors import KilnError
 from ..proc import run
 
 
-@lru_cache(maxsize=None)
+@cache
 def git_commit(root: Path) -> str:
     """Short hash of HEAD in `root`; a clear error outside a git checkout."""
     done = run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=False, timeout=10)
