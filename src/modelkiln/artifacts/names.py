@@ -1,6 +1,8 @@
 """The file names of a bundle, named once. Serving code reads these names; stages write them.
 
     bundle.tar.gz + manifest.json          what is published (dist/<name>/<version>/<backend>/)
+    bundle.sig, provenance.sigstore.json   beside them when signed: the signature over the
+                                           manifest and the signed build provenance
     inside the bundle:
       config.json, model.safetensors       the PyTorch model (safetensors only)
       tokenizer/                           the fast tokenizer
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 ARCHIVE = "bundle.tar.gz"
 MANIFEST = "manifest.json"
+SIGNATURE = "bundle.sig"
+PROVENANCE = "provenance.sigstore.json"
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
