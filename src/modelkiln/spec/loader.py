@@ -8,8 +8,8 @@ does not, since the first value is kept and the rest of the file is still worth 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from modelkiln.artifacts.digest import StatCache
 from modelkiln.errors import Problem, SpecError, display_path

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from modelkiln.spec.document import KeyPath, Mark, key_text
 
@@ -35,6 +36,9 @@ _INT_OCT = re.compile(r"^0o[0-7]+$")
 _INT_HEX = re.compile(r"^0x[0-9a-fA-F]+$")
 _FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
 _SPECIAL_FLOAT = re.compile(r"^([-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN))$")
+# What an explicit standard tag promises about the plain value: `!!float 1` is a float.
+_TAG_TYPES: dict[str, type | tuple[type, ...]] = {
+    "int": int, "float": (int, float), "bool": bool, "null": type(None)}
 _NOT_PLAIN = "only plain YAML is accepted: text, numbers, booleans, null, lists and mappings"
 
 
@@ -167,6 +171,7 @@ def _resolve_plain(text: str) -> Any:
 
 def _scalar(tag: str | None, plain: bool, text: str) -> tuple[Any, str, str]:
     """(value, error message or "", hint) for one scalar event."""
+    value: Any  # a JSON scalar: None, bool, int, float or str
     if tag is None or tag == "!":
         value = _resolve_plain(text) if plain and tag is None else text
     elif tag not in _SCALAR_TAGS:
@@ -175,10 +180,10 @@ def _scalar(tag: str | None, plain: bool, text: str) -> tuple[Any, str, str]:
         value = text
     else:
         value = _resolve_plain(text)
-        kind = {"int": int, "float": (int, float), "bool": bool, "null": type(None)}[tag[len(_STD):]]
+        kind = _TAG_TYPES[tag[len(_STD):]]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             return None, f"'{text}' is not a valid {show_tag(tag)} value", "fix the value or drop the tag"
-        if tag == _STD + "float":
+        if tag == _STD + "float" and isinstance(value, (int, float)):  # always so, past the check
             value = float(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None, f"'{text}' is not a finite number", "JSON has no infinity or NaN; write a number"
@@ -252,9 +257,9 @@ class _Builder:
             self.parsed.data = value
             return (), True
         top = self.stack[-1]
-        if isinstance(top.value, dict) and top.key is None:
-            return self._key(top, mark, error, key_text, hint), False
         if isinstance(top.value, dict):
+            if top.key is None:
+                return self._key(top, mark, error, key_text, hint), False
             path, keep = top.path + (top.key,), top.key_ok
             if keep:
                 top.value[top.key] = value

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from modelkiln.artifacts.digest import sha256_bytes
@@ -23,7 +23,7 @@ def schema_bytes(name: str) -> bytes:
     return resource_bytes("schema", f"{name}.schema.json")
 
 
-@lru_cache(maxsize=None)
+@cache
 def schema_digest(name: str) -> str:
     """sha256 of the schema's bytes: part of every cached document's key."""
     return sha256_bytes(schema_bytes(name))

@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import difflib
 import re
-from functools import lru_cache
-from typing import Any, Callable
+from collections.abc import Callable
+from functools import cache
+from typing import Any
 
 from modelkiln.errors import Problem
 from modelkiln.spec.document import KeyPath, SpecDocument
 from modelkiln.spec.parse import describe
 from modelkiln.spec.schemas import load_schema
 
+Schema = dict[str, Any]  # a loaded JSON Schema (or a subschema of one)
+# One renderer per validator keyword: (document, path of the value, jsonschema's error, root schema).
+Renderer = Callable[[SpecDocument, KeyPath, Any, Schema], list[Problem]]
+
 _TYPE_NAMES = {"object": "mapping", "array": "list", "integer": "integer", "number": "number",
                "string": "string", "boolean": "boolean", "null": "null"}
 _YAML11_BOOLS = {"yes", "no", "on", "off", "y", "n", "Yes", "No", "On", "Off", "YES", "NO", "ON", "OFF"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def validator(schema: str) -> Any:
     """The compiled Draft 2020-12 validator for a named schema (the schema itself checked once)."""
     from jsonschema import Draft202012Validator
@@ -43,7 +48,7 @@ def schema_problems(doc: SpecDocument, schema: str = "bundle") -> list[Problem]:
     return list(out)
 
 
-def _render(doc: SpecDocument, error: Any, root: dict[str, Any]) -> list[Problem]:
+def _render(doc: SpecDocument, error: Any, root: Schema) -> list[Problem]:
     if error.validator in ("anyOf", "oneOf") and error.context:
         from jsonschema.exceptions import best_match
 
@@ -60,7 +65,7 @@ def _sentence(text: str) -> str:
     return re.split(r"(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z{`])", text, maxsplit=1)[0].rstrip(".")
 
 
-def _additional(doc: SpecDocument, path: KeyPath, error: Any, root: dict) -> list[Problem]:
+def _additional(doc: SpecDocument, path: KeyPath, error: Any, root: Schema) -> list[Problem]:
     """`additionalProperties: false`: one problem per unknown key, at the key, with a suggestion."""
     schema = error.schema
     allowed = sorted(schema.get("properties", {}))
@@ -80,7 +85,7 @@ def _additional(doc: SpecDocument, path: KeyPath, error: Any, root: dict) -> lis
     return problems
 
 
-def _required(doc: SpecDocument, path: KeyPath, error: Any, root: dict) -> list[Problem]:
+def _required(doc: SpecDocument, path: KeyPath, error: Any, root: Schema) -> list[Problem]:
     condition = _then_condition(error, root)
     props = error.schema.get("properties", {})
     problems = []
@@ -103,7 +108,7 @@ def _required(doc: SpecDocument, path: KeyPath, error: Any, root: dict) -> list[
     return problems
 
 
-def _then_condition(error: Any, root: dict) -> str:
+def _then_condition(error: Any, root: Schema) -> str:
     """For an error raised from an `if`/`then`, the `if` as words: "strategy is 'f1-optimal'"."""
     node: Any = root
     for step in error.absolute_schema_path:
@@ -115,9 +120,9 @@ def _then_condition(error: Any, root: dict) -> str:
     return ""
 
 
-def _type(doc: SpecDocument, path: KeyPath, error: Any, root: dict) -> list[Problem]:
+def _type(doc: SpecDocument, path: KeyPath, error: Any, root: Schema) -> list[Problem]:
     wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-    names = [_TYPE_NAMES.get(t, t) for t in wanted]
+    names = [_TYPE_NAMES.get(str(t), str(t)) for t in wanted]
     expected = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
     value = error.instance
     hint = ""
@@ -144,29 +149,29 @@ def _looks_numeric(text: str) -> bool:
     return True
 
 
-def _enum(doc: SpecDocument, path: KeyPath, error: Any, root: dict) -> list[Problem]:
+def _enum(doc: SpecDocument, path: KeyPath, error: Any, root: Schema) -> list[Problem]:
     options = [str(o) for o in error.validator_value]
     close = difflib.get_close_matches(str(error.instance), options, n=1, cutoff=0.6)
     hint = f"did you mean '{close[0]}'?" if close else ""
     return [doc.problem(path, f"must be one of: {', '.join(options)}; got {describe(error.instance)}", hint)]
 
 
-def _const(doc: SpecDocument, path: KeyPath, error: Any, root: dict) -> list[Problem]:
+def _const(doc: SpecDocument, path: KeyPath, error: Any, root: Schema) -> list[Problem]:
     return [doc.problem(path, f"must be {describe(error.validator_value)}, got {describe(error.instance)}")]
 
 
-def _pattern(doc: SpecDocument, path: KeyPath, error: Any, root: dict) -> list[Problem]:
+def _pattern(doc: SpecDocument, path: KeyPath, error: Any, root: Schema) -> list[Problem]:
     hint = _sentence(error.schema.get("description", ""))
     return [doc.problem(path, f"{describe(error.instance)} does not match {error.validator_value}", hint)]
 
 
-def _bound(words: str) -> Callable[[SpecDocument, KeyPath, Any, dict], list[Problem]]:
-    def render(doc: SpecDocument, path: KeyPath, error: Any, root: dict) -> list[Problem]:
+def _bound(words: str) -> Renderer:
+    def render(doc: SpecDocument, path: KeyPath, error: Any, root: Schema) -> list[Problem]:
         return [doc.problem(path, f"must be {words} {error.validator_value}, got {describe(error.instance)}")]
     return render
 
 
-def _length(doc: SpecDocument, path: KeyPath, error: Any, root: dict) -> list[Problem]:
+def _length(doc: SpecDocument, path: KeyPath, error: Any, root: Schema) -> list[Problem]:
     limit, size = error.validator_value, len(error.instance)
     unit = {"minLength": "characters", "maxLength": "characters", "minItems": "items", "maxItems": "items",
             "minProperties": "keys", "maxProperties": "keys"}[error.validator]
@@ -181,7 +186,7 @@ def _length(doc: SpecDocument, path: KeyPath, error: Any, root: dict) -> list[Pr
     return [doc.problem(path, message, hint)]
 
 
-def _unique(doc: SpecDocument, path: KeyPath, error: Any, root: dict) -> list[Problem]:
+def _unique(doc: SpecDocument, path: KeyPath, error: Any, root: Schema) -> list[Problem]:
     seen: list[Any] = []
     for index, item in enumerate(error.instance):
         if item in seen:
@@ -190,11 +195,11 @@ def _unique(doc: SpecDocument, path: KeyPath, error: Any, root: dict) -> list[Pr
     return [doc.problem(path, "items must be unique")]
 
 
-def _false(doc: SpecDocument, path: KeyPath, error: Any, root: dict) -> list[Problem]:
+def _false(doc: SpecDocument, path: KeyPath, error: Any, root: Schema) -> list[Problem]:
     return [doc.problem(path, "not allowed here")]
 
 
-_RENDERERS: dict[str | None, Callable[[SpecDocument, KeyPath, Any, dict], list[Problem]]] = {
+_RENDERERS: dict[str | None, Renderer] = {
     "additionalProperties": _additional,
     "required": _required,
     "type": _type,
