@@ -1,7 +1,10 @@
-"""Run one task: snapshot inputs, run the stage into a fresh directory, swap it in, stamp it.
+"""Run one task: lock it, snapshot inputs, restore it from the cache or run the stage into a fresh
+directory, swap it in, stamp it, and (when this run may) save it to the cache.
 
 Input digests are taken *before* the stage runs, so an input edited while the task runs is seen
-as changed on the next run. The old stamp is removed first and the new one written last.
+as changed on the next run. The old stamp is removed first and the new one written last. The task
+lock makes concurrent builds in one project safe: a second run waits for the first to finish the
+task, then finds it up to date.
 """
 from __future__ import annotations
 
@@ -9,45 +12,92 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..artifacts.atomic import staged_dir, sweep_leftovers, write_bytes
-from ..artifacts.digest import StatCache, canonical_json, sha256_file
+from ..artifacts.digest import StatCache, canonical_json, sha256_file, stat_cache
+from ..cache import ActionCache, CacheConfig, open_cache, resolve
 from ..errors import BuildError, KilnError
 from ..model.bundle import Bundle
 from ..paths import Layout
 from ..stages.base import RunContext, StagePlan
+from . import remote
+from .locks import task_lock
 from .plans import STAGES
-from ..artifacts.digest import stat_cache
-from .state import snapshot, stamp_for, walk_outputs
+from .state import snapshot, stamp_for, status, walk_outputs
+
+_CACHES: dict[CacheConfig, ActionCache | None] = {}
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def execute(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...]) -> dict:
-    """Build `plan`'s outputs; returns the stage's report (doit stores it as task values)."""
+def cache_for(config: CacheConfig | None, root: Path) -> ActionCache | None:
+    """This process's cache handle (one per configuration; None when the cache is off)."""
+    config = config if config is not None else resolve(root)
+    if config not in _CACHES:
+        _CACHES[config] = open_cache(config, log)
+    return _CACHES[config]
+
+
+def execute(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...],
+            cache_config: CacheConfig | None = None) -> dict[str, Any]:
+    """Build `plan`'s outputs; returns a small report (doit stores it as task values)."""
     layout = Layout(bundle.root)
-    cache = stat_cache(layout.state)
+    stat = stat_cache(layout.state)
     stamps = {p.task: p.stamp for p in upstream}
-    inputs = snapshot(plan, bundle.root, cache, stamps)
-    plan.stamp.unlink(missing_ok=True)
-    sweep_leftovers(plan.out_dir)
+    stamps[plan.task] = plan.stamp
+    with task_lock(layout.state, plan.task, log):
+        if not status(plan, bundle.root, stat, stamps).run:  # another run built it meanwhile
+            log(f"{plan.task}: up to date (built by a concurrent run)")
+            return {"outputs": 0, "concurrent": True}
+        inputs = snapshot(plan, bundle.root, stat, stamps)
+        plan.stamp.unlink(missing_ok=True)
+        sweep_leftovers(plan.out_dir)
+        cache = cache_for(cache_config, bundle.root)
+        keyed = remote.key_of(plan, inputs, stamps) if cache is not None else None
+        if cache is not None and keyed is not None:
+            record = cache.lookup(keyed[0])
+            digests = remote.restore(cache, plan, record, stat) if record else None
+            if record is not None and digests is not None:
+                _finish(plan, stat, inputs, digests, record.report)
+                log(f"{plan.task}: restored from cache ({len(digests)} files, "
+                    f"{record.size:,} bytes, key {keyed[0][:12]})")
+                return {"outputs": len(digests), "restored": True}
+        outputs, report = _run(plan, bundle, layout, upstream, stat)
+        _finish(plan, stat, inputs, outputs, report)
+        if cache is not None and keyed is not None and cache.write:
+            if remote.save(cache, plan, keyed[0], keyed[1], outputs, report):
+                log(f"{plan.task}: saved to cache (key {keyed[0][:12]})")
+            if plan.stage == "package":
+                remote.save_summary(cache, plan, bundle.root, {p.stage: p for p in upstream})
+        return {"outputs": len(outputs)}
+
+
+def _run(plan: StagePlan, bundle: Bundle, layout: Layout, upstream: tuple[StagePlan, ...],
+         stat: StatCache) -> tuple[dict[str, str], dict[str, Any]]:
     with staged_dir(plan.out_dir) as tmp:
         ctx = RunContext(plan=plan, bundle=bundle, layout=layout, out=tmp,
-                         upstream={p.stage: p for p in upstream}, cache=cache, log=log)
+                         upstream={p.stage: p for p in upstream}, cache=stat, log=log)
         try:
-            report = STAGES[plan.stage].run(ctx)
+            report = STAGES[plan.stage].run(ctx) or {}
         except KilnError as exc:
             kept = _keep_failed(tmp, plan.out_dir)
             raise BuildError(f"{exc} (what the stage wrote is kept in {kept})") from None
-        outputs = {rel: _digest_new(cache, tmp / rel) for rel in walk_outputs(tmp)}
-    shutil.rmtree(_failed_dir(plan.out_dir), ignore_errors=True)  # a stale failure, now fixed
-    for rel, digest in outputs.items():  # no other writer can touch them: remember them now, by
-        cache.remember(plan.out_dir / rel, digest)  # their final paths, so no no-op re-reads them
+        outputs = {rel: _digest_new(stat, tmp / rel) for rel in walk_outputs(tmp)}
+    return outputs, report
+
+
+def _finish(plan: StagePlan, stat: StatCache, inputs: dict[str, str], outputs: dict[str, str],
+            report: dict[str, Any]) -> None:
+    """What every completed task does, run or restored: drop a stale failure, remember the output
+    digests by their final paths (so no no-op re-reads them), write the stamp last."""
+    shutil.rmtree(_failed_dir(plan.out_dir), ignore_errors=True)
+    for rel, digest in outputs.items():
+        stat.remember(plan.out_dir / rel, digest)
     write_bytes(plan.stamp, canonical_json(stamp_for(plan, inputs, outputs, report)))
-    cache.save()
-    return {"outputs": len(outputs)}
+    stat.save()
 
 
 def _failed_dir(final: Path) -> Path:
@@ -67,4 +117,3 @@ def _digest_new(cache: StatCache, path: Path) -> str:
     """Digest of an output this task just wrote into its private staging directory (a stage that
     hashed it while writing, like package's tarball, has already told the cache)."""
     return cache.peek(path) or sha256_file(path)
-

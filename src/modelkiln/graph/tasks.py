@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
+from ..cache import CacheConfig
 from ..errors import KilnError
 from ..model.bundle import Bundle
 from ..paths import Layout
@@ -48,12 +49,13 @@ class Fresh:
         return not status(self.plan, self.root, cache, self.stamps).run
 
 
-def _action(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...]) -> Any:
+def _action(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...],
+            cache: CacheConfig | None = None) -> Any:
     """doit python-action: run the stage; a KilnError becomes a readable TaskFailed."""
     from doit.exceptions import TaskFailed
 
     try:
-        return execute(plan, bundle, upstream)
+        return execute(plan, bundle, upstream, cache)
     except KilnError as exc:
         return TaskFailed(f"{plan.task}: {exc}")
 
@@ -79,7 +81,7 @@ def _publish(bundle: Bundle, backends: tuple[str, ...], to: str | None) -> Any:
 
 
 def task_dicts(bundles: list[Bundle], skip: frozenset[str] = frozenset(),
-               to: str | None = None) -> dict[str, list[dict]]:
+               to: str | None = None, cache: CacheConfig | None = None) -> dict[str, list[dict]]:
     """basename -> doit task dicts (one per bundle, or per bundle and backend)."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for bundle in bundles:
@@ -89,7 +91,7 @@ def task_dicts(bundles: list[Bundle], skip: frozenset[str] = frozenset(),
             basename, name = p.task.split(":", 1)
             groups[basename].append({
                 "name": name, "doc": p.doc,
-                "actions": [(_action, (p, bundle, upstream_of(p, plans)))],
+                "actions": [(_action, (p, bundle, upstream_of(p, plans), cache))],
                 "task_dep": list(p.upstream),
                 "uptodate": [Fresh(p, bundle.root, stamps)],
                 "targets": [str(p.stamp)],
@@ -119,7 +121,7 @@ def _generator(basename: str, dicts: list[dict]) -> Callable:
 
 
 def doit_namespace(bundles: list[Bundle], root: Path, skip: frozenset[str] = frozenset(),
-                   to: str | None = None) -> dict[str, Any]:
+                   to: str | None = None, cache: CacheConfig | None = None) -> dict[str, Any]:
     """What dodo.py exposes: DOIT_CONFIG plus one `task_<stage>` generator per stage."""
     state = Layout(root).state
     state.mkdir(parents=True, exist_ok=True)
@@ -127,7 +129,7 @@ def doit_namespace(bundles: list[Bundle], root: Path, skip: frozenset[str] = fro
         "backend": "sqlite3", "dep_file": str(state / "doit.sqlite3"),
         "default_tasks": ["build"], "verbosity": 2,
     }}
-    groups = task_dicts(bundles, skip, to)
+    groups = task_dicts(bundles, skip, to, cache)
     for basename in (*STAGES, "publish", "build"):
         if basename in groups:
             namespace[f"task_{basename}"] = _generator(basename, groups[basename])
@@ -135,12 +137,13 @@ def doit_namespace(bundles: list[Bundle], root: Path, skip: frozenset[str] = fro
 
 
 def run_doit(bundles: list[Bundle], tasks: list[str], jobs: int = 1,
-             skip: frozenset[str] = frozenset(), to: str | None = None) -> int:
+             skip: frozenset[str] = frozenset(), to: str | None = None,
+             cache: CacheConfig | None = None) -> int:
     """Run doit over the bundles' task graph; returns doit's exit status (non-zero: a task failed)."""
     from doit.cmd_base import ModuleTaskLoader
     from doit.doit_cmd import DoitMain
 
-    namespace = doit_namespace(bundles, bundles[0].root, skip, to)
+    namespace = doit_namespace(bundles, bundles[0].root, skip, to, cache)
     args = ["run"] + (["-n", str(jobs), "-P", "process"] if jobs > 1 else [])
     status: int = DoitMain(ModuleTaskLoader(namespace)).run(args + tasks)
     return status

@@ -1,0 +1,151 @@
+"""The action cache: look a key up, restore its outputs verified, save a task's outputs.
+
+Layout under the cache root:
+
+    ac/<key>.json               action records (written last, first writer wins)
+    blobs/sha256/<hex>          output bytes, content-addressed (written first, skipped if present)
+    index/<bundle>/<commit>.json  a built bundle's summary (manifests, thresholds), for review
+
+Every failure here is a miss or a skipped write with a warning, never a failed build and never a
+wrong output: a cache is an optimisation. After the first I/O error (no credentials, endpoint
+down) the cache stops trying for the rest of the process, so a broken cache costs one warning.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import CacheConfig
+from .records import ActionRecord, BadRecord, BlobRef
+from .storage import Mismatch, Storage, open_storage
+
+RECORD_LIMIT = 16 << 20
+Log = Callable[[str], None]
+
+
+def record_key(key: str) -> str:
+    return f"ac/{key}.json"
+
+
+def blob_key(sha256: str) -> str:
+    return f"blobs/sha256/{sha256}"
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What a restore moved into place: files by relative path -> sha256, and bytes fetched."""
+
+    digests: dict[str, str]
+    bytes: int
+
+
+class ActionCache:
+    def __init__(self, storage: Storage, write: bool, log: Log):
+        self.storage, self.write, self.log = storage, write, log
+        self.broken = False
+        self.bad_blobs: set[str] = set()  # blobs seen corrupt this process: a writer replaces them
+
+    @property
+    def uri(self) -> str:
+        return self.storage.uri
+
+    def _io_failed(self, what: str, exc: BaseException) -> None:
+        if not self.broken:
+            self.log(f"kiln: warning: cache {self.uri}: {what} failed ({exc}); building "
+                     "without the cache for the rest of this run")
+        self.broken = True
+
+    def lookup(self, key: str) -> ActionRecord | None:
+        """The record for `key`, or None (absent, unreadable or malformed: all misses)."""
+        if self.broken:
+            return None
+        try:
+            data = self.storage.read(record_key(key), RECORD_LIMIT)
+        except Exception as exc:  # any failure is a miss
+            self._io_failed("reading a record", exc)
+            return None
+        if data is None:
+            return None
+        try:
+            return ActionRecord.from_bytes(data, key)
+        except BadRecord as exc:
+            self.log(f"kiln: warning: cache record {key[:12]} is unusable ({exc}); "
+                     "treating it as a miss")
+            return None
+
+    def lookup_many(self, keys: Iterable[str], workers: int = 16) -> dict[str, ActionRecord]:
+        """Records for many keys at once (plan on a cold runner): reads in parallel."""
+        todo = sorted(set(keys))
+        if not todo:
+            return {}
+        with ThreadPoolExecutor(min(workers, len(todo)), thread_name_prefix="kiln-ac") as pool:
+            found = dict(zip(todo, pool.map(self.lookup, todo), strict=True))
+        return {k: r for k, r in found.items() if r is not None}
+
+    def restore(self, record: ActionRecord, dest: Path) -> Restored | None:
+        """Fetch every output of `record` into the empty directory `dest`, each checked against
+        its size and sha256. None (with a warning naming the blob) on any mismatch or error; the
+        caller discards `dest` and runs the stage."""
+        fetched = 0
+        for blob in record.outputs:
+            target = dest / blob.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.storage.fetch(blob_key(blob.sha256), target, blob.size, blob.sha256)
+            except Mismatch as exc:
+                self.log(f"kiln: warning: {record.task}: cache blob for {blob.path} is corrupt "
+                         f"or missing ({exc}); running the stage instead")
+                self.bad_blobs.add(blob.sha256)
+                return None
+            except Exception as exc:  # a transport failure is a miss
+                self._io_failed(f"fetching {blob.path}", exc)
+                return None
+            fetched += blob.size
+        return Restored(record.digests(), fetched)
+
+    def save(self, record: ActionRecord, directory: Path) -> bool:
+        """Blobs first (skipping any already present at the right size), then the record,
+        conditionally. True when this call's record is the one stored; False when another writer
+        got there first or the write failed (warned)."""
+        if not self.write or self.broken:
+            return False
+        try:
+            for blob in record.outputs:
+                self._put_blob(blob, directory / blob.path)
+            return self.storage.put_if_absent(record_key(record.key), record.to_bytes())
+        except Exception as exc:  # a failed cache write never fails the build
+            self._io_failed("writing", exc)
+            return False
+
+    def _put_blob(self, blob: BlobRef, path: Path) -> None:
+        key = blob_key(blob.sha256)
+        if blob.sha256 not in self.bad_blobs and self.storage.size(key) == blob.size:
+            return
+        self.storage.put_file(key, path)
+
+    def put_summary(self, key: str, data: bytes) -> None:
+        """A mutable side entry (the review index); written only by trusted writers."""
+        if not self.write or self.broken:
+            return
+        try:
+            self.storage.put(key, data)
+        except Exception as exc:
+            self._io_failed("writing the review index", exc)
+
+    def read_small(self, key: str, limit: int = RECORD_LIMIT) -> bytes | None:
+        if self.broken:
+            return None
+        try:
+            return self.storage.read(key, limit)
+        except Exception as exc:
+            self._io_failed(f"reading {key}", exc)
+            return None
+
+
+def open_cache(config: CacheConfig, log: Log) -> ActionCache | None:
+    """The cache `config` names, or None when it is off."""
+    if config.uri is None:
+        return None
+    return ActionCache(open_storage(config.uri), config.write, log)

@@ -1,0 +1,251 @@
+"""The two places a cache can live, behind one small interface: a local directory and S3.
+
+Kept small on purpose so it can move onto a shared transport interface without touching the cache
+logic: object names are '/'-separated keys under the cache root, and five operations suffice
+(size, small read, verified fetch, blob put, conditional put).
+
+- A blob put is unconditional: the key is the content's digest, so two writers write the same
+  bytes; a multipart upload that is killed leaves no object at all.
+- `put_if_absent` is the commit point for records. On S3 it is `If-None-Match: *` (412 means
+  another writer won); on a directory it is `link(2)` of a complete temp file, which fails with
+  EEXIST instead of replacing, so the first writer wins there too and a reader never sees a
+  half-written record.
+- `fetch` hashes while it writes and raises `Mismatch` when size or sha256 differ from what the
+  record promised: the caller treats that as a miss.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..artifacts.atomic import fsync_dir
+from ..artifacts.digest import HashingWriter
+from ..transport import s3 as s3t
+from ..transport.uris import local_path, parse_s3, scheme_of
+
+SMALL = 8 << 20  # below this a blob is one GET; above it, parallel ranged GETs
+
+
+class Mismatch(Exception):
+    """Fetched bytes differ from the size or sha256 the record names."""
+
+
+class Storage(Protocol):
+    uri: str
+
+    def size(self, key: str) -> int | None: ...
+    def read(self, key: str, limit: int) -> bytes | None: ...
+    def fetch(self, key: str, dest: Path, size: int, sha256: str) -> None: ...
+    def put_file(self, key: str, path: Path) -> None: ...
+    def put_if_absent(self, key: str, data: bytes) -> bool: ...
+    def put(self, key: str, data: bytes) -> None: ...
+
+
+def _check(got: int, digest: str, size: int, sha256: str, what: str) -> None:
+    if got != size or digest != sha256:
+        raise Mismatch(f"{what}: {got} bytes with sha256 {digest[:12]}, the record says {size} "
+                       f"bytes with {sha256[:12]}")
+
+
+def _readable(path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+class LocalStorage:
+    """A cache in a directory (file:// URI): the embedded default and shared-filesystem caches."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.root = local_path(uri)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def read(self, key: str, limit: int) -> bytes | None:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read(limit + 1)[:limit]
+        except FileNotFoundError:
+            return None
+
+    def fetch(self, key: str, dest: Path, size: int, sha256: str) -> None:
+        try:
+            with open(self._path(key), "rb") as src, open(dest, "wb") as raw:
+                out = HashingWriter(raw)
+                shutil.copyfileobj(src, out, 1 << 20)
+        except FileNotFoundError:
+            raise Mismatch(f"{key}: missing from the cache") from None
+        _check(out.size, out.hexdigest(), size, sha256, key)
+
+    def _temp(self, target: Path) -> Path:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        return Path(name)
+
+    def put_file(self, key: str, path: Path) -> None:
+        target = self._path(key)
+        tmp = self._temp(target)
+        try:
+            shutil.copyfile(path, tmp)
+            self._commit(tmp, target, replace=True)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put(self, key: str, data: bytes) -> None:
+        target = self._path(key)
+        tmp = self._temp(target)
+        try:
+            tmp.write_bytes(data)
+            self._commit(tmp, target, replace=True)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        target = self._path(key)
+        tmp = self._temp(target)
+        try:
+            tmp.write_bytes(data)
+            return self._commit(tmp, target, replace=False)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _commit(tmp: Path, target: Path, replace: bool) -> bool:
+        _readable(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, target)
+        else:
+            try:
+                os.link(tmp, target)  # EEXIST instead of replacing: the first writer wins
+            except FileExistsError:
+                return False
+        fsync_dir(target.parent)
+        return True
+
+
+class S3Storage:
+    """A cache under s3://bucket/prefix, through boto3's standard credential chain."""
+
+    def __init__(self, uri: str, settings: s3t.TransferSettings = s3t.DEFAULT):
+        self.uri = uri
+        self.bucket, prefix = parse_s3(uri)
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.settings = settings
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = s3t.s3_client(self.settings)
+        return self._client
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def _retry(self, what: str, action: Any) -> Any:
+        return s3t.with_retries(f"{what} s3://{self.bucket}/", action, self.settings)
+
+    def size(self, key: str) -> int | None:
+        def head() -> int | None:
+            try:
+                return int(self.client.head_object(Bucket=self.bucket,
+                                                   Key=self._key(key))["ContentLength"])
+            except Exception as exc:
+                if s3t.status_of(exc) == 404:
+                    return None
+                raise
+        result: int | None = self._retry(f"HEAD {key}", head)
+        return result
+
+    def read(self, key: str, limit: int) -> bytes | None:
+        def get() -> bytes | None:
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            except Exception as exc:
+                if s3t.status_of(exc) == 404:
+                    return None
+                raise
+            data: bytes = body.read(limit)
+            body.close()
+            return data
+        result: bytes | None = self._retry(f"GET {key}", get)
+        return result
+
+    def fetch(self, key: str, dest: Path, size: int, sha256: str) -> None:
+        from ..errors import PublishError
+        from ..transport.ranged import s3_download
+
+        def once() -> tuple[int, str]:
+            with open(dest, "wb") as raw:
+                out = HashingWriter(raw)
+                if size > SMALL:
+                    s3_download(self.client, self.bucket, self._key(key), out, size=size,
+                                settings=self.settings)
+                else:
+                    body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+                    for chunk in body.iter_chunks(1 << 20):
+                        out.write(chunk)
+            return out.size, out.hexdigest()
+
+        try:
+            got, digest = self._retry(f"GET {key}", once)
+        except PublishError as exc:  # ranged download's own size check (HEAD) failed
+            raise Mismatch(str(exc)) from None
+        except Exception as exc:
+            if s3t.status_of(exc) == 404:
+                raise Mismatch(f"{key}: missing from the cache") from None
+            raise
+        _check(got, digest, size, sha256, key)
+
+    def put_file(self, key: str, path: Path) -> None:
+        config = s3t.transfer_config(self.settings)
+        self._retry(f"PUT {key}", lambda: self.client.upload_file(
+            str(path), self.bucket, self._key(key), Config=config))
+
+    def put(self, key: str, data: bytes) -> None:
+        self._retry(f"PUT {key}", lambda: self.client.put_object(
+            Bucket=self.bucket, Key=self._key(key), Body=data))
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        def put() -> bool:
+            for attempt in range(5):
+                try:
+                    self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+                                           IfNoneMatch="*")
+                    return True
+                except Exception as exc:
+                    status = s3t.status_of(exc)
+                    if status == 412:
+                        return False  # another writer's record is there: it wins
+                    if status != 409 or attempt == 4:
+                        raise
+                    # 409: a concurrent conditional write is in flight; its outcome decides
+                    time.sleep(0.2 * (attempt + 1))
+            return False
+        result: bool = self._retry(f"PUT {key}", put)
+        return result
+
+
+def open_storage(uri: str) -> Storage:
+    if scheme_of(uri) == "s3":
+        return S3Storage(uri)
+    storage = LocalStorage(uri)
+    with contextlib.suppress(OSError):
+        storage.root.mkdir(parents=True, exist_ok=True)
+    return storage
