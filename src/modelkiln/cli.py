@@ -1,8 +1,7 @@
 """`kiln`: argv -> api call -> exit code. The only module that prints for humans.
 
-Exit codes (errors.py holds the same table): 0 ok; 1 build, publish or I/O failure; 2 hash drift;
-3 invalid spec or registry file; 4 capability mismatch; 5 immutable version conflict;
-6 `plan --check` found work; 64 usage error; 130 interrupted.
+Exit codes: `errors.ExitCode`, the one table (a KilnError carries its own; the CLI adds usage,
+`plan --check` and interrupted).
 """
 from __future__ import annotations
 
@@ -10,12 +9,10 @@ import argparse
 import json
 import shlex
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from . import __version__, api, cli_admin
-from .errors import KilnError
-
-USAGE_ERROR = 64
+from .errors import ExitCode, KilnError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,7 +21,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         sys.stderr.write(f"kiln: error: {message}\n")
-        raise SystemExit(USAGE_ERROR)
+        raise SystemExit(ExitCode.USAGE)
 
 
 def _skip(values: Sequence[str] | None) -> frozenset[str]:
@@ -35,7 +32,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     bundles = api.validate(args.specs)
     for b in bundles:
         print(f"ok  {b.spec_path.name}: {b.name} {b.version} ({', '.join(b.backends)})")
-    return 0
+    return ExitCode.OK
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -54,12 +51,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
         todo = sum(r.run for r in rows)
         print(f"{todo} of {len(rows)} tasks would run")
     if args.check and any(r.run for r in rows):
-        return 6
-    return 0
+        return ExitCode.OUT_OF_DATE
+    return ExitCode.OK
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    return 1 if api.build(args.specs, args.task or (), args.jobs, _skip(args.skip)) else 0
+    failed = api.build(args.specs, args.task or (), args.jobs, _skip(args.skip))
+    return ExitCode.FAILURE if failed else ExitCode.OK
 
 
 class _Progress:
@@ -99,7 +97,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             state = "unchanged" if r.store.noop else "finalized"
             print(f"  store: {r.store.path} ({state}, checksum {r.store.checksum[:12]})")
         print(f"  registry: {r.registry_name}")
-    return 0
+    return ExitCode.OK
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
@@ -113,7 +111,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     else:
         for key, value in sorted(runtime.exports().items()):
             print(f"export {key}={shlex.quote(value)}")
-    return 0
+    return ExitCode.OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="show what a build would run and why, without running it")
     pl.add_argument("specs", nargs="*", help="spec files or directories (default: bundles/)")
     pl.add_argument("--json", action="store_true", help="machine-readable output")
-    pl.add_argument("--check", action="store_true", help="exit 6 when anything would run (CI)")
+    pl.add_argument("--check", action="store_true",
+                    help=f"exit {int(ExitCode.OUT_OF_DATE)} when anything would run (CI)")
     pl.add_argument("--skip", action="append", metavar="BACKEND", help="leave a backend out (onnx)")
     pl.set_defaults(func=cmd_plan)
 
@@ -168,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("kiln: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -2,31 +2,35 @@
 
 The CLI turns a `KilnError` into its message and `exit_code`; nothing below the CLI prints. Every
 leaf carries structured fields so tests (and callers) need not parse messages, and every message ends
-with what to do about it.
-
-Exit codes (the README repeats this table):
-
-    0   ok
-    1   build, publish or I/O failure            (BuildError, PublishError, StoreError, KilnError)
-    2   hash drift: bytes differ from the lock   (DriftError)
-    3   invalid spec or registry file            (SpecError)
-    4   capability mismatch                      (CapabilityError)
-    5   immutable version conflict               (ConflictError)
-    6   `kiln plan --check`: something would run (OutOfDate)
-    7   signature refused: missing, untrusted key, or not what was signed (SignatureError)
-    64  command-line usage error
-    130 interrupted
+with what to do about it. `ExitCode` is the one table of exit statuses (the README's table is
+checked against it by the test suite).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
 from pathlib import Path
+
+
+class ExitCode(IntEnum):
+    """Every status `kiln` exits with, and which error leaf (or CLI outcome) produces it."""
+
+    OK = 0
+    FAILURE = 1  # build, publish or I/O failure: BuildError, PublishError, StoreError, KilnError
+    DRIFT = 2  # hash drift, bytes differ from the locked or published hash: DriftError
+    SPEC = 3  # invalid spec or registry file: SpecError
+    CAPABILITY = 4  # capability mismatch: CapabilityError
+    CONFLICT = 5  # immutable version conflict: ConflictError
+    OUT_OF_DATE = 6  # `kiln plan --check`: something would run
+    SIGNATURE = 7  # signature refused, missing, untrusted key or not what was signed: SignatureError
+    USAGE = 64  # command-line usage error (EX_USAGE; argparse's own 2 would read as drift)
+    INTERRUPTED = 130  # interrupted (Ctrl-C)
 
 
 class KilnError(Exception):
     """Root of every error modelkiln raises on purpose. Exit code 1 unless a leaf says otherwise."""
 
-    exit_code = 1
+    exit_code: ExitCode = ExitCode.FAILURE
 
 
 class BuildError(KilnError):
@@ -41,23 +45,17 @@ class StoreError(KilnError):
     """The model store is missing, unreadable or in a state an operation cannot proceed from."""
 
 
-class OutOfDate(KilnError):
-    """`kiln plan --check` found tasks that would run."""
-
-    exit_code = 6
-
-
 class SignatureError(KilnError):
     """A bundle's signature is missing where one is required, made by a key that is not trusted,
     or does not match the manifest, the bytes, or the name and version it is served under."""
 
-    exit_code = 7
+    exit_code = ExitCode.SIGNATURE
 
 
 class CapabilityError(KilnError):
     """A registry entry lacks a capability or role that a caller required."""
 
-    exit_code = 4
+    exit_code = ExitCode.CAPABILITY
 
     def __init__(self, name: str, missing: list[str], have: list[str]):
         self.name, self.missing, self.have = name, list(missing), list(have)
@@ -70,7 +68,7 @@ class CapabilityError(KilnError):
 class ConflictError(PublishError):
     """A published version already exists with different bytes: versions are immutable."""
 
-    exit_code = 5
+    exit_code = ExitCode.CONFLICT
 
     def __init__(self, location: str, existing: str, new: str):
         self.location, self.existing, self.new = location, existing, new
@@ -98,15 +96,15 @@ class FileChange:
 class DriftError(KilnError):
     """Bytes on disk no longer match the recorded hash."""
 
-    exit_code = 2
+    exit_code = ExitCode.DRIFT
 
     def __init__(self, name: str, changes: list[FileChange], expected: str | None = None,
-                 actual: str | None = None):
+                 actual: str | None = None, fix: str | None = None):
         self.name, self.changes, self.expected, self.actual = name, list(changes), expected, actual
         lines = [f"{name}: hash drift" + (f" (expected {expected}, got {actual})" if expected else "")]
         lines += [f"  {c}" for c in self.changes]
-        lines.append("  if the change is intended: `kiln registry lock NAME --set-expected`; "
-                     "if not, restore the files from a trusted copy")
+        lines.append(f"  {fix}" if fix else "  if the change is intended: `kiln registry lock NAME "
+                     "--set-expected`; if not, restore the files from a trusted copy")
         super().__init__("\n".join(lines))
 
 
@@ -132,7 +130,7 @@ class Problem:
 class SpecError(KilnError):
     """One or more problems in spec (or registry) files. Carries every problem, sorted."""
 
-    exit_code = 3
+    exit_code = ExitCode.SPEC
 
     def __init__(self, problems: list[Problem]):
         self.problems = sorted(set(problems))
