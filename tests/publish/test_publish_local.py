@@ -9,7 +9,8 @@ import pytest
 from distfactory import make_dist
 from modelkiln.artifacts import manifest as mf
 from modelkiln.errors import ConflictError, KilnError, PublishError
-from modelkiln.publish import local, publish_bundle, render_destination
+from modelkiln.publish import DistBundle, protocol, publish_bundle, render_destination
+from modelkiln.transport import LocalDir
 
 
 def _files(d: Path) -> dict[str, bytes]:
@@ -76,13 +77,14 @@ def test_killed_after_tarball_converges(tmp_path: Path, monkeypatch: pytest.Monk
         raise KeyboardInterrupt  # the process dies between the two writes
 
     with monkeypatch.context() as m:
-        m.setattr(local, "_commit", killed)
+        m.setattr(protocol, "_commit", killed)
         with pytest.raises(KeyboardInterrupt):
             publish_bundle(dist, str(dest))
-    assert sorted(p.name for p in dest.iterdir()) == [mf.ARCHIVE]  # no manifest: not published
+    # No manifest: not published; the claim stays, so only these bytes can finish the version.
+    assert sorted(p.name for p in dest.iterdir()) == [protocol.CLAIM, mf.ARCHIVE]
     result = publish_bundle(dist, str(dest))
     assert result.skipped == (mf.ARCHIVE,) and result.uploaded == (mf.MANIFEST,)
-    assert _files(dest) == _files(dist)
+    assert _files(dest) == _files(dist)  # the claim is released after the commit
 
 
 def test_leftover_tarball_of_other_bytes_is_replaced(tmp_path: Path) -> None:
@@ -106,14 +108,49 @@ def test_damaged_tarball_under_same_manifest_is_repaired(tmp_path: Path) -> None
 def test_racing_publisher_loses_at_the_commit_point(tmp_path: Path) -> None:
     first, second = make_dist(tmp_path, seed=1), make_dist(tmp_path, seed=2)
     dest = tmp_path / "pub"
-    dest.mkdir()
+    run = protocol._Run(LocalDir(dest), DistBundle.load(second), None)
     # Another publisher commits between our check and our write: os.link refuses to replace it.
+    dest.mkdir()
     (dest / mf.MANIFEST).write_bytes((first / mf.MANIFEST).read_bytes())
-    bundle = local.DistBundle.load(second)
     with pytest.raises(ConflictError):
-        local._commit(bundle, dest / mf.MANIFEST, force=False)
+        protocol._commit(run, protocol.IF_ABSENT)
     assert (dest / mf.MANIFEST).read_bytes() == (first / mf.MANIFEST).read_bytes()
     assert [p.name for p in dest.iterdir()] == [mf.MANIFEST]  # no temp file left behind
+
+
+def test_a_claim_of_other_bytes_refuses_without_writing(tmp_path: Path) -> None:
+    first, second = make_dist(tmp_path, seed=1), make_dist(tmp_path, seed=2)
+    dest = tmp_path / "pub"
+    claim = protocol._claim_bytes(DistBundle.load(first))
+    LocalDir(dest).put_bytes(protocol.CLAIM, claim)  # a publisher of `first` is at work
+    with pytest.raises(protocol.VersionClaimed) as err:
+        publish_bundle(second, str(dest))
+    assert err.value.exit_code == 5 and "--force" in str(err.value)
+    assert _files(dest) == {protocol.CLAIM: claim}
+    assert publish_bundle(first, str(dest)).uploaded == (mf.ARCHIVE, mf.MANIFEST)
+    assert _files(dest) == _files(first)
+    forced = publish_bundle(second, str(dest), force=True)
+    assert forced.forced and _files(dest) == _files(second)
+
+
+def test_claim_left_after_the_commit_is_dropped_by_a_rerun(tmp_path: Path) -> None:
+    dist, dest = make_dist(tmp_path), tmp_path / "pub"
+    publish_bundle(dist, str(dest))
+    LocalDir(dest).put_bytes(protocol.CLAIM, protocol._claim_bytes(DistBundle.load(dist)))
+    assert publish_bundle(dist, str(dest)).unchanged
+    assert _files(dest) == _files(dist)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])
+def test_published_files_get_ordinary_permissions(tmp_path: Path, mask: int) -> None:
+    dist, dest = make_dist(tmp_path), tmp_path / "pub"
+    old = os.umask(mask)
+    try:
+        publish_bundle(dist, str(dest))
+    finally:
+        os.umask(old)
+    for name in (mf.ARCHIVE, mf.MANIFEST):
+        assert (dest / name).stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_damaged_dist_directory_is_refused(tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ import pytest
 from distfactory import make_dist
 from modelkiln.artifacts import manifest as mf
 from modelkiln.errors import ConflictError, PublishError
-from modelkiln.publish import DistBundle, TransferSettings, publish_bundle, s3 as s3pub
 from modelkiln import transport
+from modelkiln.publish import DistBundle, TransferSettings, protocol, publish_bundle
+from modelkiln.transport import bucket as bucket_mod
 from s3server import CuttingProxy
 
 pytestmark = pytest.mark.s3
@@ -52,9 +53,13 @@ def _client(settings: TransferSettings = MULTIPART) -> tuple[Any, Recorder]:
     return client, Recorder(client)
 
 
+def _at(uri: str, settings: TransferSettings = MULTIPART, client: Any = None) -> Any:
+    return transport.open_location(uri, settings, client)
+
+
 def _publish(dist: Path, uri: str, settings: TransferSettings = MULTIPART, **kw: Any):
     client, rec = _client(settings)
-    result = s3pub.publish(DistBundle.load(dist), uri, client=client, settings=settings, **kw)
+    result = protocol.publish(DistBundle.load(dist), _at(uri, settings, client), **kw)
     return result, rec
 
 
@@ -76,8 +81,11 @@ def test_multipart_publish_tarball_first_manifest_last(tmp_path: Path, s3: Any) 
     result, rec = _publish(dist, s3.uri(), progress=seen.append)
     writes = rec.writes()
     assert [w[0] for w in writes].count("UploadPart") == 3
-    assert writes[-2] == ("CompleteMultipartUpload", mf.ARCHIVE, "If-None-Match: *")
-    assert writes[-1] == ("PutObject", mf.MANIFEST, "If-None-Match: *")
+    assert writes[0] == ("PutObject", protocol.CLAIM, "If-None-Match: *")  # claim the version
+    assert writes[-3] == ("CompleteMultipartUpload", mf.ARCHIVE, "If-None-Match: *")
+    assert writes[-2] == ("PutObject", mf.MANIFEST, "If-None-Match: *")  # the commit point
+    assert writes[-1] == ("DeleteObject", protocol.CLAIM, "")  # released once committed
+    assert not _exists(s3, protocol.CLAIM)
     assert _get(s3, mf.ARCHIVE) == (dist / mf.ARCHIVE).read_bytes()
     assert _get(s3, mf.MANIFEST) == (dist / mf.MANIFEST).read_bytes()
     head = s3.client.head_object(Bucket=s3.bucket, Key=s3.prefix + mf.ARCHIVE,
@@ -113,23 +121,31 @@ def test_different_bytes_conflict_then_force(tmp_path: Path, s3: Any) -> None:
     result, rec = _publish(second, s3.uri(), force=True)
     assert result.forced and result.replaced == one.archive_sha256
     ops = [(w[0], w[1]) for w in rec.writes()]
-    assert ops[0] == ("DeleteObject", mf.MANIFEST) and ops[-1] == ("PutObject", mf.MANIFEST)
+    assert ops[:2] == [("PutObject", protocol.CLAIM), ("DeleteObject", mf.MANIFEST)]
+    assert ops[-2:] == [("PutObject", mf.MANIFEST), ("DeleteObject", protocol.CLAIM)]
     assert _get(s3, mf.ARCHIVE) == (second / mf.ARCHIVE).read_bytes()
 
 
 def test_interrupted_before_manifest_converges(tmp_path: Path, s3: Any,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     dist = make_dist(tmp_path, weights=BIG)
+    real = bucket_mod.Bucket.put_bytes
     with monkeypatch.context() as m:
-        def killed(*a: Any, **k: Any) -> None:
-            raise KeyboardInterrupt
-        m.setattr(s3pub._Bucket, "put_bytes", killed)
+        def killed(self: Any, key: str, *a: Any, **k: Any) -> Any:
+            if key == mf.MANIFEST:
+                raise KeyboardInterrupt  # the process dies right before its commit
+            return real(self, key, *a, **k)
+        m.setattr(bucket_mod.Bucket, "put_bytes", killed)
         with pytest.raises(KeyboardInterrupt):
             _publish(dist, s3.uri())
     assert _exists(s3, mf.ARCHIVE) and not _exists(s3, mf.MANIFEST)
+    assert _exists(s3, protocol.CLAIM)  # only these bytes may finish the version now
     result, rec = _publish(dist, s3.uri())
     assert result.skipped == (mf.ARCHIVE,) and result.uploaded == (mf.MANIFEST,)
-    assert [w[:2] for w in rec.writes()] == [("PutObject", mf.MANIFEST)]
+    assert [w[:2] for w in rec.writes()] == [("PutObject", protocol.CLAIM),  # refused: exists
+                                             ("PutObject", mf.MANIFEST),
+                                             ("DeleteObject", protocol.CLAIM)]
+    assert not _exists(s3, protocol.CLAIM)
 
 
 def test_uncommitted_leftover_is_replaced_only_if_unchanged(tmp_path: Path, s3: Any) -> None:
@@ -156,10 +172,10 @@ def test_racing_publisher_is_caught_by_the_conditional_commit(tmp_path: Path, s3
     client.meta.events.register("before-send.s3.PutObject", sneak_in)
     bundle = DistBundle.load(ours)
     if same:
-        assert s3pub.publish(bundle, s3.uri(), client=client).uploaded[-1] == mf.MANIFEST
+        assert protocol.publish(bundle, _at(s3.uri(), client=client)).uploaded[-1] == mf.MANIFEST
     else:
         with pytest.raises(ConflictError):
-            s3pub.publish(bundle, s3.uri(), client=client)
+            protocol.publish(bundle, _at(s3.uri(), client=client))
     assert _get(s3, mf.MANIFEST) == (other / mf.MANIFEST).read_bytes()
 
 
@@ -195,17 +211,17 @@ class _Refuse:
 
 
 def _refusing_publish(dist: Path, uri: str, hook: _Refuse) -> Any:
-    original = transport.s3_client
+    original = bucket_mod.s3_client
 
     def patched(settings: TransferSettings = transport.DEFAULT) -> Any:
         client = original(settings)
         client.meta.events.register("before-send.s3", hook)
         return client
-    transport.s3_client = patched  # the fallback builds a new client: hook that one too
+    bucket_mod.s3_client = patched  # the fallback builds a new client: hook that one too
     try:
-        return s3pub.publish(DistBundle.load(dist), uri, settings=MULTIPART)
+        return protocol.publish(DistBundle.load(dist), _at(uri))
     finally:
-        transport.s3_client = original
+        bucket_mod.s3_client = original
 
 
 @pytest.mark.parametrize("size", [1000, BIG])

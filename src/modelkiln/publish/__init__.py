@@ -1,23 +1,25 @@
 """Publishing built bundles: content first, one small commit point (the manifest) last.
 
 `publish_bundle` sends `dist/<name>/<version>/<backend>/{bundle.tar.gz, manifest.json}` to an
-s3:// prefix or a local directory (file:// or a plain path) with the same guarantees everywhere:
-the manifest is written only after the tarball is complete, a published version is immutable
-(different bytes raise ConflictError unless force=True), and publishing the same bytes again
-writes nothing. Publishers import boto3 only when an s3:// destination is used.
+s3:// prefix or a local directory (file:// or a plain path) through one protocol
+(`protocol.py`) with the same guarantees everywhere: the manifest is written only after the
+tarball is complete, a published version is immutable (different bytes raise ConflictError
+unless force=True), racing publishers leave one winner whose tarball and manifest belong
+together, and publishing the same bytes again writes nothing. boto3 is imported only for s3://.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..artifacts.digest import StatCache
 from ..errors import KilnError
-from ..transport import DEFAULT, TransferSettings, scheme_of
+from ..transport import DEFAULT, TransferSettings, open_location, scheme_of
 from .bundle import DistBundle, PublishResult
+from .protocol import publish
 
-__all__ = ["DistBundle", "PublishResult", "TransferSettings", "publish_bundle",
+__all__ = ["DistBundle", "PublishResult", "TransferSettings", "publish", "publish_bundle",
            "render_destination"]
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -58,9 +60,5 @@ def publish_bundle(dist_dir: Path, destination: str, *, force: bool = False,
         raise KilnError(f"{destination}: unsupported publish destination; use "
                         "s3://bucket/prefix/, file:///absolute/path/ or a directory path")
     bundle = DistBundle.load(Path(dist_dir), cache)
-    if scheme == "s3":
-        from . import s3
-        return s3.publish(bundle, destination, force=force, progress=progress,
-                          settings=settings or DEFAULT)
-    from . import local
-    return local.publish(bundle, destination, force=force, progress=progress)
+    place = open_location(destination, settings or DEFAULT)
+    return publish(bundle, place, force=force, progress=progress)

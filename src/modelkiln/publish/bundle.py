@@ -6,11 +6,12 @@ and refuses a dist directory whose tarball and published manifest disagree.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..artifacts import manifest as mf
+from ..artifacts import names
 from ..artifacts.digest import StatCache, sha256_file
 from ..errors import KilnError, PublishError
 
@@ -31,12 +32,12 @@ class DistBundle:
     sha256: str
 
     @classmethod
-    def load(cls, dist_dir: Path, cache: StatCache | None = None) -> "DistBundle":
+    def load(cls, dist_dir: Path, cache: StatCache | None = None) -> DistBundle:
         """Read and check `dist_dir`; PublishError says to rebuild when anything is off."""
         dist_dir = Path(dist_dir)
-        archive, manifest_path = dist_dir / mf.ARCHIVE, dist_dir / mf.MANIFEST
+        archive, manifest_path = dist_dir / names.ARCHIVE, dist_dir / names.MANIFEST
         if not archive.is_file() or not manifest_path.is_file():
-            raise PublishError(f"{dist_dir}: no {mf.ARCHIVE} + {mf.MANIFEST} here; build the "
+            raise PublishError(f"{dist_dir}: no {names.ARCHIVE} + {names.MANIFEST} here; build the "
                                "bundle first (`kiln build`)")
         raw = manifest_path.read_bytes()
         manifest = mf.loads(raw, str(manifest_path))
@@ -89,6 +90,5 @@ def existing_archive_sha(raw: bytes, origin: str) -> str:
         entry = mf.loads(raw, origin).get("archive")
     except KilnError:
         return "<unreadable>"
-    if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
-        return entry["sha256"]
-    return "<unreadable>"
+    sha = entry.get("sha256") if isinstance(entry, dict) else None
+    return sha if isinstance(sha, str) else "<unreadable>"

@@ -13,9 +13,9 @@ directory are answered by `modelkiln.paths`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..artifacts.digest import stat_cache
 from ..model.bundle import Bundle

@@ -14,14 +14,14 @@ unpacking would double the disk and leave readers to unpack. A serving process p
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..artifacts import manifest as mf
-from ..errors import ConflictError, FileChange, PublishError, StoreError
-from ..store import MANIFEST as STORE_MANIFEST
-from ..store import ModelStore, diff, read_manifest, scan, stat_key
+from ..errors import DriftError, FileChange, PublishError
+from ..store import BundleRecord, ModelStore, diff, scan, stat_key
 from .bundle import DistBundle
 
 BUNDLE_DIR = "bundle"
@@ -43,7 +43,7 @@ class StoreResult:
 
 def publish_to_store(dist_dir: Path, root: Path | str | None, agent: str, version: str,
                      metadata: Mapping[str, Any] | None = None, *, activate: bool = True,
-                     store: ModelStore | None = None) -> StoreResult:
+                     store: ModelStore | None = None, force: bool = False) -> StoreResult:
     """Publish `dist/<name>/<version>/<backend>/` into `<root>/<agent>/versions/<version>/`.
 
     The tarball is checked against its published manifest before a byte is unpacked, unpacked
@@ -51,13 +51,15 @@ def publish_to_store(dist_dir: Path, root: Path | str | None, agent: str, versio
     bundle's manifest; those digests, once checked, are handed to `finalize` as `known`, so no
     unpacked file is read back to be hashed (finalize only flushes them to disk).
     Same archive again: no-op. A different archive under an existing version: ConflictError.
+    With `force`, an existing version's bytes are re-read too, and a damaged copy is restored
+    from this (verified) tarball by `ModelStore.repair` instead of being reported unchanged.
     """
     from ..artifacts.extract import UnsafeArchive, safe_extract
 
     dist = DistBundle.load(Path(dist_dir))
     published = mf.loads(dist.manifest_bytes, str(Path(dist_dir) / mf.MANIFEST))
     store = store or ModelStore(root)
-    found = _already_there(store, agent, version, dist.sha256)
+    found = _already_there(store, agent, version, dist.sha256, dist.archive, force)
     if found is not None:
         return found
     expected = {f"{BUNDLE_DIR}/{f['path']}": (f["size"], f["sha256"]) for f in published["files"]}
@@ -91,32 +93,26 @@ def publish_to_store(dist_dir: Path, root: Path | str | None, agent: str, versio
         # The manifest's digests, each just checked against the bytes written, ARE the digests:
         # finalize reads none of these files again (only the bundle's own small manifest.json).
         known = {rel: (stat_key(tree.files[rel]), d) for rel, (_s, d) in expected.items()}
-    source = {"name": dist.name, "version": dist.version, "backend": dist.backend,
-              "archive_sha256": dist.sha256, "aggregate_sha256": published.get("aggregate_sha256")}
+    source = BundleRecord(dist.name, dist.version, dist.backend, dist.sha256,
+                          published.get("aggregate_sha256"))
     info = store.finalize(agent, version, metadata, activate=activate, bundle=source, known=known)
     return StoreResult(agent, version, info.path, info.path / BUNDLE_DIR, info.checksum or "",
                        dist.sha256, info.noop, info.current)
 
 
-def _already_there(store: ModelStore, agent: str, version: str, archive_sha: str) -> StoreResult | None:
-    """Decide from the existing version's manifest alone: same archive -> no-op, other -> conflict.
-
-    A version finalized by other means (no `bundle` record) is left to `finalize`, which compares
-    checksums after unpacking.
-    """
-    store.recover(agent)
-    vdir = store.root / agent / "versions" / version
-    if not (vdir / STORE_MANIFEST).is_file():
-        return None
+def _already_there(store: ModelStore, agent: str, version: str, archive_sha: str,
+                   archive: Path, force: bool) -> StoreResult | None:
+    """Same archive already published -> no-op (other archive -> ConflictError), decided by the
+    store under its lock (`ModelStore.ensure_present`). With `force` the bytes are re-read and a
+    damaged copy repaired from `archive`. A version finalized without a bundle record is left to
+    `finalize`, which compares checksums after unpacking."""
+    repaired = False
     try:
-        existing = read_manifest(vdir)
-    except StoreError:
-        return None  # let finalize report the damaged version
-    old = (existing.get("bundle") or {}).get("archive_sha256")
-    if old is None:
+        info = store.ensure_present(agent, version, archive_sha, check_bytes=force)
+    except DriftError:
+        info = store.repair(agent, version, archive)
+        repaired = True
+    if info is None:
         return None
-    if old != archive_sha:
-        raise ConflictError(str(vdir), old, archive_sha)
-    current = store.current_version(agent) == version
-    return StoreResult(agent, version, vdir, vdir / BUNDLE_DIR, existing["checksum"], archive_sha,
-                       True, current)
+    return StoreResult(agent, version, info.path, info.path / BUNDLE_DIR, info.checksum or "",
+                       archive_sha, not repaired, info.current)

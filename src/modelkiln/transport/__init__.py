@@ -1,15 +1,51 @@
 """Moving bytes to and from s3:// and file:// locations: one retry policy, one progress callback.
 
 Publishing, the runtime bootstrap and (later) the remote cache and the OCI push all go through
-here, so every transfer retries, checks and reports progress the same way.
+here, so every transfer retries, checks and reports progress the same way. `open_location` gives
+the `Location` (objects.py) for an s3:// prefix (`Bucket`) or a directory (`LocalDir`): the
+conditional writes, HEADs and checked reads a protocol is written against once.
 """
 from __future__ import annotations
 
+from typing import Any
+
+from .bucket import Bucket
 from .fetch import Progress, download, read_small
-from .s3 import (DEFAULT, TransferSettings, error_code, is_permanent, s3_client, status_of,
-                 transfer_config, with_retries)
+from .local import LocalDir
+from .objects import (
+    ALWAYS,
+    IF_ABSENT,
+    Condition,
+    Location,
+    ObjectInfo,
+    PreconditionFailed,
+    if_match,
+)
+from .s3 import (
+    DEFAULT,
+    TransferSettings,
+    error_code,
+    is_permanent,
+    s3_client,
+    status_of,
+    transfer_config,
+    with_retries,
+)
 from .uris import local_path, parse_s3, scheme_of, sibling
 
-__all__ = ["DEFAULT", "Progress", "TransferSettings", "download", "error_code", "is_permanent",
-           "local_path", "parse_s3", "read_small", "s3_client", "scheme_of", "sibling",
-           "status_of", "transfer_config", "with_retries"]
+__all__ = ["ALWAYS", "DEFAULT", "IF_ABSENT", "Bucket", "Condition", "LocalDir", "Location",
+           "ObjectInfo", "PreconditionFailed", "Progress", "TransferSettings", "download",
+           "error_code", "if_match", "is_permanent", "local_path", "open_location", "parse_s3",
+           "read_small", "s3_client", "scheme_of", "sibling", "status_of", "transfer_config",
+           "with_retries"]
+
+
+def open_location(uri: str, settings: TransferSettings = DEFAULT, client: Any = None) -> Location:
+    """The Location an s3://bucket/prefix/, file:///path/ or plain directory path names.
+
+    boto3 is imported (and a client made) only for s3://, and only when no `client` is given.
+    """
+    if scheme_of(uri) == "s3":
+        bucket, prefix = parse_s3(uri)
+        return Bucket(bucket, prefix, settings, client)
+    return LocalDir(local_path(uri))

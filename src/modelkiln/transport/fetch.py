@@ -7,8 +7,9 @@ from what the manifest promised.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..artifacts.digest import HashingWriter
 from ..errors import KilnError, PublishError
@@ -33,6 +34,10 @@ def read_small(uri: str, *, limit: int = 64 * MIB, client: Any = None,
             return path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise PublishError(f"{path}: cannot read ({exc.strerror or exc}); check that this "
+                               "user may read it (published files are world-readable unless "
+                               "the publisher's umask says otherwise)") from None
     bucket, key = parse_s3(uri)
     if client is None:  # nobody paid for boto3 yet: try the stdlib-only signed GET first
         from .s3lite import get_small
@@ -50,7 +55,8 @@ def read_small(uri: str, *, limit: int = 64 * MIB, client: Any = None,
             raise
         if response["ContentLength"] > limit:
             raise KilnError(f"{uri}: larger than {limit} bytes; not a manifest")
-        return response["Body"].read()
+        data: bytes = response["Body"].read()
+        return data
 
     try:
         return with_retries(f"download {uri}", get, settings)
@@ -98,6 +104,9 @@ def download(uri: str, dest: Path, *, size: int, sha256: str, progress: Progress
         if status_of(exc) == 404 or isinstance(exc, FileNotFoundError):
             raise PublishError(f"{uri}: not found; check MODEL_BUNDLE_S3_URI_* and that the "
                                "version was published") from None
+        if isinstance(exc, OSError) and exc.strerror:
+            raise PublishError(f"{uri}: cannot read or write ({exc.strerror}: "
+                               f"{exc.filename or dest}); check permissions and free space") from None
         raise PublishError(f"{uri}: download failed ({exc})") from None
     if got != size or actual != sha256:
         dest.unlink(missing_ok=True)

@@ -8,8 +8,9 @@ pays for it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from ..errors import KilnError, PublishError
 
@@ -35,9 +36,6 @@ class TransferSettings:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     checksum: str | None = "CRC32"
-
-
-DEFAULT = TransferSettings()
 
 
 DEFAULT = TransferSettings()
@@ -74,7 +72,8 @@ def status_of(exc: BaseException) -> int | None:
     for e in (exc, exc.__cause__, getattr(exc, "last_exception", None)):
         response = getattr(e, "response", None)
         if isinstance(response, dict):
-            return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return status if isinstance(status, int) else None
     return None
 
 
@@ -85,9 +84,15 @@ def error_code(exc: BaseException) -> str:
 
 
 def is_permanent(exc: BaseException) -> bool:
-    """Errors no retry can fix: 4xx answers (missing, forbidden, precondition) and credentials."""
+    """Errors no retry can fix: 4xx answers (missing, forbidden, precondition) and credentials.
+
+    409 ConditionalRequestConflict is not one: S3 answers it while another conditional write to
+    the same key is in flight, and the retry gets the real verdict (200 or 412).
+    """
     status = status_of(exc)
-    if status is not None and (400 <= status < 500 and status not in (408, 429) or status == 501):
+    if status == 409 and error_code(exc) == "ConditionalRequestConflict":
+        return False
+    if status is not None and ((400 <= status < 500 and status not in (408, 429)) or status == 501):
         return True
     return type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError",
                                   "ParamValidationError", "NoRegionError")

@@ -14,9 +14,9 @@ from __future__ import annotations
 import hmac
 import http.client
 import os
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import quote, urlsplit
 
 from ..artifacts.digest import sha256_bytes
@@ -87,7 +87,7 @@ def get_small(bucket: str, key: str, *, limit: int,
         return None
     scheme, host, path = where
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-    headers = _sign("GET", host, path, region, env, datetime.now(timezone.utc))
+    headers = _sign("GET", host, path, region, env, datetime.now(UTC))
     conn_cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
     conn = conn_cls(host, timeout=TIMEOUT_S)
     try:

@@ -1,0 +1,178 @@
+"""A local directory as a `Location`: S3's object semantics on a POSIX file system.
+
+Every write goes to a temporary `.<name>.*.tmp` beside its key (ordinary read permissions, not
+mkstemp's 0600: serving processes read these files under another uid), is fsynced, and is then
+put in place in one step, so a reader sees the old object, the new one or none, never a torn one:
+
+- `IF_ABSENT`: `os.link(temp, key)`, which fails when the name exists, on local disks and NFS
+  alike: the on-disk twin of S3's `If-None-Match: *`.
+- `ALWAYS`: `os.replace(temp, key)`.
+- `if_match(etag)`: the key's etag is compared, then `os.replace`; not atomic (see objects.py).
+
+The directory is fsynced after every link, rename and unlink, so a crash cannot undo a write
+that was reported done.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from ..artifacts.atomic import fsync_dir, new_temp
+from ..artifacts.digest import HashingWriter, sha256_file
+from ..artifacts.extract import check_name
+from ..errors import KilnError, PublishError
+from .fetch import Progress, download
+from .objects import ALWAYS, Condition, ObjectInfo, PreconditionFailed
+
+CHUNK = 256 << 10  # small reused-size pieces: multi-MiB ones page-fault on every allocation
+STALE_S = 3600.0  # temporary files older than this are a killed writer's debris
+SMALL_LIMIT = 64 << 20
+
+
+def _etag(st: os.stat_result) -> str:
+    return f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
+
+
+class LocalDir:
+    """The directory `root` (created on the first write) as a Location."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @property
+    def base_uri(self) -> str:
+        return self.root.as_uri() + "/"
+
+    def uri(self, key: str) -> str:
+        return self.base_uri + key
+
+    def _path(self, key: str) -> Path:
+        why = check_name(key)
+        if why:
+            raise KilnError(f"{key!r}: not a usable object key ({why})")
+        return self.root / key
+
+    @contextlib.contextmanager
+    def _io(self, what: str, key: str) -> Iterator[None]:
+        """Turn an OSError into one PublishError line naming the path and the fix."""
+        try:
+            yield
+        except OSError as exc:
+            verb = "cannot read" if what == "read" else "cannot write"
+            raise PublishError(f"{self.root / key}: {verb} ({exc.strerror or exc}); check the "
+                               "path, its permissions and free space, then run the command "
+                               "again") from None
+
+    def head(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        with self._io("read", key):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return None
+            if not path.is_file():
+                raise PublishError(f"{path}: not a regular file; move it away, then run the "
+                                   "command again")
+        return ObjectInfo(size=st.st_size, etag=_etag(st))
+
+    def holds(self, key: str, size: int, sha256: str) -> bool:
+        info = self.head(key)
+        if info is None or info.size != size:
+            return False
+        with self._io("read", key):
+            return sha256_file(self._path(key)) == sha256
+
+    def get_small(self, key: str, limit: int = SMALL_LIMIT) -> bytes | None:
+        path = self._path(key)
+        with self._io("read", key):
+            try:
+                with open(path, "rb") as f:
+                    if os.fstat(f.fileno()).st_size > limit:
+                        raise PublishError(f"{path}: larger than {limit} bytes; not a manifest "
+                                           "or record")
+                    return f.read()
+            except FileNotFoundError:
+                return None
+
+    def fetch(self, key: str, dest: Path, *, size: int, sha256: str,
+              progress: Progress | None = None) -> None:
+        download(self.uri(key), dest, size=size, sha256=sha256, progress=progress)
+
+    def put_bytes(self, key: str, data: bytes, condition: Condition = ALWAYS, *,
+                  content_type: str = "application/json") -> ObjectInfo:
+        def fill(out: BinaryIO) -> None:
+            out.write(data)
+        return self._write(key, fill, condition)
+
+    def upload_file(self, key: str, path: Path, *, size: int, sha256: str,
+                    condition: Condition = ALWAYS, progress: Progress | None = None,
+                    content_type: str = "application/octet-stream") -> ObjectInfo:
+        def fill(out: BinaryIO) -> None:
+            hashing = HashingWriter(out)  # hash what is copied, not in a second read
+            with open(path, "rb") as src:
+                while chunk := src.read(CHUNK):
+                    hashing.write(chunk)
+                    if progress:
+                        progress(len(chunk))
+            if hashing.size != size or hashing.hexdigest() != sha256:
+                raise PublishError(f"{path}: changed while it was being copied; rebuild it and "
+                                   "run the command again")
+        return self._write(key, fill, condition)
+
+    def _write(self, key: str, fill: Callable[[BinaryIO], None],
+               condition: Condition) -> ObjectInfo:
+        target = self._path(key)
+        with self._io("write", key):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = new_temp(target)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    fill(out)
+                    out.flush()
+                    os.fsync(out.fileno())
+                    info = ObjectInfo(size=out.tell(), etag=_etag(os.fstat(out.fileno())))
+                self._place(tmp, target, key, condition)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+            fsync_dir(target.parent)
+        return info
+
+    def _place(self, tmp: Path, target: Path, key: str, condition: Condition) -> None:
+        if condition.if_absent:
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                raise PreconditionFailed(self.uri(key), condition) from None
+            return
+        if condition.if_match is not None:
+            now = self.head(key)
+            if now is None or now.etag != condition.if_match:
+                raise PreconditionFailed(self.uri(key), condition)
+        os.replace(tmp, target)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        with self._io("write", key):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return
+            fsync_dir(path.parent)
+
+    def clean_stale(self, older_than: float = STALE_S) -> None:
+        """Remove `.*.tmp` files older than `older_than` seconds in the directory itself."""
+        now = time.time()
+        try:
+            entries = list(self.root.iterdir())
+        except OSError:
+            return  # absent or unreadable: the write that follows reports it
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    if entry.is_file() and now - entry.lstat().st_mtime > older_than:
+                        entry.unlink()
