@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from .cache import CacheConfig
 from .errors import KilnError, SpecError
 from .model import Bundle, check_unique, to_bundle
 from .paths import Layout, project_root
@@ -62,33 +63,50 @@ def validate(specs: Sequence[str | Path] = ()) -> list[Bundle]:
 @dataclass(frozen=True)
 class PlanRow:
     task: str
-    run: bool
+    run: bool  # out of date here: it will be restored from the cache or run
     reasons: tuple[str, ...]
+    action: str = "run"  # ok | hit (restored from the action cache) | run
+    restore_bytes: int = 0
 
 
-def plan(specs: Sequence[str | Path] = (), skip: frozenset[str] = frozenset()) -> list[PlanRow]:
-    """`kiln plan`: every task, whether it would run and why. Runs nothing, imports no doit."""
-    from .graph.plans import plan_bundle
-    from .artifacts.digest import stat_cache
-    from .graph.state import status
+def cache_config(specs: Sequence[str | Path] = (), uri: str | None = None,
+                 write: bool | None = None) -> CacheConfig:
+    """The action cache for the project of `specs`: --cache/--cache-write over the environment
+    over [tool.modelkiln] over the embedded file://<project>/.kiln/cache."""
+    from .cache import resolve
 
-    rows: list[PlanRow] = []
-    for bundle in load_bundles(discover(specs)):
-        plans = plan_bundle(bundle, skip)
-        stamps = {p.task: p.stamp for p in plans}
-        cache = stat_cache(Layout(bundle.root).state)
-        pending: set[str] = set()
-        for p in plans:  # plans come in dependency order
-            st = status(p, bundle.root, cache, stamps, pending, explain=True)
-            if st.run:
-                pending.add(p.task)
-            rows.append(PlanRow(p.task, st.run, st.reasons))
-        cache.save()
-    return rows
+    targets = [Path(s) for s in specs] or [Path.cwd()]
+    return resolve(project_root(targets[0]), uri, write)
+
+
+def plan(specs: Sequence[str | Path] = (), skip: frozenset[str] = frozenset(),
+         cache: CacheConfig | None = None) -> list[PlanRow]:
+    """`kiln plan`: every task, whether it is up to date, a cache hit or would run, and why.
+    Runs nothing, downloads no outputs, imports no doit."""
+    from .graph.planner import plan_tasks
+
+    return [PlanRow(t.task, t.run, t.reasons, t.action, t.restore_bytes)
+            for t in plan_tasks(load_bundles(discover(specs)), skip, cache)]
+
+
+def plan_markdown(specs: Sequence[str | Path] = (), skip: frozenset[str] = frozenset(),
+                  cache: CacheConfig | None = None, base: str | None = None) -> str:
+    """`kiln plan --markdown`: the plan as a pull-request comment, with deltas against `base`."""
+    from .graph.review import plan_markdown as render
+
+    return render(load_bundles(discover(specs)), skip, cache, base)
+
+
+def changed(ref: str, specs: Sequence[str | Path] = ()) -> list[str]:
+    """`kiln changed REF`: names of the bundles whose spec or inputs differ from git `ref`."""
+    from .graph.basegit import changed_bundles
+
+    return changed_bundles(load_bundles(discover(specs)), ref)
 
 
 def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int = 1,
-          skip: frozenset[str] = frozenset(), to: str | None = None) -> int:
+          skip: frozenset[str] = frozenset(), to: str | None = None,
+          cache: CacheConfig | None = None) -> int:
     """`kiln build`: run the doit graph for the given tasks (default: build every bundle).
 
     Returns doit's exit status (0 ok, non-zero when a task failed); doit reports progress itself.
@@ -96,7 +114,8 @@ def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int
     from .graph.tasks import run_doit
 
     bundles = load_bundles(discover(specs))
-    return run_doit(bundles, list(tasks or [f"build:{b.name}" for b in bundles]), jobs, skip, to)
+    return run_doit(bundles, list(tasks or [f"build:{b.name}" for b in bundles]), jobs, skip, to,
+                    cache)
 
 
 def publish(specs: Sequence[str | Path] = (), backends: Sequence[str] = (), *, to: str | None = None,

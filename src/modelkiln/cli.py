@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__, api, cli_admin
+from .cache import CacheConfig
 from .errors import ExitCode, KilnError
 
 
@@ -35,28 +36,48 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _cache(args: argparse.Namespace) -> CacheConfig:
+    return api.cache_config(args.specs, args.cache, True if args.cache_write else None)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
-    rows = api.plan(args.specs, _skip(args.skip))
+    if args.changed_since:
+        names = api.changed(args.changed_since, args.specs)
+        print(json.dumps(names) if args.json else "\n".join(names))
+        return ExitCode.OK
+    if args.markdown:
+        print(api.plan_markdown(args.specs, _skip(args.skip), _cache(args), args.base), end="")
+        return ExitCode.OK
+    rows = api.plan(args.specs, _skip(args.skip), _cache(args))
     if args.json:
-        print(json.dumps([{"task": r.task, "run": r.run, "reasons": list(r.reasons)}
+        print(json.dumps([{"task": r.task, "run": r.run, "action": r.action,
+                           "restore_bytes": r.restore_bytes, "reasons": list(r.reasons)}
                           for r in rows], indent=2))
     else:
         for r in rows:
             if r.run:
-                print(f"run  {r.task}")
+                print(f"{r.action:<4} {r.task}")
                 for reason in r.reasons:
                     print(f"       {reason}")
             else:
                 print(f"ok   {r.task}")
-        todo = sum(r.run for r in rows)
-        print(f"{todo} of {len(rows)} tasks would run")
+        hits = sum(r.action == "hit" for r in rows)
+        todo = sum(r.run for r in rows) - hits
+        print(f"{todo} of {len(rows)} tasks would run" + (f", {hits} restored from the cache"
+                                                         if hits else ""))
     if args.check and any(r.run for r in rows):
         return ExitCode.OUT_OF_DATE
     return ExitCode.OK
 
 
+def cmd_changed(args: argparse.Namespace) -> int:
+    print(json.dumps(api.changed(args.ref, args.specs)))
+    return ExitCode.OK
+
+
 def cmd_build(args: argparse.Namespace) -> int:
-    failed = api.build(args.specs, args.task or (), args.jobs, _skip(args.skip))
+    failed = api.build(args.specs, args.task or (), args.jobs, _skip(args.skip),
+                       cache=_cache(args))
     return ExitCode.FAILURE if failed else ExitCode.OK
 
 
@@ -114,6 +135,14 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", metavar="URI", help="action cache: s3://bucket/prefix, "
+                   "file:///path or 'off' (default: $KILN_CACHE_URI, [tool.modelkiln] cache, "
+                   "file://<project>/.kiln/cache)")
+    p.add_argument("--cache-write", action="store_true", help="save what this run builds to "
+                   "the cache (trusted branches only; $KILN_CACHE_WRITE=1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kiln", description="Build, publish and serve ML model bundles from YAML specs.")
     p.add_argument("--version", action="version", version=f"modelkiln {__version__}")
@@ -129,13 +158,27 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--check", action="store_true",
                     help=f"exit {int(ExitCode.OUT_OF_DATE)} when anything would run (CI)")
     pl.add_argument("--skip", action="append", metavar="BACKEND", help="leave a backend out (onnx)")
+    pl.add_argument("--markdown", action="store_true",
+                    help="the plan as a pull-request comment, with deltas against --base")
+    pl.add_argument("--base", metavar="REF", help="git ref to compare specs and figures with "
+                    "(e.g. origin/main)")
+    pl.add_argument("--changed-since", metavar="REF", help="only list the bundles whose spec "
+                    "or inputs changed since git REF (with --json: a list for a CI matrix)")
+    _cache_args(pl)
     pl.set_defaults(func=cmd_plan)
+
+    ch = sub.add_parser("changed", help="bundles whose spec or inputs changed since a git ref "
+                        "(JSON list, for a CI matrix)")
+    ch.add_argument("ref", help="git ref to compare with, e.g. origin/main")
+    ch.add_argument("specs", nargs="*", help="spec files or directories (default: bundles/)")
+    ch.set_defaults(func=cmd_changed)
 
     b = sub.add_parser("build", help="build bundles incrementally (the doit graph)")
     b.add_argument("specs", nargs="*", help="spec files or directories (default: bundles/)")
     b.add_argument("-t", "--task", action="append", help="run only these doit tasks")
     b.add_argument("-j", "--jobs", type=int, default=1, help="parallel processes")
     b.add_argument("--skip", action="append", metavar="BACKEND", help="leave a backend out (onnx)")
+    _cache_args(b)
     b.set_defaults(func=cmd_build)
 
     pb = sub.add_parser("publish", help="publish built bundles to S3/file://, the store, the registry")

@@ -125,6 +125,15 @@ class ActionCache:
             return
         self.storage.put_file(key, path)
 
+    def read_blob(self, blob: BlobRef) -> bytes | None:
+        """A small output's bytes straight from its blob, checked; None when absent or wrong."""
+        from ..artifacts.digest import sha256_bytes
+
+        data = self.read_small(blob_key(blob.sha256), blob.size)
+        if data is None or len(data) != blob.size or sha256_bytes(data) != blob.sha256:
+            return None
+        return data
+
     def put_summary(self, key: str, data: bytes) -> None:
         """A mutable side entry (the review index); written only by trusted writers."""
         if not self.write or self.broken:

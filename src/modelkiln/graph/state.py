@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any
 
 from ..artifacts.digest import StatCache, aggregate
 from ..stages.base import StagePlan
 
-def read_stamp(path: Path) -> dict | None:
+Stamp = dict[str, Any]
+
+
+def read_stamp(path: Path) -> Stamp | None:
     """A stamp's content, or None when absent or unreadable (either way: rebuild)."""
     try:
         data = json.loads(path.read_bytes())
@@ -33,16 +37,18 @@ def read_stamp(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _rel(path: Path, root: Path) -> str:
+def rel_to(path: Path, root: Path) -> str:
+    """How stamps and cache keys name a file: relative to the project when inside it."""
     try:
         return path.relative_to(root).as_posix()
     except ValueError:
         return str(path)
 
 
-def snapshot(plan: StagePlan, root: Path, cache: StatCache, stamps: dict[str, Path]) -> dict[str, str]:
+def snapshot(plan: StagePlan, root: Path, cache: StatCache,
+             stamps: Mapping[str, Path]) -> dict[str, str]:
     """Current digests of everything the task reads: input files and upstream output aggregates."""
-    current = {_rel(p, root): cache.digest(p) for p in plan.inputs}
+    current = {rel_to(p, root): cache.digest(p) for p in plan.inputs}
     for task in plan.upstream:
         stamp = read_stamp(stamps[task])
         current[f"@{task}"] = stamp["outputs_aggregate"] if stamp else "missing"
@@ -51,23 +57,23 @@ def snapshot(plan: StagePlan, root: Path, cache: StatCache, stamps: dict[str, Pa
 
 def walk_outputs(directory: Path) -> list[str]:
     """Every regular file under a task's output directory, as sorted POSIX relative paths."""
-    out = []
+    out: list[str] = []
     for dirpath, _dirs, files in os.walk(directory):
         for name in files:
             out.append(Path(dirpath, name).relative_to(directory).as_posix())
     return sorted(out)
 
 
-def stamp_for(plan: StagePlan, inputs: dict[str, str], outputs: dict[str, str],
-              report: dict | None) -> dict:
+def stamp_for(plan: StagePlan, inputs: Mapping[str, str], outputs: Mapping[str, str],
+              report: Mapping[str, Any] | None) -> Stamp:
     return {
         "task": plan.task,
         "params_digest": plan.params_digest,
         "params": json.loads(plan.params),
-        "inputs": inputs,
-        "outputs": outputs,
+        "inputs": dict(inputs),
+        "outputs": dict(outputs),
         "outputs_aggregate": aggregate(outputs.items()),
-        "report": report or {},
+        "report": dict(report or {}),
     }
 
 
@@ -81,7 +87,7 @@ def _short(digest: str | None) -> str:
     return (digest or "none")[:12]
 
 
-def status(plan: StagePlan, root: Path, cache: StatCache, stamps: dict[str, Path],
+def status(plan: StagePlan, root: Path, cache: StatCache, stamps: Mapping[str, Path],
            pending: Iterable[str] = (), explain: bool = False) -> Status:
     """Whether `plan` must run, and why. Stops at the first reason unless `explain`."""
     reasons: list[str] = []
@@ -100,12 +106,12 @@ def status(plan: StagePlan, root: Path, cache: StatCache, stamps: dict[str, Path
                f"{_short(plan.params_digest)})"):
             return Status(True, tuple(reasons))
     recorded = stamp.get("inputs", {})
-    pending = set(pending)
+    waiting = set(pending)
     for task in plan.upstream:
-        if task in pending and why(f"upstream {task} will run"):
+        if task in waiting and why(f"upstream {task} will run"):
             return Status(True, tuple(reasons))
     for p in plan.inputs:
-        key = _rel(p, root)
+        key = rel_to(p, root)
         try:
             now = cache.digest(p)
         except OSError:
@@ -114,7 +120,7 @@ def status(plan: StagePlan, root: Path, cache: StatCache, stamps: dict[str, Path
                                             f"({_short(recorded.get(key))} -> {_short(now)})"):
             return Status(True, tuple(reasons))
     for task in plan.upstream:
-        if task in pending:
+        if task in waiting:
             continue
         up = read_stamp(stamps[task])
         now = up["outputs_aggregate"] if up else "missing"
@@ -127,12 +133,12 @@ def status(plan: StagePlan, root: Path, cache: StatCache, stamps: dict[str, Path
             now = cache.digest(path)
         except OSError:
             now = "missing"
-        if now != digest and why(f"output {_rel(path, root)} is "
+        if now != digest and why(f"output {rel_to(path, root)} is "
                                  f"{'missing' if now == 'missing' else 'corrupt'}"):
             return Status(True, tuple(reasons))
     return Status(bool(reasons), tuple(reasons))
 
 
-def _params_diff(old: dict, new: dict) -> str:
+def _params_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return ", ".join(keys) if keys else "params"

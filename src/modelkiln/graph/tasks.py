@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from ..artifacts.digest import stat_cache
 from ..cache import CacheConfig
 from ..errors import KilnError
 from ..model.bundle import Bundle
@@ -20,8 +22,9 @@ from ..paths import Layout
 from ..stages.base import StagePlan
 from .execute import execute
 from .plans import STAGES, plan_bundle, upstream_of
-from ..artifacts.digest import stat_cache
 from .state import status
+
+TaskDict = dict[str, Any]  # doit's own task-dict format
 
 STAGE_DOCS = {
     "weights": "convert checkpoints to safetensors and check they load",
@@ -33,6 +36,7 @@ STAGE_DOCS = {
     "parity": "parity gates: fp32 ONNX vs PyTorch logits, int8 decision flips",
     "smoke": "load the ONNX bundle as a consumer would and run a sample",
     "package": "pack bundle.tar.gz and manifest.json per backend",
+    "image": "OCI model artifact and serving image per backend (an OCI layout under dist/)",
     "publish": "publish built bundles to S3 / file:// and the model store",
     "build": "build every enabled backend's bundle",
 }
@@ -81,9 +85,9 @@ def _publish(bundle: Bundle, backends: tuple[str, ...], to: str | None) -> Any:
 
 
 def task_dicts(bundles: list[Bundle], skip: frozenset[str] = frozenset(),
-               to: str | None = None, cache: CacheConfig | None = None) -> dict[str, list[dict]]:
+               to: str | None = None, cache: CacheConfig | None = None) -> dict[str, list[TaskDict]]:
     """basename -> doit task dicts (one per bundle, or per bundle and backend)."""
-    groups: dict[str, list[dict]] = defaultdict(list)
+    groups: dict[str, list[TaskDict]] = defaultdict(list)
     for bundle in bundles:
         plans = plan_bundle(bundle, skip)
         stamps = {p.task: p.stamp for p in plans}
@@ -101,18 +105,19 @@ def task_dicts(bundles: list[Bundle], skip: frozenset[str] = frozenset(),
         groups["publish"].append({
             "name": bundle.name, "doc": f"publish {bundle.name} to S3/file://, store and registry",
             "actions": [(_publish, (bundle, tuple(p.backend for p in packages), to))],
-            "task_dep": [p.task for p in packages], "verbosity": 2,
+            "task_dep": [p.task for p in plans if p.stage in ("package", "image")],
+            "verbosity": 2,
         })
         groups["build"].append({
             "name": bundle.name, "doc": f"build every enabled backend of {bundle.name}",
             "actions": None,
-            "task_dep": [p.task for p in plans if p.stage == "package"],
+            "task_dep": [p.task for p in plans if p.stage in ("package", "image")],
         })
     return groups
 
 
-def _generator(basename: str, dicts: list[dict]) -> Callable:
-    def gen():
+def _generator(basename: str, dicts: list[TaskDict]) -> Callable[[], Iterator[TaskDict]]:
+    def gen() -> Iterator[TaskDict]:
         yield {"name": None, "doc": STAGE_DOCS.get(basename, basename)}
         yield from dicts
     gen.__name__ = f"task_{basename}"

@@ -1,0 +1,120 @@
+"""What git says about a base ref: changed paths, the base's version of a spec, its ancestors.
+
+Used by `kiln plan --changed-since REF` (the bundles a CI matrix must build) and by the review
+markdown (the spec keys a change touches). A bundle counts as changed when its spec file, any
+input file a task of it lists, or anything under its checkpoint or tokenizer directory differs
+between REF and the working tree (untracked files included): a new shard or a deleted file in a
+checkpoint counts even though no task of the new plan names it.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import KilnError
+from ..model.bundle import Bundle
+from .plans import plan_bundle
+
+ANCESTORS = 20  # how far back the review looks for a base commit a trusted build indexed
+
+
+def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                              timeout=120)
+    except FileNotFoundError:
+        raise KilnError("git: command not found; install git to compare against a ref") from None
+    if check and done.returncode:
+        tail = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        raise KilnError(f"git {' '.join(args)}: {tail[0]}; check the ref exists here "
+                        "(in CI: fetch the base branch, e.g. `git fetch origin main`)")
+    return done
+
+
+def _top(root: Path) -> Path:
+    return Path(_git(root, "rev-parse", "--show-toplevel").stdout.strip())
+
+
+def changed_paths(root: Path, ref: str) -> set[Path]:
+    """Absolute paths that differ between `ref` and the working tree, plus untracked files."""
+    top = _top(root)
+    _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    diff = _git(top, "diff", "--name-only", "--no-renames", "-z", ref, "--").stdout
+    untracked = _git(top, "ls-files", "--others", "--exclude-standard", "-z").stdout
+    return {(top / p).resolve() for p in (diff + untracked).split("\0") if p}
+
+
+def bundle_paths(bundle: Bundle) -> tuple[set[Path], tuple[Path, ...]]:
+    """(files, directories) whose change means the bundle must be rebuilt."""
+    files = {bundle.spec_path.resolve()}
+    for plan in plan_bundle(bundle):
+        files.update(p.resolve() for p in plan.inputs)
+    dirs = (bundle.source.checkpoint.resolve(), bundle.source.tokenizer.resolve())
+    return files, dirs
+
+
+def changed_bundles(bundles: Sequence[Bundle], ref: str) -> list[str]:
+    """Names of the bundles whose spec or inputs changed since `ref` (sorted; may be empty)."""
+    if not bundles:
+        return []
+    changed = changed_paths(bundles[0].root, ref)
+    out = []
+    for bundle in bundles:
+        files, dirs = bundle_paths(bundle)
+        if files & changed or any(d in p.parents for p in changed for d in dirs):
+            out.append(bundle.name)
+    return sorted(out)
+
+
+def ancestors(root: Path, ref: str, count: int = ANCESTORS) -> list[str]:
+    """`ref`'s commit and its first-parent ancestors, newest first ([] when git cannot say)."""
+    done = _git(root, "rev-list", "--first-parent", f"--max-count={count}", ref, "--",
+                check=False)
+    return done.stdout.split() if done.returncode == 0 else []
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def spec_changes(bundle: Bundle, ref: str) -> tuple[list[str] | None, str | None]:
+    """(["key: old -> new", ...], base version) of the bundle's spec against `ref`.
+
+    (None, None) when git cannot answer; (["new bundle"], None) when the spec is new."""
+    from ..spec import load_document
+
+    try:
+        top = _top(bundle.root)
+        rel = bundle.spec_path.resolve().relative_to(top).as_posix()
+    except (KilnError, ValueError):
+        return None, None
+    shown = _git(top, "show", f"{ref}:{rel}", check=False)
+    if shown.returncode:
+        return ["new bundle (no spec at the base)"], None
+    with tempfile.TemporaryDirectory(prefix="kiln-base-") as tmp:
+        path = Path(tmp) / bundle.spec_path.name
+        path.write_text(shown.stdout)
+        try:
+            old = _flatten(load_document(path).data)
+        except KilnError:
+            return ["the base spec does not load"], None
+    new = _flatten(load_document(bundle.spec_path).data)
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            lines.append(f"`{key}`: {_show(old.get(key))} → {_show(new.get(key))}")
+    version = old.get("version")
+    return lines, str(version) if version is not None else None
+
+
+def _show(value: Any) -> str:
+    return "absent" if value is None else json.dumps(value)

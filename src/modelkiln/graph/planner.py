@@ -1,0 +1,135 @@
+"""`kiln plan`: for every task, whether it is up to date, a cache hit, or will run, and why.
+
+Runs nothing and downloads no outputs. A task that is out of date locally is looked up in the
+action cache by its key; the key needs the digests of what its upstream tasks produced, which a
+cold runner has no stamps for, so they come from the upstream tasks' own action records. A chain of
+hits is therefore known from records alone, and the first miss makes everything below it "run".
+Lookups go out in waves (one per stage position, every bundle at once) so a thousand bundles cost
+a handful of parallel rounds, not thousands of sequential requests.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..artifacts.digest import StatCache, stat_cache
+from ..cache import ActionCache, ActionRecord, CacheConfig
+from ..model.bundle import Bundle
+from ..paths import Layout
+from ..stages.base import StagePlan
+from .cachekey import action_key, material, upstream_identity
+from .execute import cache_for
+from .plans import plan_bundle
+from .state import read_stamp, rel_to, status
+
+OK, RUN, HIT = "ok", "run", "hit"
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    task: str
+    bundle: str
+    stage: str
+    backend: str | None
+    action: str  # ok (up to date here) | hit (restored from the cache) | run
+    reasons: tuple[str, ...]
+    restore_files: int = 0
+    restore_bytes: int = 0
+    key: str | None = None
+
+    @property
+    def run(self) -> bool:
+        """Out of date here: it will be restored or run."""
+        return self.action != OK
+
+
+@dataclass
+class _Item:
+    plan: StagePlan
+    bundle: Bundle
+    stamps: dict[str, Path]
+    action: str
+    reasons: list[str]
+    record: ActionRecord | None = None
+    key: str | None = None
+
+
+def plan_tasks(bundles: Sequence[Bundle], skip: frozenset[str] = frozenset(),
+               cache: CacheConfig | None = None,
+               records: dict[str, ActionRecord] | None = None) -> list[TaskPlan]:
+    """Every task of `bundles` in dependency order, classified (see the module doc). The action
+    records of cache hits are put in `records` (by task) when it is given."""
+    if not bundles:
+        return []
+    stat = stat_cache(Layout(bundles[0].root).state)
+    per_bundle: list[list[_Item]] = []
+    for bundle in bundles:
+        plans = plan_bundle(bundle, skip)
+        stamps = {p.task: p.stamp for p in plans}
+        pending: set[str] = set()
+        items = []
+        for p in plans:  # plans come in dependency order
+            st = status(p, bundle.root, stat, stamps, pending, explain=True)
+            if st.run:
+                pending.add(p.task)
+            items.append(_Item(p, bundle, stamps, RUN if st.run else OK, list(st.reasons)))
+        per_bundle.append(items)
+    handle = cache_for(cache, bundles[0].root)
+    if handle is not None:
+        _look_up(per_bundle, handle, stat)
+    stat.save()
+    if records is not None:
+        records.update({i.plan.task: i.record for items in per_bundle for i in items if i.record})
+    return [TaskPlan(i.plan.task, i.plan.bundle, i.plan.stage, i.plan.backend, i.action,
+                     tuple(i.reasons), len(i.record.outputs) if i.record else 0,
+                     i.record.size if i.record else 0, i.key)
+            for items in per_bundle for i in items]
+
+
+def _look_up(per_bundle: list[list[_Item]], cache: ActionCache, stat: StatCache) -> None:
+    width = max((len(items) for items in per_bundle), default=0)
+    for position in range(width):
+        wave: list[_Item] = []
+        for items in per_bundle:
+            if position < len(items) and items[position].action == RUN:
+                item = items[position]
+                by_task = {i.plan.task: i for i in items}
+                item.key = _key(item, by_task, stat)
+                if item.key is None:
+                    item.reasons.append("not looked up in the cache: an upstream task will run")
+                else:
+                    wave.append(item)
+        found = cache.lookup_many(i.key for i in wave if i.key)
+        for item in wave:
+            record = found.get(item.key or "")
+            if record is None:
+                item.reasons.append(f"cache miss (key {(item.key or '')[:12]})")
+                continue
+            item.action, item.record = HIT, record
+            item.reasons.append(f"cache hit: restores {len(record.outputs)} files, "
+                                f"{record.size:,} bytes (key {record.key[:12]})")
+
+
+def _key(item: _Item, by_task: dict[str, _Item], stat: StatCache) -> str | None:
+    """The task's cache key, or None when an input is missing or an upstream task will run."""
+    root = item.bundle.root
+    try:
+        inputs = {rel_to(p, root): stat.digest(p) for p in item.plan.inputs}
+    except OSError:
+        return None
+    ups: dict[str, str] = {}
+    for task in item.plan.upstream:
+        up = by_task[task]
+        if up.action == HIT and up.record is not None:
+            rec = up.record
+            ups[task] = upstream_identity(rec.outputs_aggregate, rec.inputs, rec.report)
+        elif up.action == OK:
+            stamp = read_stamp(up.plan.stamp)
+            if stamp is None:
+                return None
+            ups[task] = upstream_identity(stamp.get("outputs_aggregate", ""),
+                                          stamp.get("inputs", {}), stamp.get("report", {}))
+        else:
+            return None
+    return action_key(material(item.plan, inputs, ups))
