@@ -80,7 +80,7 @@ def test_concurrent_publishers(tmp_path: Path) -> None:
     assert len({i.seq for i in infos}) == len(infos)  # finalizes were serialized
     for info in infos:
         store.verify(AGENT, info.version)
-    assert next(i for i in infos if i.version == "3.0.0").bundle["archive_sha256"] == winner
+    assert next(i for i in infos if i.version == "3.0.0").bundle.archive_sha256 == winner
     assert store.current_version(AGENT) in {i.version for i in infos}
     assert debris(root / AGENT) == []
 

@@ -14,8 +14,7 @@ from pathlib import Path
 from ..artifacts.digest import aggregate
 from ..errors import FileChange, KilnError, StoreError
 from ..store import MANIFEST as STORE_MANIFEST
-from ..store import (Digests, diff, expected_files, hash_tree, manifest_problems,
-                     read_manifest, scan)
+from ..store import Digests, diff, hash_tree, read_manifest, scan
 from .entries import FileRecord, RegistryEntry
 
 
@@ -64,8 +63,7 @@ def measure(entry: RegistryEntry, workers: int | None = None) -> Measured:
         try:
             if mpath.is_symlink():
                 raise StoreError("manifest.json is a symlink")
-            manifest = read_manifest(root)
-            changes = manifest_problems(manifest, root.name)
+            changes = read_manifest(root).problems(root.name)
         except StoreError as exc:
             kind = "missing" if not (mpath.exists() or mpath.is_symlink()) else "changed"
             changes = [FileChange(STORE_MANIFEST, kind, None, str(exc).split(";")[0])]
@@ -82,10 +80,10 @@ def recorded_from_store(root: Path) -> tuple[tuple[FileRecord, ...], str] | None
         manifest = read_manifest(root)
     except StoreError:
         return None
-    if manifest_problems(manifest, root.name):
+    if manifest.problems(root.name):
         return None
-    files = expected_files(manifest)
-    return tuple(FileRecord(p, s, d) for p, (s, d) in sorted(files.items())), manifest["checksum"]
+    records = tuple(FileRecord(p, s, d) for p, (s, d) in sorted(manifest.files.items()))
+    return records, manifest.checksum
 
 
 def store_location(root: Path) -> tuple[Path, str, str] | None:

@@ -2,19 +2,29 @@
 
 This package's public names are the only ones the rest of modelkiln uses: the store itself
 (`ModelStore`, read-only `StoreReader`), what a version looks like (`VersionInfo`), its sealed
-manifest (`read_manifest`, `manifest_problems`, `expected_files`, `MANIFEST`), and the tree
-mechanics that verify and publish share (`scan`, `hash_tree`, `diff`, `stat_key`).
+manifest as a typed record (`StoreManifest`, `BundleRecord`, read by `read_manifest`), the tree
+mechanics that verify and publish share (`scan`, `hash_tree`, `diff`, `stat_key`), and the one
+OS-error wording (`os_errors`, `CannotRead`).
 """
 from __future__ import annotations
 
-from .fs import Digests, Known, StatKey, Tree, diff, hash_tree, scan, stat_key
-from .manifest import MANIFEST
-from .manifest import expected_files as expected_files
-from .manifest import problems as manifest_problems
+from .fs import (
+           CannotRead,
+           Digests,
+           Known,
+           StatKey,
+           Tree,
+           diff,
+           hash_tree,
+           os_errors,
+           scan,
+           stat_key,
+)
+from .manifest import MANIFEST, BundleRecord, StoreManifest
 from .manifest import read as read_manifest
 from .reader import StoreReader, VersionInfo, strict_from_env
 from .writer import ModelStore
 
-__all__ = ["MANIFEST", "Digests", "Known", "ModelStore", "StatKey", "StoreReader", "Tree",
-           "VersionInfo", "diff", "expected_files", "hash_tree", "manifest_problems",
-           "read_manifest", "scan", "stat_key", "strict_from_env"]
+__all__ = ["MANIFEST", "BundleRecord", "CannotRead", "Digests", "Known", "ModelStore", "StatKey",
+           "StoreManifest", "StoreReader", "Tree", "VersionInfo", "diff", "hash_tree",
+           "os_errors", "read_manifest", "scan", "stat_key", "strict_from_env"]

@@ -1,25 +1,25 @@
-"""Filesystem primitives for the model store: the writer lock, tree scans, hashing, durability.
+"""Filesystem primitives for the model store: tree scans, hashing, durability, OS-error lines.
 
-Kept apart from `store.py` so the store reads as its protocol (stage, seal, rename, swap) and this
-module as the mechanics. Hashing goes through `digest.sha256_file` (the one file-hashing function,
+Kept apart from `writer.py` so the store reads as its protocol (stage, seal, rename, swap) and this
+module as the mechanics. The writer lock is `artifacts.lock.FileLock` (the one file lock). Hashing goes through `digest.sha256_file` (the one file-hashing function,
 looked up on its module at call time so a test can count the reads); we only spread files over a
 few threads, which helps because hashlib and file reads release the GIL.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import os
 import re
 import shutil
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
 
-from ..artifacts.atomic import fsync_dir, fsync_path
 from ..artifacts import digest as _digest
-from ..errors import FileChange, StoreError
+from ..artifacts.atomic import fsync_dir, fsync_path
+from ..errors import FileChange, KilnError, StoreError
 
 StatKey = tuple[int, int, int, int]
 Digests = dict[str, tuple[int, str]]  # relpath -> (size, sha256)
@@ -33,45 +33,41 @@ def stat_key(st: os.stat_result) -> StatKey:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-class AgentLock:
-    """An exclusive `fcntl.flock` on `<agent>/.lock`, re-entrant within one holder.
+class CannotRead(StoreError):
+    """A file of the store exists but this process may not read it: exit 1, never drift."""
 
-    flock is released by the kernel when the holder dies, so a SIGKILLed writer never leaves the
-    store locked. Re-entrancy lets one `ModelStore` stage two versions of an agent without
-    deadlocking on its own lock (flock conflicts even between two fds of one process).
-    """
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._fd: int | None = None
-        self._depth = 0
+_FIXES = {
+    errno.ENOSPC: "free space on that filesystem and re-run (what was being written is not "
+                  "visible; the next run sweeps its debris)",
+    errno.EDQUOT: "free space or raise the disk quota and re-run (what was being written is not "
+                  "visible; the next run sweeps its debris)",
+    errno.EACCES: "check the permissions of that path: run as its owner, or give every writer a "
+                  "shared group with write access",
+    errno.EROFS: "that filesystem is read-only: point MODEL_STORE_ROOT / --store-root (or the "
+                 "registry directory) at a writable location",
+    errno.EIO: "the device reported an I/O error: check it (dmesg) before trusting its files",
+}
+_FIXES[errno.EPERM] = _FIXES[errno.EACCES]
 
-    def acquire(self) -> None:
-        if self._depth == 0:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o664)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except BaseException:
-                os.close(fd)
-                raise
-            self._fd = fd
-        self._depth += 1
 
-    def release(self) -> None:
-        if self._depth == 0:
-            return
-        self._depth -= 1
-        if self._depth == 0 and self._fd is not None:
-            os.close(self._fd)  # closing the last fd drops the flock
-            self._fd = None
+def os_error(exc: OSError, where: Path | str, cls: type[KilnError] = StoreError) -> KilnError:
+    """One line for an OS error: the path it happened on, what happened, and the fix."""
+    path = exc.filename if exc.filename is not None else where
+    fix = _FIXES.get(exc.errno or 0, "fix the cause and re-run")
+    if cls is CannotRead and exc.errno in (errno.EACCES, errno.EPERM):
+        fix = ("cannot read it: run as a user who may read the store, or restore read permission "
+               "(stored files are written readable by everyone the umask allows)")
+    return cls(f"{os.fsdecode(path)}: {exc.strerror or exc}; {fix}")
 
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        self.acquire()
-        try:
-            yield
-        finally:
-            self.release()
+
+@contextlib.contextmanager
+def os_errors(where: Path | str, cls: type[KilnError] = StoreError) -> Iterator[None]:
+    """Turn any OSError raised inside into one `kiln:` line (exit 1) naming the path and fix."""
+    try:
+        yield
+    except OSError as exc:
+        raise os_error(exc, where, cls) from None
 
 
 @dataclass
@@ -93,20 +89,23 @@ def scan(root: Path, exclude: frozenset[str] = frozenset()) -> Tree:
     stack = [("", root)]
     while stack:
         prefix, directory = stack.pop()
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                rel = prefix + entry.name
-                if not prefix and entry.name in exclude:
-                    continue
-                if entry.is_symlink():
-                    tree.odd[rel] = "symlink"
-                elif entry.is_dir(follow_symlinks=False):
-                    tree.dirs.append(rel)
-                    stack.append((rel + "/", Path(entry.path)))
-                elif entry.is_file(follow_symlinks=False):
-                    tree.files[rel] = entry.stat(follow_symlinks=False)
-                else:
-                    tree.odd[rel] = "special file"
+        try:
+            listing = list(os.scandir(directory))
+        except OSError as exc:
+            raise os_error(exc, directory, CannotRead) from None
+        for entry in listing:
+            rel = prefix + entry.name
+            if not prefix and entry.name in exclude:
+                continue
+            if entry.is_symlink():
+                tree.odd[rel] = "symlink"
+            elif entry.is_dir(follow_symlinks=False):
+                tree.dirs.append(rel)
+                stack.append((rel + "/", Path(entry.path)))
+            elif entry.is_file(follow_symlinks=False):
+                tree.files[rel] = entry.stat(follow_symlinks=False)
+            else:
+                tree.odd[rel] = "special file"
     return tree
 
 
@@ -136,8 +135,12 @@ def hash_tree(root: Path, tree: Tree, *, known: Known | None = None,
         hit = known.get(rel)
         trusted = (hit is not None and hit[0] == stat_key(st) and isinstance(hit[1], str)
                    and _SHA256.fullmatch(hit[1]) is not None)
-        digest = hit[1] if trusted and hit is not None else _digest.sha256_file(root / rel)
-        return rel, (st.st_size, digest)
+        if trusted and hit is not None:
+            return rel, (st.st_size, hit[1])
+        try:
+            return rel, (st.st_size, _digest.sha256_file(root / rel))
+        except OSError as exc:
+            raise os_error(exc, root / rel, CannotRead) from None
 
     order = sorted(tree.files, key=lambda r: -tree.files[r].st_size)
     threads = workers or default_workers()

@@ -14,13 +14,15 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import DriftError, FileChange, StoreError
 from . import manifest as sm
-from .fs import diff, hash_tree, scan
+from .fs import CannotRead, diff, hash_tree, os_errors, scan
+
 
 def strict_from_env() -> bool:
     """STRICT_MODEL_STORE=1 (or true/yes): a missing or unreadable store is an error, not "empty"."""
@@ -42,7 +44,7 @@ class VersionInfo:
     pinned: bool = False
     noop: bool = False  # finalize only: the same bytes were already there
     metadata: Mapping[str, Any] = field(default_factory=dict)
-    bundle: Mapping[str, Any] | None = None
+    bundle: sm.BundleRecord | None = None
     problem: str | None = None  # set when the manifest cannot be read
 
 
@@ -124,6 +126,9 @@ class StoreReader:
         if version is None:
             return None
         path = adir / "versions" / version
+        if path.is_symlink():
+            raise StoreError(f"{adir / 'current'} -> versions/{version}: is a symlink, not a "
+                             f"version the store wrote; run `kiln store repair {agent} {version}`")
         if not (path / sm.MANIFEST).is_file():
             raise StoreError(f"{adir / 'current'} -> versions/{version}: not a complete version; "
                              f"run `kiln store rollback {agent} VERSION` (see `kiln store list "
@@ -141,7 +146,9 @@ class StoreReader:
             self._unavailable(f"model store {self.root} does not exist or is not a directory")
             return {}
         out: dict[str, str | None] = {}
-        for entry in sorted(self.root.iterdir()):
+        with os_errors(self.root, CannotRead):
+            entries = sorted(self.root.iterdir())
+        for entry in entries:
             if entry.name.startswith("."):
                 continue
             if entry.is_symlink():
@@ -159,7 +166,8 @@ class StoreReader:
         with contextlib.suppress(StoreError):
             path = self._current_dir(adir, agent)
             current = path.name if path else None
-        return self._scan_versions(adir, agent, current)
+        with os_errors(adir, CannotRead):
+            return self._scan_versions(adir, agent, current)
 
     def _scan_versions(self, adir: Path, agent: str, current: str | None = None) -> list[VersionInfo]:
         versions = adir / "versions"
@@ -178,6 +186,10 @@ class StoreReader:
     def _info(self, adir: Path, agent: str, version: str, *, current: bool | None = None,
               pinned: bool | None = None, noop: bool = False) -> VersionInfo:
         path = adir / "versions" / version
+        if path.is_symlink():
+            return VersionInfo(agent, version, path, None, None, current=bool(current),
+                               pinned=bool(pinned), problem=f"{path}: is a symlink; a version is "
+                               f"a real directory (`kiln store repair {agent} {version}`)")
         if current is None:
             with contextlib.suppress(StoreError):
                 current = (self._current_dir(adir, agent) or Path()).name == version
@@ -188,11 +200,9 @@ class StoreReader:
         except StoreError as exc:
             return VersionInfo(agent, version, path, None, None, current=bool(current),
                                pinned=pinned, problem=str(exc))
-        files = sm.expected_files(m)
-        return VersionInfo(agent, version, path, m["checksum"], m["seq"],
-                           size=sum(s for s, _d in files.values()), files=len(files),
-                           current=bool(current), pinned=pinned, noop=noop,
-                           metadata=m.get("metadata") or {}, bundle=m.get("bundle"))
+        return VersionInfo(agent, version, path, m.checksum, m.seq, size=m.size,
+                           files=len(m.files), current=bool(current), pinned=pinned, noop=noop,
+                           metadata=m.metadata, bundle=m.bundle)
 
     @staticmethod
     def pinned_in(adir: Path) -> set[str]:
@@ -203,33 +213,46 @@ class StoreReader:
     def verify(self, agent: str, version: str | None = None) -> VersionInfo:
         """Re-read and hash every byte of a version (default: current); DriftError on any change.
 
-        Checks the manifest's seal and name, then every file against it: changed, missing and added
-        files, and anything that is not a regular file (a symlink in place of a file) are named.
+        What it proves: the version is byte for byte what the store sealed at finalize (the
+        manifest's seal and name, then every file: changed, missing and added files, and anything
+        that is not a regular file, such as a symlink in place of a file or of the version
+        directory itself). It does not know what the registry expects; `kiln registry verify`
+        checks the same bytes against the hash the registry recorded or locked. A file this
+        process may not read is a StoreError (exit 1, "cannot read"), never drift.
         """
         adir = self._agent_read(agent)
         if adir is None:
             raise StoreError(f"no agent {agent!r} in model store {self.root}; see `kiln store list`")
+        with os_errors(adir, CannotRead):
+            return self._verify(adir, agent, version)
+
+    def _verify(self, adir: Path, agent: str, version: str | None) -> VersionInfo:
         if version is None:
             version = self._current_name(adir, agent)  # an incomplete current is drift, below
             if version is None:
                 raise StoreError(f"{agent}: no current version to verify; name one")
         sm.check_name("version", version)
         vdir = adir / "versions" / version
-        if not vdir.is_dir() or vdir.is_symlink():
-            raise StoreError(f"{agent}: no version {version!r}; see `kiln store list {agent}`")
         name = f"{agent}/{version}"
-        mpath = vdir / sm.MANIFEST
+        fix = (f"restore it: `kiln store repair {agent} {version}` (from the tarball it was "
+               "published from); if the change is intended, publish it as a new version")
+        if vdir.is_symlink():
+            raise DriftError(name, [FileChange(".", "changed", "directory",
+                                               f"symlink to {os.readlink(vdir)}")], fix=fix)
+        if not vdir.is_dir():
+            raise StoreError(f"{agent}: no version {version!r}; see `kiln store list {agent}`")
         try:
-            if mpath.is_symlink():
-                raise StoreError("symlink")
             manifest = sm.read(vdir)
+        except CannotRead:
+            raise
         except StoreError as exc:
+            mpath = vdir / sm.MANIFEST
             kind = "missing" if not (mpath.exists() or mpath.is_symlink()) else "changed"
-            raise DriftError(name, [FileChange(sm.MANIFEST, kind, None, str(exc))]) from None
+            raise DriftError(name, [FileChange(sm.MANIFEST, kind, None, str(exc))], fix=fix) from None
         tree = scan(vdir, exclude=frozenset({sm.MANIFEST}))
         actual = hash_tree(vdir, tree, workers=self.workers)
-        changes = sm.problems(manifest, version) + diff(sm.expected_files(manifest), actual, tree.odd)
+        changes = manifest.problems(version) + diff(manifest.files, actual, tree.odd)
         actual_sum = sm.checksum(actual)
-        if changes or actual_sum != manifest["checksum"]:
-            raise DriftError(name, changes, manifest["checksum"], actual_sum)
+        if changes or actual_sum != manifest.checksum:
+            raise DriftError(name, changes, manifest.checksum, actual_sum, fix=fix)
         return self._info(adir, agent, version)

@@ -5,12 +5,10 @@ Layout (one filesystem, so every rename is atomic):
     <agent>/.lock                  flock: one writer per agent at a time (held stage_new -> finalize)
     <agent>/versions/<v>.tmp/      staging, private to the lock holder
     <agent>/versions/<v>/          complete, immutable versions; manifest.json is written last
+    <agent>/versions/.<v>.repair/  a repaired copy being checked before it is swapped in
     <agent>/current -> versions/<v>   swapped with os.replace of a fresh temporary symlink
     <agent>/pins/<v>               "do not prune" markers (the registry's version locks write them)
     <agent>/.pending               journal: "make <v> current" between the rename and the swap
-
-Payload gets into staging by any means (finalize then reads and hashes it) or by `copy_in`, which
-hashes and fsyncs while copying so that finalize does neither again (store_copy.py).
 
 Commit order: fsync every staged file and directory, write the sealed manifest, write `.pending`,
 rename `<v>.tmp` -> `<v>`, fsync `versions/`, swap `current`, fsync, drop `.pending`. A reader
@@ -18,37 +16,50 @@ therefore only ever sees `current` name a complete version. After a crash the ne
 operation rolls `.pending` forward and sweeps staging and temporary debris, so re-running a publish
 converges to what an uninterrupted run would have left. Legacy alias symlinks at the agent level
 (for example `old-name -> new-name`) are followed for reads and refused for writes.
+
+Every OS error (a full disk, a read-only or foreign-owned directory) leaves the store as it was
+(staging is discarded, the lock released) and surfaces as one StoreError line naming the path and
+the fix (`fs.os_error`).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
-from ..artifacts.atomic import fsync_dir, write_bytes
-from ..errors import ConflictError, StoreError
+from ..artifacts.atomic import fsync_dir, swap_symlink, write_bytes
+from ..artifacts.lock import FileLock
+from ..errors import ConflictError, DriftError, StoreError
 from . import manifest as sm
-from .copy import copy_into
-from .fs import (DELETING_SUFFIX, AgentLock, Known, StatKey, fsync_dirs, hash_tree,
-                       remove_tree, scan)
-from .reader import StoreReader, VersionInfo, strict_from_env
+from . import repair as _repair
+from .fs import (
+    DELETING_SUFFIX,
+    Known,
+    fsync_dirs,
+    hash_tree,
+    os_error,
+    os_errors,
+    remove_tree,
+    scan,
+)
+from .reader import StoreReader, VersionInfo
 
-__all__ = ["ModelStore", "StoreReader", "VersionInfo", "strict_from_env"]
+__all__ = ["ModelStore"]
 
 _PENDING = ".pending"
+Protect = Iterable[str] | Callable[[], Iterable[str]]
 
 
 class ModelStore(StoreReader):
-    """Stage, finalize, roll back, prune and pin versions; everything StoreReader reads."""
+    """Stage, finalize, roll back, prune, pin and repair versions; everything StoreReader reads."""
 
     def __init__(self, root: Path | str | None = None, *, strict: bool | None = None,
                  workers: int | None = None):
         super().__init__(root, strict=strict, workers=workers)
-        self._locks: dict[Path, AgentLock] = {}
         self._staged: dict[tuple[Path, str], Path] = {}
-        self._copied: dict[tuple[Path, str], dict[str, tuple[StatKey, str]]] = {}  # by copy_in
 
     def _agent_write(self, agent: str) -> Path:
         """The agent's directory for writing, created on demand; aliases are read-only shims."""
@@ -59,15 +70,28 @@ class ModelStore(StoreReader):
                              f"read-only, write to the canonical agent name instead")
         if self.strict and not self.root.is_dir():
             self._unavailable(f"model store {self.root} does not exist")
-        try:
+        with os_errors(path):
             (path / "versions").mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"{path}: cannot create ({exc.strerror}); check MODEL_STORE_ROOT "
-                             "and its permissions (writers and readers share a group)") from None
         return path
 
-    def _lock(self, adir: Path) -> AgentLock:
-        return self._locks.setdefault(adir, AgentLock(adir / ".lock"))
+    @staticmethod
+    def _lock(adir: Path) -> FileLock:
+        return FileLock(adir / ".lock")
+
+    @contextlib.contextmanager
+    def holding(self, agent: str) -> Iterator[Path]:
+        """Hold the agent's writer lock for the block (re-entrant for this thread), after finishing
+        what a killed writer left. Publish holds it from its no-op check until the registry has
+        recorded the version, so a concurrent prune cannot remove a version in between."""
+        adir = self._agent_write(agent)
+        with os_errors(adir / ".lock"):
+            self._lock(adir).acquire()
+        try:
+            with os_errors(adir):
+                self._recover(adir)
+            yield adir
+        finally:
+            self._lock(adir).release()
 
     # ----------------------------------------------------------------------------- writing
     @contextlib.contextmanager
@@ -75,28 +99,33 @@ class ModelStore(StoreReader):
         """Yield an empty `<version>.tmp` to fill; the agent lock stays held until `finalize`.
 
         A staging directory left by a killed writer is removed first (its contents are unknown).
-        If the block raises, the staging is removed and the lock released.
+        If the block raises, the staging is removed and the lock released; an OSError raised
+        while filling it (a full disk) becomes a StoreError naming the path.
         """
         sm.check_name("version", version)
         adir = self._agent_write(agent)
         key = (adir, version)
         lock = self._lock(adir)
-        lock.acquire()
+        with os_errors(adir / ".lock"):
+            lock.acquire()
         try:
             if key in self._staged:
                 raise StoreError(f"{agent}/{version} is already being staged by this process")
-            self._recover(adir)
             tmp = adir / "versions" / f"{version}{sm.STAGING_SUFFIX}"
-            if tmp.exists() or tmp.is_symlink():
-                remove_tree(tmp)
-            tmp.mkdir()
+            with os_errors(tmp):
+                self._recover(adir)
+                if tmp.exists() or tmp.is_symlink():
+                    remove_tree(tmp)
+                tmp.mkdir()
             self._staged[key] = tmp
-            self._copied[key] = {}
         except BaseException:
             lock.release()
             raise
         try:
             yield tmp
+        except OSError as exc:
+            self.discard(agent, version)
+            raise os_error(exc, tmp) from None
         except BaseException:
             self.discard(agent, version)
             raise
@@ -105,50 +134,36 @@ class ModelStore(StoreReader):
         """Drop a staged version without finalizing it and release the agent lock."""
         adir = self.root / agent
         tmp = self._staged.pop((adir, version), None)
-        self._copied.pop((adir, version), None)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
             self._lock(adir).release()
 
-    def copy_in(self, staging: Path, src: Path | str, rel: str = "", *,
-                durable: bool = True) -> dict[str, tuple[int, str]]:
-        """Copy a file or tree into `staging` (from `stage_new`), hashing and (`durable`) fsyncing
-        as it copies, so `finalize` reads none of it again; {staging relpath: (size, sha256)}.
-        Placement rules: `store_copy.copy_into`."""
-        key = next((k for k, v in self._staged.items() if v == Path(staging)), None)
-        if key is None:
-            raise StoreError(f"{staging}: not a staging directory of this store; copy into the "
-                             "path `with store.stage_new(agent, version) as tmp:` yields")
-        copied = copy_into(Path(staging), Path(src), rel, durable=durable, workers=self.workers)
-        self._copied[key].update({r: (k, d) for r, (k, _s, d) in copied.items()})
-        return {r: (s, d) for r, (_k, s, d) in copied.items()}
-
     def finalize(self, agent: str, version: str, metadata: Mapping[str, Any] | None = None, *,
-                 activate: bool = True, bundle: Mapping[str, Any] | None = None,
+                 activate: bool = True, bundle: sm.BundleRecord | None = None,
                  known: Known | None = None) -> VersionInfo:
         """Seal the staged version, rename it into place and (with `activate`) make it current.
 
         Versions are immutable: if `<version>` exists with the same checksum this is a no-op
         (`noop=True`, `current` untouched); with a different checksum, ConflictError.
-        Digests from `copy_in`, and `known` ones ({relpath: (stat key, sha256)}), spare re-reading
-        those files under `store_fs.hash_tree`'s trust rule (stat key unchanged; a wrong one is
-        caught by `verify`). Every file is still fsynced here (a no-op after a durable copy_in).
+        `known` digests ({relpath: (stat key, sha256)}) spare re-reading those files under
+        `fs.hash_tree`'s trust rule (stat key unchanged; a wrong one is caught by `verify`).
+        Every file is still fsynced here.
         """
         adir = self._agent_write(agent)
-        copied = self._copied.pop((adir, version), {})
         tmp = self._staged.pop((adir, version), None)
         if tmp is None:
             raise StoreError(f"{agent}/{version} is not staged in this process; write it inside "
                              f"`with store.stage_new({agent!r}, {version!r}) as tmp:` first")
         try:
-            return self._commit(adir, agent, version, tmp, dict(metadata or {}), activate,
-                                bundle, {**(known or {}), **copied})
+            with os_errors(tmp):
+                return self._commit(adir, agent, version, tmp, dict(metadata or {}), activate,
+                                    bundle, known or {})
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
             self._lock(adir).release()
 
     def _commit(self, adir: Path, agent: str, version: str, tmp: Path, metadata: dict[str, Any],
-                activate: bool, bundle: Mapping[str, Any] | None, known: Known) -> VersionInfo:
+                activate: bool, bundle: sm.BundleRecord | None, known: Known) -> VersionInfo:
         tree = scan(tmp)
         if tree.odd:
             rel, kind = min(tree.odd.items())
@@ -160,7 +175,7 @@ class ModelStore(StoreReader):
         digests = hash_tree(tmp, tree, known=known, fsync=True, workers=self.workers)
         final = adir / "versions" / version
         if final.exists() or final.is_symlink():
-            existing = sm.read(final)["checksum"]
+            existing = sm.read(final).checksum
             new = sm.checksum(digests)
             if existing != new:
                 raise ConflictError(str(final), existing, new)
@@ -184,30 +199,46 @@ class ModelStore(StoreReader):
 
     def _point_current(self, adir: Path, version: str) -> None:
         """Swap `current` to `versions/<version>`: a new symlink renamed over the old one."""
-        tmp = adir / f".current.{os.getpid()}.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        os.symlink(f"versions/{version}", tmp)
         try:
-            os.replace(tmp, adir / "current")
+            swap_symlink(adir / "current", f"versions/{version}")
         except OSError as exc:
-            tmp.unlink()
             raise StoreError(f"{adir / 'current'}: cannot replace ({exc.strerror}); it must be a "
                              "symlink: move it away and run `kiln store rollback`") from None
-        fsync_dir(adir)
+
+    def ensure_present(self, agent: str, version: str, archive_sha256: str, *,
+                       check_bytes: bool = False) -> VersionInfo | None:
+        """Under the agent lock: is `version` already published from the tarball `archive_sha256`?
+
+        None when it is absent (or was finalized without a bundle record: `finalize` decides after
+        unpacking). ConflictError when it came from another tarball. With `check_bytes` every byte
+        is re-read as well: DriftError naming `kiln store repair` when the copy is damaged.
+        The answer holds only while the lock is held: wrap this and whatever records the result
+        in `holding(agent)` (publish does), or a concurrent prune may remove the version after.
+        """
+        with self.holding(agent) as adir:
+            vdir = adir / "versions" / version
+            if not (vdir / sm.MANIFEST).is_file() or vdir.is_symlink():
+                return None
+            try:
+                existing = sm.read(vdir)
+            except StoreError:
+                return None  # damaged: finalize reports it
+            if existing.bundle is None:
+                return None
+            if existing.bundle.archive_sha256 != archive_sha256:
+                raise ConflictError(str(vdir), existing.bundle.archive_sha256, archive_sha256)
+            if check_bytes:
+                self.verify(agent, version)
+            return self._info(adir, agent, version, noop=True)
 
     def recover(self, agent: str) -> None:
-        """Finish what a killed writer left (an interrupted `current` swap, staging debris).
-
-        Every locked operation does this first; call it before deciding anything from what is on
-        disk without the lock (publish_to_store's no-op check does).
-        """
-        adir = self._agent_write(agent)
-        with self._lock(adir).held():
-            self._recover(adir)
+        """Finish what a killed writer left (an interrupted `current` swap, staging debris)."""
+        with self.holding(agent):
+            pass
 
     def _recover(self, adir: Path) -> None:
-        """Under the lock: finish an interrupted swap, then sweep what killed writers left."""
+        """Under the lock: finish an interrupted swap or repair, then sweep what killed writers
+        left."""
         pending = adir / _PENDING
         if pending.exists():
             version = pending.read_text(errors="replace").strip()
@@ -217,6 +248,7 @@ class ModelStore(StoreReader):
                     self._point_current(adir, version)
             pending.unlink()
             fsync_dir(adir)
+        _repair.recover(adir)
         ours = set(self._staged.values())
         for entry in (adir / "versions").iterdir():
             debris = entry.name.endswith(sm.STAGING_SUFFIX) or (
@@ -249,9 +281,7 @@ class ModelStore(StoreReader):
 
         The target is verified first (bytes re-read) so a rollback never lands on a drifted copy.
         """
-        adir = self._agent_write(agent)
-        with self._lock(adir).held():
-            self._recover(adir)
+        with self.holding(agent) as adir, os_errors(adir):
             cur = self._current_or_none(adir, agent)
             infos = [i for i in self._scan_versions(adir, agent) if i.seq is not None]
             if version is None:
@@ -270,19 +300,22 @@ class ModelStore(StoreReader):
             self._point_current(adir, version)
             return self._info(adir, agent, version, current=True)
 
-    def prune(self, agent: str, keep: int = 3, *, protect: Iterable[str] = ()) -> list[str]:
+    def prune(self, agent: str, keep: int = 3, *, protect: Protect = ()) -> list[str]:
         """Remove all but the `keep` newest versions; never the current, a pinned or a protected
-        one, nor a damaged one (it is reported by `list_versions` for a human to look at)."""
+        one, nor a damaged one (it is reported by `list_versions` for a human to look at).
+
+        `protect` may be a callable: it is then asked under the agent lock, so what it reads (the
+        registry, say) cannot change between the answer and the removal.
+        """
         if keep < 0:
             raise StoreError(f"keep must be 0 or more, got {keep}")
-        adir = self._agent_write(agent)
         removed = []
-        with self._lock(adir).held():
-            self._recover(adir)
+        with self.holding(agent) as adir, os_errors(adir):
             path = self._current_or_none(adir, agent)
             infos = [i for i in self._scan_versions(adir, agent) if i.seq is not None]
-            spare = {i.version for i in infos[len(infos) - keep:]} if keep else set()
-            spare |= set(protect) | self.pinned_in(adir) | ({path.name} if path else set())
+            spare = {i.version for i in infos[-keep:]} if keep else set()
+            spare |= set(protect() if callable(protect) else protect)
+            spare |= self.pinned_in(adir) | ({path.name} if path else set())
             for info in infos:
                 if info.version not in spare:
                     remove_tree(info.path)
@@ -291,17 +324,38 @@ class ModelStore(StoreReader):
 
     def pin(self, agent: str, version: str, reason: str = "") -> None:
         """Protect a version from `prune` (the registry pins what it locks)."""
-        adir = self._agent_write(agent)
         sm.check_name("version", version)
-        with self._lock(adir).held():
+        with self.holding(agent) as adir, os_errors(adir / "pins"):
             if not (adir / "versions" / version / sm.MANIFEST).is_file():
                 raise StoreError(f"{agent}: no complete version {version!r} to pin")
             write_bytes(adir / "pins" / version, (reason + "\n").encode())
 
     def unpin(self, agent: str, version: str) -> None:
         """Let `prune` remove a version again."""
-        adir = self._agent_write(agent)
         sm.check_name("version", version)
-        with self._lock(adir).held(), contextlib.suppress(FileNotFoundError):
+        with self.holding(agent) as adir, os_errors(adir / "pins"), \
+                contextlib.suppress(FileNotFoundError):
             os.unlink(adir / "pins" / version)
             fsync_dir(adir / "pins")
+
+    def repair(self, agent: str, version: str | None, archive: Path) -> VersionInfo:
+        """Restore a damaged version from the tarball it was published from (`archive`).
+
+        The tarball's sha256 must equal the one the version's sealed manifest recorded, and the
+        unpacked files must match the manifest exactly; only then is the repaired copy swapped in
+        (atomically). `noop=True` when the version verified and nothing was changed.
+        """
+        with self.holding(agent) as adir:
+            if version is None:
+                version = self._current_name(adir, agent)
+                if version is None:
+                    raise StoreError(f"{agent}: no current version; name the one to repair")
+            sm.check_name("version", version)
+            try:
+                self.verify(agent, version)
+                return self._info(adir, agent, version, noop=True)
+            except DriftError:
+                pass
+            with os_errors(adir / "versions" / version):
+                _repair.restore(adir, version, Path(archive), self.workers)
+            return self.verify(agent, version)
