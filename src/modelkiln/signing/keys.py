@@ -1,0 +1,232 @@
+"""Signing keys: a local ECDSA P-256 private key for publishers, trusted public keys for readers.
+
+- The signing key comes from `KILN_SIGNING_KEY` (the PEM text itself, for CI secrets) or
+  `KILN_SIGNING_KEY_FILE` (a path), optionally encrypted with `KILN_SIGNING_KEY_PASSWORD`.
+- Trusted keys come from a list of paths (`REGISTRY_TRUSTED_KEYS`, `os.pathsep`-separated): each a
+  PEM file (which may hold several public keys) or a directory whose `*.pub` / `*.pem` files are
+  read. During a rotation the list holds the old and the new key.
+- A key is named by its id: the sha256 of its PEM SubjectPublicKeyInfo, the `hint` the OpenSSF
+  model-signing tools write, so both sides agree on which key signed.
+
+Signatures are deterministic ECDSA (RFC 6979): the same key over the same manifest gives the same
+bytes, so publishing the same bundle again writes nothing new.
+`cryptography` is imported inside the functions that need it, so importing modelkiln stays fast.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..artifacts.atomic import fsync_dir
+from ..errors import KilnError, SignatureError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+KEY_ENV = "KILN_SIGNING_KEY"
+KEY_FILE_ENV = "KILN_SIGNING_KEY_FILE"
+PASSWORD_ENV = "KILN_SIGNING_KEY_PASSWORD"
+TRUSTED_ENV = "REGISTRY_TRUSTED_KEYS"
+MAX_KEY_FILE = 1 << 20
+MAX_TRUSTED = 256
+_PEM_BEGIN = b"-----BEGIN "
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """A trusted P-256 public key and where it came from (named in refusals)."""
+
+    key_id: str
+    pem: bytes
+    origin: str
+
+    def verify(self, signature: bytes, message: bytes) -> bool:
+        """True when `signature` (DER ECDSA over SHA-256) is this key's signature of `message`."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        key = load_pem_public_key(self.pem)
+        assert isinstance(key, ec.EllipticCurvePublicKey)  # checked when the key was loaded
+        try:
+            key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A loaded P-256 private key, its public half's id, and where it came from."""
+
+    private: ec.EllipticCurvePrivateKey
+    public: PublicKey
+
+    def sign(self, message: bytes) -> bytes:
+        """Deterministic (RFC 6979) ECDSA P-256 / SHA-256 signature of `message`, DER-encoded."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        return self.private.sign(message, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
+
+
+def public_pem(key: ec.EllipticCurvePublicKey) -> bytes:
+    """The canonical PEM SubjectPublicKeyInfo bytes of a public key (what key ids hash)."""
+    from cryptography.hazmat.primitives import serialization
+
+    return key.public_bytes(serialization.Encoding.PEM,
+                            serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def key_id(pem: bytes) -> str:
+    """A key's id: sha256 of its canonical PEM (the model-signing `publicKey.hint`)."""
+    return hashlib.sha256(pem).hexdigest()
+
+
+def _public(key: object, origin: str) -> PublicKey:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise SignatureError(f"{origin}: not an ECDSA P-256 public key; modelkiln signs and "
+                             "verifies with P-256 only (make one with `kiln keygen`)")
+    pem = public_pem(key)
+    return PublicKey(key_id(pem), pem, origin)
+
+
+def load_signing_key(env: Mapping[str, str] | None = None) -> SigningKey | None:
+    """The publisher's key from KILN_SIGNING_KEY or KILN_SIGNING_KEY_FILE; None when neither is set.
+
+    A set but unusable key is an error, never a silent unsigned publish.
+    """
+    env = os.environ if env is None else env
+    text, path = env.get(KEY_ENV, "").strip(), env.get(KEY_FILE_ENV, "").strip()
+    if text and path:
+        raise KilnError(f"both {KEY_ENV} and {KEY_FILE_ENV} are set; unset one of them")
+    if not text and not path:
+        return None
+    origin = path or KEY_ENV
+    data = _read_limited(Path(path), "signing key") if path else text.encode()
+    password = env.get(PASSWORD_ENV) or None
+    return signing_key_from_pem(data, origin, password.encode() if password else None)
+
+
+def signing_key_from_pem(data: bytes, origin: str, password: bytes | None = None) -> SigningKey:
+    """Load a PEM private key; one clear line for a wrong password, curve or format."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(data, password)
+    except TypeError:
+        raise KilnError(f"{origin}: the key is encrypted; set {PASSWORD_ENV}" if password is None
+                        else f"{origin}: the key is not encrypted; unset {PASSWORD_ENV}") from None
+    except ValueError:
+        raise KilnError(f"{origin}: not a PEM private key (or a wrong {PASSWORD_ENV}); make one "
+                        "with `kiln keygen`") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise KilnError(f"{origin}: not an ECDSA key; make a P-256 key with `kiln keygen`")
+    return SigningKey(key, _public(key.public_key(), origin))
+
+
+def parse_public_keys(data: bytes, origin: str) -> list[PublicKey]:
+    """Every PEM public key in `data` (several may be concatenated); a private key is refused."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    keys = []
+    for block in _pem_blocks(data):
+        if b"PRIVATE KEY" in block.split(b"\n", 1)[0]:
+            raise SignatureError(f"{origin}: holds a private key; trust the public key instead "
+                                 "(the .pub file `kiln keygen` wrote)")
+        try:
+            keys.append(_public(load_pem_public_key(block), origin))
+        except ValueError:
+            raise SignatureError(f"{origin}: a PEM block that is not a public key; give "
+                                 "P-256 public keys (`kiln keygen` writes them)") from None
+    if not keys:
+        raise SignatureError(f"{origin}: no PEM public key found; give the .pub file `kiln "
+                             "keygen` wrote")
+    return keys
+
+
+def load_trusted_keys(spec: str | Iterable[str | Path]) -> tuple[PublicKey, ...]:
+    """Trusted keys from paths (files or directories), e.g. the REGISTRY_TRUSTED_KEYS value."""
+    items = [p for p in spec.split(os.pathsep)] if isinstance(spec, str) else list(spec)
+    keys: dict[str, PublicKey] = {}
+    for item in (str(p).strip() for p in items):
+        if not item:
+            continue
+        path = Path(item).expanduser()
+        files = sorted(f for f in path.iterdir() if f.suffix in (".pub", ".pem") and f.is_file()) \
+            if path.is_dir() else [path]
+        for file in files:
+            for key in parse_public_keys(_read_limited(file, "trusted key"), str(file)):
+                keys.setdefault(key.key_id, key)
+    if len(keys) > MAX_TRUSTED:
+        raise SignatureError(f"{TRUSTED_ENV}: {len(keys)} keys, more than {MAX_TRUSTED}; trust "
+                             "the keys you sign with, not a directory of everything")
+    return tuple(keys.values())
+
+
+def generate(directory: Path, name: str = "kiln-signing") -> tuple[Path, Path, str]:
+    """Write a new P-256 key pair: `<name>.key` (mode 0600, PKCS#8) and `<name>.pub`.
+
+    Refuses to overwrite an existing key: losing a private key is the one mistake rotation cannot
+    undo. Returns (private path, public path, key id).
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    directory.mkdir(parents=True, exist_ok=True)
+    private, public = directory / f"{name}.key", directory / f"{name}.pub"
+    for path in (private, public):
+        if path.exists():
+            raise KilnError(f"{path}: already exists; keep it, or choose another --name to "
+                            "rotate (trust both public keys until old bundles are re-signed)")
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(private, 0o600)  # O_CREAT's mode is masked by the umask; 0600 is what we promise
+    pub = public_pem(key.public_key())
+    fd = os.open(public, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pub)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(directory)
+    return private, public, key_id(pub)
+
+
+def _pem_blocks(data: bytes) -> list[bytes]:
+    """Split concatenated PEM text into blocks (BEGIN ... END lines)."""
+    blocks, start = [], data.find(_PEM_BEGIN)
+    while start != -1:
+        end = data.find(b"-----END ", start)
+        if end == -1:
+            break
+        stop = data.find(b"-----", end + 9)
+        stop = len(data) if stop == -1 else stop + 5
+        blocks.append(data[start:stop].strip() + b"\n")
+        start = data.find(_PEM_BEGIN, stop)
+    return blocks
+
+
+def _read_limited(path: Path, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_KEY_FILE + 1)
+    except OSError as exc:
+        raise KilnError(f"{path}: cannot read the {what} ({exc.strerror or exc}); check the "
+                        "path") from None
+    if len(data) > MAX_KEY_FILE:
+        raise KilnError(f"{path}: over {MAX_KEY_FILE} bytes, not a key file; check the path")
+    return data
