@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import BinaryIO, Callable, Iterable
 
 CHUNK = 1 << 20  # 1 MiB: large enough that Python overhead is noise next to OpenSSL's sha256
 # A file modified this recently may be modified again within the same mtime tick without its stat
@@ -49,12 +49,12 @@ class HashingWriter:
     """A binary writer that hashes what passes through it, so a file we produce is never re-read
     just to learn its digest (the tarball)."""
 
-    def __init__(self, raw):
+    def __init__(self, raw: BinaryIO) -> None:
         self.raw = raw
         self.hash = hashlib.sha256()
         self.size = 0
 
-    def write(self, data) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         self.hash.update(data)
         self.size += len(data)
         return self.raw.write(data)

@@ -21,7 +21,6 @@ Imports stay light: no torch, doit, transformers, yaml or jsonschema; boto3 only
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -40,6 +39,8 @@ from ..artifacts.digest import canonical_json
 from ..errors import KilnError, PublishError
 from .. import transport
 from ..artifacts.extract import safe_extract
+from ..artifacts.extract_limits import Limits
+from ..artifacts.lock import FileLock
 
 BACKENDS = ("pytorch", "onnx")
 URI_ENV = {"pytorch": "MODEL_BUNDLE_S3_URI_PYTORCH", "onnx": "MODEL_BUNDLE_S3_URI_ONNX"}
@@ -47,6 +48,8 @@ DEFAULT_RUNTIME_DIR = "data/models/registry_runtime"
 ONNX_MODEL = names.ONNX_INT8
 RECORD_SUFFIX = ".verified.json"
 KEEP = 2  # versions kept on disk: current and the one before (running workers, quick rollback)
+# What the spec schema allows a version to be; it names a directory here, so nothing else passes.
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,10 @@ def bootstrap(env: Mapping[str, str] | None = None, progress: transport.Progress
 
     Reads MODEL_BACKEND (pytorch|onnx), MODEL_BUNDLE_S3_URI_PYTORCH / _ONNX (s3:// or file://,
     pointing at `.../bundle.tar.gz`), REGISTRY_RUNTIME_DIR (default data/models/registry_runtime)
-    and REGISTRY_VERIFY (stat|full). `progress` receives downloaded byte counts. Raises KilnError
-    (PublishError for transfer and verification failures) and leaves `current` untouched then.
+    and REGISTRY_VERIFY (stat|full); KILN_EXTRACT_MAX_BYTES / _FILES / _RATIO bound what the
+    bundle may unpack to (artifacts.extract_limits). `progress` receives downloaded byte counts.
+    Raises KilnError (PublishError for transfer and verification failures) and leaves `current`
+    untouched then.
     """
     env = os.environ if env is None else env
     backend = (env.get("MODEL_BACKEND") or "").strip().lower()
@@ -101,14 +106,15 @@ def bootstrap(env: Mapping[str, str] | None = None, progress: transport.Progress
     mode = (verify or env.get("REGISTRY_VERIFY") or "stat").strip().lower()
     if mode not in ("stat", "full"):
         raise KilnError(f"REGISTRY_VERIFY={mode!r}: use 'stat' (default) or 'full'")
+    limits = Limits.from_env(env)  # the host's ceilings, refused here if set to nonsense
     root = Path(env.get("REGISTRY_RUNTIME_DIR") or DEFAULT_RUNTIME_DIR).expanduser().absolute()
     base = root / backend
     with _locked(base):
-        return _bootstrap(backend, uri, base, mode == "full", progress, settings)
+        return _bootstrap(backend, uri, base, mode == "full", progress, settings, limits)
 
 
 def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: transport.Progress | None,
-               settings: transport.TransferSettings) -> Runtime:
+               settings: transport.TransferSettings, limits: Limits) -> Runtime:
     manifest_uri = transport.sibling(uri, mf.MANIFEST)
     raw = transport.read_small(manifest_uri, settings=settings)
     if raw is None:
@@ -121,13 +127,18 @@ def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: transpo
                         f"MODEL_BACKEND={backend}; point {URI_ENV[backend]} at the {backend} "
                         "bundle")
     version = str(published.get("version", ""))
-    vid = f"{re.sub(r'[^A-Za-z0-9._+-]', '_', version) or 'unversioned'}-{sha[:12]}"
+    if not _VERSION.fullmatch(version):
+        shown = repr(version[:60]) + ("..." if len(version) > 60 else "")
+        raise PublishError(f"{manifest_uri}: version {shown} ({len(version)} characters) is not "
+                           "a usable version name (up to 128 letters, digits, '.', '_', '+', '-', "
+                           "starting with a letter or digit); re-publish it under a plain version")
+    vid = f"{version}-{sha[:12]}"
     versions = base / "versions"
     vdir, record = versions / vid, versions / (vid + RECORD_SUFFIX)
 
     downloaded = False
     if not _cached(vdir, record, sha, published, full):
-        _install(uri, published, size, sha, vdir, record, progress, settings)
+        _install(uri, published, size, sha, vdir, record, progress, settings, limits)
         downloaded = True
     paths = resolve_paths(vdir, backend)
     _point_current(base, vid)
@@ -185,7 +196,8 @@ def _stat_tree(root: Path) -> dict[str, list[int]] | None:
 
 
 def _install(uri: str, published: dict, size: int, sha: str, vdir: Path, record: Path,
-             progress: transport.Progress | None, settings: transport.TransferSettings) -> None:
+             progress: transport.Progress | None, settings: transport.TransferSettings,
+             limits: Limits) -> None:
     """Download, check, unpack and verify into a hidden directory, then rename it into place."""
     versions = vdir.parent
     versions.mkdir(parents=True, exist_ok=True)
@@ -198,7 +210,7 @@ def _install(uri: str, published: dict, size: int, sha: str, vdir: Path, record:
         sizes[mf.MANIFEST] = None
         # Every listed file's size and sha256 is checked as it is written; nothing unlisted and
         # nothing missing gets through; then the bundle's own manifest must equal the published.
-        safe_extract(tarball, tree, sizes=sizes,
+        safe_extract(tarball, tree, sizes=sizes, limits=limits,
                      sha256s={f["path"]: f["sha256"] for f in published["files"]})
         tarball.unlink()
         _check_inner(tree, published, uri)
@@ -298,9 +310,5 @@ def _sweep(versions: Path) -> None:
 def _locked(base: Path) -> Iterator[None]:
     """One bootstrap per runtime dir at a time: workers started together queue, then hit cache."""
     base.mkdir(parents=True, exist_ok=True)
-    fd = os.open(base / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with FileLock(base / ".lock").held():
         yield
-    finally:
-        os.close(fd)
