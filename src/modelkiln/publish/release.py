@@ -12,6 +12,7 @@ directory are answered by `modelkiln.paths`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from ..model.bundle import Bundle
 from ..model.version import resolve
 from ..paths import Layout, registry_dir, store_root
 from ..registry import Artifacts, RegistryEntry, record_discovered
+from ..store import ModelStore
 from . import PublishResult, publish_bundle, render_destination
 from .store import StoreResult, publish_to_store
 
@@ -64,18 +66,25 @@ def release(bundle: Bundle, backend: str, *, to: str | None = None, force: bool 
                             cache=stat_cache(layout.state))
     stored = None
     target_store = bundle.publish.store
-    if target_store is not None:
-        agent = target_store.agent.replace("{backend}", backend)
-        root = store_root(template=target_store.root, root=bundle.root)
-        stored = publish_to_store(dist, root, agent, version, dict(bundle.metadata))
-    reg = bundle.registry
-    entry = RegistryEntry(
-        name=f"{bundle.name}-{backend}", backend=backend, description=bundle.description or None,
-        roles=reg.roles, capabilities=reg.capabilities,
-        served_model_id=reg.served_id or f"{bundle.name}:{version}",
-        metadata=dict(bundle.metadata), version=version,
-        artifacts=Artifacts(store=str(stored.path) if stored else None, s3=remote.archive_uri,
-                            local=None if stored else str(dist)))
-    where = registry_dir(explicit_registry, root=bundle.root)
-    recorded = record_discovered(entry, registry_dir=where)
+    with contextlib.ExitStack() as held:
+        if target_store is not None:
+            agent = target_store.agent.replace("{backend}", backend)
+            root = store_root(template=target_store.root, root=bundle.root)
+            store = ModelStore(root)
+            # Held until the registry has recorded the version: a concurrent `kiln store prune`
+            # then waits, and finds the version named by the registry (so keeps it).
+            held.enter_context(store.holding(agent))
+            stored = publish_to_store(dist, root, agent, version, dict(bundle.metadata),
+                                      store=store, force=force)
+        reg = bundle.registry
+        entry = RegistryEntry(
+            name=f"{bundle.name}-{backend}", backend=backend,
+            description=bundle.description or None, roles=reg.roles,
+            capabilities=reg.capabilities,
+            served_model_id=reg.served_id or f"{bundle.name}:{version}",
+            metadata=dict(bundle.metadata), version=version,
+            artifacts=Artifacts(store=str(stored.path) if stored else None, s3=remote.archive_uri,
+                                local=None if stored else str(dist)))
+        where = registry_dir(explicit_registry, root=bundle.root)
+        recorded = record_discovered(entry, registry_dir=where)
     return Release(bundle.name, backend, version, remote, stored, recorded.name)
