@@ -10,7 +10,18 @@ from types import ModuleType
 
 from ..model.bundle import Bundle
 from ..paths import Layout
-from ..stages import int8, labels, onnx, package, parity, smoke, thresholds, tokenizer, weights
+from ..stages import (
+    image,
+    int8,
+    labels,
+    onnx,
+    package,
+    parity,
+    smoke,
+    thresholds,
+    tokenizer,
+    weights,
+)
 from ..stages.base import StagePlan
 
 STAGES: dict[str, ModuleType] = {
@@ -23,6 +34,7 @@ STAGES: dict[str, ModuleType] = {
     "parity": parity,
     "smoke": smoke,
     "package": package,
+    "image": image,
 }
 
 

@@ -79,6 +79,19 @@ class StoreTarget:
 class Publish:
     s3: str | None
     store: StoreTarget | None
+    oci: str | None = None  # REGISTRY/REPO:TAG template for the model artifact ({version}, ...)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """The serving image (`image:` section): built for one backend on a digest-pinned base."""
+
+    repository: str  # where `push: true` sends it, e.g. registry.example.com/models/registry
+    base: str | None  # HOST/REPO@sha256:...; None: no base layers (our layers only)
+    tag: str  # template with {name}, {version}, {backend}
+    backend: str
+    platform: str  # os/arch[/variant]
+    push: bool
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,7 @@ class Bundle:
     registry: RegistryInfo
     metadata: tuple[tuple[str, str | int | float | bool], ...]
     sections: tuple[tuple[str, str], ...]  # top-level section -> canonical JSON
+    image: ImageSpec | None = None
 
     def section(self, key: str) -> str:
         """Canonical JSON of one top-level spec section ('null' when absent)."""

@@ -183,7 +183,29 @@ def _publish(c: _Checker, data: Data, backends: int) -> m.Publish:
     if s3 and backends > 1 and "{backend}" not in s3:
         c.fail(("publish", "s3"), f"{backends} backends would publish to the same prefix",
                "put {backend} in the destination, e.g. s3://bucket/models/{version}/{backend}/")
-    return m.Publish(s3, target)
+    oci = pub.get("oci")
+    if oci and backends > 1 and "{backend}" not in oci:
+        c.fail(("publish", "oci"), f"{backends} backends would push to the same tag",
+               "put {backend} in the tag, e.g. registry.example.com/models/x:{version}-{backend}")
+    return m.Publish(s3, target, oci)
+
+
+def _image(c: _Checker, data: dict, enabled: tuple[str, ...]) -> m.ImageSpec | None:
+    """The `image:` section: its backend must be built, its base pinned by digest."""
+    img = data.get("image")
+    if img is None:
+        return None
+    backend = img.get("backend", "onnx")
+    if backend not in enabled:
+        c.fail(("image", "backend"), f"the image serves the {backend} bundle, but that backend is "
+               "not enabled", f"set image.backend to one of: {', '.join(enabled) or 'none'}")
+    base = img.get("base")
+    if base is not None and "@sha256:" not in base:
+        c.fail(("image", "base"), f"base image '{base}' is not pinned by digest", "write it as "
+               "REGISTRY/REPO@sha256:<digest> (`skopeo inspect docker://REF` prints the digest) "
+               "so two builds cannot get different bases")
+    return m.ImageSpec(img["repository"], base, img.get("tag", "{version}-{backend}"), backend,
+                       img.get("platform", "linux/amd64"), bool(img.get("push", False)))
 
 
 def to_bundle(doc: Document) -> m.Bundle:
@@ -201,6 +223,7 @@ def to_bundle(doc: Document) -> m.Bundle:
     if not pytorch and onnx is None:
         c.fail(("backends",), "no backend is enabled", "enable backends.pytorch or backends.onnx")
     publish = _publish(c, data, int(pytorch) + int(onnx is not None))
+    image = _image(c, data, tuple(b for b, on in (("pytorch", pytorch), ("onnx", onnx)) if on))
     reg = data.get("registry", {})
     if c.problems:
         raise SpecError(c.problems)
@@ -213,6 +236,7 @@ def to_bundle(doc: Document) -> m.Bundle:
         metadata=tuple(sorted(data.get("metadata", {}).items())),
         sections=tuple(sorted((k, json.dumps(v, sort_keys=True, separators=(",", ":")))
                               for k, v in data.items())),
+        image=image,
     )
 
 
