@@ -12,14 +12,56 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, TypedDict, TypeGuard, cast
 
-from .names import ARCHIVE, MANIFEST
-from ..errors import FileChange, KilnError
+from ..errors import FileChange, KilnError, PublishError
 from .digest import StatCache, aggregate, sha256_file
+from .names import ARCHIVE as ARCHIVE
+from .names import MANIFEST as MANIFEST
 
 SCHEMA_VERSION = 1
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class FileEntry(TypedDict):
+    """One file of a bundle: POSIX path relative to the bundle root, byte size, hex sha256."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+class ArchiveEntry(TypedDict):
+    """The published tarball itself, so a reader can check the download before unpacking it."""
+
+    path: str  # always names.ARCHIVE, beside the published manifest
+    size: int
+    sha256: str
+
+
+class BundleManifest(TypedDict):
+    """`manifest.json` inside the tarball. JSON on disk, so a TypedDict: the dict IS the record."""
+
+    schema_version: int
+    name: str
+    version: str
+    backend: str
+    files: list[FileEntry]
+    aggregate_sha256: str  # derived from `files` (digest.aggregate), never set by hand
+    inputs: dict[str, str]
+    spec_digest: str
+    tools: dict[str, str]
+    parity: dict[str, Any]  # stage name -> that gate's report
+    metadata: dict[str, Any]
+
+
+class PublishedManifest(BundleManifest):
+    """`manifest.json` beside `bundle.tar.gz`: the bundle manifest plus the tarball's entry."""
+
+    archive: ArchiveEntry
 
 
 def list_files(root: Path) -> list[str]:
@@ -34,9 +76,10 @@ def list_files(root: Path) -> list[str]:
     return sorted(out)
 
 
-def file_entries(root: Path, files: Iterable[str], cache: StatCache | None = None) -> list[dict]:
+def file_entries(root: Path, files: Iterable[str],
+                 cache: StatCache | None = None) -> list[FileEntry]:
     """[{path, size, sha256}] for `files` under `root`, hashing through the stat cache if given."""
-    entries = []
+    entries: list[FileEntry] = []
     for rel in sorted(files):
         path = root / rel
         digest = cache.digest(path) if cache else sha256_file(path)
@@ -44,9 +87,10 @@ def file_entries(root: Path, files: Iterable[str], cache: StatCache | None = Non
     return entries
 
 
-def build(*, name: str, version: str, backend: str, files: list[dict], inputs: dict[str, str],
-          spec_digest: str, tools: dict[str, str], parity: dict | None = None,
-          metadata: dict | None = None) -> dict[str, Any]:
+def build(*, name: str, version: str, backend: str, files: list[FileEntry],
+          inputs: dict[str, str], spec_digest: str, tools: dict[str, str],
+          parity: dict[str, Any] | None = None,
+          metadata: dict[str, Any] | None = None) -> BundleManifest:
     """Assemble a bundle manifest; the aggregate digest is derived from `files`, never passed in."""
     return {
         "schema_version": SCHEMA_VERSION,
@@ -63,18 +107,25 @@ def build(*, name: str, version: str, backend: str, files: list[dict], inputs: d
     }
 
 
-def with_archive(manifest: dict, size: int, sha256: str) -> dict:
+def with_archive(manifest: BundleManifest, size: int, sha256: str) -> PublishedManifest:
     """The published form: the bundle manifest plus the tarball's own size and digest."""
     return {**manifest, "archive": {"path": ARCHIVE, "size": size, "sha256": sha256}}
 
 
-def dumps(manifest: dict) -> bytes:
-    """Stable, reviewable bytes: sorted keys, two-space indent, trailing newline."""
+def without_archive(published: PublishedManifest) -> BundleManifest:
+    """The bundle manifest a published one was made from: what the tarball's copy must equal."""
+    inner = {k: v for k, v in published.items() if k != "archive"}
+    return cast(BundleManifest, inner)  # the same keys and values, less the one entry
+
+
+def dumps(manifest: BundleManifest) -> bytes:
+    """The one writer of both forms. Stable, reviewable bytes: sorted keys, two-space indent,
+    trailing newline."""
     return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 
 
-def loads(data: bytes, origin: str) -> dict:
-    """Parse and sanity-check a manifest; `origin` names it in errors."""
+def loads(data: bytes, origin: str) -> BundleManifest:
+    """Parse and check a bundle manifest (either form); `origin` names it in errors."""
     try:
         manifest = json.loads(data)
     except ValueError as exc:
@@ -83,27 +134,57 @@ def loads(data: bytes, origin: str) -> dict:
         raise KilnError(f"{origin}: not a modelkiln manifest (schema_version "
                         f"{SCHEMA_VERSION} expected); re-publish the bundle")
     files = manifest.get("files")
-    if not isinstance(files, list) or not all(
-            isinstance(f, dict) and isinstance(f.get("path"), str)
-            and isinstance(f.get("sha256"), str) and isinstance(f.get("size"), int) for f in files):
+    if not isinstance(files, list) or not all(_is_entry(f) for f in files):
         raise KilnError(f"{origin}: malformed 'files' list; re-publish the bundle")
-    return manifest
+    for key in ("name", "version", "backend"):
+        if not isinstance(manifest.get(key), str) or not manifest[key]:
+            raise KilnError(f"{origin}: missing {key!r}; rebuild and re-publish the bundle")
+    return cast(BundleManifest, manifest)  # the keys the readers rely on were checked above
 
 
-def load(path: Path) -> dict:
-    """Read and check a manifest file."""
+def loads_published(data: bytes, origin: str) -> PublishedManifest:
+    """Parse and check a published manifest: a bundle manifest whose `archive` entry names
+    `bundle.tar.gz` with a size and a sha256. The one place that entry is checked."""
+    manifest = loads(data, origin)
+    entry = cast(dict[str, Any], manifest).get("archive")
+    if not (_is_entry(entry) and entry["path"] == ARCHIVE and entry["size"] >= 0
+            and _SHA256.fullmatch(entry["sha256"])):
+        raise PublishError(f"{origin}: no valid 'archive' entry (path {ARCHIVE}, size, sha256); "
+                           "this is not a published manifest: rebuild the bundle (`kiln build`) "
+                           "and publish it (`kiln publish`)")
+    return cast(PublishedManifest, manifest)
+
+
+def _is_entry(value: object) -> TypeGuard[FileEntry]:
+    """A {path: str, size: int, sha256: str} record (a file or the archive)."""
+    return (isinstance(value, dict) and isinstance(value.get("path"), str)
+            and isinstance(value.get("sha256"), str) and isinstance(value.get("size"), int)
+            and not isinstance(value.get("size"), bool))
+
+
+def _read(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
-        raise KilnError(f"{path}: cannot read manifest ({exc.strerror})") from None
-    return loads(data, str(path))
+        raise KilnError(f"{path}: cannot read manifest ({exc.strerror}); rebuild or re-publish "
+                        "the bundle") from None
 
 
-def compare_tree(root: Path, manifest: dict) -> list[FileChange]:
+def load(path: Path) -> BundleManifest:
+    """Read and check a bundle manifest file (either form)."""
+    return loads(_read(path), str(path))
+
+
+def load_published(path: Path) -> PublishedManifest:
+    """Read and check a published manifest file (`archive` entry included)."""
+    return loads_published(_read(path), str(path))
+
+
+def compare_tree(root: Path, manifest: BundleManifest) -> list[FileChange]:
     """Re-read every file under `root` and list what differs from `manifest` (always hashes)."""
     expected = {f["path"]: f for f in manifest["files"]}
-    changes = []
-    present = set()
+    changes: list[FileChange] = []
+    present: set[str] = set()
     for rel in list_files(root):
         present.add(rel)
         path = root / rel

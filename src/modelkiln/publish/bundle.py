@@ -40,20 +40,14 @@ class DistBundle:
             raise PublishError(f"{dist_dir}: no {names.ARCHIVE} + {names.MANIFEST} here; build the "
                                "bundle first (`kiln build`)")
         raw = manifest_path.read_bytes()
-        manifest = mf.loads(raw, str(manifest_path))
-        entry = manifest.get("archive")
-        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-            raise PublishError(f"{manifest_path}: no 'archive' entry; this is not a published "
-                               "manifest, rebuild the bundle (`kiln build`)")
+        manifest = mf.loads_published(raw, str(manifest_path))  # name, version, archive checked
+        entry = manifest["archive"]
         size = archive.stat().st_size
         digest = cache.digest(archive) if cache is not None else sha256_file(archive)
-        if size != entry.get("size") or digest != entry["sha256"]:
+        if size != entry["size"] or digest != entry["sha256"]:
             raise PublishError(f"{archive}: size {size} / sha256 {digest} differ from "
-                               f"{manifest_path} ({entry.get('size')} / {entry['sha256']}); "
+                               f"{manifest_path} ({entry['size']} / {entry['sha256']}); "
                                "the dist directory is damaged, rebuild it (`kiln build`)")
-        for key in ("name", "version", "backend"):
-            if not isinstance(manifest.get(key), str) or not manifest[key]:
-                raise KilnError(f"{manifest_path}: missing {key!r}; rebuild the bundle")
         return cls(directory=dist_dir, archive=archive, manifest_bytes=raw,
                    name=manifest["name"], version=manifest["version"],
                    backend=manifest["backend"], size=size, sha256=digest)
@@ -87,8 +81,6 @@ class PublishResult:
 def existing_archive_sha(raw: bytes, origin: str) -> str:
     """The archive sha256 recorded in an already-published manifest ('<unreadable>' if none)."""
     try:
-        entry = mf.loads(raw, origin).get("archive")
+        return mf.loads_published(raw, origin)["archive"]["sha256"]
     except KilnError:
         return "<unreadable>"
-    sha = entry.get("sha256") if isinstance(entry, dict) else None
-    return sha if isinstance(sha, str) else "<unreadable>"
