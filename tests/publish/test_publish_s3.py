@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from distfactory import make_dist
+from modelkiln import transport
 from modelkiln.artifacts import manifest as mf
 from modelkiln.errors import ConflictError, PublishError
-from modelkiln import transport
 from modelkiln.publish import DistBundle, TransferSettings, protocol, publish_bundle
 from modelkiln.transport import bucket as bucket_mod
 from s3server import CuttingProxy
@@ -197,7 +197,7 @@ class _Refuse:
 
     def __call__(self, request: Any, **_: Any) -> Any:
         from botocore.awsrequest import AWSResponse
-        names = [h.lower() for h in request.headers.keys() if h.lower() != "x-amz-checksum-mode"]
+        names = [h.lower() for h in request.headers if h.lower() != "x-amz-checksum-mode"]
         if not any(h.startswith(self.headers) for h in names):
             return None
         self.refused += 1

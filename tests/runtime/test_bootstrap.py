@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from distfactory import make_dist
+from modelkiln import transport
 from modelkiln.artifacts import manifest as mf
+from modelkiln.artifacts.extract import UnsafeArchive
 from modelkiln.errors import KilnError, PublishError
 from modelkiln.publish import publish_bundle
-from modelkiln import transport
 from modelkiln.runtime import bootstrap
-from modelkiln.artifacts.extract import UnsafeArchive
 
 
 def _env(uri: str, runtime: Path, backend: str = "pytorch", **extra: str) -> dict[str, str]:
@@ -157,7 +157,7 @@ def test_hostile_bundle_is_refused_even_with_a_matching_digest(tmp_path: Path) -
 
 
 def test_inner_manifest_must_match_the_published_one(tmp_path: Path) -> None:
-    dist, uri = _published(tmp_path)
+    _dist, uri = _published(tmp_path)
     published_path = transport.local_path(transport.sibling(uri, mf.MANIFEST))
     published = json.loads(published_path.read_bytes())
     published["metadata"] = {"owner": "someone else"}  # archive digest still right

@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from distfactory import make_dist
+from modelkiln import transport
 from modelkiln.artifacts import manifest as mf
 from modelkiln.errors import PublishError
 from modelkiln.publish import publish_bundle
-from modelkiln import transport
 from modelkiln.runtime import bootstrap
 from modelkiln.transport import s3lite
 from s3server import CuttingProxy
@@ -75,7 +76,7 @@ def test_replaced_object_is_refused(tmp_path: Path, s3: Any) -> None:
     runtime = tmp_path / "rt"
     _, old_uri = _publish(tmp_path, s3, "1.0.0", 1, 1000)
     old = bootstrap(_env(old_uri, runtime))
-    other, uri = _publish(tmp_path, s3, "2.0.0", 2, 1000)
+    _other, uri = _publish(tmp_path, s3, "2.0.0", 2, 1000)
     bucket, key = transport.parse_s3(uri)
     s3.client.put_object(Bucket=bucket, Key=key, Body=b"\x1f\x8b" + os.urandom(5000))
     with pytest.raises(PublishError, match="corrupt or was replaced"):
@@ -107,11 +108,11 @@ def test_fast_path_reads_the_same_bytes_as_boto3(tmp_path: Path, s3: Any) -> Non
 
 def test_signer_matches_the_aws_documented_example() -> None:
     """AWS S3 API reference, "Signature Calculations ... Example: GET Object"."""
-    from datetime import datetime, timezone
+    from datetime import datetime
     headers = s3lite._sign("GET", "examplebucket.s3.amazonaws.com", "/test.txt", "us-east-1",
                            {"AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
                             "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"},
-                           datetime(2013, 5, 24, tzinfo=timezone.utc), {"Range": "bytes=0-9"})
+                           datetime(2013, 5, 24, tzinfo=UTC), {"Range": "bytes=0-9"})
     assert headers["authorization"] == (
         "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
         "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, "
