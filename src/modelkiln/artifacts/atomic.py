@@ -13,8 +13,8 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 def fsync_path(path: Path, directory: bool = False) -> None:

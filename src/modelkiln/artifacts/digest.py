@@ -16,8 +16,9 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import Any, BinaryIO
 
 CHUNK = 1 << 20  # 1 MiB: large enough that Python overhead is noise next to OpenSSL's sha256
 # A file modified this recently may be modified again within the same mtime tick without its stat
@@ -97,7 +98,7 @@ class Sha256Pipe:
             if self._error is None:
                 try:
                     self._hash.update(memoryview(buf)[:n])
-                except BaseException as exc:  # noqa: BLE001 - re-raised by hexdigest()
+                except BaseException as exc:  # re-raised by hexdigest()
                     self._error = exc  # keep returning buffers so the feeder never blocks
             self._free.put(buf)
 
@@ -129,7 +130,7 @@ class Sha256Pipe:
             self._work.put(None)
             self._thread.join()
 
-    def __enter__(self) -> "Sha256Pipe":
+    def __enter__(self) -> Sha256Pipe:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -154,7 +155,18 @@ def _ident(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}"
 
 
-def _still_there(key: str, entry: list) -> bool:
+_Entry = list[Any]  # [size, mtime_ns, sha256 hex, absolute path], as stored in the JSON file
+
+
+def _match(hit: _Entry | None, st: os.stat_result) -> str | None:
+    """The entry's digest when it is well-formed and was taken at this very stat, else None."""
+    if (hit is not None and len(hit) == 4 and hit[0] == st.st_size and hit[1] == st.st_mtime_ns
+            and isinstance(hit[2], str)):
+        return hit[2]
+    return None
+
+
+def _still_there(key: str, entry: _Entry) -> bool:
     try:
         return _ident(os.stat(entry[3])) == key
     except (OSError, IndexError, TypeError):
@@ -175,14 +187,14 @@ class StatCache:
 
     def __init__(self, path: Path | None):
         self.path = path
-        self._entries: dict[str, list] = {}
+        self._entries: dict[str, _Entry] = {}
         self._dirty = False
         self.hashed: list[str] = []  # paths actually read this process: benchmarks and tests look
         if path is not None:
             self._entries = self._read(path)
 
     @staticmethod
-    def _read(path: Path) -> dict[str, list]:
+    def _read(path: Path) -> dict[str, _Entry]:
         try:
             data = json.loads(path.read_bytes())
         except (OSError, ValueError):
@@ -190,18 +202,21 @@ class StatCache:
         if not isinstance(data, dict) or data.get("version") != StatCache.VERSION:
             return {}
         entries = data.get("entries")
-        return entries if isinstance(entries, dict) else {}
+        if not isinstance(entries, dict):
+            return {}
+        return {k: v for k, v in entries.items() if isinstance(v, list)}
 
     def digest(self, path: str | os.PathLike[str], progress: Progress | None = None) -> str:
         """sha256 of `path`, reading it only when its stat differs from the remembered one."""
         st = os.stat(path)
         key = _ident(st)
         hit = self._entries.get(key)
-        if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+        known = _match(hit, st)
+        if hit is not None and known is not None:
             if hit[3] != os.path.abspath(path):  # renamed since: remember where it lives now
                 hit[3] = os.path.abspath(path)
                 self._dirty = True
-            return hit[2]
+            return known
         value = sha256_file(path, progress)
         self.hashed.append(os.path.abspath(path))
         after = os.stat(path)
@@ -223,10 +238,7 @@ class StatCache:
             st = os.stat(path)
         except OSError:
             return None
-        hit = self._entries.get(_ident(st))
-        if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-            return hit[2]
-        return None
+        return _match(self._entries.get(_ident(st)), st)
 
     def save(self) -> None:
         """Merge our entries into the file on disk and replace it atomically."""

@@ -13,8 +13,9 @@ import os
 import struct
 import tarfile
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO, Callable, Sequence
+from typing import Protocol
 
 from .digest import HashingWriter
 
@@ -25,13 +26,19 @@ _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 _PROBE = 256 * 1024
 
 
+class _Sink(Protocol):
+    """Where the gzip bytes go: the file itself, or a HashingWriter in front of it."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
 class _GzipMembers:
     """Writes a gzip file as a sequence of members, switching deflate level between members."""
 
-    def __init__(self, out: BinaryIO):
+    def __init__(self, out: _Sink):
         self.out = out
         self.level: int | None = None
-        self._comp = None
+        self._comp: zlib._Compress | None = None
         self._crc = 0
         self._size = 0
 
@@ -45,6 +52,8 @@ class _GzipMembers:
         self._crc, self._size = 0, 0
 
     def write(self, data: bytes | memoryview) -> None:
+        if self._comp is None:
+            raise ValueError("use_level() starts a gzip member before any write")
         self._crc = zlib.crc32(data, self._crc)
         self._size += len(data)
         self.out.write(self._comp.compress(data))
