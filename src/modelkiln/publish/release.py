@@ -8,7 +8,9 @@ Destinations, in precedence order: an explicit `to` (`kiln publish --to`, `doit 
 or $KILN_PUBLISH_URI), the spec's `publish.s3`, then the embedded default
 `file://<project>/published/{name}/{version}/{backend}/`. `to=local` names the embedded default
 explicitly, so the README's main job runs with no credentials. The store root and the registry
-directory are answered by `modelkiln.paths`.
+directory are answered by `modelkiln.paths`. OCI (publish/oci.py): `to=oci://...` or the spec's
+`publish.oci` pushes the model artifact (and the image, with `image.push`) before the store and
+the registry; `to=oci://...` replaces the S3/file:// copy.
 """
 from __future__ import annotations
 
@@ -25,6 +27,9 @@ from ..paths import Layout, registry_dir, store_root
 from ..registry import Artifacts, RegistryEntry, record_discovered
 from ..store import ModelStore
 from . import PublishResult, publish_bundle, render_destination
+from .bundle import DistBundle
+from .oci import SCHEME as OCI_SCHEME
+from .oci import OciRelease, as_publish_result, release_oci
 from .store import StoreResult, publish_to_store
 
 LOCAL = "local"
@@ -40,6 +45,7 @@ class Release:
     remote: PublishResult
     store: StoreResult | None
     registry_name: str | None
+    oci: OciRelease | None = None  # the model artifact / serving image pushed or recorded
 
 
 def default_destination(root: Path) -> str:
@@ -60,10 +66,16 @@ def release(bundle: Bundle, backend: str, *, to: str | None = None, force: bool 
     layout = Layout(bundle.root)
     version = resolve(bundle.version, bundle.root)
     dist = layout.dist_dir(bundle.name, version, backend)
-    target = render_destination(destination_template(bundle, to), name=bundle.name,
-                                version=version, backend=backend)
-    remote = publish_bundle(dist, target, force=force, progress=progress,
-                            cache=stat_cache(layout.state))
+    oci = release_oci(bundle, backend, version, to=to, force=force, progress=progress)
+    via_oci = oci is not None and oci.artifact is not None and (to or "").startswith(OCI_SCHEME)
+    if oci is not None and via_oci:
+        remote = as_publish_result(oci, bundle, backend, version,
+                                   DistBundle.load(dist, stat_cache(layout.state)).sha256)
+    else:
+        target = render_destination(destination_template(bundle, to), name=bundle.name,
+                                    version=version, backend=backend)
+        remote = publish_bundle(dist, target, force=force, progress=progress,
+                                cache=stat_cache(layout.state))
     stored = None
     target_store = bundle.publish.store
     with contextlib.ExitStack() as held:
@@ -83,8 +95,11 @@ def release(bundle: Bundle, backend: str, *, to: str | None = None, force: bool 
             capabilities=reg.capabilities,
             served_model_id=reg.served_id or f"{bundle.name}:{version}",
             metadata=dict(bundle.metadata), version=version,
-            artifacts=Artifacts(store=str(stored.path) if stored else None, s3=remote.archive_uri,
-                                local=None if stored else str(dist)))
+            artifacts=Artifacts(store=str(stored.path) if stored else None,
+                                s3=None if via_oci else remote.archive_uri,
+                                local=None if stored else str(dist),
+                                oci=oci.artifact_ref if oci else None,
+                                image=oci.image_ref if oci else None))
         where = registry_dir(explicit_registry, root=bundle.root)
         recorded = record_discovered(entry, registry_dir=where)
-    return Release(bundle.name, backend, version, remote, stored, recorded.name)
+    return Release(bundle.name, backend, version, remote, stored, recorded.name, oci)

@@ -27,6 +27,8 @@ class Artifacts:
     store: str | None = None
     s3: str | None = None
     local: str | None = None
+    oci: str | None = None  # the model artifact, pinned: HOST/REPO:TAG@sha256:... or oci:DIR:model@...
+    image: str | None = None  # the serving image, pinned the same way
 
     def root(self) -> Path | None:
         """The directory verify hashes: the store version if there is one, else the dist dir."""
