@@ -7,7 +7,12 @@ small. Store commands take --store-root (default $MODEL_STORE_ROOT, else ./model
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from .errors import KilnError
@@ -54,8 +59,24 @@ def store_rollback(args: argparse.Namespace) -> int:
 
 
 def store_prune(args: argparse.Namespace) -> int:
-    removed = _store(args).prune(args.agent, args.keep)
+    from .registry import store_versions_in_use
+
+    store = _store(args)
+
+    def in_use() -> set[str]:  # asked under the agent lock: a publish cannot slip in between
+        return store_versions_in_use(store.root, args.agent, registry_dir=args.registry_dir)
+
+    removed = store.prune(args.agent, args.keep, protect=in_use)
     print("\n".join(f"removed {v}" for v in removed) or "nothing to remove")
+    return 0
+
+
+def store_repair(args: argparse.Namespace) -> int:
+    info, source = _repair(_store(args), args.agent, args.version, args.source, args.registry_dir)
+    if source is None:
+        print(f"ok {args.agent} {info.version}: verified, nothing to repair")
+    else:
+        print(f"repaired {args.agent} {info.version} from {source} (checksum={info.checksum})")
     return 0
 
 
@@ -63,6 +84,85 @@ def store_verify(args: argparse.Namespace) -> int:
     info = _store(args).verify(args.agent, args.version)
     print(f"ok {args.agent} {info.version} checksum={info.checksum} files={info.files} size={info.size}")
     return 0
+
+
+def _repair(store: Any, agent: str, version: str | None, source: str | None,
+            registry: str | None) -> tuple[Any, str | None]:
+    """Verify the version; if it drifted, restore it from the first candidate tarball whose sha256
+    is the one its sealed manifest recorded. (info, where it came from), None when intact."""
+    from .errors import DriftError, StoreError
+    from .store import read_manifest
+
+    version = version or store.current_version(agent)
+    if version is None:
+        raise StoreError(f"{agent}: no current version; name the version to repair")
+    try:
+        return store.verify(agent, version), None
+    except DriftError:
+        pass
+    vdir = store.root / agent / "versions" / version
+    record = read_manifest(vdir).bundle
+    if record is None:
+        raise StoreError(f"{vdir}: not published from a bundle tarball, so nothing can restore "
+                         "it; re-publish it under a new version")
+    tried = []
+    for where in [source] if source else _candidates(store, agent, version, record, registry):
+        with _local_copy(where) as path:
+            if path is None:
+                tried.append(f"{where} (absent)")
+                continue
+            from .artifacts.digest import sha256_file
+
+            if sha256_file(path) != record.archive_sha256:
+                tried.append(f"{where} (other bytes)")
+                continue
+            return store.repair(agent, version, path), where
+    raise StoreError(f"{vdir}: no tarball with sha256 {record.archive_sha256} found (tried: "
+                     f"{'; '.join(tried) or 'nothing'}); pass it: `kiln store repair {agent} "
+                     f"{version} --from PATH_OR_URI`")
+
+
+def _candidates(store: Any, agent: str, version: str, record: Any, registry: str | None) -> list[str]:
+    """Where the version's tarball may be: the registry's artifacts for it, then this project's
+    dist/ and published/ directories."""
+    from .artifacts.names import ARCHIVE
+    from .paths import Layout
+    from .registry import layers
+
+    out = []
+    vdir = (store.root / agent / "versions" / version).absolute()
+    for entry in layers(registry).merged.values():
+        art = entry.artifacts
+        if art.store and Path(art.store).absolute() == vdir:
+            out += [u for u in (art.s3, str(Path(art.local) / ARCHIVE) if art.local else None) if u]
+    if record.name and record.version and record.backend:
+        here = Layout.here()
+        out.append(str(here.dist_dir(record.name, record.version, record.backend) / ARCHIVE))
+        out.append(str(here.published / record.name / record.version / record.backend / ARCHIVE))
+    return list(dict.fromkeys(out))
+
+
+@contextlib.contextmanager
+def _local_copy(where: str) -> Iterator[Path | None]:
+    """A local path to the tarball `where` names (downloaded for s3://), or None if absent."""
+    from . import transport
+    from .artifacts import manifest as mf
+    from .artifacts.names import ARCHIVE
+
+    if transport.scheme_of(where) != "s3":
+        path = transport.local_path(where)
+        path = path / ARCHIVE if path.is_dir() else path
+        yield path if path.is_file() else None
+        return
+    raw = transport.read_small(transport.sibling(where, mf.MANIFEST))
+    if raw is None:
+        yield None
+        return
+    archive = mf.loads_published(raw, where)["archive"]
+    with tempfile.TemporaryDirectory(prefix="kiln-repair-") as d:
+        dest = Path(d) / ARCHIVE
+        transport.download(where, dest, size=archive["size"], sha256=archive["sha256"])
+        yield dest
 
 
 def registry_list(args: argparse.Namespace) -> int:
@@ -94,6 +194,9 @@ def registry_verify(args: argparse.Namespace) -> int:
 
     r = verify(args.name, registry_dir=args.registry_dir)
     note = " (hash recorded: first verify)" if r.recorded else ""
+    if r.not_recorded:
+        note = " (not recorded)"
+        print(f"kiln: warning: last_verified not written: {r.not_recorded}", file=sys.stderr)
     print(f"ok {r.name} aggregate={r.aggregate_sha256} files={r.files} "
           f"last_verified={r.last_verified}{note}")
     return 0
@@ -131,10 +234,22 @@ def add_parsers(sub: Any) -> None:
         if name != "current":
             p.add_argument("version", nargs="?", help="default: the current (verify) or previous (rollback)")
         p.set_defaults(func=func)
-    p = ss.add_parser("prune", help="keep the newest N versions (never current or locked ones)")
+    p = ss.add_parser("prune", help="keep the newest N versions (never the current, a pinned "
+                      "or locked one, nor one the registry names)")
     p.add_argument("agent")
     p.add_argument("--keep", type=int, default=3)
+    p.add_argument("--registry-dir", help="registry whose entries protect their versions "
+                   "(default: $KILN_REGISTRY_DIR, else ./configs)")
     p.set_defaults(func=store_prune)
+    p = ss.add_parser("repair", help="restore a damaged version from the tarball it was "
+                      "published from (checked against its recorded sha256)")
+    p.add_argument("agent")
+    p.add_argument("version", nargs="?", help="default: the current version")
+    p.add_argument("--from", dest="source", metavar="PATH_OR_URI",
+                   help="the bundle.tar.gz (or its directory / URI); default: the registry's "
+                   "artifacts, then dist/ and published/ of this project")
+    p.add_argument("--registry-dir", help="default: $KILN_REGISTRY_DIR, else ./configs")
+    p.set_defaults(func=store_repair)
 
     rg = sub.add_parser("registry", help="the layered registry: list, select, verify, lock")
     rg.add_argument("--registry-dir", help="default: $KILN_REGISTRY_DIR, else ./configs")

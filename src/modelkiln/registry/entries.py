@@ -12,9 +12,10 @@ change with every build):
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 STATIC = ("backend", "description", "roles", "capabilities", "served_model_id", "metadata")
 DYNAMIC = ("version", "artifacts", "files", "aggregate_sha256", "version_lock")
@@ -103,7 +104,7 @@ class RegistryEntry:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RegistryEntry":
+    def from_dict(cls, data: Mapping[str, Any]) -> RegistryEntry:
         """Build from schema-valid JSON (the loader has already checked every type)."""
         lock = data.get("version_lock") or {}
         return cls(

@@ -12,22 +12,24 @@ is never read back: consumers may read it, modelkiln always merges the sources i
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, NotRequired, TypedDict
 
 from ..artifacts.atomic import write_bytes
-from ..errors import Problem, SpecError
+from ..artifacts.lock import FileLock
+from ..errors import KilnError, Problem, SpecError
 from ..paths import registry_dir
+from ..store import os_errors
 from .entries import DYNAMIC, RegistryEntry, merge_all
 
 CURATED = "model_registry.curated.json"
 DISCOVERED = "model_registry.discovered.json"
 SNAPSHOT = "model_registry.json"
 _LOCK = ".model_registry.lock"
+_TEMP_GLOB = ".model_registry*.tmp"  # what `write_bytes` leaves when killed mid-write
 SCHEMA_VERSION = 1
 _SNAPSHOT_COMMENT = (f"Generated from {CURATED} and {DISCOVERED}; do not edit. Change the curated "
                      "file (reviewed) or run `kiln registry verify/lock/unlock`.")
@@ -76,12 +78,21 @@ def _load(path: Path, layer: str) -> tuple[dict[str, RegistryEntry], list[Proble
     return entries, problems
 
 
+class LayerDocument(TypedDict):
+    """The JSON shape of every registry file (the schema is `schema/registry.schema.json`);
+    entries go through `RegistryEntry.to_dict` / `from_dict`, their one writer and reader."""
+
+    schema_version: int
+    comment: NotRequired[str]
+    entries: list[dict[str, Any]]
+
+
 def dumps(entries: dict[str, RegistryEntry], comment: str | None = None) -> bytes:
     """A layer file's bytes: entries sorted by name, two-space indent, trailing newline."""
-    body: dict[str, object] = {"schema_version": SCHEMA_VERSION}
+    body: LayerDocument = {"schema_version": SCHEMA_VERSION,
+                           "entries": [entries[name].to_dict() for name in sorted(entries)]}
     if comment:
-        body["comment"] = comment
-    body["entries"] = [entries[name].to_dict() for name in sorted(entries)]
+        body = {"schema_version": SCHEMA_VERSION, "comment": comment, "entries": body["entries"]}
     return (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode()
 
 
@@ -102,37 +113,43 @@ class RegistryFiles:
             raise SpecError(p1 + p2)
         return Layers(curated, discovered)
 
-    @contextlib.contextmanager
-    def _locked(self, blocking: bool = True) -> Iterator[bool]:
-        """Hold `<dir>/.model_registry.lock`; yields False (without waiting) when `blocking` is
-        off and another process holds it."""
-        fd = os.open(self.directory / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o664)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)
+    @property
+    def lock(self) -> FileLock:
+        """`<dir>/.model_registry.lock`: one writer of the discovered layer and snapshot at a time."""
+        return FileLock(self.directory / _LOCK)
+
+    def _sweep(self) -> None:
+        """Under the lock: remove temporary files killed writers left (every writer holds the lock
+        while its temporary file exists, so any found now belongs to a dead one)."""
+        for leftover in self.directory.glob(_TEMP_GLOB):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
 
     @contextlib.contextmanager
     def editing(self) -> Iterator[tuple[Layers, dict[str, RegistryEntry]]]:
         """Hold the registry lock; yield the layers and a mutable copy of the discovered entries.
 
         On a clean exit the discovered file is rewritten atomically (if it changed) and the
-        snapshot regenerated, so concurrent publishers never lose each other's entries.
+        snapshot regenerated, so concurrent publishers never lose each other's entries. An OS
+        error (a full disk, a read-only checkout) is one KilnError line naming the path and fix,
+        and leaves both files as they were.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with self._locked():
+        with os_errors(self.directory, KilnError):
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()
+        try:
+            with os_errors(self.directory, KilnError):
+                self._sweep()
             layers = self.load()
             work = dict(layers.discovered)
             yield layers, work
-            if work != layers.discovered or not self.discovered.exists():
-                write_bytes(self.discovered, dumps(work, "Written by modelkiln; edit "
-                                                   f"{CURATED} instead."))
-            self._write_snapshot(Layers(layers.curated, work))
+            with os_errors(self.discovered, KilnError):
+                if work != layers.discovered or not self.discovered.exists():
+                    write_bytes(self.discovered, dumps(work, "Written by modelkiln; edit "
+                                                       f"{CURATED} instead."))
+                self._write_snapshot(Layers(layers.curated, work))
+        finally:
+            self.lock.release()
 
     def _write_snapshot(self, layers: Layers) -> bool:
         """Write the snapshot if its bytes would change; True when it was written."""
@@ -147,15 +164,22 @@ class RegistryFiles:
 
     def refresh_snapshot(self, layers: Layers) -> bool:
         """Regenerate a stale snapshot after a read. Skipped (False, not an error) when a writer
-        holds the lock (it regenerates the snapshot itself) or the checkout is read-only, where
-        reading the registry must still work."""
+        holds the lock (it regenerates the snapshot itself) or the checkout is read-only or full,
+        where reading the registry must still work."""
         if dumps(layers.merged, _SNAPSHOT_COMMENT) == _read_or_none(self.snapshot):
             return False
         try:
-            with self._locked(blocking=False) as held:
-                return held and self._write_snapshot(self.load())
+            if not self.lock.try_acquire():
+                return False
         except OSError:
             return False
+        try:
+            self._sweep()
+            return self._write_snapshot(self.load())
+        except OSError:
+            return False
+        finally:
+            self.lock.release()
 
 
 def _read_or_none(path: Path) -> bytes | None:

@@ -10,10 +10,10 @@ prune` never removes it, even when run without the registry.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable
 
 from ..artifacts.digest import aggregate
 from ..errors import CapabilityError, DriftError, FileChange, KilnError, PublishError
@@ -51,10 +51,11 @@ class VerifyResult:
     locked: bool
     last_verified: str
     recorded: bool  # True when no hash was known before and this verify recorded it
+    not_recorded: str | None = None  # why last_verified could not be written (the verdict stands)
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _find(entries: dict[str, RegistryEntry], name: str, files: RegistryFiles) -> RegistryEntry:
@@ -108,18 +109,45 @@ def verify(name: str, *, registry_dir: Path | str | None = None,
     now = measure(entry, workers)
     changes = now.changes_from(entry.files) if expected else list(now.manifest_changes)
     if changes or (expected is not None and now.aggregate_sha256 != expected):
-        raise DriftError(name, changes, expected, now.aggregate_sha256)
+        raise DriftError(name, changes, expected, now.aggregate_sha256, fix=_drift_fix(root))
     stamp = utc_now()
-    with files.editing() as (layers, work):
-        current = layers.merged.get(name, entry)
-        base = work.get(name) or RegistryEntry(name)
-        lock = replace(current.version_lock, last_verified=stamp)
-        if expected is None:
-            base = replace(base, artifacts=current.artifacts, files=now.records(),
-                           aggregate_sha256=now.aggregate_sha256)
-        work[name] = replace(base, version_lock=lock)
+    lock = replace(entry.version_lock, last_verified=stamp)
+    try:
+        with files.editing() as (layers, work):
+            current = layers.merged.get(name, entry)
+            base = work.get(name) or RegistryEntry(name)
+            lock = replace(current.version_lock, last_verified=stamp)
+            if expected is None:
+                base = replace(base, artifacts=current.artifacts, files=now.records(),
+                               aggregate_sha256=now.aggregate_sha256)
+            work[name] = replace(base, version_lock=lock)
+    except KilnError as exc:  # the verdict stands; only its record could not be written
+        return VerifyResult(name, root, now.aggregate_sha256, len(now.files), now.size,
+                            lock.locked, stamp, False, not_recorded=str(exc))
     return VerifyResult(name, root, now.aggregate_sha256, len(now.files), now.size,
                         lock.locked, stamp, expected is None)
+
+
+def _drift_fix(root: Path) -> str | None:
+    """For a store version, the command that restores it; else DriftError's default advice."""
+    where = store_location(root)
+    if where is None:
+        return None
+    return (f"if the change is intended: `kiln registry lock NAME --set-expected`; if not, "
+            f"restore it: `kiln store repair {where[1]} {where[2]}`")
+
+
+def store_versions_in_use(store_root: Path, agent: str, *,
+                          registry_dir: Path | str | None = None) -> set[str]:
+    """Versions of `<store_root>/<agent>` that a registry entry names (its `artifacts.store`):
+    `kiln store prune` keeps them, so the registry never points at a removed version."""
+    versions = (Path(store_root) / agent / "versions").resolve()
+    used = set()
+    for entry in RegistryFiles(registry_dir).load().merged.values():
+        path = Path(entry.artifacts.store) if entry.artifacts.store else None
+        if path is not None and path.parent.resolve() == versions:
+            used.add(path.name)
+    return used
 
 
 def lock(name: str, set_expected: bool = False, *, registry_dir: Path | str | None = None,
