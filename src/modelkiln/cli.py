@@ -11,7 +11,7 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__, api, cli_admin
+from . import __version__, api, cli_admin, cli_sign
 from .cache import CacheConfig
 from .errors import ExitCode, KilnError
 
@@ -196,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.set_defaults(func=cmd_bootstrap)
 
     cli_admin.add_parsers(sub)
+    cli_sign.add_parsers(sub)
     return p
 
 
