@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distfactory import make_dist
-
 from modelkiln import signing
 
 OFFLINE_SITE = """\

@@ -6,9 +6,9 @@ import stat
 import subprocess
 from pathlib import Path
 
-from distfactory import make_dist
 from signkit import PYTHON
 
+from distfactory import make_dist
 from modelkiln.artifacts import names
 
 
