@@ -5,7 +5,7 @@
 # REGISTRY_VERIFY=full re-hashes every bundle file against its manifest.json before starting.
 set -eu
 if [ "${REGISTRY_VERIFY:-stat}" = "full" ]; then
-    python3 -m modelkiln.runtime.oci_fetch verify "$REGISTRY_BUNDLE_DIR"
+    python3 -m modelkiln.runtime verify "$REGISTRY_BUNDLE_DIR"
 fi
 if [ "$#" -eq 0 ]; then
     # No command given: say what this image serves and where its files are.

@@ -1,0 +1,208 @@
+"""The bootstrap's OCI source: fetch a bundle published as a model artifact from a registry.
+
+`bootstrap()` here is what `modelkiln.runtime.bootstrap` names: when MODEL_BUNDLE_OCI_REF_<BACKEND>
+(or MODEL_BUNDLE_OCI_REF) is set and no S3/file URI is, the bundle comes from the OCI artifact
+`HOST/REPO:TAG` or `HOST/REPO@sha256:...`; otherwise the S3/file bootstrap runs unchanged.
+
+Verified the same way as a tarball, then kept the same way (versions/, record, `current` swap):
+- the manifest is fetched by digest where the reference pins one (bytes must hash to it);
+- it must be a modelkiln model artifact for MODEL_BACKEND, every layer's `filepath` a safe
+  relative name, at most once, within the host's KILN_EXTRACT_* limits;
+- the bundle's own manifest.json layer must have the digest the artifact's annotations name, and
+  list exactly the other layers, each with the layer's size and sha256;
+- every layer is hashed while it streams in and refused on a mismatch, into a fresh directory
+  that is renamed into place only when complete; the artifact digest plays the part of the
+  tarball's sha256 in the cache record, so a restart on the same digest downloads one manifest.
+
+`verify_dir` re-hashes an unpacked bundle against its manifest.json: `python3 -m
+modelkiln.runtime verify DIR`, which the serving image's entrypoint runs with REGISTRY_VERIFY=full.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, cast
+
+from .. import transport
+from ..artifacts import manifest as mf
+from ..artifacts.atomic import fsync_dir, write_bytes
+from ..artifacts.digest import canonical_json
+from ..artifacts.extract_limits import Limits
+from ..artifacts.oci import media
+from ..errors import KilnError, PublishError
+from ..transport.oci import Reference, Registry
+from .bootstrap import (
+    _VERSION,
+    BACKENDS,
+    DEFAULT_RUNTIME_DIR,
+    RECORD_SUFFIX,
+    URI_ENV,
+    Runtime,
+    _cached,
+    _locked,
+    _point_current,
+    _stat_tree,
+    _sweep,
+    resolve_paths,
+)
+from .bootstrap import bootstrap as tarball_bootstrap
+
+OCI_ENV = "MODEL_BUNDLE_OCI_REF"
+_SAFE = re.compile(r"^(?!/)(?!.*//)[A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*$")
+
+
+def oci_env(backend: str) -> str:
+    return f"{OCI_ENV}_{backend.upper()}"
+
+
+def bootstrap(env: Mapping[str, str] | None = None,
+              progress: transport.Progress | None = None, *, verify: str | None = None,
+              settings: transport.TransferSettings = transport.DEFAULT) -> Runtime:
+    """The bundle from an OCI reference when one is set (and no S3/file URI), else from S3/file."""
+    env = os.environ if env is None else env
+    backend = (env.get("MODEL_BACKEND") or "").strip().lower()
+    ref = (env.get(oci_env(backend)) or env.get(OCI_ENV) or "").strip()
+    if backend not in BACKENDS or not ref or (env.get(URI_ENV[backend]) or "").strip():
+        return tarball_bootstrap(env, progress, verify=verify, settings=settings)
+    mode = (verify or env.get("REGISTRY_VERIFY") or "stat").strip().lower()
+    if mode not in ("stat", "full"):
+        raise KilnError(f"REGISTRY_VERIFY={mode!r}: use 'stat' (default) or 'full'")
+    limits = Limits.from_env(env)
+    base = Path(env.get("REGISTRY_RUNTIME_DIR") or DEFAULT_RUNTIME_DIR).expanduser().absolute()
+    base = base / backend
+    try:
+        with _locked(base):
+            return fetch(Reference.parse(ref), backend, base, mode == "full", progress, limits)
+    except OSError as exc:
+        raise PublishError(f"{exc.filename or base}: {exc.strerror or exc}; check "
+                           "REGISTRY_RUNTIME_DIR, its permissions and free space, then run the "
+                           "bootstrap again (current still points at the previous version)"
+                           ) from None
+
+
+def _layers(doc: dict[str, Any], origin: str, limits: Limits) -> dict[str, media.Descriptor]:
+    """filepath -> layer descriptor, refusing unsafe, duplicate or oversized content."""
+    out: dict[str, media.Descriptor] = {}
+    total = 0
+    for i, raw in enumerate(doc.get("layers") or []):
+        try:
+            d = media.Descriptor.from_json(raw, f"{origin} layer {i}")
+        except ValueError as exc:
+            raise PublishError(str(exc)) from None
+        path = d.annotation(media.FILEPATH) or ""
+        if not _SAFE.match(path) or ".." in path.split("/") or path in out:
+            raise PublishError(f"{origin}: layer {i} names {path!r}, not a safe relative file "
+                               "path used once; refusing the artifact")
+        out[path] = d
+        total += d.size
+    if len(out) > limits.max_files or total > limits.max_bytes:
+        raise PublishError(f"{origin}: {len(out)} files / {total} bytes exceed this host's limits "
+                           f"({limits.max_files} files / {limits.max_bytes} bytes; raise "
+                           "KILN_EXTRACT_MAX_FILES / KILN_EXTRACT_MAX_BYTES if intended)")
+    return out
+
+
+def _bundle_manifest(reg: Registry, ref: Reference, doc: dict[str, Any],
+                     layers: dict[str, media.Descriptor], backend: str,
+                     origin: str) -> tuple[bytes, mf.BundleManifest]:
+    """The bundle's manifest.json layer, checked against the annotations and the other layers."""
+    notes = doc.get("annotations") or {}
+    if doc.get("artifactType") != media.MODEL_ARTIFACT or mf.MANIFEST not in layers:
+        raise PublishError(f"{origin}: not a modelkiln model artifact (artifactType "
+                           f"{doc.get('artifactType')!r}); point {OCI_ENV} at one `kiln publish` "
+                           "pushed")
+    if notes.get(media.BUNDLE_BACKEND) != backend:
+        raise KilnError(f"{origin}: a {notes.get(media.BUNDLE_BACKEND)!r} bundle, but "
+                        f"MODEL_BACKEND={backend}; point {oci_env(backend)} at the {backend} one")
+    desc = layers[mf.MANIFEST]
+    if desc.digest != notes.get(media.BUNDLE_MANIFEST) or desc.size > 16 << 20:
+        raise PublishError(f"{origin}: the bundle manifest layer is not the one the artifact's "
+                           "annotations name; refusing it")
+    buf = io.BytesIO()
+    reg.get_blob(ref.repository, desc.digest, desc.size, buf)
+    data = buf.getvalue()
+    inner = mf.loads(data, f"{origin} {mf.MANIFEST}")
+    listed = {f["path"]: f for f in inner["files"]}
+    if set(listed) != set(layers) - {mf.MANIFEST}:
+        raise PublishError(f"{origin}: layers and the bundle manifest list different files; "
+                           "refusing the artifact")
+    for path, f in listed.items():
+        if layers[path].digest != "sha256:" + f["sha256"] or layers[path].size != f["size"]:
+            raise PublishError(f"{origin}: layer {path} differs from the bundle manifest's entry; "
+                               "refusing the artifact")
+    return data, inner
+
+
+def fetch(ref: Reference, backend: str, base: Path, full: bool,
+          progress: transport.Progress | None, limits: Limits) -> Runtime:
+    """Fetch, check and swap in the artifact `ref` (under the runtime dir's lock)."""
+    reg = Registry(ref.host)
+    try:
+        data, _media, digest = reg.get_manifest(ref.repository, ref.ref)
+        origin = f"{ref.host}/{ref.repository}@{digest}"
+        doc = json.loads(data)
+        layers = _layers(doc, origin, limits)
+        raw, inner = _bundle_manifest(reg, ref, doc, layers, backend, origin)
+        version = inner["version"]
+        if not _VERSION.fullmatch(version):
+            raise PublishError(f"{origin}: version {version[:60]!r} is not a usable version name")
+        sha = digest.split(":", 1)[1]
+        vid = f"{version}-{sha[:12]}"
+        versions = base / "versions"
+        vdir, record = versions / vid, versions / (vid + RECORD_SUFFIX)
+        published = cast(mf.PublishedManifest, {**inner, "archive": {
+            "path": str(ref.with_digest(digest)), "size": len(data), "sha256": sha}})
+        downloaded = False
+        if not _cached(vdir, record, sha, published, full):
+            _install(reg, ref, layers, raw, vdir, record, sha, version, progress)
+            downloaded = True
+    finally:
+        reg.close()
+    paths = resolve_paths(vdir, backend)
+    _point_current(base, vid)
+    return Runtime(backend=backend, version=version, directory=vdir, archive_sha256=sha,
+                   downloaded=downloaded, paths=paths)
+
+
+def _install(reg: Registry, ref: Reference, layers: dict[str, media.Descriptor], raw: bytes,
+             vdir: Path, record: Path, sha: str, version: str,
+             progress: transport.Progress | None) -> None:
+    """Stream every layer (hashed on the way) into a fresh tree, then rename it into place."""
+    versions = vdir.parent
+    versions.mkdir(parents=True, exist_ok=True)
+    _sweep(versions)
+    work = Path(tempfile.mkdtemp(prefix=f".{vdir.name}.", suffix=".tmp", dir=versions))
+    try:
+        tree = work / "tree"
+        for path, desc in sorted(layers.items()):
+            dest = tree / path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if path == mf.MANIFEST:
+                dest.write_bytes(raw)
+                continue
+            with open(dest, "xb") as out:
+                reg.get_blob(ref.repository, desc.digest, desc.size, out, progress)
+        stats = _stat_tree(tree)
+        record.unlink(missing_ok=True)  # the old record must never vouch for a new directory
+        if vdir.exists() or vdir.is_symlink():
+            os.replace(vdir, work / "damaged")
+        os.replace(tree, vdir)
+        fsync_dir(versions)
+        write_bytes(record, canonical_json({"archive_sha256": sha, "files": stats,
+                                            "version": version}))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def verify_dir(directory: Path) -> list[str]:
+    """Problems of an unpacked bundle against its own manifest.json (re-reads every byte)."""
+    inner = mf.load(directory / mf.MANIFEST)
+    return [f"{c.path}: {c.kind}" for c in mf.compare_tree(directory, inner)
+            if c.path != mf.MANIFEST]
+
