@@ -23,7 +23,7 @@ def _read(dist: Path) -> tuple[bytes, bytes]:
 def _refusal(exc: pytest.ExceptionInfo[SignatureError]) -> str:
     text = str(exc.value)
     assert "\n" not in text, "a refusal is one line"
-    assert exc.value.exit_code == ExitCode.SIGNATURE == 7
+    assert exc.value.exit_code == ExitCode.SIGNATURE and int(exc.value.exit_code) == 7
     return text
 
 
