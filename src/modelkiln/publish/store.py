@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packaging.version import InvalidVersion, Version
+
 from ..artifacts import manifest as mf
+from ..artifacts.install import unpack_checked
 from ..errors import DriftError, FileChange, PublishError
 from ..store import BundleRecord, ModelStore, diff, scan, stat_key
 from .bundle import DistBundle
@@ -54,30 +57,18 @@ def publish_to_store(dist_dir: Path, root: Path | str | None, agent: str, versio
     With `force`, an existing version's bytes are re-read too, and a damaged copy is restored
     from this (verified) tarball by `ModelStore.repair` instead of being reported unchanged.
     """
-    from ..artifacts.extract import UnsafeArchive, safe_extract
-
     dist = DistBundle.load(Path(dist_dir))
-    published = mf.loads(dist.manifest_bytes, str(Path(dist_dir) / mf.MANIFEST))
+    published = mf.loads_published(dist.manifest_bytes, str(Path(dist_dir) / mf.MANIFEST))
     store = store or ModelStore(root)
     found = _already_there(store, agent, version, dist.sha256, dist.archive, force)
     if found is not None:
         return found
     expected = {f"{BUNDLE_DIR}/{f['path']}": (f["size"], f["sha256"]) for f in published["files"]}
-    sizes: dict[str, int | None] = {f["path"]: f["size"] for f in published["files"]}
-    sizes[mf.MANIFEST] = None
     with store.stage_new(agent, version) as tmp:
-        try:  # every listed file is hashed as it is written and checked against the manifest
-            safe_extract(dist.archive, tmp / BUNDLE_DIR, sizes=sizes, durable=False,
-                         sha256s={f["path"]: f["sha256"] for f in published["files"]})
-        except UnsafeArchive as exc:
-            if not exc.why.startswith("sha256"):
-                raise
-            raise PublishError(f"{dist.archive}: unpacked files differ from its manifest "
-                               f"({exc.member}: {exc.why}); rebuild the bundle") from None
-        inner = mf.load(tmp / BUNDLE_DIR / mf.MANIFEST)
-        if inner != {k: v for k, v in published.items() if k != "archive"}:
-            raise PublishError(f"{dist.archive}: its manifest.json differs from {dist_dir}/"
-                               f"{mf.MANIFEST}; the dist directory is damaged, rebuild it")
+        # Every listed file is hashed as it is written and checked against the manifest, and the
+        # bundle's own manifest.json must equal the published one (finalize fsyncs, not this).
+        unpack_checked(dist.archive, tmp / BUNDLE_DIR, published, durable=False,
+                       fix=f"the dist directory {dist_dir} is damaged, rebuild the bundle")
         tree = scan(tmp)
         inner_rel = f"{BUNDLE_DIR}/{mf.MANIFEST}"
         # safe_extract refused unlisted, missing and wrongly sized files; check the tree anyway
@@ -93,6 +84,9 @@ def publish_to_store(dist_dir: Path, root: Path | str | None, agent: str, versio
         # The manifest's digests, each just checked against the bytes written, ARE the digests:
         # finalize reads none of these files again (only the bundle's own small manifest.json).
         known = {rel: (stat_key(tree.files[rel]), d) for rel, (_s, d) in expected.items()}
+        # Decided under the agent lock (held from stage_new to finalize): racing publishers of
+        # different versions leave the highest one current, whichever commits last.
+        activate = activate and becomes_current(version, store.current_version(agent))
     source = BundleRecord(dist.name, dist.version, dist.backend, dist.sha256,
                           published.get("aggregate_sha256"))
     info = store.finalize(agent, version, metadata, activate=activate, bundle=source, known=known)
@@ -116,3 +110,20 @@ def _already_there(store: ModelStore, agent: str, version: str, archive_sha: str
         return None
     return StoreResult(agent, version, info.path, info.path / BUNDLE_DIR, info.checksum or "",
                        archive_sha, not repaired, info.current)
+
+
+def becomes_current(new: str, current: str | None) -> bool:
+    """Does publishing `new` make it current? The rule `kiln publish` follows, under the lock.
+
+    Yes when nothing is current, or when `new` is higher than the current version in PEP 440
+    order (1.10.0 > 1.9.0 > 1.9.0rc1), so the highest version wins among concurrent publishers
+    whichever order they commit in, and a rollback stays put until something newer than its
+    target is published. Where either version is not PEP 440 (`distilled-3f2a9c1`), there is
+    no order to go by and the publish that commits last becomes current.
+    """
+    if current is None:
+        return True
+    try:
+        return Version(new) > Version(current)
+    except InvalidVersion:
+        return True

@@ -27,20 +27,21 @@ import re
 import shlex
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
-from ..artifacts import names
-from ..artifacts import manifest as mf
-from ..artifacts.atomic import fsync_dir, write_bytes
-from ..artifacts.digest import canonical_json
-from ..errors import KilnError, PublishError
 from .. import transport
-from ..artifacts.extract import safe_extract
+from ..artifacts import manifest as mf
+from ..artifacts import names
+from ..artifacts.atomic import fsync_dir, swap_symlink, write_bytes
+from ..artifacts.digest import canonical_json
 from ..artifacts.extract_limits import Limits
+from ..artifacts.install import unpack_checked
 from ..artifacts.lock import FileLock
+from ..errors import KilnError, PublishError
 
 BACKENDS = ("pytorch", "onnx")
 URI_ENV = {"pytorch": "MODEL_BUNDLE_S3_URI_PYTORCH", "onnx": "MODEL_BUNDLE_S3_URI_ONNX"}
@@ -109,8 +110,14 @@ def bootstrap(env: Mapping[str, str] | None = None, progress: transport.Progress
     limits = Limits.from_env(env)  # the host's ceilings, refused here if set to nonsense
     root = Path(env.get("REGISTRY_RUNTIME_DIR") or DEFAULT_RUNTIME_DIR).expanduser().absolute()
     base = root / backend
-    with _locked(base):
-        return _bootstrap(backend, uri, base, mode == "full", progress, settings, limits)
+    try:
+        with _locked(base):
+            return _bootstrap(backend, uri, base, mode == "full", progress, settings, limits)
+    except OSError as exc:  # the runtime dir (or a file in it) cannot be read or written
+        raise PublishError(f"{exc.filename or base}: {exc.strerror or exc}; check "
+                           "REGISTRY_RUNTIME_DIR, its permissions and free space, then run the "
+                           "bootstrap again (current still points at the previous version)"
+                           ) from None
 
 
 def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: transport.Progress | None,
@@ -120,13 +127,13 @@ def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: transpo
     if raw is None:
         raise PublishError(f"{manifest_uri}: not found, so {uri} is not a published bundle (or its "
                            "publish was interrupted); publish it with `kiln publish`")
-    published = mf.loads(raw, manifest_uri)
-    size, sha = _archive(published, manifest_uri)
-    if published.get("backend") != backend:
-        raise KilnError(f"{manifest_uri}: a {published.get('backend')!r} bundle, but "
+    published = mf.loads_published(raw, manifest_uri)
+    size, sha = published["archive"]["size"], published["archive"]["sha256"]
+    if published["backend"] != backend:
+        raise KilnError(f"{manifest_uri}: a {published['backend']!r} bundle, but "
                         f"MODEL_BACKEND={backend}; point {URI_ENV[backend]} at the {backend} "
                         "bundle")
-    version = str(published.get("version", ""))
+    version = published["version"]
     if not _VERSION.fullmatch(version):
         shown = repr(version[:60]) + ("..." if len(version) > 60 else "")
         raise PublishError(f"{manifest_uri}: version {shown} ({len(version)} characters) is not "
@@ -146,17 +153,8 @@ def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: transpo
                    downloaded=downloaded, paths=paths)
 
 
-def _archive(published: dict, origin: str) -> tuple[int, str]:
-    archive = published.get("archive")
-    if not (isinstance(archive, dict) and isinstance(archive.get("size"), int)
-            and isinstance(archive.get("sha256"), str)
-            and re.fullmatch(r"[0-9a-f]{64}", archive["sha256"])):
-        raise PublishError(f"{origin}: no valid 'archive' entry (size, sha256); this is a bundle "
-                           "manifest, not a published one; re-publish with `kiln publish`")
-    return archive["size"], archive["sha256"]
-
-
-def _cached(vdir: Path, record: Path, sha: str, published: dict, full: bool) -> bool:
+def _cached(vdir: Path, record: Path, sha: str, published: mf.PublishedManifest,
+            full: bool) -> bool:
     """Is `vdir` the verified unpacking of this archive, untouched since? (see module doc)"""
     try:
         seen = json.loads(record.read_bytes())
@@ -167,7 +165,7 @@ def _cached(vdir: Path, record: Path, sha: str, published: dict, full: bool) -> 
     if _stat_tree(vdir) != seen.get("files"):
         return False
     if full:
-        inner = {k: v for k, v in published.items() if k != "archive"}
+        inner = mf.without_archive(published)
         try:
             on_disk = mf.load(vdir / mf.MANIFEST)
         except KilnError:
@@ -195,7 +193,8 @@ def _stat_tree(root: Path) -> dict[str, list[int]] | None:
     return out
 
 
-def _install(uri: str, published: dict, size: int, sha: str, vdir: Path, record: Path,
+def _install(uri: str, published: mf.PublishedManifest, size: int, sha: str, vdir: Path,
+             record: Path,
              progress: transport.Progress | None, settings: transport.TransferSettings,
              limits: Limits) -> None:
     """Download, check, unpack and verify into a hidden directory, then rename it into place."""
@@ -206,15 +205,10 @@ def _install(uri: str, published: dict, size: int, sha: str, vdir: Path, record:
     try:
         tarball, tree = work / mf.ARCHIVE, work / "tree"
         transport.download(uri, tarball, size=size, sha256=sha, progress=progress, settings=settings)
-        sizes: dict[str, int | None] = {f["path"]: f["size"] for f in published["files"]}
-        sizes[mf.MANIFEST] = None
-        # Every listed file's size and sha256 is checked as it is written; nothing unlisted and
-        # nothing missing gets through; then the bundle's own manifest must equal the published.
-        safe_extract(tarball, tree, sizes=sizes, limits=limits,
-                     sha256s={f["path"]: f["sha256"] for f in published["files"]})
+        unpack_checked(tarball, tree, published, limits=limits,
+                       fix=f"the bundle at {uri} was replaced or mis-published, refusing it")
         tarball.unlink()
-        _check_inner(tree, published, uri)
-        resolve_paths(tree, published.get("backend", ""))  # refuse a bundle the app cannot use
+        resolve_paths(tree, published["backend"])  # refuse a bundle the app cannot use
         stats = _stat_tree(tree)
         record.unlink(missing_ok=True)  # the old record must never vouch for a new directory
         if vdir.exists() or vdir.is_symlink():  # there but unverified or damaged: set it aside
@@ -222,18 +216,9 @@ def _install(uri: str, published: dict, size: int, sha: str, vdir: Path, record:
         os.replace(tree, vdir)
         fsync_dir(versions)
         write_bytes(record, canonical_json({"archive_sha256": sha, "files": stats,
-                                            "version": published.get("version")}))
+                                            "version": published["version"]}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _check_inner(tree: Path, published: dict, uri: str) -> None:
-    """The bundle's own manifest must equal the published one (whose files were just checked)."""
-    inner = mf.load(tree / mf.MANIFEST)
-    expected = {k: v for k, v in published.items() if k != "archive"}
-    if inner != expected:
-        raise PublishError(f"{uri}: the manifest inside the bundle differs from the published "
-                           "manifest.json; the bundle was replaced or mis-published, refusing it")
 
 
 def resolve_paths(root: Path, backend: str) -> dict[str, str]:
@@ -268,21 +253,11 @@ def resolve_paths(root: Path, backend: str) -> dict[str, str]:
 
 
 def _point_current(base: Path, vid: str) -> None:
-    """Point `current` at versions/<vid> (relative symlink, os.replace); on a switch, prune all
-    versions but the new one and the one it replaced (running workers, quick rollback)."""
-    link = base / "current"
-    target = f"versions/{vid}"
-    try:
-        previous = os.readlink(link)
-    except OSError:
-        previous = None
-    if previous == target:
+    """Point `current` at versions/<vid>; on a switch, prune all versions but the new one and
+    the one it replaced (running workers, quick rollback)."""
+    previous = swap_symlink(base / "current", f"versions/{vid}")
+    if previous == f"versions/{vid}":
         return  # nothing switched: keep what the last switch kept (current and its predecessor)
-    tmp = base / f".current.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
-    fsync_dir(base)
     _prune(base / "versions", {vid} | ({Path(previous).name} if previous else set()))
 
 
