@@ -224,3 +224,60 @@ def test_cached_start_keeps_the_previous_version(tmp_path: Path) -> None:
     assert first.is_dir() and second.is_dir()  # the rollback target survives restarts
     back = bootstrap(_env(one, runtime))  # and rolling back to it downloads nothing
     assert not back.downloaded and _current(runtime) == f"versions/{first.name}"
+
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def shared_tmp() -> Any:
+    """A directory under /tmp that another uid may enter (pytest's own tmp_path is 0700)."""
+    import shutil
+    import tempfile
+    path = Path(tempfile.mkdtemp(prefix="kiln-uid-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _as_nobody(uri: str, runtime: Path) -> subprocess.CompletedProcess[str]:
+    """`kiln bootstrap` as the unprivileged user `nobody`: a serving process under another uid."""
+    runtime.mkdir(mode=0o777)
+    runtime.chmod(0o777)
+    env = {"PATH": os.environ.get("PATH", ""), **_env(uri, runtime)}
+    kiln = str(Path(sys.executable).parent / "kiln")
+    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                           kiln, "bootstrap", "--json"], capture_output=True, text=True, env=env,
+                          cwd="/", timeout=120)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(),
+                                reason="switching to another uid needs root and setpriv")
+
+
+@needs_root
+def test_another_user_can_bootstrap_what_root_published(shared_tmp: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        _, uri = _published(shared_tmp)
+    finally:
+        os.umask(old)
+    done = _as_nobody(uri, shared_tmp / "rt")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["model_version"] == "3.0.0"
+
+
+@needs_root
+def test_an_unreadable_publish_is_one_clear_line_exit_1(shared_tmp: Path) -> None:
+    old = os.umask(0o077)  # a publisher whose umask hides its files from every other user
+    try:
+        _, uri = _published(shared_tmp)
+    finally:
+        os.umask(old)
+    for part in [shared_tmp / "bucket", *(shared_tmp / "bucket").rglob("*")]:
+        if part.is_dir():
+            part.chmod(0o755)  # the directories readable: only the files are not
+    done = _as_nobody(uri, shared_tmp / "rt")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot read" in done.stderr and "Permission denied" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
