@@ -14,6 +14,7 @@ from ..artifacts import manifest as mf
 from ..artifacts import names
 from ..artifacts.digest import StatCache, sha256_file
 from ..errors import KilnError, PublishError
+from ..signing import Sidecar, sidecars
 
 Progress = Callable[[int], None]
 
@@ -30,6 +31,9 @@ class DistBundle:
     backend: str
     size: int
     sha256: str
+    # bundle.sig + provenance.sigstore.json when signed: published after the tarball, before
+    # the manifest; checked here to belong to these manifest bytes
+    signatures: tuple[Sidecar, ...] = ()
 
     @classmethod
     def load(cls, dist_dir: Path, cache: StatCache | None = None) -> DistBundle:
@@ -50,7 +54,8 @@ class DistBundle:
                                "the dist directory is damaged, rebuild it (`kiln build`)")
         return cls(directory=dist_dir, archive=archive, manifest_bytes=raw,
                    name=manifest["name"], version=manifest["version"],
-                   backend=manifest["backend"], size=size, sha256=digest)
+                   backend=manifest["backend"], size=size, sha256=digest,
+                   signatures=sidecars(dist_dir, raw))
 
 
 @dataclass(frozen=True)

@@ -159,9 +159,11 @@ def _published(run: _Run) -> PublishResult:
     seen = place.head(names.ARCHIVE)
     if seen is not None and place.holds(names.ARCHIVE, b.size, b.sha256):
         run.skipped += [names.ARCHIVE, names.MANIFEST]
+        signed = _put_signatures(run)  # a re-sign (new key) of a published version adds only these
         _drop_own_claim(run)
-        return run.result(unchanged=True)
+        return run.result(unchanged=not signed)
     _put_archive(run, seen, None)  # lost or damaged under our manifest: the same bytes back
+    _put_signatures(run)
     run.skipped.append(names.MANIFEST)
     _drop_own_claim(run)
     return run.result()
@@ -183,6 +185,7 @@ def _first(run: _Run) -> PublishResult:
         run.archive_etag = seen.etag
     else:
         _put_archive(run, seen, None)
+    _put_signatures(run)
     _commit(run, IF_ABSENT)
     place.delete(CLAIM)
     return run.result()
@@ -195,6 +198,7 @@ def _force(run: _Run, replaced: str | None) -> PublishResult:
     if replaced is not None:
         place.delete(names.MANIFEST)  # un-commit first: readers see "not published", no mismatch
     _put_archive(run, place.head(names.ARCHIVE), ALWAYS)
+    _put_signatures(run)
     _commit(run, ALWAYS)
     place.delete(CLAIM)
     return run.result(forced=replaced is not None, replaced=replaced)
@@ -218,6 +222,24 @@ def _put_archive(run: _Run, seen: ObjectInfo | None, condition: Condition | None
     run.archive_etag = written.etag
     run.uploaded.append(names.ARCHIVE)
     run.sent += b.size
+
+
+def _put_signatures(run: _Run) -> bool:
+    """Write the signature files (before the manifest) where they differ from what is there.
+
+    Deterministic signing makes the same key's files byte-identical, so an unchanged publish
+    writes none; every version of them is valid for the one manifest, so replacing is safe.
+    """
+    wrote = False
+    for sidecar in run.bundle.signatures:
+        if run.place.get_small(sidecar.name) == sidecar.data:
+            run.skipped.append(sidecar.name)
+            continue
+        run.place.put_bytes(sidecar.name, sidecar.data, ALWAYS, content_type=sidecar.media_type)
+        run.uploaded.append(sidecar.name)
+        run.sent += len(sidecar.data)
+        wrote = True
+    return wrote
 
 
 def _commit(run: _Run, condition: Condition) -> None:

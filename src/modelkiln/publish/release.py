@@ -25,6 +25,7 @@ from ..model.bundle import Bundle
 from ..model.version import resolve
 from ..paths import Layout, registry_dir, store_root
 from ..registry import Artifacts, RegistryEntry, record_discovered
+from ..signing import sign_if_configured
 from ..store import ModelStore
 from . import PublishResult, publish_bundle, render_destination
 from .bundle import DistBundle
@@ -66,6 +67,7 @@ def release(bundle: Bundle, backend: str, *, to: str | None = None, force: bool 
     layout = Layout(bundle.root)
     version = resolve(bundle.version, bundle.root)
     dist = layout.dist_dir(bundle.name, version, backend)
+    sign_if_configured(dist, bundle.root)  # KILN_SIGNING_KEY[_FILE]: signature files go first
     oci = release_oci(bundle, backend, version, to=to, force=force, progress=progress)
     via_oci = oci is not None and oci.artifact is not None and (to or "").startswith(OCI_SCHEME)
     if oci is not None and via_oci:

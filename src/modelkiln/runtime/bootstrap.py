@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import transport
+from .. import signing, transport
 from ..artifacts import manifest as mf
 from ..artifacts import names
 from ..artifacts.atomic import fsync_dir, swap_symlink, write_bytes
@@ -108,11 +108,13 @@ def bootstrap(env: Mapping[str, str] | None = None, progress: transport.Progress
     if mode not in ("stat", "full"):
         raise KilnError(f"REGISTRY_VERIFY={mode!r}: use 'stat' (default) or 'full'")
     limits = Limits.from_env(env)  # the host's ceilings, refused here if set to nonsense
+    policy = signing.policy_from_env(env)  # REGISTRY_TRUSTED_KEYS: signed bundles only
     root = Path(env.get("REGISTRY_RUNTIME_DIR") or DEFAULT_RUNTIME_DIR).expanduser().absolute()
     base = root / backend
     try:
         with _locked(base):
-            return _bootstrap(backend, uri, base, mode == "full", progress, settings, limits)
+            return _bootstrap(backend, uri, base, mode == "full", progress, settings, limits,
+                              policy)
     except OSError as exc:  # the runtime dir (or a file in it) cannot be read or written
         raise PublishError(f"{exc.filename or base}: {exc.strerror or exc}; check "
                            "REGISTRY_RUNTIME_DIR, its permissions and free space, then run the "
@@ -121,13 +123,19 @@ def bootstrap(env: Mapping[str, str] | None = None, progress: transport.Progress
 
 
 def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: transport.Progress | None,
-               settings: transport.TransferSettings, limits: Limits) -> Runtime:
+               settings: transport.TransferSettings, limits: Limits,
+               policy: signing.Policy) -> Runtime:
     manifest_uri = transport.sibling(uri, mf.MANIFEST)
     raw = transport.read_small(manifest_uri, settings=settings)
     if raw is None:
         raise PublishError(f"{manifest_uri}: not found, so {uri} is not a published bundle (or its "
                            "publish was interrupted); publish it with `kiln publish`")
     published = mf.loads_published(raw, manifest_uri)
+    if policy.required:  # before any download, cache use or extraction: the manifest is signed,
+        # so the archive size/sha256 and file digests checked below are the signed ones
+        sig_uri = transport.sibling(uri, names.SIGNATURE)
+        sig = transport.read_small(sig_uri, limit=signing.MAX_SIGNATURE_BYTES, settings=settings)
+        signing.check_published(raw, sig, policy, origin=sig_uri, manifest_origin=manifest_uri)
     size, sha = published["archive"]["size"], published["archive"]["sha256"]
     if published["backend"] != backend:
         raise KilnError(f"{manifest_uri}: a {published['backend']!r} bundle, but "

@@ -91,6 +91,14 @@ def sign_dist(dist_dir: Path, key: SigningKey | None = None, *, root: Path | Non
     return SignResult(dist_dir, key.public.key_id, tuple(written), record)
 
 
+def sign_if_configured(dist_dir: Path, root: Path | None,
+                       env: Mapping[str, str] | None = None) -> SignResult | None:
+    """Sign `dist_dir` when KILN_SIGNING_KEY[_FILE] names a key (publish calls this first);
+    None, and nothing written, when no key is configured."""
+    key = load_signing_key(env)
+    return sign_dist(dist_dir, key, root=root, env=env) if key is not None else None
+
+
 def sidecars(dist_dir: Path, manifest_bytes: bytes) -> tuple[Sidecar, ...]:
     """The signature files to publish before `manifest_bytes`; () for an unsigned bundle.
 

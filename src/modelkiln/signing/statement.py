@@ -6,7 +6,8 @@
       serialization: {method: files, hash_type: sha256, allow_symlinks: false,
                       ignore_paths: [manifest.json, bundle.sig]}
       resources: [{name: <path>, algorithm: sha256, digest: <hex>}, ...]   every bundle file
-      modelkiln: {name, version, backend, manifest_sha256, archive_sha256, archive_size}
+      modelkiln: {name, version, backend, manifest_sha256, bundle_manifest_sha256,
+                  archive_sha256, archive_size}
 
 `resources` are the (path, sha256) pairs of the bundle manifest, so the reference model-signing
 verifier can check an unpacked bundle directory by itself. The root digest is sha256 over the
@@ -14,7 +15,8 @@ raw resource digests in listed order, as that verifier recomputes it. Its spec l
 carry more fields, which its verifiers ignore; `modelkiln` is ours and binds what a file list
 alone cannot: the exact published manifest (its sha256), the tarball, and the bundle's name,
 version and backend, so a signature cannot be replayed onto another version. The bundle's own
-`manifest.json` is left to `ignore_paths`: the tarball holds it and the tarball's digest is signed.
+`manifest.json` (inside the tarball, or a layer of an OCI artifact) is signed by its sha256 in
+`bundle_manifest_sha256`, and left to `ignore_paths` for the reference verifier.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..artifacts import manifest as mf
 from ..artifacts import names
 from ..artifacts.manifest import PublishedManifest
 from ..errors import SignatureError
@@ -42,6 +45,7 @@ class SignedBundle:
     version: str
     backend: str
     manifest_sha256: str
+    bundle_manifest_sha256: str  # the tarball's own manifest.json: the published one less archive
     archive_sha256: str
     archive_size: int
     files: tuple[tuple[str, str], ...]  # (path, sha256), as listed
@@ -66,6 +70,8 @@ def from_manifest(manifest: PublishedManifest, manifest_bytes: bytes) -> SignedB
     return SignedBundle(name=manifest["name"], version=manifest["version"],
                         backend=manifest["backend"],
                         manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
+                        bundle_manifest_sha256=hashlib.sha256(
+                            mf.dumps(mf.without_archive(manifest))).hexdigest(),
                         archive_sha256=manifest["archive"]["sha256"],
                         archive_size=manifest["archive"]["size"], files=files)
 
@@ -84,6 +90,7 @@ def encode(record: SignedBundle) -> bytes:
                           for path, digest in record.files],
             "modelkiln": {"name": record.name, "version": record.version,
                           "backend": record.backend, "manifest_sha256": record.manifest_sha256,
+                          "bundle_manifest_sha256": record.bundle_manifest_sha256,
                           "archive_sha256": record.archive_sha256,
                           "archive_size": record.archive_size},
         },
@@ -113,7 +120,8 @@ def decode(statement: Any, origin: str) -> SignedBundle:
                 or not _HEX64.fullmatch(str(item.get("digest"))):
             raise bad("lists a resource that is not a (name, sha256) pair")
         files.append((item["name"], item["digest"]))
-    keys = ("name", "version", "backend", "manifest_sha256", "archive_sha256")
+    keys = ("name", "version", "backend", "manifest_sha256", "bundle_manifest_sha256",
+            "archive_sha256")
     if not all(isinstance(ours.get(k), str) and ours[k] for k in keys) \
             or not isinstance(ours.get("archive_size"), int):
         raise bad("lacks name, version, backend, manifest or archive digests")
@@ -126,5 +134,6 @@ def decode(statement: Any, origin: str) -> SignedBundle:
         raise bad("has a subject digest that does not match its resources")
     return SignedBundle(name=text["name"], version=text["version"], backend=text["backend"],
                         manifest_sha256=text["manifest_sha256"],
+                        bundle_manifest_sha256=text["bundle_manifest_sha256"],
                         archive_sha256=text["archive_sha256"], archive_size=ours["archive_size"],
                         files=tuple(files))

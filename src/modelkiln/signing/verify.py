@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..artifacts import manifest as mf
 from ..artifacts import names
+from ..artifacts.digest import sha256_file
 from ..errors import FileChange, SignatureError
 from . import envelope, provenance, statement
 from .keys import TRUSTED_ENV, PublicKey, load_trusted_keys
@@ -77,24 +78,54 @@ def verify_bundle(manifest_bytes: bytes, signature_bytes: bytes,
     registry entry, a pinned version); the signed ones must equal them. Whether given or not, the
     signed name/version/backend must equal the manifest's and the manifest must be the signed one.
     """
-    payload, key = open_envelope(signature_bytes, trusted_keys, origin)
-    record = statement.decode(envelope.strict_json(payload, origin, "signed statement"), origin)
+    record = _open_statement(signature_bytes, trusted_keys, origin)
     manifest = mf.loads(manifest_bytes, manifest_origin)
-    for field, expected in (("name", expected_name), ("version", expected_version),
-                            ("name", manifest.get("name")), ("version", manifest.get("version")),
-                            ("backend", manifest.get("backend"))):
-        signed = getattr(record, field)
-        if expected is not None and signed != expected:
-            raise SignatureError(f"{origin}: the signature is for {record.label}, but this is "
-                                 f"{field} {expected!r}: a signature replayed from another "
-                                 "bundle or version; refuse it, publish this version signed")
+    _same_bundle(record, manifest, expected_name, expected_version, origin)
     actual = hashlib.sha256(manifest_bytes).hexdigest()
     if actual != record.manifest_sha256:
         raise SignatureError(f"{origin}: manifest.json (sha256 {actual[:16]}) is not the signed "
                              f"one ({record.manifest_sha256[:16]}): "
                              f"{_manifest_diff(manifest, record)}; do not use this bundle, "
                              "re-publish it from a trusted build")
-    return _with_key(record, key)
+    return record
+
+
+def verify_bundle_manifest(manifest_bytes: bytes, signature_bytes: bytes,
+                           trusted_keys: Sequence[PublicKey], expected_name: str | None = None,
+                           expected_version: str | None = None, *, origin: str = names.SIGNATURE,
+                           manifest_origin: str = names.MANIFEST) -> SignedBundle:
+    """Like `verify_bundle`, for a bundle's own manifest.json (no `archive` entry): what an OCI
+    artifact's manifest layer or an unpacked bundle holds, where no published manifest exists."""
+    record = _open_statement(signature_bytes, trusted_keys, origin)
+    manifest = mf.loads(manifest_bytes, manifest_origin)
+    _same_bundle(record, manifest, expected_name, expected_version, origin)
+    actual = hashlib.sha256(manifest_bytes).hexdigest()
+    if actual != record.bundle_manifest_sha256:
+        raise SignatureError(f"{origin}: {manifest_origin} (sha256 {actual[:16]}) is not the "
+                             f"signed bundle manifest ({record.bundle_manifest_sha256[:16]}): "
+                             f"{_manifest_diff(manifest, record)}; do not use this bundle, "
+                             "re-publish it from a trusted build")
+    return record
+
+
+def _open_statement(signature_bytes: bytes, trusted_keys: Sequence[PublicKey],
+                    origin: str) -> SignedBundle:
+    payload, key = open_envelope(signature_bytes, trusted_keys, origin)
+    record = statement.decode(envelope.strict_json(payload, origin, "signed statement"), origin)
+    return dataclasses.replace(record, key_id=key.key_id)
+
+
+def _same_bundle(record: SignedBundle, manifest: mf.BundleManifest, expected_name: str | None,
+                 expected_version: str | None, origin: str) -> None:
+    """The signed name/version/backend must be the expected ones and the manifest's."""
+    for field, expected in (("name", expected_name), ("version", expected_version),
+                            ("name", manifest["name"]), ("version", manifest["version"]),
+                            ("backend", manifest["backend"])):
+        signed = getattr(record, field)
+        if expected is not None and signed != expected:
+            raise SignatureError(f"{origin}: the signature is for {record.label}, but this is "
+                                 f"{field} {expected!r}: a signature replayed from another "
+                                 "bundle or version; refuse it, publish this version signed")
 
 
 def check_archive(record: SignedBundle, size: int, sha256: str, origin: str) -> None:
@@ -112,7 +143,16 @@ def file_changes(record: SignedBundle, root: Path) -> list[FileChange]:
                         files=files, inputs={}, spec_digest="", tools={})
     changes = mf.compare_tree(root, manifest)  # sizes unused: it compares digests
     sig = root / names.SIGNATURE
-    return [c for c in changes if not (c.kind == "added" and root / c.path == sig)]
+    changes = [c for c in changes if not (c.kind == "added" and root / c.path == sig)]
+    own = root / names.MANIFEST  # the bundle's own manifest: signed by its digest
+    if own.is_file() and not own.is_symlink():
+        digest = sha256_file(own)
+        if digest != record.bundle_manifest_sha256:
+            changes.append(FileChange(names.MANIFEST, "changed", record.bundle_manifest_sha256,
+                                      digest))
+    else:
+        changes.append(FileChange(names.MANIFEST, "missing"))
+    return sorted(changes, key=lambda c: c.path)
 
 
 def check_files(record: SignedBundle, root: Path, origin: str) -> None:
@@ -130,10 +170,6 @@ def verify_provenance(data: bytes, trusted_keys: Sequence[PublicKey], record: Si
     """Verify a signed provenance statement and that it describes `record`'s bytes."""
     payload, _ = open_envelope(data, trusted_keys, origin)
     return provenance.decode(envelope.strict_json(payload, origin, "provenance"), record, origin)
-
-
-def _with_key(record: SignedBundle, key: PublicKey) -> SignedBundle:
-    return dataclasses.replace(record, key_id=key.key_id)
 
 
 def _manifest_diff(manifest: Mapping[str, object], record: SignedBundle) -> str:
@@ -178,7 +214,7 @@ def policy_from_env(env: Mapping[str, str] | None = None) -> Policy:
 
 
 def check_published(manifest_bytes: bytes, signature_bytes: bytes | None, policy: Policy, *,
-                    origin: str) -> SignedBundle | None:
+                    origin: str, manifest_origin: str = names.MANIFEST) -> SignedBundle | None:
     """The bootstrap's one call, made before any download or extraction.
 
     No trusted keys: nothing is required, returns None. Trusted keys and no signature: refused.
@@ -191,4 +227,5 @@ def check_published(manifest_bytes: bytes, signature_bytes: bytes | None, policy
                              "signed; publish it with a signing key (KILN_SIGNING_KEY_FILE), or "
                              f"unset {TRUSTED_ENV} to accept unsigned bundles")
     return verify_bundle(manifest_bytes, signature_bytes, policy.trusted,
-                         policy.expected_name, policy.expected_version, origin=origin)
+                         policy.expected_name, policy.expected_version, origin=origin,
+                         manifest_origin=manifest_origin)
