@@ -3,18 +3,20 @@
 A stage module provides:
     CODE_VERSION: str                      bump it when the stage's output for the same inputs changes
     plan(bundle, layout) -> list[StagePlan] pure: no file reads beyond listing, no heavy imports
-    run(ctx: RunContext) -> dict | None    writes outputs into ctx.out; may return a JSON-able report
+    run(ctx: RunContext) -> Report | None  writes outputs into ctx.out; may return a JSON-able report
 Heavy libraries are imported inside `run`, never at module level.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, TypedDict
 
 from ..artifacts.digest import StatCache, canonical_json, sha256_bytes
-from ..model.bundle import Bundle
+from ..errors import BuildError
+from ..model.bundle import Bundle, Onnx
 from ..paths import Layout
 
 
@@ -64,6 +66,22 @@ def section(bundle: Bundle, key: str) -> Any:
     return json.loads(bundle.section(key))
 
 
+Report = dict[str, Any]  # what a stage's run() returns: JSON-able, kept in its stamp
+
+
+class Stamp(TypedDict):
+    """What a finished task recorded beside its outputs (the graph writes it, a stage reads its
+    upstream's): the marker that its outputs are complete, and what they were built from."""
+
+    task: str
+    params_digest: str
+    params: dict[str, Any]
+    inputs: dict[str, str]  # project-relative path (or "@<task>") -> sha256
+    outputs: dict[str, str]  # output-relative path -> sha256
+    outputs_aggregate: str
+    report: Report
+
+
 @dataclass
 class RunContext:
     """What a stage's `run` gets: its plan, the bundle, a fresh output dir, upstream outputs."""
@@ -76,13 +94,22 @@ class RunContext:
     cache: StatCache
     log: Callable[[str], None]
 
+    @property
+    def onnx(self) -> Onnx:
+        """The bundle's ONNX section, for the stages that are planned only when it is enabled."""
+        if self.bundle.onnx is None:
+            raise BuildError(f"{self.plan.task}: needs backends.onnx, which "
+                             f"{self.bundle.spec_path.name} does not enable; run `kiln plan` again")
+        return self.bundle.onnx
+
     def up(self, stage: str) -> Path:
         """The (final) output directory of an upstream stage."""
         return self.upstream[stage].out_dir
 
-    def up_stamp(self, stage: str) -> dict:
+    def up_stamp(self, stage: str) -> Stamp:
         """The stamp an upstream stage wrote: its inputs, outputs and report."""
-        return json.loads(self.upstream[stage].stamp.read_bytes())
+        stamp: Stamp = json.loads(self.upstream[stage].stamp.read_bytes())
+        return stamp  # the graph wrote it before this task could start
 
 
 def tool_versions(*dists: str) -> dict[str, str]:

@@ -11,14 +11,25 @@ from typing import Any
 
 from ..errors import BuildError
 
+Batch = dict[str, Any]  # tokenizer output: input name -> 2-D integer array (rows x tokens)
 
-def read_calibration(path: Path, labels: tuple[str, ...], limit: int | None = None
+
+def read_calibration(path: Path | None, labels: tuple[str, ...], limit: int | None = None
                      ) -> tuple[list[str], Any]:
-    """Texts and a 0/1 label matrix (rows x labels) from JSONL rows {"text": .., "labels": [..]}."""
+    """Texts and a 0/1 label matrix (rows x labels) from JSONL rows {"text": .., "labels": [..]}.
+
+    `path` is None when the spec names no calibration file; validation refuses the specs whose
+    stages need one, so reaching here without one is a spec the checks missed: say what to set.
+    """
     import numpy as np
 
+    if path is None:
+        raise BuildError("this stage needs calibration data, and the spec names none; set "
+                         "thresholds.calibration (JSONL of text + labels)")
+
     index = {name: i for i, name in enumerate(labels)}
-    texts, rows = [], []
+    texts: list[str] = []
+    rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -44,7 +55,7 @@ def read_calibration(path: Path, labels: tuple[str, ...], limit: int | None = No
     return texts, np.stack(rows)
 
 
-def encode(tokenizer_dir: Path, texts: list[str], max_length: int) -> dict:
+def encode(tokenizer_dir: Path, texts: list[str], max_length: int) -> Batch:
     """Tokenize once, padded to the longest row, as numpy int64 (fed to torch and onnxruntime)."""
     from transformers import AutoTokenizer
 
@@ -53,7 +64,7 @@ def encode(tokenizer_dir: Path, texts: list[str], max_length: int) -> dict:
                     return_tensors="np"))
 
 
-def torch_logits(model_dir: Path, batch: dict, chunk: int = 64) -> Any:
+def torch_logits(model_dir: Path, batch: Batch, chunk: int = 64) -> Any:
     """Logits of the PyTorch model over an encoded batch, in float32 numpy."""
     import numpy as np
     import torch
@@ -103,7 +114,7 @@ def ort_session(model_path: Path, threads: int | None = None) -> Any:
                          "rebuild the ONNX stages") from None
 
 
-def ort_feed(session: Any, batch: dict) -> dict:
+def ort_feed(session: Any, batch: Batch) -> Batch:
     """The encoded batch restricted to the model's inputs (int64); a missing input is an error."""
     import numpy as np
 
@@ -115,7 +126,7 @@ def ort_feed(session: Any, batch: dict) -> dict:
     return {n: np.asarray(batch[n], dtype=np.int64) for n in names}
 
 
-def ort_logits(model_path: Path | Any, batch: dict, chunk: int = 64) -> Any:
+def ort_logits(model_path: Path | Any, batch: Batch, chunk: int = 64) -> Any:
     """Logits of an ONNX model (a path or an open session) over an encoded batch, float32."""
     import numpy as np
 
@@ -127,7 +138,7 @@ def ort_logits(model_path: Path | Any, batch: dict, chunk: int = 64) -> Any:
     return np.concatenate(outs).astype(np.float32)
 
 
-def ort_logits_per_text(model_path: Path | Any, batch: dict) -> Any:
+def ort_logits_per_text(model_path: Path | Any, batch: Batch) -> Any:
     """Logits of each text run on its own (batch 1, padding stripped), float32.
 
     Dynamically quantized models scale activations per input tensor, so a row's int8 logits

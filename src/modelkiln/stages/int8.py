@@ -23,7 +23,8 @@ from ..artifacts import names
 from ..errors import BuildError
 from ..model.bundle import Bundle
 from ..paths import Layout
-from .base import RunContext, StagePlan, params, stage_plan
+from .base import Report, RunContext, StagePlan, params, stage_plan
+from .infer import Batch
 
 CODE_VERSION = "1"
 OUTPUT = names.ONNX_INT8
@@ -51,22 +52,22 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
 class _TextReader:
     """onnxruntime CalibrationDataReader over tokenized calibration texts, one row per run."""
 
-    def __init__(self, rows: list[dict]):
+    def __init__(self, rows: list[Batch]):
         self._rows = iter(rows)
 
-    def get_next(self) -> dict | None:
+    def get_next(self) -> Batch | None:
         return next(self._rows, None)
 
     def rewind(self) -> None:  # not needed for MinMax; defined because some versions ask
         pass
 
 
-def _calibration_rows(ctx: RunContext, input_names: list[str]) -> list[dict]:
+def _calibration_rows(ctx: RunContext, input_names: list[str]) -> list[Batch]:
     import numpy as np
 
     from .infer import encode, read_calibration
 
-    q = ctx.bundle.onnx.quantize
+    q = ctx.onnx.quantize
     texts, _ = read_calibration(q.calibration, ctx.bundle.labels.names, limit=CALIBRATION_ROWS)
     tok_dir = ctx.up("tokenizer") / "tokenizer"
     rows = []
@@ -81,12 +82,17 @@ def _calibration_rows(ctx: RunContext, input_names: list[str]) -> list[dict]:
 
 
 def _quantize(ctx: RunContext, src: Path, dst: Path, large: bool) -> None:
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     from .infer import ort_session
 
-    q = ctx.bundle.onnx.quantize
+    q = ctx.onnx.quantize
     weight_type = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[q.weight_type]
     op_types = list(q.op_types) if q.op_types else None
     if q.mode == "dynamic":
@@ -112,10 +118,10 @@ def _op_counts(path: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def run(ctx: RunContext) -> dict:
+def run(ctx: RunContext) -> Report:
     from .onnx import MODEL, check_external_data
 
-    q = ctx.bundle.onnx.quantize
+    q = ctx.onnx.quantize
     src = ctx.up("onnx") / MODEL
     fp32_files = [MODEL, *check_external_data(src)]
     fp32_bytes = sum((src.parent / n).stat().st_size for n in fp32_files)

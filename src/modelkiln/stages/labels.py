@@ -11,7 +11,7 @@ from ..artifacts import names
 from ..errors import BuildError
 from ..model.bundle import Bundle
 from ..paths import Layout
-from .base import RunContext, StagePlan, params, stage_plan
+from .base import Report, RunContext, StagePlan, params, stage_plan
 
 CODE_VERSION = "1"
 
@@ -27,7 +27,7 @@ def _dump(value: object) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
 
 
-def run(ctx: RunContext) -> dict:
+def run(ctx: RunContext) -> Report:
     order = json.loads(ctx.bundle.labels.order.read_bytes())
     fields = json.loads(ctx.bundle.labels.fields.read_bytes())
     config = json.loads((ctx.up("weights") / names.CONFIG).read_bytes())

@@ -14,13 +14,14 @@ make a loader read outside the bundle.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import BuildError
 from ..model.bundle import Bundle
 from ..paths import Layout
-from .base import RunContext, StagePlan, params, stage_plan
+from .base import Report, RunContext, StagePlan, params, stage_plan
 
 CODE_VERSION = "1"
 MODEL = "model.onnx"
@@ -140,10 +141,10 @@ def _export(weights: Path, out: Path, opset: int) -> None:
                            monolith=True, no_post_process=True)
 
 
-def run(ctx: RunContext) -> dict:
+def run(ctx: RunContext) -> Report:
     import onnx
 
-    opset = ctx.bundle.onnx.opset
+    opset = ctx.onnx.opset
     scratch = ctx.out / ".export"
     ctx.log(f"onnx:{ctx.bundle.name}: exporting at opset {opset}")
     try:

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from string import Template
 
-from ..artifacts import names
 from ..artifacts import manifest as mf
+from ..artifacts import names
 from ..artifacts.digest import sha256_bytes, sha256_file
 from ..artifacts.tarball import write_tarball
 from ..model.bundle import Bundle
 from ..model.version import resolve
-from ..resources import resource_bytes
 from ..paths import Layout
-from .base import RunContext, StagePlan, params, tool_versions
+from ..resources import resource_bytes
+from .base import Report, RunContext, StagePlan, params, tool_versions
 
 CODE_VERSION = "2"
 CARD = "model_card.md"
@@ -51,7 +52,8 @@ def spec_digest(bundle: Bundle, backend: str) -> str:
     return sha256_bytes(json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode())
 
 
-def model_card(ctx: RunContext, backend: str, version: str, reports: dict, tools: dict) -> str:
+def model_card(ctx: RunContext, backend: str, version: str, reports: dict[str, Report],
+               tools: dict[str, str]) -> str:
     """The bundle's model card from templates/model_card.md: inputs, outputs, labels, thresholds,
     and the checks it passed. Deterministic: no dates, only what the build recorded."""
     b = ctx.bundle
@@ -108,9 +110,11 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
     return plans
 
 
-def run(ctx: RunContext) -> dict:
+def run(ctx: RunContext) -> Report:
     backend = ctx.plan.backend or "pytorch"
-    members, files, inputs = [], [], {}
+    members: list[tuple[str, Path]] = []
+    files: list[mf.FileEntry] = []
+    inputs: dict[str, str] = {}
     for stage, wanted in CONTENTS[backend]:
         stamp = ctx.up_stamp(stage)
         for rel, digest in sorted(stamp["outputs"].items()):

@@ -26,7 +26,7 @@ from ..artifacts import names
 from ..errors import BuildError
 from ..model.bundle import Bundle
 from ..paths import Layout
-from .base import RunContext, StagePlan, params, stage_plan
+from .base import Report, RunContext, StagePlan, params, stage_plan
 
 CODE_VERSION = "1"
 WORST = 3  # labels named in a failure message
@@ -54,7 +54,7 @@ def _r(x: float) -> float:
 
 
 def compare(ref: Any, fp32: Any, int8: Any, labels: tuple[str, ...], cuts: dict[str, float],
-            task: str) -> dict:
+            task: str) -> Report:
     """The parity figures of fp32 and int8 logits against the PyTorch reference (pure numpy)."""
     import numpy as np
 
@@ -83,7 +83,7 @@ def compare(ref: Any, fp32: Any, int8: Any, labels: tuple[str, ...], cuts: dict[
     }
 
 
-def gate(report: dict, atol: float, max_rate: float) -> dict[str, str]:
+def gate(report: Report, atol: float, max_rate: float) -> dict[str, str]:
     """gate name ('fp32', 'int8') -> readable reason it fails; empty when both pass."""
     failures = {}
     per = report["per_label"]
@@ -108,7 +108,7 @@ def gate(report: dict, atol: float, max_rate: float) -> dict[str, str]:
     return failures
 
 
-def markdown(report: dict, atol: float, max_rate: float) -> str:
+def markdown(report: Report, atol: float, max_rate: float) -> str:
     """A short Markdown summary: the two gates, then one row per label."""
     fp32, int8 = report["fp32"], report["int8"]
     failed = gate(report, atol, max_rate)
@@ -128,12 +128,12 @@ def markdown(report: dict, atol: float, max_rate: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(ctx: RunContext) -> dict:
+def run(ctx: RunContext) -> Report:
     from .infer import encode, ort_logits, ort_logits_per_text, read_calibration, torch_logits
     from .int8 import OUTPUT
     from .onnx import MODEL
 
-    b, p = ctx.bundle, ctx.bundle.onnx.parity
+    b, p = ctx.bundle, ctx.onnx.parity
     labels = tuple(json.loads((ctx.up("labels") / names.LABEL_ORDER).read_bytes()))
     cuts = json.loads((ctx.up("thresholds") / names.THRESHOLDS).read_bytes())
     texts, _ = read_calibration(b.thresholds.calibration, labels, limit=p.samples)

@@ -20,7 +20,7 @@ from ..artifacts import names
 from ..errors import BuildError
 from ..model.bundle import Bundle
 from ..paths import Layout
-from .base import RunContext, StagePlan, params, stage_plan
+from .base import Report, RunContext, StagePlan, params, stage_plan
 
 CODE_VERSION = "1"
 SAMPLES = ("modelkiln smoke test",
@@ -55,7 +55,7 @@ def assemble(ctx: RunContext, view: Path) -> None:
         raise BuildError(f"the int8 stage produced no {OUTPUT}; rebuild int8")
 
 
-def check_view(view: Path, task: str, max_length: int) -> dict:
+def check_view(view: Path, task: str, max_length: int) -> Report:
     """Run the samples through a bundle-shaped directory; raise BuildError on any wrong shape."""
     import numpy as np
     from transformers import AutoTokenizer
@@ -84,7 +84,7 @@ def check_view(view: Path, task: str, max_length: int) -> dict:
     if not np.all(np.isfinite(probs)) or probs.min() < 0 or probs.max() > 1:
         raise BuildError("the int8 model gives scores that are not finite probabilities")
     on = decide(probs, labels, cuts)
-    predicted = [[lab for lab, hit in zip(labels, row) if hit] for row in on]
+    predicted = [[lab for lab, hit in zip(labels, row, strict=True) if hit] for row in on]
     return {"samples": len(SAMPLES), "sequence_length": int(batch["input_ids"].shape[1]),
             "output_shape": list(logits.shape), "labels": list(labels),
             "predicted": predicted,
@@ -92,7 +92,7 @@ def check_view(view: Path, task: str, max_length: int) -> dict:
                             if p.is_file())}
 
 
-def run(ctx: RunContext) -> dict:
+def run(ctx: RunContext) -> Report:
     with tempfile.TemporaryDirectory(prefix="kiln-smoke-") as tmp:
         view = Path(tmp)
         assemble(ctx, view)

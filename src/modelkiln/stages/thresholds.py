@@ -8,11 +8,12 @@ with fewer positives than `min_support` keep the default: the data cannot decide
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from ..artifacts import names
 from ..model.bundle import Bundle
 from ..paths import Layout
-from .base import RunContext, StagePlan, params, stage_plan, section
+from .base import Report, RunContext, StagePlan, params, section, stage_plan
 
 CODE_VERSION = "1"
 
@@ -29,7 +30,7 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
                       task=bundle.source.task))]
 
 
-def best_cut(score, truth) -> tuple[float, dict]:
+def best_cut(score: Any, truth: Any) -> tuple[float, dict[str, float]]:
     """The F1-maximising threshold for one label and its metrics (ties: the higher cut)."""
     import numpy as np
 
@@ -49,7 +50,7 @@ def best_cut(score, truth) -> tuple[float, dict]:
                            "recall": round(recall, 6), "support": positives}
 
 
-def run(ctx: RunContext) -> dict:
+def run(ctx: RunContext) -> Report:
     from .infer import encode, read_calibration, scores, torch_logits
 
     t = ctx.bundle.thresholds

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import BuildError
 from ..model.bundle import Bundle
 from ..paths import Layout
-from .base import RunContext, StagePlan, params, stage_plan
+from .base import Report, RunContext, StagePlan, params, stage_plan
 
 CODE_VERSION = "1"
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -25,7 +25,7 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
         inputs=tuple(src / f for f in FILES if (src / f).is_file()), params=params(CODE_VERSION))]
 
 
-def run(ctx: RunContext) -> dict:
+def run(ctx: RunContext) -> Report:
     if not ctx.plan.inputs:
         raise BuildError(f"{ctx.bundle.source.tokenizer}: no tokenizer files (expected "
                          "tokenizer.json); save the tokenizer with save_pretrained next to the model")
@@ -36,7 +36,7 @@ def run(ctx: RunContext) -> dict:
     return check_fast(dest)
 
 
-def check_fast(path: Path) -> dict:
+def check_fast(path: Path) -> Report:
     """Load as a fast tokenizer and encode a sample; the serving side will do the same."""
     from transformers import AutoTokenizer
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from ..artifacts import names
 from ..errors import BuildError
 from ..model.bundle import Bundle
 from ..paths import Layout
-from .base import RunContext, StagePlan, params, stage_plan
+from .base import Report, RunContext, StagePlan, params, stage_plan
+
+StateDict = dict[str, Any]  # parameter name -> torch.Tensor (torch is imported only in run)
 
 CODE_VERSION = "1"
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
@@ -45,12 +48,12 @@ def _shards(ckpt: Path, single: str, index: str) -> list[Path]:
     return []
 
 
-def load_state_dict(ckpt: Path) -> dict:
+def load_state_dict(ckpt: Path) -> StateDict:
     """All tensors of a checkpoint; pickles only through torch's weights-only unpickler."""
     import torch
     from safetensors.torch import load_file
 
-    state: dict = {}
+    state: StateDict = {}
     st = _shards(ckpt, names.WEIGHTS, names.WEIGHTS_INDEX)
     for shard in st:
         state.update(load_file(str(shard)))
@@ -73,7 +76,7 @@ def load_state_dict(ckpt: Path) -> dict:
     return state
 
 
-def _untie(state: dict) -> dict:
+def _untie(state: StateDict) -> StateDict:
     """safetensors refuses tensors that share memory; give each its own contiguous storage."""
     seen: set[int] = set()
     out = {}
@@ -85,7 +88,7 @@ def _untie(state: dict) -> dict:
     return out
 
 
-def run(ctx: RunContext) -> dict:
+def run(ctx: RunContext) -> Report:
     import torch
     from safetensors.torch import save_file
 
