@@ -13,18 +13,18 @@ import pytest
 from distfactory import make_dist
 from modelkiln.artifacts import manifest as mf
 from modelkiln.artifacts.digest import sha256_bytes
-from modelkiln.errors import KilnError
 from modelkiln.artifacts.extract import UnsafeArchive, check_name, safe_extract
 from modelkiln.artifacts.extract_limits import Limits
+from modelkiln.errors import KilnError
 
 
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], *,
          fmt: int = tarfile.PAX_FORMAT, level: int = 6) -> Path:
     """A gzip tarball holding exactly `members` (data None: no payload)."""
-    with gzip.open(path, "wb", compresslevel=level) as gz:
-        with tarfile.open(fileobj=gz, mode="w|", format=fmt) as tar:
-            for info, data in members:
-                tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    with gzip.open(path, "wb", compresslevel=level) as gz, \
+            tarfile.open(fileobj=gz, mode="w|", format=fmt) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
     return path
 
 
@@ -164,7 +164,7 @@ def test_truncated_member_is_refused(tmp_path: Path) -> None:
     raw = info.tobuf(tarfile.USTAR_FORMAT) + os.urandom(3000)  # header promises far more
     archive = tmp_path / "hostile.tar.gz"
     archive.write_bytes(gzip.compress(raw))
-    with pytest.raises(UnsafeArchive, match="truncated|corrupt"):
+    with pytest.raises(UnsafeArchive, match=r"truncated|corrupt"):
         safe_extract(archive, tmp_path / "dest")
     _assert_clean(tmp_path, tmp_path / "dest")
 
