@@ -5,14 +5,18 @@ a spec-cache hit); doit and the heavy stage libraries are imported only by `buil
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .cache import CacheConfig
 from .errors import KilnError, SpecError
 from .model import Bundle, check_unique, to_bundle
 from .paths import Layout, project_root
+
+if TYPE_CHECKING:  # publishing is imported when a command publishes, not when it plans
+    from .publish.release import Release
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 
@@ -119,11 +123,11 @@ def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int
 
 
 def publish(specs: Sequence[str | Path] = (), backends: Sequence[str] = (), *, to: str | None = None,
-            force: bool = False, progress: Callable[[int], None] | None = None) -> list:
+            force: bool = False, progress: Callable[[int], None] | None = None) -> list[Release]:
     """`kiln publish`: every built backend bundle of the specs to S3/file://, store and registry."""
     from .publish.release import release
 
-    out = []
+    out: list[Release] = []
     for bundle in load_bundles(discover(specs)):
         for backend in backends or bundle.backends:
             if backend not in bundle.backends:

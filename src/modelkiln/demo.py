@@ -11,8 +11,20 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 from .artifacts import names
+
+if TYPE_CHECKING:  # the heavy libraries are imported inside the functions that use them
+    from transformers import BertForSequenceClassification, PreTrainedTokenizerFast
+
+
+class Row(TypedDict):
+    """One calibration (or training) row, as written to the JSONL files the specs point at."""
+
+    text: str
+    labels: list[str]
+
 
 REGISTRY_LABELS = ("cpt_bronchoscopy", "cpt_ebus", "cpt_biopsy", "laterality_left",
                    "laterality_right", "sedation_moderate", "sedation_general", "complication")
@@ -27,11 +39,11 @@ def keywords(labels: tuple[str, ...]) -> dict[str, list[str]]:
     return {lab: [f"{lab.split('_')[-1]}{i}" for i in range(3)] + lab.split("_") for lab in labels}
 
 
-def synthetic_rows(labels: tuple[str, ...], n: int, seed: int, multi: bool = True) -> list[dict]:
+def synthetic_rows(labels: tuple[str, ...], n: int, seed: int, multi: bool = True) -> list[Row]:
     """Rows {"text", "labels"}: filler words plus the keywords of 1-3 (or exactly 1) labels."""
     rng = random.Random(seed)
     kw = keywords(labels)
-    rows = []
+    rows: list[Row] = []
     for _ in range(n):
         chosen = sorted(rng.sample(labels, rng.randint(1, 3) if multi else 1))
         words = [rng.choice(FILLER) for _ in range(rng.randint(3, 6))]
@@ -44,7 +56,7 @@ def synthetic_rows(labels: tuple[str, ...], n: int, seed: int, multi: bool = Tru
     return rows
 
 
-def make_tokenizer(texts: list[str], out: Path):
+def make_tokenizer(texts: list[str], out: Path) -> PreTrainedTokenizerFast:
     """Build a WordPiece tokenizer from the corpus and save it as a fast tokenizer.
 
     The vocabulary is derived deterministically (specials, characters, `##` continuations, then
@@ -74,7 +86,7 @@ def make_tokenizer(texts: list[str], out: Path):
 
 
 def make_model(labels: tuple[str, ...], vocab_size: int, *, multi: bool = True, hidden: int = 64,
-               layers: int = 2, seed: int = 0):
+               layers: int = 2, seed: int = 0) -> BertForSequenceClassification:
     """A seeded BertForSequenceClassification with the given head."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
@@ -89,7 +101,8 @@ def make_model(labels: tuple[str, ...], vocab_size: int, *, multi: bool = True, 
     return BertForSequenceClassification(config)
 
 
-def train(model, tokenizer, rows: list[dict], labels: tuple[str, ...], *, multi: bool,
+def train(model: BertForSequenceClassification, tokenizer: PreTrainedTokenizerFast,
+          rows: list[Row], labels: tuple[str, ...], *, multi: bool,
           steps: int = 60, seed: int = 0, lr: float = 2e-3, warmup: int = 60) -> None:
     """A few seconds of AdamW (linear warm-up: a transformer trained from scratch stalls at the
     label priors without it) so the head learns the keyword rules."""
@@ -119,7 +132,7 @@ def train(model, tokenizer, rows: list[dict], labels: tuple[str, ...], *, multi:
 
 def make_checkpoint(out: Path, labels: tuple[str, ...], *, multi: bool = True, seed: int = 0,
                     hidden: int = 64, layers: int = 2, weights: str = "safetensors",
-                    steps: int = 60, rows: int = 600) -> list[dict]:
+                    steps: int = 60, rows: int = 600) -> list[Row]:
     """Write a trained tiny checkpoint (+ tokenizer) to `out`; returns held-out rows.
 
     weights: "safetensors" | "sharded" (two safetensors shards + index) | "bin" (pytorch_model.bin).
@@ -150,7 +163,7 @@ def write_label_files(directory: Path, labels: tuple[str, ...]) -> None:
     (directory / names.LABEL_FIELDS).write_text(json.dumps(fields, indent=2) + "\n")
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
+def write_jsonl(path: Path, rows: list[Row]) -> None:
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
