@@ -190,7 +190,7 @@ def _publish(c: _Checker, data: Data, backends: int) -> m.Publish:
     return m.Publish(s3, target, oci)
 
 
-def _image(c: _Checker, data: dict, enabled: tuple[str, ...]) -> m.ImageSpec | None:
+def _image(c: _Checker, data: Data, enabled: tuple[str, ...]) -> m.ImageSpec | None:
     """The `image:` section: its backend must be built, its base pinned by digest."""
     img = data.get("image")
     if img is None:
