@@ -4,6 +4,8 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import shutil
+import subprocess
 import tarfile
 import uuid
 from pathlib import Path
@@ -14,7 +16,7 @@ from distfactory import make_dist
 from modelkiln.artifacts import manifest as mf
 from modelkiln.artifacts.digest import sha256_bytes
 from modelkiln.artifacts.extract import UnsafeArchive, check_name, safe_extract
-from modelkiln.artifacts.extract_limits import Limits
+from modelkiln.artifacts.extract_limits import Budget, Limits
 from modelkiln.errors import KilnError
 
 
@@ -241,3 +243,85 @@ def test_listed_digest_is_checked_as_bytes_are_written(tmp_path: Path) -> None:
     _assert_clean(tmp_path, tmp_path / "dest")
     good["b"] = sha256_bytes(b"fake")
     assert safe_extract(archive, tmp_path / "dest", sha256s=good) == ["a", "b"]
+
+
+def test_zero_padding_after_and_between_gzip_members_is_accepted(tmp_path: Path) -> None:
+    one = gzip.compress(_file("a", b"one")[0].tobuf(tarfile.USTAR_FORMAT) + b"one".ljust(512, b"\0"))
+    two = gzip.compress(_file("b", b"two")[0].tobuf(tarfile.USTAR_FORMAT) + b"two".ljust(512, b"\0")
+                        + bytes(1024))
+    archive = tmp_path / "padded.tar.gz"
+    archive.write_bytes(one + bytes(37) + two + bytes(4096))  # what `gzip -d` and tarfile accept
+    assert safe_extract(archive, tmp_path / "dest") == ["a", "b"]
+    assert (tmp_path / "dest" / "b").read_bytes() == b"two"
+
+
+def test_host_limits_come_from_the_environment() -> None:
+    env = {"KILN_EXTRACT_MAX_BYTES": "2G", "KILN_EXTRACT_MAX_FILES": "50",
+           "KILN_EXTRACT_MAX_RATIO": "7"}
+    assert Limits.from_env(env) == Limits(max_bytes=2 << 30, max_files=50, max_ratio=7)
+    assert Limits.from_env({"KILN_EXTRACT_MAX_BYTES": "512MiB"}).max_bytes == 512 << 20
+    assert Limits.from_env({"KILN_EXTRACT_MAX_BYTES": "1000"}).max_bytes == 1000
+    assert Limits.from_env({}) == Limits()
+
+
+@pytest.mark.parametrize("var,value", [("KILN_EXTRACT_MAX_BYTES", "lots"),
+                                       ("KILN_EXTRACT_MAX_BYTES", "0"),
+                                       ("KILN_EXTRACT_MAX_FILES", "10k"),
+                                       ("KILN_EXTRACT_MAX_RATIO", "-3")])
+def test_a_bad_limit_is_one_line_naming_the_variable(var: str, value: str) -> None:
+    with pytest.raises(KilnError, match=f"{var}=.*not a positive number") as err:
+        Limits.from_env({var: value})
+    assert "\n" not in str(err.value)
+
+
+def test_the_manifest_can_tighten_but_never_loosen_the_host_limit(tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "hostile.tar.gz", [_file("a", bytes(5000))])
+    with pytest.raises(UnsafeArchive, match=r"past the limit of 4096 bytes \(the host's KILN_"):
+        safe_extract(archive, tmp_path / "dest", sizes={"a": 5000},
+                     limits=Limits(max_bytes=4096))
+    _assert_clean(tmp_path, tmp_path / "dest")
+    budget = Budget.of(Limits(), archive_size=10 << 20, declared=5010)
+    assert (budget.max_bytes, budget.bytes_from) == (5010, "the total the manifest declares")
+    loose = Budget.of(Limits(max_bytes=4096), archive_size=10 << 20, declared=1 << 40)
+    assert loose.max_bytes == 4096 and loose.host_bound
+    ratio = Budget.of(Limits(), archive_size=1 << 20, declared=1 << 40)
+    assert ratio.max_bytes == 100 << 20 and "KILN_EXTRACT_MAX_RATIO=100" in ratio.bytes_from
+
+
+def test_an_oversized_pax_header_is_refused_after_reading_one_block() -> None:
+    from modelkiln.artifacts.tarheaders import BadTar, TarReader
+    head = tarfile.TarInfo("././@PaxHeader")
+    head.type, head.size = tarfile.XHDTYPE, 200 << 20
+    stream = io.BytesIO(head.tobuf(tarfile.USTAR_FORMAT) + b"9" * (1 << 20))
+    reader = TarReader(stream.read)
+    with pytest.raises(BadTar, match="pax header of 209715200 bytes"):
+        reader.next()
+    assert stream.tell() == 512
+
+
+def test_write_errors_are_refusals_not_tracebacks(tmp_path: Path) -> None:
+    deep = tmp_path.joinpath(*["d" * 200] * 18)  # ~3.6 KB of path: a long member name passes 4096
+    archive = _tar(tmp_path / "hostile.tar.gz", [_file("n" * 200 + "/" + "m" * 250)])
+    with pytest.raises(UnsafeArchive, match=r"cannot unpack it here \(File name too long"):
+        safe_extract(archive, deep, durable=False)
+    assert list(deep.iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar is not installed")
+@pytest.mark.parametrize("fmt", ["gnu", "posix", "ustar"])
+def test_gnu_tar_output_is_read_like_tar_reads_it(tmp_path: Path, fmt: str) -> None:
+    src = tmp_path / "src"
+    long_name = "tokenizer/" + "l" * 90 + "/" + "v" * 60 + ".json"  # > 100 bytes
+    for rel, data in {"config.json": b"{}", long_name: b'{"v": 1}', "ü.txt": b"u"}.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    archive = tmp_path / "gnu.tar.gz"
+    subprocess.run(["tar", f"--format={fmt}", "-czf", str(archive), "-C", str(src), "."],
+                   check=True)
+    with pytest.raises(UnsafeArchive, match=r"path component '\.'"):  # GNU tar writes ./name
+        safe_extract(archive, tmp_path / "dot")
+    names = ["config.json", long_name, "ü.txt"]  # ustar: the long name split into prefix + name
+    subprocess.run(["tar", f"--format={fmt}", "-czf", str(archive), "-C", str(src), *names],
+                   check=True)
+    assert safe_extract(archive, tmp_path / "dest") == sorted(names)
+    assert (tmp_path / "dest" / names[-1]).read_bytes() == b"u"

@@ -72,15 +72,15 @@ def check_name(name: str) -> str | None:
         encoded = name.encode("utf-8")
     except UnicodeEncodeError:
         return "name is not valid UTF-8"
-    if len(encoded) > MAX_NAME:
-        return f"name of {len(encoded)} bytes (at most {MAX_NAME})"
     if name.startswith("/"):
         return "absolute path"
+    if name.count("/") >= MAX_DEPTH:
+        return f"path {name.count('/') + 1} levels deep (at most {MAX_DEPTH})"
+    if len(encoded) > MAX_NAME:
+        return f"name of {len(encoded)} bytes (at most {MAX_NAME})"
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in name) or "\\" in name:
         return "control character or backslash in name"
     parts = name.split("/")
-    if len(parts) > MAX_DEPTH:
-        return f"path {len(parts)} levels deep (at most {MAX_DEPTH})"
     for part in parts:
         if part in ("", ".", ".."):
             return f"path component {part!r} (only plain relative names are allowed)"
@@ -101,8 +101,13 @@ def _empty(dest: Path) -> None:
 def _prepare(dest: Path) -> None:
     if dest.is_symlink():
         raise KilnError(f"{dest}: extraction target is a symlink; pass a fresh, empty directory")
-    dest.mkdir(parents=True, exist_ok=True)
-    if any(dest.iterdir()):
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        busy = any(dest.iterdir())
+    except OSError as exc:
+        raise KilnError(f"{dest}: cannot use it as the extraction target ({exc.strerror}); "
+                        "pass a fresh, empty directory you can write to") from None
+    if busy:
         raise KilnError(f"{dest}: extraction target is not empty; pass a fresh, empty directory")
 
 
