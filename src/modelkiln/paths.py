@@ -45,7 +45,7 @@ class Layout:
     root: Path
 
     @classmethod
-    def here(cls) -> "Layout":
+    def here(cls) -> Layout:
         return cls(project_root())
 
     @property

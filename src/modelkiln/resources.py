@@ -7,7 +7,7 @@ folders directly. One function decides, so every reader agrees on which bytes it
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -16,7 +16,7 @@ _REPO_DIR = _PACKAGE_DIR.parents[1]  # src/modelkiln -> repository root (editabl
 FOLDERS = {"schema": "_schema", "templates": "_templates"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def resource_bytes(folder: str, filename: str) -> bytes:
     """Bytes of `<folder>/<filename>`, the packaged copy first, then the repository's."""
     if folder not in FOLDERS or not _NAME.match(filename) or ".." in filename:
