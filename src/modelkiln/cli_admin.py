@@ -197,8 +197,9 @@ def registry_verify(args: argparse.Namespace) -> int:
     if r.not_recorded:
         note = " (not recorded)"
         print(f"kiln: warning: last_verified not written: {r.not_recorded}", file=sys.stderr)
+    signed = f" signed_by={r.signed_by[:16]}" if r.signed_by else ""
     print(f"ok {r.name} aggregate={r.aggregate_sha256} files={r.files} "
-          f"last_verified={r.last_verified}{note}")
+          f"last_verified={r.last_verified}{signed}{note}")
     return 0
 
 

@@ -17,9 +17,11 @@ from pathlib import Path
 
 from ..artifacts.digest import aggregate
 from ..errors import CapabilityError, DriftError, FileChange, KilnError, PublishError
+from ..signing import policy_from_env
 from .entries import RegistryEntry, VersionLock
 from .layers import Layers, RegistryFiles
 from .measure import artifact_root, measure, recorded_from_store, store_location
+from .signed import check_entry
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class VerifyResult:
     last_verified: str
     recorded: bool  # True when no hash was known before and this verify recorded it
     not_recorded: str | None = None  # why last_verified could not be written (the verdict stands)
+    signed_by: str | None = None  # the trusted key whose signature the bytes match (signed.py)
 
 
 def utc_now() -> str:
@@ -110,6 +113,8 @@ def verify(name: str, *, registry_dir: Path | str | None = None,
     changes = now.changes_from(entry.files) if expected else list(now.manifest_changes)
     if changes or (expected is not None and now.aggregate_sha256 != expected):
         raise DriftError(name, changes, expected, now.aggregate_sha256, fix=_drift_fix(root))
+    signed = check_entry(entry, root, policy_from_env())  # REGISTRY_TRUSTED_KEYS: exit 7 if not
+    signed_by = signed.key_id if signed is not None else None
     stamp = utc_now()
     lock = replace(entry.version_lock, last_verified=stamp)
     try:
@@ -123,9 +128,9 @@ def verify(name: str, *, registry_dir: Path | str | None = None,
             work[name] = replace(base, version_lock=lock)
     except KilnError as exc:  # the verdict stands; only its record could not be written
         return VerifyResult(name, root, now.aggregate_sha256, len(now.files), now.size,
-                            lock.locked, stamp, False, not_recorded=str(exc))
+                            lock.locked, stamp, False, not_recorded=str(exc), signed_by=signed_by)
     return VerifyResult(name, root, now.aggregate_sha256, len(now.files), now.size,
-                        lock.locked, stamp, expected is None)
+                        lock.locked, stamp, expected is None, signed_by=signed_by)
 
 
 def _drift_fix(root: Path) -> str | None:
