@@ -29,13 +29,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
-from .. import transport
+from .. import signing, transport
 from ..artifacts import manifest as mf
 from ..artifacts.atomic import fsync_dir, write_bytes
 from ..artifacts.digest import canonical_json
 from ..artifacts.extract_limits import Limits
 from ..artifacts.oci import media
-from ..errors import KilnError, PublishError
+from ..errors import KilnError, PublishError, SignatureError
 from ..transport.oci import Reference, Registry
 from .bootstrap import (
     _VERSION,
@@ -70,6 +70,11 @@ def bootstrap(env: Mapping[str, str] | None = None,
     ref = (env.get(oci_env(backend)) or env.get(OCI_ENV) or "").strip()
     if backend not in BACKENDS or not ref or (env.get(URI_ENV[backend]) or "").strip():
         return tarball_bootstrap(env, progress, verify=verify, settings=settings)
+    if signing.policy_from_env(env).required:  # fail closed until the signature referrer is read
+        raise SignatureError(f"{ref}: REGISTRY_TRUSTED_KEYS requires a verified signature, and "
+                             "the bootstrap does not read signatures of OCI model artifacts yet; "
+                             f"serve the signed s3:// or file:// copy ({URI_ENV[backend]}), or "
+                             "unset REGISTRY_TRUSTED_KEYS")
     mode = (verify or env.get("REGISTRY_VERIFY") or "stat").strip().lower()
     if mode not in ("stat", "full"):
         raise KilnError(f"REGISTRY_VERIFY={mode!r}: use 'stat' (default) or 'full'")
