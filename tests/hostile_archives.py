@@ -218,11 +218,17 @@ with open(sys.argv[1], "w") as f:
 
 def run_kiln(args: Sequence[str], env: dict[str, str], cwd: Path, wall_limit: float) -> Outcome:
     """Run `kiln args...`; kill it after `wall_limit` seconds. Peak RSS is kiln's own."""
+    return run_command([*_kiln(), *args], env, cwd, wall_limit)
+
+
+def run_command(argv: Sequence[str], env: dict[str, str], cwd: Path,
+                wall_limit: float) -> Outcome:
+    """Run `argv` (argv[0] a path); kill it after `wall_limit` seconds; its own peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
         report, out, err = Path(tmp, "usage.json"), Path(tmp, "out"), Path(tmp, "err")
         with open(out, "wb") as fout, open(err, "wb") as ferr:
             start = time.monotonic()
-            proc = subprocess.Popen([sys.executable, "-c", _SHIM, str(report), *_kiln(), *args],
+            proc = subprocess.Popen([sys.executable, "-c", _SHIM, str(report), *argv],
                                     stdin=subprocess.DEVNULL, stdout=fout, stderr=ferr, env=env,
                                     cwd=cwd, start_new_session=True)
             try:
