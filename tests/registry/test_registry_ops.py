@@ -14,8 +14,8 @@ import pytest
 from distfactory import make_dist
 from modelkiln import registry as R
 from modelkiln.errors import CapabilityError, DriftError, KilnError, PublishError
-from modelkiln.store import ModelStore
 from modelkiln.publish.store import publish_to_store
+from modelkiln.store import ModelStore
 
 NAME = "registry-v3-onnx"
 
@@ -102,11 +102,15 @@ def _edit_store_manifest(v: Path) -> str:
     return "manifest.json"
 
 
+def _append(path: Path) -> None:
+    with open(path, "ab") as f:
+        f.write(b"\n")
+
+
 MUTATIONS = {
     "flip": _flip,
     "truncate": lambda v: (os.truncate(v / "bundle/config.json", 3), "bundle/config.json")[1],
-    "append": lambda v: (open(v / "bundle/thresholds.json", "ab").write(b"\n"),
-                         "bundle/thresholds.json")[1],
+    "append": lambda v: (_append(v / "bundle/thresholds.json"), "bundle/thresholds.json")[1],
     "delete": lambda v: ((v / "bundle/label_order.json").unlink(), "bundle/label_order.json")[1],
     "add": lambda v: ((v / "bundle/new.txt").write_bytes(b""), "bundle/new.txt")[1],
     "symlink": _to_symlink,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 AGENT = "registry"
 

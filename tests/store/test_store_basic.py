@@ -7,12 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
+from store_helpers import debris
 
 from modelkiln.artifacts.digest import aggregate, sha256_file
 from modelkiln.errors import ConflictError, StoreError
 from modelkiln.store import ModelStore
-
-from store_helpers import debris
 
 
 def put(store: ModelStore, version: str, files: dict[str, bytes], agent: str = "scout",
@@ -67,10 +66,9 @@ def test_different_bytes_under_existing_version_conflict(tmp_path: Path) -> None
 
 def test_failed_staging_leaves_nothing_and_releases_lock(tmp_path: Path) -> None:
     store = ModelStore(tmp_path)
-    with pytest.raises(RuntimeError):
-        with store.stage_new("scout", "1") as tmp:
-            (tmp / "x").write_bytes(b"half")
-            raise RuntimeError("writer failed")
+    with pytest.raises(RuntimeError), store.stage_new("scout", "1") as tmp:
+        (tmp / "x").write_bytes(b"half")
+        raise RuntimeError("writer failed")
     assert not (tmp_path / "scout/versions/1.tmp").exists()
     assert put(ModelStore(tmp_path), "1", {"x": b"1"}).version == "1"  # lock was released
 
@@ -106,9 +104,8 @@ def test_finalize_refuses_unstaged_symlinks_and_reserved_manifest(tmp_path: Path
 @pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "x.tmp", "current", "", "a" * 200])
 def test_bad_names_refused(tmp_path: Path, name: str) -> None:
     store = ModelStore(tmp_path)
-    with pytest.raises(StoreError):
-        with store.stage_new("scout", name):
-            pass
+    with pytest.raises(StoreError), store.stage_new("scout", name):
+        pass
     with pytest.raises(StoreError):
         store.get_current(name)
 

@@ -7,12 +7,12 @@ import multiprocessing
 import traceback
 from pathlib import Path
 
+from store_helpers import AGENT, debris
+
 from distfactory import make_dist
 from modelkiln.errors import ConflictError
-from modelkiln.store import ModelStore
 from modelkiln.publish.store import publish_to_store
-
-from store_helpers import AGENT, debris
+from modelkiln.store import ModelStore
 
 CTX = multiprocessing.get_context("fork")
 

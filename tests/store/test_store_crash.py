@@ -12,16 +12,15 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
+from store_helpers import AGENT, copy_store, debris, fork_run, killed
 
 from distfactory import make_dist
-from modelkiln.store import ModelStore
 from modelkiln.publish.store import publish_to_store
-
-from store_helpers import AGENT, copy_store, debris, fork_run, killed
+from modelkiln.store import ModelStore
 
 STEPS = ("rename", "replace", "fsync", "symlink", "unlink")
 
@@ -95,7 +94,7 @@ def test_kill_before_and_after_every_step(world: dict[str, Path], tmp_path: Path
         for k in range(1, steps + 1):
             root = copy_store(world["template"], tmp_path / f"{when}-{k}")
 
-            def child() -> None:
+            def child(k: int = k, when: str = when, root: Path = root) -> None:
                 _instrument(k, when, [0])
                 publish_to_store(world["d2"], root, AGENT, "2.0.0", {"n": 2},
                                  store=ModelStore(root, workers=1))
@@ -113,7 +112,7 @@ def test_kill_at_every_step_of_the_first_publish(world: dict[str, Path], tmp_pat
     for k in range(1, steps + 1):
         root = tmp_path / f"first-{k}"
 
-        def child() -> None:
+        def child(k: int = k, root: Path = root) -> None:
             _instrument(k, "before", [0])
             publish_to_store(world["d1"], root, AGENT, "1.0.0", {}, store=ModelStore(root, workers=1))
 

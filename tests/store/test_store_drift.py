@@ -6,17 +6,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
+from store_helpers import AGENT, copy_store
 
 from distfactory import make_dist
 from modelkiln.errors import DriftError
-from modelkiln.store import ModelStore
 from modelkiln.publish.store import publish_to_store
-
-from store_helpers import AGENT, copy_store
+from modelkiln.store import ModelStore
 
 VERSION = "1.0.0"
 WEIGHTS = "bundle/model.safetensors"

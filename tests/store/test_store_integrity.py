@@ -11,10 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from distfactory import make_dist
-from helpers import BIN
 from store_helpers import AGENT, fork_run, killed
 
+from distfactory import make_dist
+from helpers import BIN
 from modelkiln import registry as R
 from modelkiln.errors import DriftError, KilnError, StoreError
 from modelkiln.publish.store import publish_to_store

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from distfactory import make_dist
-from helpers import BIN
 from store_helpers import AGENT
 
+from distfactory import make_dist
+from helpers import BIN
 from modelkiln import registry as R
 from modelkiln.errors import KilnError
 from modelkiln.publish.store import publish_to_store

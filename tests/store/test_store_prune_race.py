@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from distfactory import make_dist
 from helpers import BIN, make_project
-
 from modelkiln import registry as R
 from modelkiln.api import load_bundles
 from modelkiln.publish import release as rel
