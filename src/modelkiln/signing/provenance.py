@@ -19,7 +19,6 @@ a re-publish of an unchanged bundle therefore sends nothing new.
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,6 @@ from .. import __version__
 from ..artifacts import names
 from ..artifacts.manifest import BundleManifest
 from ..errors import SignatureError
-from ..proc import run
 from .statement import STATEMENT_TYPE, SignedBundle
 
 SLSA_PREDICATE = "https://slsa.dev/provenance/v1"
@@ -61,6 +59,8 @@ class Provenance:
 
 def git_source(root: Path) -> Source | None:
     """HEAD of the git checkout holding `root`, its origin URL and whether it has changes."""
+    from ..proc import run  # only signers run git: the bootstrap's import stays light
+
     head = run(["git", "rev-parse", "HEAD"], cwd=root, check=False, timeout=10)
     if head.returncode != 0:
         return None
@@ -75,6 +75,8 @@ def git_source(root: Path) -> Source | None:
 def statement(manifest: BundleManifest, record: SignedBundle, source: Source | None,
               env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The SLSA v1 provenance statement for one published bundle (see the module doc)."""
+    import platform
+
     env = os.environ if env is None else env
     inputs = manifest.get("inputs") or {}
     deps: list[dict[str, Any]] = [{"name": str(k), "digest": {"sha256": str(v)}}
