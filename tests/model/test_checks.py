@@ -11,6 +11,14 @@ from pathlib import Path
 
 from helpers import BIN
 
+
+def safetensors_bytes(header: dict[str, object] | None = None, data: bytes = bytes(8)) -> bytes:
+    """A safetensors file by hand: validate reads only the header, so no torch is needed. The
+    default holds one F32 tensor of shape [2] that fills the 8 data bytes."""
+    head = json.dumps(header if header is not None else
+                      {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    return len(head).to_bytes(8, "little") + head + data
+
 SPEC = """\
 apiVersion: modelkiln/v1
 kind: Bundle
@@ -38,7 +46,7 @@ def project(tmp_path: Path, head=("a", "b"), order=("a", "b"), fields=("a", "b")
     (m / "ckpt").mkdir(parents=True, exist_ok=True)
     config = {"id2label": {str(i): lab for i, lab in enumerate(head)}}
     (m / "ckpt" / "config.json").write_text(json.dumps(config))
-    (m / "ckpt" / "model.safetensors").write_bytes(b"not loaded by validate")
+    (m / "ckpt" / "model.safetensors").write_bytes(safetensors_bytes())
     (m / "label_order.json").write_text(json.dumps(list(order)))
     (m / "fields.json").write_text(json.dumps({f: {} for f in fields}))
     spec = tmp_path / "bundles" / f"{name}.yaml"

@@ -1,132 +1,24 @@
 """Validated plain data -> `Bundle`, with the checks the schema cannot express.
 
 The schema owns shape; this module owns meaning: paths exist and stay inside the project, the label
-files agree with each other and with the model's head, backends that need one another are enabled
-together. Every problem is collected (never the first only) and reported with its file:line:col.
+files agree with each other and with the model's head (model.inputs checks the files), backends that
+need one another are enabled together. Every problem is collected (never the first only) and
+reported with its file:line:col.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
 
-from ..artifacts import names as files
-from ..errors import Problem, SpecError
+from ..errors import SpecError
 from ..paths import project_root
 from . import bundle as m
+from . import inputs
+from .checker import Checker as _Checker
+from .checker import Data, Document
 
-WEIGHT_FILES = (files.WEIGHTS, files.WEIGHTS_INDEX, files.PICKLE_WEIGHTS,
-                files.PICKLE_WEIGHTS_INDEX)
-
-
-KeyPath = tuple[str | int, ...]  # a node in the spec: ("labels", "order"), ("metadata", 0)
-Data = Mapping[str, Any]  # schema-valid spec data: shape is the schema's, meaning is ours
-
-
-class Document(Protocol):
-    """What this module needs from a loaded spec (modelkiln.spec.SpecDocument provides it).
-
-    Read-only members, so a frozen dataclass satisfies it; the protocol keeps model/ free of YAML.
-    """
-
-    @property
-    def path(self) -> Path: ...
-
-    @property
-    def data(self) -> Data: ...
-
-    def problem(self, key_path: KeyPath, message: str, hint: str = "", *,
-                at_key: bool = False) -> Problem: ...
-
-
-class _Checker:
-    def __init__(self, doc: Document, root: Path):
-        self.doc, self.root, self.base = doc, root, doc.path.resolve().parent
-        self.problems: list[Problem] = []
-
-    def fail(self, key: KeyPath, message: str, hint: str = "", at_key: bool = False) -> None:
-        self.problems.append(self.doc.problem(key, message, hint, at_key=at_key))
-
-    def path(self, key: KeyPath, value: str | None, kind: str) -> Path | None:
-        """Resolve a spec path; it must exist, be a `kind` ('file'|'dir') and stay in the project."""
-        if value is None:
-            return None
-        p = (self.base / value).resolve()
-        try:
-            p.relative_to(self.root)
-        except ValueError:
-            self.fail(key, f"path '{value}' escapes the project root {self.root}",
-                      "keep model inputs inside the repository; use a path relative to the spec")
-            return p
-        if not p.exists():
-            self.fail(key, f"'{value}' does not exist", f"create it, or fix the path (relative to "
-                      f"{self.base.name}/); example inputs come from `python -m modelkiln.demo`")
-        elif kind == "dir" and not p.is_dir():
-            self.fail(key, f"'{value}' is not a directory", "point at the checkpoint directory")
-        elif kind == "file" and not p.is_file():
-            self.fail(key, f"'{value}' is not a file", "point at a file")
-        return p
-
-    def json_file(self, key: KeyPath, path: Path | None) -> Any:
-        if path is None or not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_bytes())
-        except (OSError, ValueError) as exc:
-            self.fail(key, f"'{path.name}' is not valid JSON ({exc})", "fix the file's syntax")
-            return None
-
-
-def _labels(c: _Checker, data: Data, checkpoint: Path | None) -> m.Labels:
-    lab = data["labels"]
-    order_p = c.path(("labels", "order"), lab["order"], "file")
-    fields_p = c.path(("labels", "fields"), lab["fields"], "file")
-    order = c.json_file(("labels", "order"), order_p)
-    names: tuple[str, ...] = ()
-    if order is not None:
-        if not (isinstance(order, list) and order and all(isinstance(x, str) for x in order)):
-            c.fail(("labels", "order"), "label order must be a non-empty JSON array of strings",
-                   'e.g. ["cpt_code", "laterality"]')
-        elif len(set(order)) != len(order):
-            dups = sorted({x for x in order if order.count(x) > 1})
-            c.fail(("labels", "order"), f"duplicate labels {dups}", "each label once")
-        else:
-            names = tuple(order)
-    fields = c.json_file(("labels", "fields"), fields_p)
-    if fields is not None and names:
-        if not isinstance(fields, dict):
-            c.fail(("labels", "fields"), "label fields must be a JSON object keyed by label",
-                   '{"label": {...}, ...}')
-        elif set(fields) != set(names):
-            extra, missing = sorted(set(fields) - set(names)), sorted(set(names) - set(fields))
-            c.fail(("labels", "fields"), f"labels differ from labels.order (extra: {extra}, "
-                   f"missing: {missing})", "one entry per label in label_order")
-    config = c.json_file(("source", "checkpoint"), checkpoint / files.CONFIG) if checkpoint else None
-    if config is not None and names:
-        id2label = config.get("id2label") or {}
-        head = [id2label.get(str(i)) for i in range(len(id2label))]
-        if len(head) != len(names):
-            c.fail(("labels", "order"), f"{len(names)} labels, but the model's head has "
-                   f"{len(head)} outputs", "labels.order must list every output of the model")
-        elif head != list(names):
-            c.fail(("labels", "order"), f"labels do not match the model's id2label {head}",
-                   "list labels in the model's output order (config.json id2label)")
-    return m.Labels(order_p or Path(), fields_p or Path(), names)
-
-
-def _source(c: _Checker, data: Data) -> m.Source:
-    src = data["source"]
-    ckpt = c.path(("source", "checkpoint"), src["checkpoint"], "dir")
-    if ckpt is not None and ckpt.is_dir():
-        if not (ckpt / files.CONFIG).is_file():
-            c.fail(("source", "checkpoint"), "checkpoint has no config.json",
-                   "point at a Hugging Face style checkpoint directory (save_pretrained output)")
-        if not any((ckpt / f).is_file() for f in WEIGHT_FILES):
-            c.fail(("source", "checkpoint"), "checkpoint has no weights (model.safetensors, "
-                   "sharded safetensors or pytorch_model.bin)", "save the model with save_pretrained")
-    tok = c.path(("source", "tokenizer"), src.get("tokenizer"), "dir") if "tokenizer" in src else ckpt
-    return m.Source(ckpt or Path(), src["task"], tok or Path(), src.get("dtype"))
+__all__ = ["Document", "check_unique", "to_bundle"]
 
 
 def _thresholds(c: _Checker, data: Data, names: tuple[str, ...]) -> m.Thresholds:
@@ -213,8 +105,8 @@ def to_bundle(doc: Document) -> m.Bundle:
     data = doc.data
     root = project_root(doc.path)
     c = _Checker(doc, root)
-    source = _source(c, data)
-    labels = _labels(c, data, source.checkpoint if source.checkpoint != Path() else None)
+    source, head = inputs.source(c, data)
+    labels = inputs.labels(c, data, head)
     thresholds = _thresholds(c, data, labels.names)
     pytorch = bool(data["backends"].get("pytorch", {}).get("enabled", True)) \
         if "pytorch" in data["backends"] else False

@@ -19,6 +19,15 @@ KeyPath = tuple[str | int, ...]
 Mark = tuple[int, int]
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+# Characters that end a line for a terminal, a log collector or `str.splitlines`, plus the other
+# control characters: a problem that echoes one of them would read as two problems, or as none.
+_BREAKS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """`text` with every line break and control character written as an escape (`\\n`, `\\x1b`),
+    so one problem is always exactly one line, whatever the file or the value held."""
+    return _BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def key_text(key_path: KeyPath) -> str:
@@ -69,7 +78,8 @@ class SpecDocument:
     def problem(self, key_path: KeyPath, message: str, hint: str = "", *, at_key: bool = False) -> Problem:
         """A `Problem` pinned to `key_path` in this file (at the key itself when `at_key`)."""
         line, col = self.key_where(key_path) if at_key else self.where(key_path)
-        return Problem(display_path(self.path), line, col, key_text(tuple(key_path)), message, hint)
+        return Problem(one_line(display_path(self.path)), line, col, one_line(key_text(tuple(key_path))),
+                       one_line(message), one_line(hint))
 
     def get(self, key_path: KeyPath, default: Any = None) -> Any:
         """The value at `key_path`, or `default` when any step is missing."""

@@ -104,23 +104,11 @@ def parse_bytes(raw: bytes) -> Parsed:
         return parsed
     import yaml  # deferred: ~25 ms, and only needed on a cache miss
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    builder = _Builder(parsed)
-    try:
-        builder.run(yaml.parse(text, Loader=loader))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        hint = ""
-        if exc.context and exc.context_mark:
-            hint = f"{exc.context} that starts at line {exc.context_mark.line + 1}"
-        parsed.add(where, builder.current_path(), f"invalid YAML: {exc.problem}", hint)
-    except yaml.reader.ReaderError as exc:
-        where = _byte_mark(text.encode(), exc.position)
-        parsed.add(where, (), f"invalid YAML: character #x{exc.character:04x} is not allowed",
-                   "remove the control character")
-    except yaml.YAMLError as exc:  # anything else libyaml can raise: still a problem, not a traceback
-        parsed.add((1, 1), (), f"invalid YAML: {exc}")
+    fast = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    retry = _parse_text(text, parsed, fast)
+    if retry:  # libyaml refuses the \ud83d\ude00 escapes json.dumps writes: read them in Python
+        parsed = Parsed()
+        _parse_text(text, parsed, yaml.SafeLoader)
     if not parsed.fatal and not isinstance(parsed.data, dict):
         if parsed.data is None:
             parsed.add((1, 1), (), "file is empty; expected a mapping of keys to values")
@@ -129,6 +117,48 @@ def parse_bytes(raw: bytes) -> Parsed:
                        "write `key: value` lines at the top level")
     parsed.marks[()] = (1, 1)
     return parsed
+
+
+def _parse_text(text: str, parsed: Parsed, loader: Any) -> bool:
+    """Walk `text`'s events into `parsed`. True when libyaml refused a surrogate-pair escape,
+    which the pure-Python scanner reads (as two surrogates that `_text` joins)."""
+    import yaml
+
+    builder = _Builder(parsed)
+    try:
+        builder.run(yaml.parse(text, Loader=loader))
+    except yaml.MarkedYAMLError as exc:
+        if loader is not yaml.SafeLoader and "invalid Unicode character escape" in str(exc.problem):
+            return True
+        mark = exc.problem_mark or exc.context_mark
+        where = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        hint = ""
+        if exc.context and exc.context_mark:
+            hint = f"{exc.context} that starts at line {exc.context_mark.line + 1}"
+        parsed.add(where, builder.current_path(), f"invalid YAML: {exc.problem}", hint)
+    except yaml.reader.ReaderError as exc:
+        where = _char_mark(text, exc.position)
+        parsed.add(where, (), f"invalid YAML: character #x{exc.character:04x} is not allowed",
+                   "remove the control character")
+    except yaml.YAMLError as exc:  # anything else libyaml can raise: still a problem, not a traceback
+        parsed.add((1, 1), (), f"invalid YAML: {exc}")
+    return False
+
+
+def _char_mark(text: str, offset: int) -> Mark:
+    """1-based (line, col) of a character offset."""
+    line_start = text.rfind("\n", 0, offset) + 1
+    return text.count("\n", 0, offset) + 1, offset - line_start + 1
+
+
+def _text(value: str) -> tuple[str, str]:
+    """(value with UTF-16 surrogate pairs joined, error or ""): a lone surrogate is not text."""
+    if not any("\ud800" <= ch <= "\udfff" for ch in value):
+        return value, ""
+    try:
+        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le"), ""
+    except UnicodeDecodeError:
+        return "", "escape of a lone UTF-16 surrogate (\\ud800-\\udfff) is not text"
 
 
 def describe(value: Any) -> str:
@@ -223,8 +253,11 @@ class _Builder:
                     return
             elif isinstance(event, yaml.ScalarEvent):
                 self._check_anchor(event, mark)
-                value, error, hint = _scalar(event.tag, event.implicit[0], event.value)
-                self._node(value, mark, error, key_text=event.value, hint=hint)
+                text, bad = _text(event.value)
+                value, error, hint = _scalar(event.tag, event.implicit[0], text)
+                if bad:
+                    value, error, hint = None, bad, "write the character itself, or a valid pair"
+                self._node(value, mark, error, key_text=text, hint=hint)
             elif isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                 if len(self.stack) >= MAX_DEPTH:  # key paths grow with depth: cap the quadratic cost
                     self.parsed.add(mark, self.current_path(), f"nested more than {MAX_DEPTH} levels deep",

@@ -1,0 +1,141 @@
+"""The files a spec points at, checked for meaning: the checkpoint and the label files.
+
+Each file is read once through `model.files` (so no content can raise past here) and its JSON type
+is checked before it is indexed. What is checked, cheaply enough to run on every `kiln validate`:
+- the checkpoint has a config.json that is a JSON object, whose `id2label` maps "0".."n-1" to names,
+  and whose `problem_type` (when it has one) agrees with `source.task`: a multi-label checkpoint
+  shipped as single-label would get softmax thresholds for a sigmoid head, and the reverse;
+- every safetensors weight file's header is consistent with its size (8 bytes + the header read);
+- the label order is a non-empty list of distinct strings matching the head, and the label fields
+  an object keyed by exactly those labels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import names as files
+from ..errors import display_path
+from . import bundle as m
+from .checker import MISSING, Checker, Data, kind_of
+from .files import BadFile, head_labels, read_json, type_name
+from .st_header import check_header
+
+WEIGHT_FILES = (files.WEIGHTS, files.WEIGHTS_INDEX, files.PICKLE_WEIGHTS,
+                files.PICKLE_WEIGHTS_INDEX)
+# config.json `problem_type` -> the spec's `source.task` it must go with
+PROBLEM_TYPES = {"multi_label_classification": "multi-label-classification",
+                 "single_label_classification": "single-label-classification"}
+_CKPT = ("source", "checkpoint")
+
+
+def safetensors_files(ckpt: Path) -> list[Path]:
+    """model.safetensors, or the shards its index names (each a bare file name beside it)."""
+    if kind_of(ckpt / files.WEIGHTS) == "file":
+        return [ckpt / files.WEIGHTS]
+    if kind_of(ckpt / files.WEIGHTS_INDEX) != "file":
+        return []
+    index = read_json(ckpt / files.WEIGHTS_INDEX, origin=display_path(ckpt / files.WEIGHTS_INDEX))
+    where = f"{display_path(ckpt / files.WEIGHTS_INDEX)}: weight_map"
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise BadFile(f"{where} must be a non-empty JSON object of tensor -> shard file, got "
+                      f"{type_name(weight_map)}", "re-save the model with save_pretrained")
+    shards = set()
+    for shard in weight_map.values():
+        if not isinstance(shard, str) or not shard or "/" in shard or "\\" in shard \
+                or shard in (".", "..") or "\x00" in shard:
+            raise BadFile(f"{where} names {str(shard)[:80]!r}, not a shard file beside the index",
+                          "re-save the model with save_pretrained")
+        shards.add(shard)
+    return [ckpt / s for s in sorted(shards)]
+
+
+def _weights(c: Checker, ckpt: Path) -> None:
+    if not any(kind_of(ckpt / f) == "file" for f in WEIGHT_FILES):
+        c.fail(_CKPT, "checkpoint has no weights (model.safetensors, sharded safetensors or "
+               "pytorch_model.bin)", "save the model with save_pretrained")
+        return
+    try:
+        for shard in safetensors_files(ckpt):
+            check_header(shard, display_path(shard))
+    except BadFile as exc:
+        c.fail(_CKPT, exc.message, exc.hint)
+
+
+def _config(c: Checker, ckpt: Path, task: str) -> list[str] | None:
+    """The head's labels from config.json (None when unusable: a problem is recorded)."""
+    if kind_of(ckpt / files.CONFIG) != "file":
+        c.fail(_CKPT, "checkpoint has no config.json",
+               "point at a Hugging Face style checkpoint directory (save_pretrained output)")
+        return None
+    config = c.json_file(_CKPT, ckpt / files.CONFIG)
+    if config is MISSING:
+        return None
+    origin = display_path(ckpt / files.CONFIG)
+    try:
+        head = head_labels(config, origin)
+    except BadFile as exc:
+        c.fail(_CKPT, exc.message, exc.hint)
+        return None
+    problem_type = config.get("problem_type")
+    if problem_type is not None and PROBLEM_TYPES.get(problem_type) != task:
+        wanted = PROBLEM_TYPES.get(problem_type) if isinstance(problem_type, str) else None
+        fix = f"set source.task: {wanted}" if wanted else "build a classification checkpoint"
+        c.fail(("source", "task"), f"{task}, but {origin} says problem_type "
+               f"{str(problem_type)[:60]!r} (the bundle would score a "
+               f"{'sigmoid' if 'multi' in str(problem_type) else 'softmax'} head with "
+               f"{'softmax' if task.startswith('single') else 'sigmoid'})",
+               f"{fix}, or correct problem_type in config.json")
+    return head
+
+
+def source(c: Checker, data: Data) -> tuple[m.Source, list[str] | None]:
+    """The `source:` section and the model head's labels (None when they cannot be read)."""
+    src = data["source"]
+    ckpt = c.path(_CKPT, src["checkpoint"], "dir")
+    head = None
+    if ckpt is not None and kind_of(ckpt) == "dir":
+        head = _config(c, ckpt, src["task"])
+        _weights(c, ckpt)
+    tok = c.path(("source", "tokenizer"), src.get("tokenizer"), "dir") if "tokenizer" in src else ckpt
+    return m.Source(ckpt or Path(), src["task"], tok or Path(), src.get("dtype")), head
+
+
+def _order(c: Checker, order: Any) -> tuple[str, ...]:
+    if order is MISSING:
+        return ()
+    if not (isinstance(order, list) and order and all(isinstance(x, str) for x in order)):
+        got = "an empty list" if order == [] else type_name(order)
+        c.fail(("labels", "order"), f"label order must be a non-empty JSON list of strings, got {got}",
+               'e.g. ["cpt_code", "laterality"]')
+        return ()
+    if len(set(order)) != len(order):
+        dups = sorted({x for x in order if order.count(x) > 1})
+        c.fail(("labels", "order"), f"duplicate labels {dups}", "each label once")
+        return ()
+    return tuple(order)
+
+
+def labels(c: Checker, data: Data, head: list[str] | None) -> m.Labels:
+    """The `labels:` section, checked against each other and the model's head."""
+    lab = data["labels"]
+    order_p = c.path(("labels", "order"), lab["order"], "file")
+    fields_p = c.path(("labels", "fields"), lab["fields"], "file")
+    names = _order(c, c.json_file(("labels", "order"), order_p))
+    fields = c.json_file(("labels", "fields"), fields_p)
+    if fields is not MISSING and not isinstance(fields, dict):
+        c.fail(("labels", "fields"), f"label fields must be a JSON object keyed by label, got "
+               f"{type_name(fields)}", '{"label": {...}, ...}')
+    elif isinstance(fields, dict) and names and set(fields) != set(names):
+        extra, missing = sorted(set(fields) - set(names)), sorted(set(names) - set(fields))
+        c.fail(("labels", "fields"), f"labels differ from labels.order (extra: {extra}, "
+               f"missing: {missing})", "one entry per label in label_order")
+    if head is not None and names:
+        if len(head) != len(names):
+            c.fail(("labels", "order"), f"{len(names)} labels, but the model's head has "
+                   f"{len(head)} outputs", "labels.order must list every output of the model")
+        elif head != list(names):
+            c.fail(("labels", "order"), f"labels do not match the model's id2label {head}",
+                   "list labels in the model's output order (config.json id2label)")
+    return m.Labels(order_p or Path(), fields_p or Path(), names)
