@@ -150,3 +150,13 @@ def test_bootstrap_from_oci_fails_closed_with_trusted_keys(tmp_path: Path, key: 
     with pytest.raises(SignatureError, match="does not read signatures of OCI model artifacts"):
         bootstrap(env)
     assert _nothing_unpacked(tmp_path / "rt")
+
+
+def test_publish_signs_only_when_a_key_is_configured(tmp_path: Path, key: KeyPair) -> None:
+    """What `kiln publish` calls first: no key, nothing written; a key, both files."""
+    dist = make_dist(tmp_path)
+    assert signing.sign_if_configured(dist, None, env={}) is None
+    assert not (dist / names.SIGNATURE).exists() and not (dist / names.PROVENANCE).exists()
+    done = signing.sign_if_configured(dist, None, env={"KILN_SIGNING_KEY": key.private.read_text()})
+    assert done is not None and done.key_id == key.key_id
+    assert done.written == (names.SIGNATURE, names.PROVENANCE)
