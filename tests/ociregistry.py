@@ -21,6 +21,16 @@ import urllib.request
 from pathlib import Path
 
 
+def need(tool: str) -> str:
+    """Path of a Debian tool the test needs; skips the test (naming the package) where absent."""
+    import pytest
+
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} not installed (apt-get install {tool})")
+    return path
+
+
 def find_registry() -> str | None:
     return shutil.which("docker-registry")
 
