@@ -1,24 +1,23 @@
-"""Model store: verify vs openssl, and putting a version into place vs cp, on a ~1 GiB version.
+"""Model store: publishing a bundle tarball into the store vs GNU tar, and verify vs openssl.
 
-(a) `cp -r` of the payload into a fresh directory on the same filesystem (no digests, not durable).
-(b) `cp -r` + `sync` of the copies (durable, still no digests).
-(c) kiln: `stage_new` + `ModelStore.copy_in` of every file: the copy into place, which also takes
-    every sha256 (one read of each byte, hashed on a second thread while it is written) and
-    fsyncs every file (in the background while copying).
-(d) kiln: `finalize` alone, right after (c): sealed manifest, fsync of the (already clean) files and
-    the directories, `.pending`, rename, `current` swap. It reads no file: (c) gave the digests.
-(e) (c) + (d), per run. Target: "finalizing a 1 GiB version adds under 10% over copying it into
-    place", read as (e)/(c) - 1. (e) is also shown against (a) and (b), which take no digests.
-(f) the old path for reference: `stage_new` + `cp -r` into staging + `finalize`, which then reads
-    and hashes every byte after the copy.
-Verify: `ModelStore.verify` always re-reads and hashes every byte; peer `openssl dgst -sha256` over
-the same files in one process. Target: verify <= 1.2x openssl.
+The real publish path is measured: `publish_to_store` takes a packaged `dist/` directory
+(deterministic `bundle.tar.gz` + published manifest) and makes it a store version.
 
-Two layouts: one 1 GiB weights file (hashing cannot be split), and four 256 MiB shards (copy_in,
-verify and finalize work on several files at once; openssl and cp go file by file). Warm page
-cache for the sources; `sync` before every timed run so none starts with dirty pages; the steps
-run interleaved. CPU seconds (this process's threads + cp/sync children) are shown beside the wall
-times: on a shared machine they say what a step costs when no core is free to overlap work onto.
+(a) `tar xzf bundle.tar.gz -C dir`: unpack only; no digests, nothing fsynced.
+(b) (a) + `sync` of the unpacked files: durable, still no digests.
+(c) putting the version in place, durably: `stage_new` + `safe_extract` into staging with every
+    file's size and sha256 checked as it is written and every file fsynced, then discarded.
+    (Publish itself unpacks without fsync and lets finalize flush, so nothing is flushed twice.)
+(e) `publish_to_store` end to end: checks the tarball's manifest, (c), checks the unpacked tree,
+    then `finalize` (fsync of every file and directory, sealed manifest, rename, `current` swap).
+(d) = (e) - (c): what finalizing adds. Target: "finalizing adds under 10% over putting the version
+    in place", read as (e)/(c) - 1.
+Verify: `ModelStore.verify` re-reads and hashes every byte; peer `openssl dgst -sha256` over the
+same files in one process. Target: verify <= 1.2x openssl.
+
+Two layouts: one weights file, and four shards. Warm page cache for the tarball; `sync` before
+every timed run; steps interleaved. CPU seconds (this process's threads + tar/sync children) are
+shown beside wall times: on a shared machine they move less.
 
     .venv/bin/python bench/bench_store.py [--size-mib 1024] [--repeat 3] [--keep]
 """
@@ -32,54 +31,60 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MiB, header, table, warm, workdir, write_random  # noqa: E402
-
-from modelkiln.store import ModelStore  # noqa: E402
-
-
-def make_payload(src: Path, layout: str, size: int) -> list[Path]:
-    """A model directory of ~`size` bytes: weights (one file or 4 shards) plus small JSON files."""
-    src.mkdir(parents=True)
-    files = []
-    shards = 1 if layout == "single" else 4
-    for i in range(shards):
-        name = "model.safetensors" if shards == 1 else f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        write_random(src / name, size // shards)
-        files.append(src / name)
-    (src / "tokenizer").mkdir()
-    for rel, n in (("config.json", 700), ("tokenizer/tokenizer.json", 700_000),
-                   ("tokenizer/vocab.txt", 230_000), ("thresholds.json", 900)):
-        (src / rel).write_bytes(os.urandom(n // 2).hex().encode()[:n])
-        files.append(src / rel)
-    return files
-
-
-def cpu() -> float:
-    """CPU seconds used so far by this process (all threads) and its waited-for children."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
+from _common import MiB, header, table, warm, workdir, write_random
+from modelkiln.artifacts import manifest as mf
+from modelkiln.artifacts.extract import safe_extract
+from modelkiln.artifacts.tarball import write_tarball
+from modelkiln.publish.store import publish_to_store
+from modelkiln.store import ModelStore
 
 CPU: dict[str, list[float]] = {}  # label -> CPU seconds of each timed run
 
 
-def timed(fn: Callable[[], object], repeat: int, before: Callable[[], None] | None = None,
-          label: str = "") -> list[float]:
-    """Wall seconds of `fn` over `repeat` runs (`before` runs untimed ahead of each); the CPU
-    seconds of each run go to CPU[label] (on a shared machine they move less than wall time)."""
-    values = []
-    for _ in range(repeat):
-        if before:
-            before()
-        c0, t0 = cpu(), time.perf_counter()
-        fn()
-        values.append(time.perf_counter() - t0)
-        CPU.setdefault(label, []).append(cpu() - c0)
-    return values
+def make_dist(base: Path, layout: str, size: int) -> Path:
+    """A packaged dist directory (tarball + published manifest) of a ~`size`-byte bundle."""
+    src = base / f"src-{layout}"
+    src.mkdir(parents=True)
+    shards = 1 if layout == "single" else 4
+    files = []
+    for i in range(shards):
+        name = "model.safetensors" if shards == 1 else f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        write_random(src / name, size // shards)
+        files.append(name)
+    (src / "tokenizer").mkdir()
+    for rel, n in (("config.json", 700), ("tokenizer/tokenizer.json", 700_000),
+                   ("tokenizer/vocab.txt", 230_000), ("thresholds.json", 900)):
+        (src / rel).write_bytes(os.urandom(n // 2).hex().encode()[:n])
+        files.append(rel)
+    manifest = mf.build(name="bench", version="1", backend="pytorch",
+                        files=mf.file_entries(src, files), inputs={}, spec_digest="0" * 64,
+                        tools={"modelkiln": "bench"})
+    dist = base / f"dist-{layout}"
+    dist.mkdir()
+    inner = base / f"inner-{layout}.json"
+    inner.write_bytes(mf.dumps(manifest))
+    tsize, digest = write_tarball(dist / mf.ARCHIVE,
+                                  [*((rel, src / rel) for rel in files), (mf.MANIFEST, inner)])
+    (dist / mf.MANIFEST).write_bytes(mf.dumps(mf.with_archive(manifest, tsize, digest)))
+    shutil.rmtree(src)
+    return dist
+
+
+def cpu() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn: Callable[[], object], before: Callable[[], None], label: str) -> float:
+    before()
+    c0, t0 = cpu(), time.perf_counter()
+    fn()
+    CPU.setdefault(label, []).append(cpu() - c0)
+    return time.perf_counter() - t0
 
 
 def run(cmd: list[str]) -> None:
@@ -92,76 +97,69 @@ def med(values: list[float]) -> float:
 
 def bench_layout(base: Path, layout: str, size: int, repeat: int
                  ) -> tuple[list[list[str]], list[list[str]]]:
-    """(timing rows (a)-(f), comparison rows) for one layout."""
-    src = base / f"src-{layout}"
-    files = make_payload(src, layout, size)
-    total = sum(p.stat().st_size for p in files)
+    dist = make_dist(base, layout, size)
+    published = mf.loads(dist.joinpath(mf.MANIFEST).read_bytes(), str(dist))
+    sizes: dict[str, int | None] = {f["path"]: f["size"] for f in published["files"]}
+    sizes[mf.MANIFEST] = None
+    sha256s = {f["path"]: f["sha256"] for f in published["files"]}
     root = base / f"store-{layout}"
     store = ModelStore(root)
     counter = iter(range(10**6))
     names: list[str] = []
-    split: list[tuple[float, float]] = []  # (copy_in, finalize) of each (c)+(d) run
 
-    def old_path() -> None:
+    def tar() -> None:
+        dest = base / f"x-{next(counter)}"
+        dest.mkdir()
+        run(["tar", "xzf", str(dist / mf.ARCHIVE), "-C", str(dest)])
+
+    def tar_sync() -> None:
+        dest = base / f"x-{next(counter)}"
+        dest.mkdir()
+        run(["tar", "xzf", str(dist / mf.ARCHIVE), "-C", str(dest)])
+        run(["sync", *[str(p) for p in dest.rglob("*") if p.is_file()]])
+
+    def unpack() -> None:
+        version = f"u{next(counter)}"
+        with store.stage_new("bench", version) as tmp:
+            safe_extract(dist / mf.ARCHIVE, tmp / "bundle", sizes=sizes, sha256s=sha256s,
+                         durable=True)
+        store.discard("bench", version)
+
+    def publish() -> None:
         version = f"v{next(counter)}"
         names.append(version)
-        with store.stage_new("bench", version) as tmp:
-            run(["cp", "-r", f"{src}/.", str(tmp)])
-        store.finalize("bench", version, {"bench": layout})
-
-    def copy_in_and_finalize() -> None:
-        version = f"v{next(counter)}"
-        names.append(version)
-        c0, t0 = cpu(), time.perf_counter()
-        with store.stage_new("bench", version) as tmp:
-            store.copy_in(tmp, src)
-        c1, t1 = cpu(), time.perf_counter()
-        store.finalize("bench", version, {"bench": layout})
-        split.append((t1 - t0, time.perf_counter() - t1))
-        CPU.setdefault(f"{layout}:c", []).append(c1 - c0)
-        CPU.setdefault(f"{layout}:d", []).append(cpu() - c1)
+        publish_to_store(dist, root, "bench", version, {"bench": layout}, store=store)
 
     def clean() -> None:
         keep = names[-1] if names else None  # the last version stays for the verify runs
-        for d in [*root.glob("bench/versions/*"), *base.glob("cp-*")]:
+        for d in [*root.glob("bench/versions/*"), *base.glob("x-*")]:
             if d.name != keep:
                 shutil.rmtree(d)
-        os.sync()  # start each run with no dirty pages from the previous one
+        os.sync()
 
-    copies = iter(range(10**6))
-
-    def cp() -> None:
-        run(["cp", "-r", str(src), str(base / f"cp-{next(copies)}")])
-
-    def cp_sync() -> None:
-        dest = base / f"cp-{next(copies)}"
-        run(["cp", "-r", str(src), str(dest)])
-        run(["sync", *[str(p) for p in dest.rglob("*") if p.is_file()]])
-
-    warm(*files)
-    t_cp, t_cp_sync, t_e, t_old = [], [], [], []
-    for _ in range(repeat):  # interleaved, so a burst of load on a shared machine hits all alike
-        t_cp += timed(cp, 1, clean, f"{layout}:a")
-        t_cp_sync += timed(cp_sync, 1, clean, f"{layout}:b")
-        t_e += timed(copy_in_and_finalize, 1, clean, f"{layout}:e")
-        t_old += timed(old_path, 1, clean, f"{layout}:f")
-    t_c, t_d = [c for c, _ in split], [d for _, d in split]
+    warm(dist / mf.ARCHIVE)
+    t: dict[str, list[float]] = {k: [] for k in "abce"}
+    for _ in range(repeat):  # interleaved, so a burst of load hits every step alike
+        t["a"].append(timed(tar, clean, f"{layout}:a"))
+        t["b"].append(timed(tar_sync, clean, f"{layout}:b"))
+        t["c"].append(timed(unpack, clean, f"{layout}:c"))
+        t["e"].append(timed(publish, clean, f"{layout}:e"))
     version = names[-1]
-    warm(*[p for p in (root / "bench/versions" / version).rglob("*") if p.is_file()])
-    rel = sorted(str(p) for p in (root / "bench/versions" / version).rglob("*")
-                 if p.is_file() and p.name != "manifest.json")
-    t_ossl = med(timed(lambda: run(["openssl", "dgst", "-sha256", *rel]), repeat))
-    t_verify = med(timed(lambda: store.verify("bench", version), repeat))
-    t_verify1 = med(timed(lambda: ModelStore(root, workers=1).verify("bench", version), repeat))
-    gib = total / (1 << 30)
-    label = f"{layout} ({gib:.2f} GiB, {len(files)} files)"
-    timing = [[label, step, what, f"{med(v):.3f}", f"{min(v):.3f}",
-               f"{med(CPU[f'{layout}:{step[1]}']):.3f}"] for step, what, v in (
-        ("(a)", "cp -r", t_cp), ("(b)", "cp -r + sync", t_cp_sync),
-        ("(c)", "stage_new + copy_in (sha256 + fsync while copying)", t_c),
-        ("(d)", "finalize alone, after (c)", t_d), ("(e)", "(c) + (d)", t_e),
-        ("(f)", "old path: stage_new + cp -r + finalize (hashes after)", t_old))]
-    e, c, a, b, old = med(t_e), med(t_c), med(t_cp), med(t_cp_sync), med(t_old)
+    vdir = root / "bench/versions" / version
+    payload = sorted(str(p) for p in vdir.rglob("*") if p.is_file() and p.parent != vdir)
+    warm(*map(Path, payload))
+    t_ossl = med([timed(lambda: run(["openssl", "dgst", "-sha256", *payload]), lambda: None,
+                        "ossl") for _ in range(repeat)])
+    t_verify = med([timed(lambda: store.verify("bench", version), lambda: None, "verify")
+                    for _ in range(repeat)])
+    a, b, c, e = (med(t[k]) for k in "abce")
+    label = f"{layout} ({size / (1 << 30):.2f} GiB, {len(payload)} files)"
+    cpu_of = {k: med(CPU[f"{layout}:{k}"]) for k in "abce"}
+    timing = [[label, f"({k})", what, f"{med(t[k]):.3f}", f"{min(t[k]):.3f}", f"{cpu_of[k]:.3f}"]
+              for k, what in (("a", "tar xzf"), ("b", "tar xzf + sync"),
+                              ("c", "stage_new + safe_extract (sha256 checked, fsynced)"),
+                              ("e", "publish_to_store (unpack, check, finalize)"))]
+    timing.append([label, "(d)", "(e) - (c): finalize and checks", f"{e - c:.3f}", "", ""])
 
     def pct(x: float, y: float) -> str:
         return f"{(x / y - 1) * 100:+.1f}%"
@@ -169,22 +167,18 @@ def bench_layout(base: Path, layout: str, size: int, repeat: int
     compare = [
         [label, "verify", f"{t_verify:.3f}", "openssl dgst -sha256", f"{t_ossl:.3f}",
          f"{t_verify / t_ossl:.2f}x", "<= 1.20x"],
-        [label, "verify, 1 thread", f"{t_verify1:.3f}", "openssl dgst -sha256", f"{t_ossl:.3f}",
-         f"{t_verify1 / t_ossl:.2f}x", "<= 1.20x"],
-        [label, "(e) copy_in + finalize", f"{e:.3f}", "(c) copy_in", f"{c:.3f}", pct(e, c),
-         "< +10% (finalize's overhead)"],
-        [label, "(e) copy_in + finalize", f"{e:.3f}", "(a) cp -r", f"{a:.3f}", pct(e, a),
-         "(peer takes no digests, no fsync)"],
-        [label, "(e) copy_in + finalize", f"{e:.3f}", "(b) cp -r + sync", f"{b:.3f}", pct(e, b),
+        [label, "(e) publish_to_store", f"{e:.3f}", "(c) unpack into staging", f"{c:.3f}",
+         pct(e, c), "< +10% (finalize's overhead)"],
+        [label, "(e) publish_to_store", f"{e:.3f}", "(a) tar xzf", f"{a:.3f}", pct(e, a),
+         "(peer: no digests, no fsync)"],
+        [label, "(e) publish_to_store", f"{e:.3f}", "(b) tar xzf + sync", f"{b:.3f}", pct(e, b),
          "(durable peer, no digests)"],
-        [label, "(f) old: cp -r + finalize", f"{old:.3f}", "(a) cp -r", f"{a:.3f}", pct(old, a),
-         "(before: finalize hashed)"],
     ]
     return timing, compare
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--layout", choices=["single", "sharded", "both"], default="both")
@@ -192,21 +186,14 @@ def main() -> None:
     args = parser.parse_args()
     size = args.size_mib * MiB
     base = workdir("kiln-bench-store-", need_bytes=size * 6)
-    header(f"bench_store: copy_in, finalize and verify of a {args.size_mib} MiB version "
-           f"(median of {args.repeat}, warm page cache, store and copies on {base})")
-    t0 = time.perf_counter()
-    out = subprocess.run(["openssl", "speed", "-seconds", "1", "-bytes", "1048576", "sha256"],
-                         capture_output=True, text=True).stdout.splitlines()
-    speed = out[-1].split()[-1].rstrip("k") if out else ""
-    rate = f"{float(speed) / 1e3:.0f} MB/s" if speed.replace(".", "").isdigit() else "n/a"
-    print(f"openssl speed sha256, 1 MiB blocks, one core: {rate}")
-    print(f"(probe took {time.perf_counter() - t0:.1f} s)\n")
+    header(f"bench_store: publish_to_store and verify of a {args.size_mib} MiB bundle "
+           f"(median of {args.repeat}, warm page cache, store on {base})")
     timing: list[list[str]] = []
     rows: list[list[str]] = []
     try:
         for layout in (["single", "sharded"] if args.layout == "both" else [args.layout]):
-            t, r = bench_layout(base, layout, size, args.repeat)
-            timing += t
+            tm, r = bench_layout(base, layout, size, args.repeat)
+            timing += tm
             rows += r
     finally:
         if not args.keep:
