@@ -5,8 +5,9 @@
     .venv/bin/python bench/reliability/run.py --quick    # a smoke run of every row (a few minutes)
     .venv/bin/python bench/reliability/run.py --only store_trials,specs
 
-Trial modules beside this file (`store_trials`, `publish_trials`, `archives`, `specs`) each expose
-`run(quick: bool) -> list[Row]` (common.py); those present are run in that order. Some rows need
+Trial modules beside this file (`store_trials`, `publish_trials`, `archives`, `specs`) are run in
+that order when present: through `run(quick: bool) -> list[Row]` (common.py) where a module has
+it, else through an adapter below that calls its row functions and reads their row records. Some rows need
 root (a tmpfs for disk-full trials) and say so in their notes when they cannot run.
 """
 from __future__ import annotations
@@ -16,7 +17,9 @@ import importlib
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Row
@@ -32,11 +35,49 @@ def _rows(module: str, quick: bool) -> list[Row]:
             return []
         raise
     try:
-        got = list(mod.run(quick))
+        got = list(mod.run(quick) if hasattr(mod, "run") else ADAPTERS[module](mod, quick))
     except Exception:
         return [Row(f"{module}: the trial module itself failed", 0, 0, 1,
                     [traceback.format_exc().strip().splitlines()[-1]])]
-    return [r if isinstance(r, Row) else Row(*r) for r in got]
+    return [_as_row(r) for r in got]
+
+
+def _as_row(obj: Any) -> Row:
+    """A Row from another module's row type (TrialRow, ArchivesRow, or a tuple)."""
+    if isinstance(obj, Row):
+        return obj
+    if isinstance(obj, tuple):
+        return Row(*obj)
+    name = getattr(obj, "name", None) or getattr(obj, "who", "?")
+    trials = getattr(obj, "trials", None)
+    if trials is None:  # an archives row: an accepted hostile archive or a hang is a violation
+        trials = obj.tried
+        violations = obj.accepted + getattr(obj, "hangs", 0)
+        name = f"hostile archives through {name}"
+    else:
+        violations = obj.violations
+    notes = list(getattr(obj, "examples", ()) or getattr(obj, "notes", ()))
+    return Row(name, trials, violations, obj.tracebacks, notes[:5])
+
+
+def _publish_trials(mod: Any, quick: bool) -> list[Any]:
+    kills, rounds = (10, 5) if quick else (100, 50)
+    rows = [mod.sigkill_publish(kills), mod.racing_publishers(rounds, medium="file")]
+    try:
+        rows.append(mod.racing_publishers(rounds, medium="s3"))
+    except Exception:
+        rows.append(Row("racing publishers, SeaweedFS", 0, 0, 1,
+                        [traceback.format_exc().strip().splitlines()[-1]]))
+    return rows
+
+
+def _archives(mod: Any, quick: bool) -> list[Any]:
+    return [mod.archives_row()]
+
+
+ADAPTERS: dict[str, Callable[[Any, bool], list[Any]]] = {
+    "publish_trials": _publish_trials, "archives": _archives,
+}
 
 
 def main() -> int:
