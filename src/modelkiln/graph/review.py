@@ -151,7 +151,7 @@ def render(bundles: Sequence[Bundle], tasks: Sequence[TaskPlan], records: dict[s
         by_bundle.setdefault(t.bundle, []).append(t)
     counts = {a: sum(t.action == a for t in tasks) for a in (OK, HIT, "run")}
     out = ["## modelkiln plan", "",
-           f"{len(bundles)} bundles: {counts['run']} tasks run, {counts[HIT]} cache hits, "
+           f"{len(bundles)} bundle{'' if len(bundles) == 1 else 's'}: {counts['run']} tasks run, {counts[HIT]} cache hits, "
            f"{counts[OK]} up to date. {cache_note}" + (f"; base `{base}`" if base else ""), ""]
     for bundle in bundles:
         own = by_bundle.get(bundle.name, [])
