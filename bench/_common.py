@@ -15,8 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -52,7 +52,7 @@ heavy = sorted(m for m in %r if m in sys.modules)
 with open(report, "w") as f:
     json.dump({"rc": rc, "in_process_s": elapsed, "heavy": heavy, "kiln_hashed": hashed,
                "md5_hashed": counted}, f)
-""" % (HEAVY,)
+""" % (HEAVY,)  # noqa: UP031 - the probe is Python full of braces; str.format would need them doubled
 
 
 def header(title: str) -> None:
@@ -73,7 +73,8 @@ def header(title: str) -> None:
 
     cpu = "unknown"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+        cpu = next(line.split(":", 1)[1].strip()
+                   for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
@@ -94,7 +95,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for n, r in enumerate(cells):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
         if n == 0:
             print("  ".join("-" * w for w in widths))
     print()
@@ -121,23 +122,23 @@ def run_measured(cmd: Sequence[str], cwd: Path | None = None, env: dict | None =
     the RSS a forked child had before exec (a copy of this big benchmark process) in its
     ru_maxrss, which would report our own size instead of the packer's.
     """
-    out = tempfile.TemporaryFile()
     fd, rss_file = tempfile.mkstemp(prefix="rss-", dir="/tmp")
     os.close(fd)
     timer = ["/usr/bin/time", "-f", "%M", "-o", rss_file] if os.path.exists("/usr/bin/time") else []
-    try:
-        t0 = time.perf_counter()
-        rc = subprocess.run([*timer, *cmd], cwd=cwd, env=env, stdout=out,
-                            stderr=subprocess.STDOUT).returncode
-        wall = time.perf_counter() - t0
+    with tempfile.TemporaryFile() as out:
         try:
-            rss = int(Path(rss_file).read_text().split()[-1])
-        except (OSError, ValueError, IndexError):
-            rss = -1  # killed by a signal: time writes a note instead of the figure
-    finally:
-        os.unlink(rss_file)
-    out.seek(0)
-    return wall, rss, rc, out.read().decode(errors="replace")
+            t0 = time.perf_counter()
+            rc = subprocess.run([*timer, *cmd], cwd=cwd, env=env, stdout=out,
+                                stderr=subprocess.STDOUT).returncode
+            wall = time.perf_counter() - t0
+            try:
+                rss = int(Path(rss_file).read_text().split()[-1])
+            except (OSError, ValueError, IndexError):
+                rss = -1  # killed by a signal: time writes a note instead of the figure
+        finally:
+            os.unlink(rss_file)
+        out.seek(0)
+        return wall, rss, rc, out.read().decode(errors="replace")
 
 
 def probe(tool: str, args: Sequence[str], cwd: Path, env_extra: dict | None = None

@@ -22,8 +22,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (MiB, build_project, header, make_project, probe, table, warm,  # noqa: E402
-                     workdir, write_random)
+from _common import (
+    MiB,
+    build_project,
+    header,
+    make_project,
+    probe,
+    table,
+    warm,
+    workdir,
+    write_random,
+)
 
 PEER_DODO = '''\
 """Stock doit peer: one task whose file_dep is the checkpoint (default MD5 checker)."""

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HEAVY, build_project, header, make_project, probe, secs, table, workdir  # noqa: E402
+from _common import HEAVY, build_project, header, make_project, probe, secs, table, workdir
 
 PEER_DODO = '''\
 """Stock doit peer: the same tasks as modelkiln's graph, as file_dep/targets (MD5 checker)."""

@@ -19,10 +19,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (PYTHON, MiB, header, run_measured, save_weights, table, warm,  # noqa: E402
-                     workdir)
-
-from modelkiln.artifacts.digest import sha256_file  # noqa: E402
+from _common import PYTHON, MiB, header, run_measured, save_weights, table, warm, workdir
+from modelkiln.artifacts.digest import sha256_file
 
 PACK = r"""
 import json, sys, time, resource
@@ -101,7 +99,7 @@ def main() -> None:
             if rc:
                 raise SystemExit(f"bench: tar czf failed:\n{output[-3000:]}")
             tar_runs.append((wall, rss))
-        _w, base_rss, _rc, out = run_measured([PYTHON, "-c", IMPORT_ONLY])
+        _w, _base_rss, _rc, out = run_measured([PYTHON, "-c", IMPORT_ONLY])
         base = json.loads(out.strip().splitlines()[-1])["maxrss_kb"]
 
         check = root / "extract"

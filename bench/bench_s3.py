@@ -27,13 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from s3server import SeaweedFS, find_weed  # noqa: E402
-
+from modelkiln import transport  # noqa: E402
 from modelkiln.artifacts import manifest as mf  # noqa: E402
 from modelkiln.artifacts.tarball import write_tarball  # noqa: E402
 from modelkiln.publish import publish_bundle  # noqa: E402
-from modelkiln import transport  # noqa: E402
 from modelkiln.runtime import bootstrap  # noqa: E402
+from s3server import SeaweedFS, find_weed  # noqa: E402
 
 BUCKET = "bench"
 

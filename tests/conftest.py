@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import uuid
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import pytest
 

@@ -59,24 +59,26 @@ class SeaweedFS:
     def start(self, timeout: float = 90.0) -> None:
         self.port = p = _pick_ports()
         self.root.mkdir(parents=True, exist_ok=True)
-        log = open(self.root / "weed.out", "wb")
-        self.proc = subprocess.Popen(
-            [self.weed, f"-logdir={self.root}", "server", f"-dir={self.root}", "-ip=127.0.0.1",
-             "-s3", f"-s3.port={p}", f"-master.port={p + 1}", f"-volume.port={p + 2}",
-             f"-filer.port={p + 3}",
-             # room for the bench's GiB objects; stop without the 10 s drain a test run never needs
-             "-volume.max=0", "-master.volumeSizeLimitMB=1024", "-volume.preStopSeconds=0",
-             "-s3.port.iceberg=0", "-s3.port.lance=0"],  # fixed default ports: would clash
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log = self.root / "weed.out"
+        with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [self.weed, f"-logdir={self.root}", "server", f"-dir={self.root}",
+                 "-ip=127.0.0.1", "-s3", f"-s3.port={p}", f"-master.port={p + 1}",
+                 f"-volume.port={p + 2}", f"-filer.port={p + 3}",
+                 # room for the bench's GiB objects; stop without the 10 s drain a test run
+                 # never needs
+                 "-volume.max=0", "-master.volumeSizeLimitMB=1024", "-volume.preStopSeconds=0",
+                 "-s3.port.iceberg=0", "-s3.port.lance=0"],  # fixed default ports: would clash
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.proc.returncode}; see {log.name}")
+                raise RuntimeError(f"weed exited with {self.proc.returncode}; see {log}")
             if self._ready():
                 return
             time.sleep(0.5)
         self.stop()
-        raise RuntimeError(f"SeaweedFS not ready after {timeout}s; see {log.name}")
+        raise RuntimeError(f"SeaweedFS not ready after {timeout}s; see {log}")
 
     def _ready(self) -> bool:
         try:

@@ -104,10 +104,9 @@ def test_staged_dir_swaps_complete_directories(tmp_path: Path) -> None:
     final = tmp_path / "out"
     with staged_dir(final) as tmp:
         (tmp / "a").write_text("1")
-    with pytest.raises(RuntimeError):
-        with staged_dir(final) as tmp:
-            (tmp / "a").write_text("2")
-            raise RuntimeError("stage failed")
+    with pytest.raises(RuntimeError), staged_dir(final) as tmp:
+        (tmp / "a").write_text("2")
+        raise RuntimeError("stage failed")
     assert (final / "a").read_text() == "1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     (tmp_path / ".out.abc.tmp").mkdir()

@@ -8,11 +8,10 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import onnx_reference
 import pytest
 
 from helpers import Project
-
-import onnx_reference
 
 pytestmark = pytest.mark.slow
 

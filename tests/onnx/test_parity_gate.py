@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx_reference
 import pytest
 
 from helpers import Project
-
-import onnx_reference
 from modelkiln.stages.parity import compare, gate, markdown
 
 LABELS = ("a", "b", "c")

@@ -2,8 +2,8 @@
 modules can import them)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # A small valid spec; the golden tests edit one line of it so line numbers stay easy to check.
 BASE = """\

@@ -1,7 +1,8 @@
 """The schema is the contract reviewers read: check it is complete and self-consistent."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
