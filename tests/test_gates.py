@@ -7,12 +7,17 @@ the tool's own report.
 """
 from __future__ import annotations
 
+import pkgutil
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+
+import modelkiln
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,3 +48,14 @@ def test_mypy_strict() -> None:
 
 def test_import_layers() -> None:
     _gate(_tool("lint-imports"), "--no-cache")
+
+
+def test_every_module_has_a_layer() -> None:
+    """A new package or top-level module must be placed in the layers contract, or its imports
+    would go unchecked."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    layers = next(c for c in config["contracts"] if c["id"] == "layers")["layers"]
+    named = {m.removeprefix("modelkiln.") for layer in layers
+             for m in re.findall(r"modelkiln\.\w+", layer)}
+    present = {m.name for m in pkgutil.iter_modules(modelkiln.__path__)}
+    assert present - named == set(), "add these to [tool.importlinter] layers in pyproject.toml"
