@@ -80,30 +80,30 @@ class Checker:
         makes the path meaningless); otherwise the resolved path, even if it is missing."""
         if value is None:
             return None
+        shown = value if len(value) <= 80 else f"{value[:77]}..."
         bad = _bad_text(value)
         if bad:
-            self.fail(key, f"path '{value[:80]}{'...' if len(value) > 80 else ''}' {bad}",
-                      "fix the path (relative to the spec file)")
+            self.fail(key, f"path '{shown}' {bad}", "fix the path (relative to the spec file)")
             return None
         try:
             p = (self.base / value).resolve()
         except (OSError, RuntimeError, ValueError) as exc:  # RuntimeError: a symlink loop
-            self.fail(key, f"path '{value}' cannot be resolved ({exc})", "fix the path or the link")
+            self.fail(key, f"path '{shown}' cannot be resolved ({exc})", "fix the path or the link")
             return None
         try:
             p.relative_to(self.root)
         except ValueError:
-            self.fail(key, f"path '{value}' escapes the project root {self.root}",
+            self.fail(key, f"path '{shown}' escapes the project root {self.root}",
                       "keep model inputs inside the repository; use a path relative to the spec")
             return p
         found = kind_of(p)
         if found == "missing":
-            self.fail(key, f"'{value}' does not exist", f"create it, or fix the path (relative to "
+            self.fail(key, f"'{shown}' does not exist", f"create it, or fix the path (relative to "
                       f"{self.base.name}/); example inputs come from `python -m modelkiln.demo`")
         elif kind == "dir" and found != "dir":
-            self.fail(key, f"'{value}' is not a directory", "point at the checkpoint directory")
+            self.fail(key, f"'{shown}' is not a directory", "point at the checkpoint directory")
         elif kind == "file" and found != "file":
-            self.fail(key, f"'{value}' is not a regular file", "point at a file")
+            self.fail(key, f"'{shown}' is not a regular file", "point at a file")
         return p
 
     def json_file(self, key: KeyPath, path: Path | None) -> Any:

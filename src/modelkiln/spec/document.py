@@ -78,7 +78,9 @@ class SpecDocument:
     def problem(self, key_path: KeyPath, message: str, hint: str = "", *, at_key: bool = False) -> Problem:
         """A `Problem` pinned to `key_path` in this file (at the key itself when `at_key`)."""
         line, col = self.key_where(key_path) if at_key else self.where(key_path)
-        return Problem(one_line(display_path(self.path)), line, col, one_line(key_text(tuple(key_path))),
+        key = key_text(tuple(key_path))
+        key = key if len(key) <= 200 else f"{key[:197]}..."  # a fuzzed key can be megabytes long
+        return Problem(one_line(display_path(self.path)), line, col, one_line(key),
                        one_line(message), one_line(hint))
 
     def get(self, key_path: KeyPath, default: Any = None) -> Any:

@@ -173,7 +173,8 @@ def describe(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return "'" + (value if len(value) <= 60 else value[:57] + "...") + "'"
-    return repr(value)
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
 
 
 def show_tag(tag: str) -> str:
@@ -199,8 +200,19 @@ def _resolve_plain(text: str) -> Any:
     return text
 
 
+def _clip(text: str) -> str:
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
 def _scalar(tag: str | None, plain: bool, text: str) -> tuple[Any, str, str]:
     """(value, error message or "", hint) for one scalar event."""
+    try:
+        return _typed_scalar(tag, plain, text)
+    except ValueError:  # an integer of more digits than Python will convert (4300)
+        return None, f"'{_clip(text)}' has {len(text)} digits, too many for a number", "write a smaller number"
+
+
+def _typed_scalar(tag: str | None, plain: bool, text: str) -> tuple[Any, str, str]:
     value: Any  # a JSON scalar: None, bool, int, float or str
     if tag is None or tag == "!":
         value = _resolve_plain(text) if plain and tag is None else text
@@ -212,11 +224,11 @@ def _scalar(tag: str | None, plain: bool, text: str) -> tuple[Any, str, str]:
         value = _resolve_plain(text)
         kind = _TAG_TYPES[tag[len(_STD):]]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            return None, f"'{text}' is not a valid {show_tag(tag)} value", "fix the value or drop the tag"
+            return None, f"'{_clip(text)}' is not a valid {show_tag(tag)} value", "fix the value or drop the tag"
         if tag == _STD + "float" and isinstance(value, (int, float)):  # always so, past the check
             value = float(value)
     if isinstance(value, float) and not math.isfinite(value):
-        return None, f"'{text}' is not a finite number", "JSON has no infinity or NaN; write a number"
+        return None, f"'{_clip(text)}' is not a finite number", "JSON has no infinity or NaN; write a number"
     return value, "", ""
 
 
