@@ -107,12 +107,13 @@ def test_repair_restores_a_corrupted_copy_from_the_verified_tarball(world: dict[
     assert store.repair(AGENT, "2.0.0", world["d2"] / "bundle.tar.gz").noop  # intact: no-op
 
 
-def test_repair_replaces_a_symlinked_version_with_a_real_directory(world: dict[str, Path]) -> None:
+def test_force_publish_replaces_a_symlinked_version_with_a_real_directory(world: dict[str, Path]) -> None:
     v2 = world["v2"]
     shutil.copytree(v2, v2.parent.parent / "elsewhere")
     shutil.rmtree(v2)
     os.symlink(v2.parent.parent / "elsewhere", v2)
-    ModelStore(world["root"]).repair(AGENT, "2.0.0", world["d2"] / "bundle.tar.gz")
+    forced = publish_to_store(world["d2"], world["root"], AGENT, "2.0.0", {}, force=True)
+    assert not forced.noop  # repaired, not "unchanged"
     assert v2.is_dir() and not v2.is_symlink()
     ModelStore(world["root"]).verify(AGENT, "2.0.0")
 

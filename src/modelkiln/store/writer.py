@@ -217,7 +217,7 @@ class ModelStore(StoreReader):
         """
         with self.holding(agent) as adir:
             vdir = adir / "versions" / version
-            if not (vdir / sm.MANIFEST).is_file() or vdir.is_symlink():
+            if not (vdir / sm.MANIFEST).is_file():
                 return None
             try:
                 existing = sm.read(vdir)
