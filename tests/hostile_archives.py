@@ -203,16 +203,27 @@ def _kiln() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "modelkiln.cli"]
 
 
-# A fresh, small interpreter between pytest and kiln: a child's peak RSS counts the memory of the
-# process it was forked from (until exec), so wait4 on a child of pytest would report pytest's.
+# A fresh, small interpreter between pytest and the command: a child's peak RSS counts the memory
+# of the process it was forked from (until exec), so wait4 on a child of pytest would report
+# pytest's. The shim also enforces the wall limit, so a killed command's usage is still known.
 _SHIM = """
-import json, os, sys
+import json, os, signal, sys, time
+report, limit, argv = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
 pid = os.fork()
 if pid == 0:
-    os.execv(sys.argv[2], sys.argv[2:])
-_, status, ru = os.wait4(pid, 0)
-with open(sys.argv[1], "w") as f:
-    json.dump([os.waitstatus_to_exitcode(status), ru.ru_maxrss, ru.ru_utime + ru.ru_stime], f)
+    os.execv(argv[0], argv)
+deadline, killed = time.monotonic() + limit, False
+while True:
+    done, status, ru = os.wait4(pid, os.WNOHANG)
+    if done:
+        break
+    if not killed and time.monotonic() > deadline:
+        os.kill(pid, signal.SIGKILL)
+        killed = True
+    time.sleep(0.005)
+with open(report, "w") as f:
+    json.dump([os.waitstatus_to_exitcode(status), ru.ru_maxrss, ru.ru_utime + ru.ru_stime,
+               killed], f)
 """
 
 
@@ -228,18 +239,18 @@ def run_command(argv: Sequence[str], env: dict[str, str], cwd: Path,
         report, out, err = Path(tmp, "usage.json"), Path(tmp, "out"), Path(tmp, "err")
         with open(out, "wb") as fout, open(err, "wb") as ferr:
             start = time.monotonic()
-            proc = subprocess.Popen([sys.executable, "-c", _SHIM, str(report), *argv],
-                                    stdin=subprocess.DEVNULL, stdout=fout, stderr=ferr, env=env,
-                                    cwd=cwd, start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _SHIM, str(report), str(wall_limit), *argv],
+                stdin=subprocess.DEVNULL, stdout=fout, stderr=ferr, env=env, cwd=cwd,
+                start_new_session=True)
             try:
-                proc.wait(wall_limit)
-                hung = False
+                proc.wait(wall_limit + 60)  # the shim kills at wall_limit; this is a backstop
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                hung = True
             seconds = time.monotonic() - start
-        code, rss_kib, cpu = json.loads(report.read_text()) if report.exists() else (-9, 0, 0.0)
+        code, rss_kib, cpu, hung = (json.loads(report.read_text()) if report.exists()
+                                    else (-9, 0, 0.0, True))
         return Outcome(code, out.read_text(errors="replace"), err.read_text(errors="replace"),
                        seconds, cpu, rss_kib / 1024, hung)
 

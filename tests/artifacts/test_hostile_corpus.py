@@ -12,11 +12,12 @@ a hang.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
-from hostile_archives import Case, try_case
+from hostile_archives import Case, run_command, try_case
 from hostile_corpus import ACCEPTED, HOSTILE
 
 CPU_LIMIT_S = 2.0
@@ -51,3 +52,15 @@ def test_odd_but_valid_archive_is_accepted(tmp_path: Path, case: Case) -> None:
     assert "export REGISTRY_MODEL_VERSION=9.0.0" in out.stdout
     assert trial.current_after != trial.current_before
     assert trial.current_after is not None and trial.current_after.startswith("versions/9.0.0-")
+
+
+def test_the_harness_sees_memory_hangs_and_only_the_child(tmp_path: Path) -> None:
+    """The bounds above are only worth what the measurement is: check it on known processes."""
+    env = dict(os.environ)
+    big = run_command([sys.executable, "-c", "b = bytearray(100 << 20); b[::4096] = b'x' * 25600"],
+                      env, tmp_path, WALL_LIMIT)
+    assert big.returncode == 0 and not big.hung and big.max_rss_mib > 100
+    small = run_command(["/bin/true"], env, tmp_path, WALL_LIMIT)
+    assert small.max_rss_mib < 16  # not the test process's own memory
+    hang = run_command(["/bin/sleep", "30"], env, tmp_path, 0.5)
+    assert hang.hung and hang.returncode == -9
