@@ -44,6 +44,8 @@ def test_changed_lists_bundles_whose_spec_or_inputs_changed(repo: Project) -> No
     git(repo.root, "checkout", "-q", "--", ".")
     (repo.inputs / "checkpoint" / "extra-shard.bin").write_bytes(b"new")  # untracked, in the ckpt
     assert json.loads(kiln(repo.root, "changed", "HEAD").stdout) == ["tiny"]
+    empty_tree = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # CI's base on a first push
+    assert json.loads(kiln(repo.root, "changed", empty_tree).stdout) == ["tiny"]
 
 
 def test_changed_against_a_missing_ref_is_one_clear_error(repo: Project) -> None:

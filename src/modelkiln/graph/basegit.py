@@ -42,7 +42,8 @@ def _top(root: Path) -> Path:
 def changed_paths(root: Path, ref: str) -> set[Path]:
     """Absolute paths that differ between `ref` and the working tree, plus untracked files."""
     top = _top(root)
-    _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{tree}}")  # a commit, or the
+    # empty tree 4b825dc6... that CI names for "everything changed" on a branch's first push
     diff = _git(top, "diff", "--name-only", "--no-renames", "-z", ref, "--").stdout
     untracked = _git(top, "ls-files", "--others", "--exclude-standard", "-z").stdout
     return {(top / p).resolve() for p in (diff + untracked).split("\0") if p}
