@@ -62,11 +62,25 @@ class Onnx:
 
 
 @dataclass(frozen=True)
+class TrtParity:
+    atol: float
+    rtol: float
+    max_decision_flip_rate: float
+    samples: int | None
+
+
+@dataclass(frozen=True)
 class TensorRT:
-    precision: str
-    when: str  # gpu-available | always | never
+    precision: str  # fp32 | fp16 | int8 (int8: from the int8 stage's static Q/DQ model)
+    when: str  # gpu-available | required (never: the section is None)
     workspace_mb: int | None
-    shapes: tuple[tuple[str, int], ...]
+    optimization_level: int
+    batch: tuple[int, int, int]  # min, opt, max
+    sequence: tuple[int, int, int]
+    hardware_compatibility: str  # none | ampere-plus | same-compute-capability
+    version_compatible: bool
+    strict_device_name: bool
+    parity: TrtParity
 
 
 @dataclass(frozen=True)
@@ -127,4 +141,5 @@ class Bundle:
     @property
     def backends(self) -> tuple[str, ...]:
         """Enabled backends that produce a bundle, in a fixed order."""
-        return tuple(b for b, on in (("pytorch", self.pytorch), ("onnx", self.onnx is not None)) if on)
+        return tuple(b for b, on in (("pytorch", self.pytorch), ("onnx", self.onnx is not None),
+                                     ("tensorrt", self.tensorrt is not None)) if on)

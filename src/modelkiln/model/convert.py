@@ -53,15 +53,47 @@ def _onnx(c: _Checker, data: Data, default_cal: Path | None) -> m.Onnx | None:
     return m.Onnx(int(o.get("opset", 17)), quant, parity)
 
 
-def _tensorrt(c: _Checker, data: Data, onnx: m.Onnx | None) -> m.TensorRT | None:
+def _tensorrt(c: _Checker, data: Data, onnx: m.Onnx | None,
+              max_length: int) -> m.TensorRT | None:
     t = data["backends"].get("tensorrt")
     if t is None or not t.get("enabled", True) or t.get("when") == "never":
         return None
     if onnx is None:
         c.fail(("backends", "tensorrt"), "TensorRT engines are built from the ONNX model",
                "enable backends.onnx, or disable backends.tensorrt")
-    return m.TensorRT(t.get("precision", "fp16"), t.get("when", "gpu-available"),
-                      t.get("workspace_mb"), tuple(sorted(t.get("shapes", {}).items())))
+    precision = t.get("precision", "fp16")
+    if precision == "int8" and onnx is not None and onnx.quantize.mode != "static":
+        c.fail(("backends", "tensorrt", "precision"), "int8 engines are built from a static Q/DQ "
+               "model, and backends.onnx.quantize.mode is dynamic (MatMulInteger, which TensorRT "
+               "cannot take)", "set backends.onnx.quantize.mode: static, or precision: fp16")
+    prof = t.get("profiles", {})
+    batch = _trt_range(c, prof, "batch", (1, 8, 32))
+    sequence = _trt_range(c, prof, "sequence", (1, max_length, max_length))
+    if sequence[2] < max_length:
+        c.fail(("backends", "tensorrt", "profiles", "sequence"), f"the longest sequence, "
+               f"{sequence[2]}, is shorter than thresholds.max_length ({max_length}), which the "
+               "served texts are cut to", f"set profiles.sequence.max to at least {max_length}")
+    p = t.get("parity", {})
+    parity = m.TrtParity(float(p.get("atol", 0.01)), float(p.get("rtol", 0.01)),
+                         float(p.get("max_decision_flip_rate", 0.01)), p.get("samples"))
+    return m.TensorRT(precision, t.get("when", "gpu-available"), t.get("workspace_mb"),
+                      int(t.get("optimization_level", 3)), batch, sequence,
+                      t.get("hardware_compatibility", "none"),
+                      bool(t.get("version_compatible", False)),
+                      bool(t.get("strict_device_name", False)), parity)
+
+
+def _trt_range(c: _Checker, prof: Data, what: str,
+               default: tuple[int, int, int]) -> tuple[int, int, int]:
+    """One profile range (min <= opt <= max), or the default when the spec gives none."""
+    r = prof.get(what)
+    if r is None:
+        return default
+    lo, opt, hi = int(r["min"]), int(r["opt"]), int(r["max"])
+    if not lo <= opt <= hi:
+        c.fail(("backends", "tensorrt", "profiles", what), f"{what} range min {lo}, opt {opt}, "
+               f"max {hi} is not ordered", "write it so that min <= opt <= max")
+    return lo, opt, hi
 
 
 def _publish(c: _Checker, data: Data, backends: int) -> m.Publish:
@@ -111,10 +143,10 @@ def to_bundle(doc: Document) -> m.Bundle:
     pytorch = bool(data["backends"].get("pytorch", {}).get("enabled", True)) \
         if "pytorch" in data["backends"] else False
     onnx = _onnx(c, data, thresholds.calibration)
-    tensorrt = _tensorrt(c, data, onnx)
+    tensorrt = _tensorrt(c, data, onnx, thresholds.max_length)
     if not pytorch and onnx is None:
         c.fail(("backends",), "no backend is enabled", "enable backends.pytorch or backends.onnx")
-    publish = _publish(c, data, int(pytorch) + int(onnx is not None))
+    publish = _publish(c, data, int(pytorch) + int(onnx is not None) + int(tensorrt is not None))
     image = _image(c, data, tuple(b for b, on in (("pytorch", pytorch), ("onnx", onnx)) if on))
     reg = data.get("registry", {})
     if c.problems:

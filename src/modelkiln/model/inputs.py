@@ -29,15 +29,15 @@ PROBLEM_TYPES = {"multi_label_classification": "multi-label-classification",
 _CKPT = ("source", "checkpoint")
 
 
-def safetensors_files(ckpt: Path) -> list[Path]:
-    """model.safetensors, or the shards its index names (each a bare file name beside it)."""
-    if kind_of(ckpt / files.WEIGHTS) == "file":
-        return [ckpt / files.WEIGHTS]
-    if kind_of(ckpt / files.WEIGHTS_INDEX) != "file":
+def shard_files(ckpt: Path, single: str, index: str) -> list[Path]:
+    """`single`, or the shards `index` names (each a bare file name beside it); [] for neither."""
+    if kind_of(ckpt / single) == "file":
+        return [ckpt / single]
+    if kind_of(ckpt / index) != "file":
         return []
-    index = read_json(ckpt / files.WEIGHTS_INDEX, origin=display_path(ckpt / files.WEIGHTS_INDEX))
-    where = f"{display_path(ckpt / files.WEIGHTS_INDEX)}: weight_map"
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    index_json = read_json(ckpt / index, origin=display_path(ckpt / index))
+    where = f"{display_path(ckpt / index)}: weight_map"
+    weight_map = index_json.get("weight_map") if isinstance(index_json, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise BadFile(f"{where} must be a non-empty JSON object of tensor -> shard file, got "
                       f"{type_name(weight_map)}", "re-save the model with save_pretrained")
@@ -48,7 +48,16 @@ def safetensors_files(ckpt: Path) -> list[Path]:
             raise BadFile(f"{where} names {str(shard)[:80]!r}, not a shard file beside the index",
                           "re-save the model with save_pretrained")
         shards.add(shard)
+    missing = sorted(s for s in shards if kind_of(ckpt / s) != "file")
+    if missing:
+        raise BadFile(f"{where} names {missing[0]!r}, which is not a file in {display_path(ckpt)}",
+                      "copy every shard next to the index, or re-save the model")
     return [ckpt / s for s in sorted(shards)]
+
+
+def safetensors_files(ckpt: Path) -> list[Path]:
+    """model.safetensors, or the shards its index names."""
+    return shard_files(ckpt, files.WEIGHTS, files.WEIGHTS_INDEX)
 
 
 def _weights(c: Checker, ckpt: Path) -> None:
@@ -65,7 +74,12 @@ def _weights(c: Checker, ckpt: Path) -> None:
 
 def _config(c: Checker, ckpt: Path, task: str) -> list[str] | None:
     """The head's labels from config.json (None when unusable: a problem is recorded)."""
-    if kind_of(ckpt / files.CONFIG) != "file":
+    found = kind_of(ckpt / files.CONFIG)
+    if found == "other" or found == "dir":
+        c.fail(_CKPT, f"{display_path(ckpt / files.CONFIG)} is not a regular file",
+               "save the config with save_pretrained")
+        return None
+    if found != "file":
         c.fail(_CKPT, "checkpoint has no config.json",
                "point at a Hugging Face style checkpoint directory (save_pretrained output)")
         return None

@@ -112,6 +112,13 @@ class RunContext:
         return stamp  # the graph wrote it before this task could start
 
 
+def reason(exc: BaseException, limit: int = 300) -> str:
+    """A library's exception as one clipped line: loaders write multi-line essays (and tracebacks
+    of their own) into their messages, and a build failure must read as one line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
 def tool_versions(*dists: str) -> dict[str, str]:
     """Installed versions of distributions, read from metadata (no import of the packages)."""
     from importlib import metadata

@@ -5,11 +5,12 @@ so both read the calibration file and score it the same way.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import BuildError
+from ..model.calibration import read_rows
+from ..model.files import BadFile
 
 Batch = dict[str, Any]  # tokenizer output: input name -> 2-D integer array (rows x tokens)
 
@@ -27,32 +28,14 @@ def read_calibration(path: Path | None, labels: tuple[str, ...], limit: int | No
         raise BuildError("this stage needs calibration data, and the spec names none; set "
                          "thresholds.calibration (JSONL of text + labels)")
 
-    index = {name: i for i, name in enumerate(labels)}
-    texts: list[str] = []
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                text, names = row["text"], row.get("labels", [])
-            except (ValueError, KeyError, TypeError):
-                raise BuildError(f"{path}:{lineno}: expected a JSON object with 'text' and "
-                                 "'labels'; fix that line") from None
-            unknown = [n for n in names if n not in index]
-            if unknown:
-                raise BuildError(f"{path}:{lineno}: unknown labels {unknown}; labels are "
-                                 f"{list(labels)}")
-            y = np.zeros(len(labels), dtype=np.int8)
-            y[[index[n] for n in names]] = 1
-            texts.append(str(text))
-            rows.append(y)
-            if limit and len(texts) >= limit:
-                break
-    if not texts:
-        raise BuildError(f"{path}: no calibration rows; add JSONL lines of text + labels")
-    return texts, np.stack(rows)
+    try:
+        rows = read_rows(path, labels, limit)
+    except BadFile as exc:
+        raise exc.build_error() from None
+    matrix = np.zeros((len(rows.texts), len(labels)), dtype=np.int8)
+    for i, hits in enumerate(rows.labels):
+        matrix[i, list(hits)] = 1
+    return list(rows.texts), matrix
 
 
 def encode(tokenizer_dir: Path, texts: list[str], max_length: int) -> Batch:

@@ -10,6 +10,7 @@ import json
 from ..artifacts import names
 from ..errors import BuildError
 from ..model.bundle import Bundle
+from ..model.files import BadFile, expect_object, expect_strings, head_labels, read_json
 from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, stage_plan
 
@@ -28,16 +29,20 @@ def _dump(value: object) -> str:
 
 
 def run(ctx: RunContext) -> Report:
-    order = json.loads(ctx.bundle.labels.order.read_bytes())
-    fields = json.loads(ctx.bundle.labels.fields.read_bytes())
-    config = json.loads((ctx.up("weights") / names.CONFIG).read_bytes())
-    id2label = config.get("id2label", {})
-    head = [id2label.get(str(i)) for i in range(len(id2label))]
+    try:
+        order = expect_strings(read_json(ctx.bundle.labels.order), str(ctx.bundle.labels.order),
+                               '["cpt_code", "laterality"]')
+        fields = expect_object(read_json(ctx.bundle.labels.fields), str(ctx.bundle.labels.fields),
+                               '{"label": {...}, ...}')
+        config = ctx.up("weights") / names.CONFIG
+        head = head_labels(read_json(config), str(config))
+    except BadFile as exc:
+        raise exc.build_error() from None
     if head != order:
         raise BuildError(f"label_order {order} does not match the model's id2label {head}; list "
                          "labels in the model's output order")
     if set(fields) != set(order):
-        raise BuildError("registry_label_fields.json must have one entry per label in label_order")
+        raise BuildError(f"{ctx.bundle.labels.fields}: must have one entry per label in label_order")
     (ctx.out / names.LABEL_ORDER).write_text(_dump(order))
     (ctx.out / names.LABEL_FIELDS).write_text(_dump({k: fields[k] for k in order}))
     return {"labels": len(order)}

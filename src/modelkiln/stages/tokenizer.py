@@ -9,8 +9,9 @@ from pathlib import Path
 
 from ..errors import BuildError
 from ..model.bundle import Bundle
+from ..model.files import BadFile, read_json
 from ..paths import Layout
-from .base import Report, RunContext, StagePlan, params, stage_plan
+from .base import Report, RunContext, StagePlan, params, reason, stage_plan
 
 CODE_VERSION = "1"
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -29,25 +30,34 @@ def run(ctx: RunContext) -> Report:
     if not ctx.plan.inputs:
         raise BuildError(f"{ctx.bundle.source.tokenizer}: no tokenizer files (expected "
                          "tokenizer.json); save the tokenizer with save_pretrained next to the model")
+    for f in ctx.plan.inputs:
+        if f.suffix == ".json":  # a broken JSON file is named here, not deep inside the loader
+            try:
+                read_json(f)
+            except BadFile as exc:
+                raise exc.build_error() from None
     dest = ctx.out / "tokenizer"
     dest.mkdir()
     for f in ctx.plan.inputs:
         shutil.copyfile(f, dest / f.name)
-    return check_fast(dest)
+    return check_fast(dest, ctx.bundle.source.tokenizer)
 
 
-def check_fast(path: Path) -> Report:
-    """Load as a fast tokenizer and encode a sample; the serving side will do the same."""
+def check_fast(path: Path, source: Path | None = None) -> Report:
+    """Load as a fast tokenizer and encode a sample; the serving side will do the same.
+    `source` is where the files came from, which is what a failure names."""
     from transformers import AutoTokenizer
 
+    where = source or path
     try:
         tok = AutoTokenizer.from_pretrained(str(path), use_fast=True)
+        ids = tok("modelkiln smoke test")["input_ids"] if tok.is_fast else [0]
     except Exception as exc:
-        raise BuildError(f"tokenizer does not load: {exc}; check tokenizer.json") from None
+        raise BuildError(f"{where}: tokenizer does not load: {reason(exc)}; check tokenizer.json "
+                         "(save it with save_pretrained)") from None
     if not tok.is_fast:
-        raise BuildError("tokenizer loads only as a slow (Python) tokenizer; ship tokenizer.json "
-                         "(PreTrainedTokenizerFast.save_pretrained writes it)")
-    ids = tok("modelkiln smoke test")["input_ids"]
+        raise BuildError(f"{where}: tokenizer loads only as a slow (Python) tokenizer; ship "
+                         "tokenizer.json (PreTrainedTokenizerFast.save_pretrained writes it)")
     if not ids:
-        raise BuildError("tokenizer encodes a sample to nothing; check its vocabulary")
+        raise BuildError(f"{where}: tokenizer encodes a sample to nothing; check its vocabulary")
     return {"class": type(tok).__name__, "vocab_size": tok.vocab_size}

@@ -14,8 +14,11 @@ from typing import Any
 from ..artifacts import names
 from ..errors import BuildError
 from ..model.bundle import Bundle
+from ..model.files import BadFile, expect_object, head_labels, read_json
+from ..model.inputs import shard_files
+from ..model.st_header import check_header
 from ..paths import Layout
-from .base import Report, RunContext, StagePlan, params, stage_plan
+from .base import Report, RunContext, StagePlan, params, reason, stage_plan
 
 StateDict = dict[str, Any]  # parameter name -> torch.Tensor (torch is imported only in run)
 
@@ -40,31 +43,42 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
 
 
 def _shards(ckpt: Path, single: str, index: str) -> list[Path]:
-    if (ckpt / single).is_file():
-        return [ckpt / single]
-    if (ckpt / index).is_file():
-        weight_map = json.loads((ckpt / index).read_bytes()).get("weight_map", {})
-        return [ckpt / name for name in sorted(set(weight_map.values()))]
-    return []
+    try:
+        return shard_files(ckpt, single, index)
+    except BadFile as exc:
+        raise exc.build_error() from None
+
+
+def _load_safetensors(shard: Path) -> StateDict:
+    """One safetensors file, its header checked first so a lie is named, not a deep panic."""
+    from safetensors.torch import load_file
+
+    try:
+        check_header(shard)
+        loaded: StateDict = load_file(str(shard))
+    except BadFile as exc:
+        raise exc.build_error() from None
+    except Exception as exc:  # the loader's own refusal: name the file it was reading
+        raise BuildError(f"{shard}: safetensors cannot read it: {reason(exc)}; re-save the "
+                         "checkpoint with save_pretrained") from None
+    return loaded
 
 
 def load_state_dict(ckpt: Path) -> StateDict:
     """All tensors of a checkpoint; pickles only through torch's weights-only unpickler."""
     import torch
-    from safetensors.torch import load_file
 
     state: StateDict = {}
     st = _shards(ckpt, names.WEIGHTS, names.WEIGHTS_INDEX)
     for shard in st:
-        state.update(load_file(str(shard)))
+        state.update(_load_safetensors(shard))
     if st:
         return state
     for shard in _shards(ckpt, names.PICKLE_WEIGHTS, names.PICKLE_WEIGHTS_INDEX):
         try:
             loaded = torch.load(shard, map_location="cpu", weights_only=True)
         except Exception as exc:  # UnpicklingError and friends: the pickle asked for more
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BuildError(f"{shard}: refused to unpickle: {first[:300]}; only plain tensor "
+            raise BuildError(f"{shard}: refused to unpickle: {reason(exc)}; only plain tensor "
                              "pickles are read (weights_only). Re-save the checkpoint with "
                              "save_pretrained(safe_serialization=True)") from None
         if not isinstance(loaded, dict):
@@ -74,6 +88,16 @@ def load_state_dict(ckpt: Path) -> StateDict:
         raise BuildError(f"{ckpt}: no weights found; expected model.safetensors, sharded "
                          "safetensors with an index, or pytorch_model.bin")
     return state
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A checkpoint's config.json as a JSON object, or a BuildError that names it."""
+    try:
+        config = expect_object(read_json(path), str(path), '{"model_type": "bert", ...}')
+        head_labels(config, str(path))
+    except BadFile as exc:
+        raise exc.build_error() from None
+    return config
 
 
 def _untie(state: StateDict) -> StateDict:
@@ -93,7 +117,7 @@ def run(ctx: RunContext) -> Report:
     from safetensors.torch import save_file
 
     ckpt = ctx.bundle.source.checkpoint
-    config = json.loads((ckpt / names.CONFIG).read_bytes())
+    config = read_config(ckpt / names.CONFIG)
     state = load_state_dict(ckpt)
     dtype = ctx.bundle.source.dtype
     if dtype:
@@ -102,12 +126,12 @@ def run(ctx: RunContext) -> Report:
         config["torch_dtype"] = dtype
     save_file(_untie(state), str(ctx.out / names.WEIGHTS), metadata={"format": "pt"})
     (ctx.out / names.CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    _check_loads(ctx.out, len(state))
+    _check_loads(ctx.out, len(state), ckpt)
     ctx.log(f"weights:{ctx.bundle.name}: {len(state)} tensors -> model.safetensors")
     return {"tensors": len(state), "dtype": dtype or "as stored"}
 
 
-def _check_loads(out: Path, count: int) -> None:
+def _check_loads(out: Path, count: int, source: Path) -> None:
     """The converted checkpoint must load into its architecture with no missing or extra keys."""
     from transformers import AutoModelForSequenceClassification
 
@@ -115,10 +139,12 @@ def _check_loads(out: Path, count: int) -> None:
         _model, info = AutoModelForSequenceClassification.from_pretrained(
             str(out), output_loading_info=True)
     except Exception as exc:
-        raise BuildError(f"converted weights do not load with transformers: {exc}; check that "
-                         "config.json matches the weights") from None
+        raise BuildError(f"{out}: converted weights do not load with transformers: {reason(exc)}; "
+                         "check that config.json matches the weights") from None
     bad = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys",
                                                          "mismatched_keys")}
     if bad:
-        raise BuildError(f"converted weights do not match the architecture ({bad}); check that "
-                         "config.json belongs to these weights")
+        shown = "; ".join(f"{k} ({len(v)}): {', '.join(map(str, v[:3]))}{', ...' if len(v) > 3 else ''}"
+                          for k, v in bad.items())
+        raise BuildError(f"{source}: the weights do not match the architecture in config.json "
+                         f"({shown}); check that config.json belongs to these weights")
