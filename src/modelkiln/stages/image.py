@@ -48,10 +48,21 @@ def oci_dir(layout: Layout, name: str, version: str, backend: str) -> Path:
     return layout.dist / name / version / "oci" / backend
 
 
+# The light modelkiln install in the image: the runtime and every layer it may import (the build
+# graph, stages, publishers, spec parser and CLI stay out), so an edit to a build stage does not
+# change the serving image.
+RUNTIME_PARTS = ("__init__.py", "errors.py", "paths.py", "proc.py", "resources.py", "artifacts",
+                 "runtime", "signing", "store", "transport")
+
+
 @cache
 def runtime_files() -> tuple[Path, ...]:
-    """The light modelkiln install that goes into the image: the package's Python files."""
-    return tuple(sorted(p for p in PACKAGE_DIR.rglob("*.py") if "__pycache__" not in p.parts))
+    """The Python files of the light modelkiln install that goes into the image."""
+    found: list[Path] = []
+    for part in RUNTIME_PARTS:
+        path = PACKAGE_DIR / part
+        found.extend([path] if path.is_file() else path.rglob("*.py"))
+    return tuple(sorted(p for p in found if "__pycache__" not in p.parts))
 
 
 def _templates_digest() -> str:
