@@ -59,6 +59,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 print(f"{r.action:<4} {r.task}")
                 for reason in r.reasons:
                     print(f"       {reason}")
+            elif r.action == "skip":
+                print(f"skip {r.task} ({'; '.join(r.reasons)})")
             else:
                 print(f"ok   {r.task}")
         hits = sum(r.action == "hit" for r in rows)

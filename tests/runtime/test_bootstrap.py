@@ -168,7 +168,7 @@ def test_inner_manifest_must_match_the_published_one(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("env,match", [
     ({}, "MODEL_BACKEND"),
-    ({"MODEL_BACKEND": "tensorrt"}, "MODEL_BACKEND"),
+    ({"MODEL_BACKEND": "triton"}, "MODEL_BACKEND"),
     ({"MODEL_BACKEND": "onnx"}, "MODEL_BUNDLE_S3_URI_ONNX is not set"),
     ({"MODEL_BACKEND": "pytorch", "MODEL_BUNDLE_S3_URI_PYTORCH": "https://x/bundle.tar.gz"},
      "only s3:// and file://"),

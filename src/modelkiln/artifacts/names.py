@@ -10,6 +10,8 @@
       registry_label_fields.json           one entry per label
       thresholds.json                      per-label decision cuts
       registry_model_int8.onnx             the ONNX bundle's model
+      engines/sm<cc>/model.plan            the TensorRT bundle's engine for one GPU architecture,
+      engines/sm<cc>/engine.json           and the key it was built for (the bootstrap matches it)
       model_card.md                        the human-readable card
       manifest.json                        every file's size and sha256
 """
@@ -30,4 +32,7 @@ LABEL_FIELDS = "registry_label_fields.json"
 THRESHOLDS = "thresholds.json"
 THRESHOLD_METRICS = "threshold_metrics.json"
 ONNX_INT8 = "registry_model_int8.onnx"
+ENGINES_DIR = "engines"
+ENGINE_PLAN = "model.plan"
+ENGINE_SIDECAR = "engine.json"
 MODEL_CARD = "model_card.md"

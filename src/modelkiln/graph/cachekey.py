@@ -133,7 +133,9 @@ def material(plan: StagePlan, inputs: Mapping[str, str],
         "inputs": {k: v for k, v in sorted(inputs.items()) if not k.startswith("@")},
         "upstream": dict(sorted(upstream.items())),
         "tools": {d: tool_version(d) for d in stage_tools(plan)},
-        "platform": platform_class(kind),
+        # a stage may name its own class (trt: architecture, TensorRT version, CUDA flavour)
+        "platform": own(plan) if callable(own := getattr(module, "platform_class", None))
+        else platform_class(kind),
     }
 
 

@@ -20,10 +20,10 @@ from ..paths import Layout
 from ..stages.base import StagePlan
 from .cachekey import action_key, material, upstream_identity
 from .execute import cache_for
-from .plans import plan_bundle
+from .plans import plan_bundle, skipped
 from .state import read_stamp, rel_to, status
 
-OK, RUN, HIT = "ok", "run", "hit"
+OK, RUN, HIT, SKIP = "ok", "run", "hit", "skip"
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class TaskPlan:
     bundle: str
     stage: str
     backend: str | None
-    action: str  # ok (up to date here) | hit (restored from the cache) | run
+    action: str  # ok (up to date here) | hit (restored from the cache) | run | skip (not here)
     reasons: tuple[str, ...]
     restore_files: int = 0
     restore_bytes: int = 0
@@ -41,7 +41,7 @@ class TaskPlan:
     @property
     def run(self) -> bool:
         """Out of date here: it will be restored or run."""
-        return self.action != OK
+        return self.action in (RUN, HIT)
 
 
 @dataclass
@@ -69,7 +69,11 @@ def plan_tasks(bundles: Sequence[Bundle], skip: frozenset[str] = frozenset(),
         stamps = {p.task: p.stamp for p in plans}
         pending: set[str] = set()
         items = []
+        not_here = skipped(plans)
         for p in plans:  # plans come in dependency order
+            if p.task in not_here:
+                items.append(_Item(p, bundle, stamps, SKIP, [not_here[p.task]]))
+                continue
             st = status(p, bundle.root, stat, stamps, pending, explain=True)
             if st.run:
                 pending.add(p.task)

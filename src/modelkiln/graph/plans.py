@@ -20,6 +20,8 @@ from ..stages import (
     smoke,
     thresholds,
     tokenizer,
+    trt,
+    trtparity,
     weights,
 )
 from ..stages.base import StagePlan
@@ -33,6 +35,8 @@ STAGES: dict[str, ModuleType] = {
     "int8": int8,
     "parity": parity,
     "smoke": smoke,
+    "trt": trt,
+    "trtparity": trtparity,
     "package": package,
     "image": image,
 }
@@ -41,11 +45,27 @@ STAGES: dict[str, ModuleType] = {
 def plan_bundle(bundle: Bundle, skip: frozenset[str] = frozenset()) -> list[StagePlan]:
     """Every task of one bundle. `skip` drops backends ('onnx') for this run only."""
     layout = Layout(bundle.root)
+    if "onnx" in skip:  # TensorRT engines are built from the ONNX model
+        skip = skip | {"tensorrt"}
     plans: list[StagePlan] = []
     for stage in STAGES.values():
         # A skipped backend takes its own stages (export, quantize, gates, package) with it.
         plans.extend(p for p in stage.plan(bundle, layout) if p.backend not in skip)
     return plans
+
+
+def skipped(plans: list[StagePlan]) -> dict[str, str]:
+    """Tasks that do not run on this host, with the reason: a stage that says so (`trt` under
+    `when: gpu-available` without a GPU) and, transitively, every task that reads one of them."""
+    out: dict[str, str] = {}
+    for p in plans:  # dependency order: an upstream's verdict is known before its readers'
+        why = p.get("skip")
+        if why is None:
+            up = next((t for t in p.upstream if t in out), None)
+            why = f"{up} is skipped here" if up else None
+        if why is not None:
+            out[p.task] = why
+    return out
 
 
 def upstream_of(plan: StagePlan, plans: list[StagePlan]) -> tuple[StagePlan, ...]:

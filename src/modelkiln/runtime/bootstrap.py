@@ -42,9 +42,11 @@ from ..artifacts.extract_limits import Limits
 from ..artifacts.install import unpack_checked
 from ..artifacts.lock import FileLock
 from ..errors import KilnError, PublishError
+from . import engines
 
-BACKENDS = ("pytorch", "onnx")
-URI_ENV = {"pytorch": "MODEL_BUNDLE_S3_URI_PYTORCH", "onnx": "MODEL_BUNDLE_S3_URI_ONNX"}
+BACKENDS = ("pytorch", "onnx", "tensorrt")
+URI_ENV = {"pytorch": "MODEL_BUNDLE_S3_URI_PYTORCH", "onnx": "MODEL_BUNDLE_S3_URI_ONNX",
+           "tensorrt": "MODEL_BUNDLE_S3_URI_TENSORRT"}
 DEFAULT_RUNTIME_DIR = "data/models/registry_runtime"
 ONNX_MODEL = names.ONNX_INT8
 RECORD_SUFFIX = ".verified.json"
@@ -63,6 +65,7 @@ class Runtime:
     archive_sha256: str
     downloaded: bool
     paths: Mapping[str, str] = field(default_factory=dict)
+    engine: Mapping[str, Any] | None = None  # tensorrt: the engine chosen (or not) and why
 
     def exports(self) -> dict[str, str]:
         """Environment variables for the serving app (what `kiln bootstrap` prints as exports)."""
@@ -77,7 +80,8 @@ class Runtime:
         """The machine-readable report (`kiln bootstrap --json`)."""
         return {"model_backend": self.backend, "model_version": self.version,
                 "directory": str(self.directory), "archive_sha256": self.archive_sha256,
-                "downloaded": self.downloaded, "exports": self.exports()}
+                "downloaded": self.downloaded, "exports": self.exports(),
+                **({"tensorrt": dict(self.engine)} if self.engine is not None else {})}
 
 
 def bootstrap(env: Mapping[str, str] | None = None, progress: transport.Progress | None = None, *,
@@ -114,7 +118,7 @@ def bootstrap(env: Mapping[str, str] | None = None, progress: transport.Progress
     try:
         with _locked(base):
             return _bootstrap(backend, uri, base, mode == "full", progress, settings, limits,
-                              policy)
+                              policy, env)
     except OSError as exc:  # the runtime dir (or a file in it) cannot be read or written
         raise PublishError(f"{exc.filename or base}: {exc.strerror or exc}; check "
                            "REGISTRY_RUNTIME_DIR, its permissions and free space, then run the "
@@ -124,7 +128,7 @@ def bootstrap(env: Mapping[str, str] | None = None, progress: transport.Progress
 
 def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: transport.Progress | None,
                settings: transport.TransferSettings, limits: Limits,
-               policy: signing.Policy) -> Runtime:
+               policy: signing.Policy, env: Mapping[str, str] | None = None) -> Runtime:
     manifest_uri = transport.sibling(uri, mf.MANIFEST)
     raw = transport.read_small(manifest_uri, settings=settings)
     if raw is None:
@@ -156,9 +160,15 @@ def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: transpo
         _install(uri, published, size, sha, vdir, record, progress, settings, limits)
         downloaded = True
     paths = resolve_paths(vdir, backend)
+    engine = None
+    if backend == "tensorrt":  # an engine only where its key matches this host, else ONNX
+        choice = engines.choose(vdir, env=env)
+        engine = choice.as_json()
+        if choice.path is not None:
+            paths = {**paths, "REGISTRY_TRT_ENGINE_PATH": str(choice.path)}
     _point_current(base, vid)
     return Runtime(backend=backend, version=version, directory=vdir, archive_sha256=sha,
-                   downloaded=downloaded, paths=paths)
+                   downloaded=downloaded, paths=paths, engine=engine)
 
 
 def _cached(vdir: Path, record: Path, sha: str, published: mf.PublishedManifest,
@@ -247,7 +257,7 @@ def resolve_paths(root: Path, backend: str) -> dict[str, str]:
             paths["REGISTRY_MODEL_DIR"] = str(root)
             if not any(root.glob("*.safetensors")) and not any(root.glob("pytorch_model*.bin")):
                 missing.append(names.WEIGHTS)
-    if backend == "onnx":
+    if backend in ("onnx", "tensorrt"):  # tensorrt: the fallback where no engine matches
         need("REGISTRY_ONNX_MODEL_PATH", ONNX_MODEL)
     need("REGISTRY_TOKENIZER_PATH", "tokenizer", is_dir=True)
     need("REGISTRY_THRESHOLDS_PATH", names.THRESHOLDS)

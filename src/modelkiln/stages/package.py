@@ -30,12 +30,18 @@ CONTENTS: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
     "pytorch": (("weights", None), ("tokenizer", None), ("labels", None), ("thresholds", None)),
     "onnx": (("weights", None), ("tokenizer", None), ("labels", None), ("thresholds", None),
              ("int8", None)),  # the int8 model and, past 2 GB, its external data file
+    # the ONNX bundle (the fallback where no engine matches) plus engines/sm<cc>/ from trt
+    "tensorrt": (("weights", None), ("tokenizer", None), ("labels", None), ("thresholds", None),
+                 ("int8", None), ("trt", ("engines/",))),
 }
 # backend -> stages whose stamp report goes into the manifest's `parity` section (gates, smoke test)
-REPORTS: dict[str, tuple[str, ...]] = {"pytorch": (), "onnx": ("parity", "smoke")}
+REPORTS: dict[str, tuple[str, ...]] = {"pytorch": (), "onnx": ("parity", "smoke"),
+                                       "tensorrt": ("parity", "smoke", "trt", "trtparity")}
 TOOLS = {"pytorch": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors"),
          "onnx": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors", "optimum",
-                  "optimum-onnx", "onnx", "onnxruntime")}
+                  "optimum-onnx", "onnx", "onnxruntime"),
+         "tensorrt": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors",
+                      "optimum", "optimum-onnx", "onnx", "onnxruntime", "tensorrt")}
 
 
 SPEC_KEYS = ("apiVersion", "kind", "name", "version", "description", "source", "labels",
@@ -74,6 +80,12 @@ def model_card(ctx: RunContext, backend: str, version: str, reports: dict[str, R
         checks.append(f"- int8 vs PyTorch: decision flip rate {int8['decision_flip_rate']:.2%} "
                       f"(limit {limits['max_decision_flip_rate']:.2%}), top-label agreement "
                       f"{int8['top_label_agreement']:.2%}")
+    for sm, gate in (reports.get("trtparity") or {}).get("engines", {}).items():
+        checks.append(f"- TensorRT engine {sm} vs fp32 ONNX on {gate['rows']} calibration texts: "
+                      f"max |logit diff| {gate['max_abs_logit_diff']:.3g}, decision flip rate "
+                      f"{gate['decision_flip_rate']:.2%} (limit "
+                      f"{gate['limits']['max_decision_flip_rate']:.2%}); used only on a GPU "
+                      "whose facts match its engine.json, else the int8 ONNX model serves")
     if reports.get("smoke"):
         checks.append("- smoke test: the shipped int8 model, tokenizer and thresholds load alone "
                       "and label a sample")
@@ -82,7 +94,7 @@ def model_card(ctx: RunContext, backend: str, version: str, reports: dict[str, R
     return template.substitute(
         name=b.name, version=version, backend=backend, description=b.description or "",
         task=b.source.task, max_length=b.thresholds.max_length,
-        model_file=names.ONNX_INT8 if backend == "onnx" else names.WEIGHTS,
+        model_file=names.ONNX_INT8 if backend in ("onnx", "tensorrt") else names.WEIGHTS,
         strategy=b.thresholds.strategy, default=b.thresholds.default,
         metadata=", ".join(f"{k}: {v}" for k, v in b.metadata) or "-",
         score="sigmoid of each logit" if multi else "softmax over the labels",
@@ -118,7 +130,8 @@ def run(ctx: RunContext) -> Report:
     for stage, wanted in CONTENTS[backend]:
         stamp = ctx.up_stamp(stage)
         for rel, digest in sorted(stamp["outputs"].items()):
-            if wanted is None or rel in wanted:
+            if wanted is None or any(rel == w or (w.endswith("/") and rel.startswith(w))
+                                     for w in wanted):
                 path = ctx.up(stage) / rel
                 members.append((rel, path))
                 files.append({"path": rel, "size": path.stat().st_size, "sha256": digest})
