@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .cache import CacheConfig
-from .errors import KilnError, SpecError
-from .model import Bundle, check_unique, to_bundle
+from .errors import KilnError, Problem, SpecError
+from .model import BrokenSpec, Bundle, check_unique, to_bundle
 from .paths import Layout, project_root
 
 if TYPE_CHECKING:  # publishing is imported when a command publishes, not when it plans
@@ -57,6 +57,36 @@ def load_bundles(paths: Sequence[Path]) -> list[Bundle]:
     check_unique(pairs)
     cache.save()
     return [b for _, b in pairs]
+
+
+def load_bundles_partial(paths: Sequence[Path]) -> tuple[list[Bundle], list[BrokenSpec]]:
+    """Like `load_bundles`, but a spec that does not validate is set aside as a `BrokenSpec`
+    instead of stopping every other one: the graph gives it placeholder tasks that fail with its
+    problems, so one broken spec in fifty blocks only its own bundle."""
+    from .artifacts.digest import stat_cache
+    from .spec import load_documents, spec_name
+
+    layout = Layout(project_root(Path(paths[0])))
+    cache = stat_cache(layout.state)
+    pairs: list[tuple[Any, Bundle]] = []
+    broken: list[tuple[Path, list[Problem]]] = []
+    for path in paths:
+        try:
+            doc = load_documents([path], cache_dir=layout.state, stat_cache=cache)[0]
+            bundle = to_bundle(doc)
+            check_unique([*pairs, (doc, bundle)])  # a second spec of one name: the later is broken
+            pairs.append((doc, bundle))
+        except SpecError as exc:
+            broken.append((Path(path), exc.problems))
+    cache.save()
+    bundles = [b for _, b in pairs]
+    taken = {b.name for b in bundles}
+    out: list[BrokenSpec] = []
+    for path, problems in broken:
+        name = next((n for n in (spec_name(path), path.stem) if n and n not in taken), None)
+        taken.add(name or "")
+        out.append(BrokenSpec(name or "", path, tuple(problems)))  # "" : no task name of its own
+    return bundles, out
 
 
 def validate(specs: Sequence[str | Path] = ()) -> list[Bundle]:
@@ -117,9 +147,14 @@ def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int
     """
     from .graph.tasks import run_doit
 
-    bundles = load_bundles(discover(specs))
-    return run_doit(bundles, list(tasks or [f"build:{b.name}" for b in bundles]), jobs, skip, to,
-                    cache)
+    bundles, broken = load_bundles_partial(discover(specs))
+    if not bundles:
+        raise SpecError([p for b in broken for p in b.problems])
+    status = run_doit(bundles, list(tasks or [f"build:{b.name}" for b in bundles]), jobs, skip, to,
+                      cache, broken=broken)
+    if broken and not tasks:  # the healthy bundles are built; the broken specs still fail the run
+        raise SpecError([p for b in broken for p in b.problems])
+    return status
 
 
 def publish(specs: Sequence[str | Path] = (), backends: Sequence[str] = (), *, to: str | None = None,
@@ -129,21 +164,12 @@ def publish(specs: Sequence[str | Path] = (), backends: Sequence[str] = (), *, t
 
     out: list[Release] = []
     for bundle in load_bundles(discover(specs)):
-        for backend in backends or built_here(bundle):
+        for backend in backends or bundle.backends:
             if backend not in bundle.backends:
                 raise KilnError(f"{bundle.name}: backend {backend!r} is not enabled in "
                                 f"{bundle.spec_path.name} (enabled: {', '.join(bundle.backends)})")
             out.append(release(bundle, backend, to=to, force=force, progress=progress))
     return out
-
-
-def built_here(bundle: Bundle) -> tuple[str, ...]:
-    """The enabled backends this host builds: not the tensorrt bundle where its engine stage is
-    skipped (no GPU under `when: gpu-available`)."""
-    from .graph.plans import plan_bundle, skipped
-
-    gone = skipped(plan_bundle(bundle))
-    return tuple(b for b in bundle.backends if f"package:{bundle.name}-{b}" not in gone)
 
 
 def bootstrap(env: Mapping[str, str] | None = None,

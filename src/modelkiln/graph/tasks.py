@@ -10,18 +10,18 @@ from __future__ import annotations
 import os
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..artifacts.digest import stat_cache
 from ..cache import CacheConfig
 from ..errors import KilnError
-from ..model.bundle import Bundle
+from ..model.bundle import BrokenSpec, Bundle
 from ..paths import Layout
 from ..stages.base import StagePlan
 from .execute import execute
-from .plans import STAGES, plan_bundle, skipped, upstream_of
+from .plans import STAGES, plan_bundle, upstream_of
 from .state import status
 
 TaskDict = dict[str, Any]  # doit's own task-dict format
@@ -35,8 +35,6 @@ STAGE_DOCS = {
     "int8": "quantize the ONNX model to int8 with onnxruntime",
     "parity": "parity gates: fp32 ONNX vs PyTorch logits, int8 decision flips",
     "smoke": "load the ONNX bundle as a consumer would and run a sample",
-    "trt": "build a TensorRT engine for this host's GPU from the ONNX model (skipped without one)",
-    "trtparity": "parity gates: TensorRT engine logits and decision flips vs the fp32 ONNX model",
     "package": "pack bundle.tar.gz and manifest.json per backend",
     "image": "OCI model artifact and serving image per backend (an OCI layout under dist/)",
     "publish": "publish built bundles to S3 / file:// and the model store",
@@ -92,8 +90,6 @@ def task_dicts(bundles: list[Bundle], skip: frozenset[str] = frozenset(),
     groups: dict[str, list[TaskDict]] = defaultdict(list)
     for bundle in bundles:
         plans = plan_bundle(bundle, skip)
-        not_here = skipped(plans)  # e.g. trt without a GPU: no task, nothing depends on it
-        plans = [p for p in plans if p.task not in not_here]
         stamps = {p.task: p.stamp for p in plans}
         for p in plans:
             basename, name = p.task.split(":", 1)
@@ -129,8 +125,32 @@ def _generator(basename: str, dicts: list[TaskDict]) -> Callable[[], Iterator[Ta
     return gen
 
 
+# --- broken specs: placeholder tasks that fail with the spec's problems -------------------------
+
+def _broken_action(spec: BrokenSpec) -> Any:
+    """doit python-action of every task of a spec that does not validate: fail with its problems."""
+    from doit.exceptions import TaskFailed
+
+    return TaskFailed(spec.message)
+
+
+def add_broken(groups: dict[str, list[TaskDict]], broken: Sequence[BrokenSpec]) -> None:
+    """Give each broken spec the per-bundle task names a user would type (`build:<name>`,
+    `weights:<name>` ...), each failing with the spec's problems; other bundles are untouched."""
+    for spec in broken:
+        if not spec.name:
+            continue
+        for basename in (*STAGES, "publish", "build"):
+            if basename in ("package", "image"):  # named per backend, which a broken spec lacks
+                continue
+            groups.setdefault(basename, []).append({
+                "name": spec.name, "doc": f"BROKEN SPEC {spec.spec_path.name}: run `kiln validate`",
+                "actions": [(_broken_action, (spec,))], "verbosity": 2})
+
+
 def doit_namespace(bundles: list[Bundle], root: Path, skip: frozenset[str] = frozenset(),
-                   to: str | None = None, cache: CacheConfig | None = None) -> dict[str, Any]:
+                   to: str | None = None, cache: CacheConfig | None = None,
+                   broken: Sequence[BrokenSpec] = ()) -> dict[str, Any]:
     """What dodo.py exposes: DOIT_CONFIG plus one `task_<stage>` generator per stage."""
     state = Layout(root).state
     state.mkdir(parents=True, exist_ok=True)
@@ -139,6 +159,7 @@ def doit_namespace(bundles: list[Bundle], root: Path, skip: frozenset[str] = fro
         "default_tasks": ["build"], "verbosity": 2,
     }}
     groups = task_dicts(bundles, skip, to, cache)
+    add_broken(groups, broken)
     for basename in (*STAGES, "publish", "build"):
         if basename in groups:
             namespace[f"task_{basename}"] = _generator(basename, groups[basename])
@@ -147,12 +168,12 @@ def doit_namespace(bundles: list[Bundle], root: Path, skip: frozenset[str] = fro
 
 def run_doit(bundles: list[Bundle], tasks: list[str], jobs: int = 1,
              skip: frozenset[str] = frozenset(), to: str | None = None,
-             cache: CacheConfig | None = None) -> int:
+             cache: CacheConfig | None = None, broken: Sequence[BrokenSpec] = ()) -> int:
     """Run doit over the bundles' task graph; returns doit's exit status (non-zero: a task failed)."""
     from doit.cmd_base import ModuleTaskLoader
     from doit.doit_cmd import DoitMain
 
-    namespace = doit_namespace(bundles, bundles[0].root, skip, to, cache)
+    namespace = doit_namespace(bundles, bundles[0].root, skip, to, cache, broken)
     args = ["run"] + (["-n", str(jobs), "-P", "process"] if jobs > 1 else [])
     status: int = DoitMain(ModuleTaskLoader(namespace)).run(args + tasks)
     return status

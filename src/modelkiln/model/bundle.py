@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import Problem
+
 BACKENDS = ("pytorch", "onnx", "tensorrt")
 
 
@@ -143,3 +145,21 @@ class Bundle:
         """Enabled backends that produce a bundle, in a fixed order."""
         return tuple(b for b, on in (("pytorch", self.pytorch), ("onnx", self.onnx is not None),
                                      ("tensorrt", self.tensorrt is not None)) if on)
+
+
+@dataclass(frozen=True)
+class BrokenSpec:
+    """A spec that does not validate, kept so that only its own tasks fail: in a repository of
+    many bundles one broken spec must not stop the others from being listed or built.
+    `name` is the bundle name its tasks take (the spec's `name:` when readable, else the file stem)."""
+
+    name: str
+    spec_path: Path
+    problems: tuple[Problem, ...]
+
+    @property
+    def message(self) -> str:
+        count = len(self.problems)
+        lines = [f"{self.spec_path.name} does not validate ({count} problem{'s' if count != 1 else ''}; "
+                 "fix the spec, `kiln validate` lists them):", *map(str, self.problems)]
+        return "\n".join(lines)

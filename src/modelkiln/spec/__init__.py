@@ -5,10 +5,10 @@ jsonschema are imported when a file actually has to be parsed or validated, neve
 """
 from modelkiln.spec.cache import LOADER_VERSION
 from modelkiln.spec.document import KeyPath, Mark, SpecDocument, key_text
-from modelkiln.spec.loader import load_document, load_documents
+from modelkiln.spec.loader import load_document, load_documents, spec_name
 from modelkiln.spec.schemas import load_schema, schema_digest
 
 __all__ = [
     "LOADER_VERSION", "KeyPath", "Mark", "SpecDocument", "key_text",
-    "load_document", "load_documents", "load_schema", "schema_digest",
+    "load_document", "load_documents", "load_schema", "schema_digest", "spec_name",
 ]

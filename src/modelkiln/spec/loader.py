@@ -8,6 +8,7 @@ does not, since the first value is kept and the rest of the file is still worth 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -120,3 +121,20 @@ def _load_fresh(path: Path, raw: bytes, schema: str,
     if cache is not None and not problems:
         cache.store(raw, doc, schema)
     return doc, problems
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def spec_name(path: Path) -> str | None:
+    """The `name:` a spec gives its bundle, read as leniently as possible (the spec may be invalid
+    in any other way), or None when it has no usable one. Lets a broken spec's tasks keep the name
+    a user types (`doit build:<name>`) so they fail with the spec's problems, not 'no such task'."""
+    from modelkiln.spec.parse import parse_bytes
+
+    raw, refusal = read_spec_bytes(path)
+    if raw is None or refusal is not None:
+        return None
+    data = parse_bytes(raw).data
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and _NAME.match(name) else None
