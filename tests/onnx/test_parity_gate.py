@@ -8,6 +8,7 @@ import onnx_reference
 import pytest
 
 from helpers import Project
+from modelkiln.model.bundle import Quantize
 from modelkiln.stages.parity import compare, gate, markdown
 
 LABELS = ("a", "b", "c")
@@ -108,3 +109,33 @@ def test_decision_flip_gate_fails_the_build(onnx_built: Project, project_copy: P
     # thresholds and the gate reran; export and quantization did not
     assert {"thresholds:tiny", "parity:tiny"} <= run.executed, run.output
     assert not run.executed & {"onnx:tiny", "int8:tiny"}, run.output
+
+
+def _quantize(**over: object) -> Quantize:
+    values: dict[str, object] = {"mode": "dynamic", "weight_type": "int8", "per_channel": True,
+                                 "reduce_range": False, "op_types": None, "calibration": None}
+    values.update(over)
+    return Quantize(**values)  # type: ignore[arg-type]
+
+
+def test_flip_hint_is_computed_from_the_spec_and_the_data() -> None:
+    """The hint once suggested per_channel: true to a spec that had it; now it names only what the
+    spec lacks, and how many decisions the int8 error can reach."""
+    ref = _logit([[0.51, 0.9, 0.2], [0.505, 0.8, 0.45], [0.7, 0.9, 0.1], [0.3, 0.6, 0.1]])
+    int8 = ref.copy()
+    int8[0, 0] = _logit([0.49])[0]  # a moves by 0.02 at most: rows 0 and 1 sit within 0.02 of 0.5
+    report = compare(ref, ref, int8, LABELS, CUTS, "multi-label-classification")
+    assert report["int8"]["decisions_near_threshold"] == 2
+    assert report["per_label"]["a"]["near_threshold"] == 2
+    assert report["per_label"]["b"]["near_threshold"] == 0  # int8 did not move b at all
+    has_it = gate(report, atol=1.0, max_rate=0.0, quantize=_quantize(per_channel=True))["int8"]
+    assert "2 of 12 decisions sit within the int8 error (up to 0.02 in score) of their threshold" in has_it
+    assert "per_channel" not in has_it
+    assert "try quantize.mode: static or quantize.op_types: [MatMul], or raise " \
+           "backends.onnx.parity.max_decision_flip_rate" in has_it
+    lacks_it = gate(report, atol=1.0, max_rate=0.0, quantize=_quantize(per_channel=False))["int8"]
+    assert "try quantize.per_channel: true or quantize.mode: static" in lacks_it
+    tried_all = gate(report, atol=1.0, max_rate=0.0, quantize=_quantize(
+        mode="static", op_types=("MatMul",)))["int8"]
+    assert tried_all.endswith("of their threshold, so at most 2 can flip; raise "
+                              "backends.onnx.parity.max_decision_flip_rate")

@@ -58,7 +58,7 @@ class Parity:
 
 @dataclass(frozen=True)
 class Onnx:
-    opset: int
+    opset: int | None  # None: the exporter's recommended opset for the architecture
     quantize: Quantize
     parity: Parity
 

@@ -50,7 +50,8 @@ def _onnx(c: _Checker, data: Data, default_cal: Path | None) -> m.Onnx | None:
                        tuple(q["op_types"]) if "op_types" in q else None, qcal or default_cal)
     parity = m.Parity(float(p.get("atol", 1e-4)), float(p.get("max_decision_flip_rate", 0.01)),
                       p.get("samples"))
-    return m.Onnx(int(o.get("opset", 17)), quant, parity)
+    opset = o.get("opset")
+    return m.Onnx(int(opset) if opset is not None else None, quant, parity)
 
 
 def _tensorrt(c: _Checker, data: Data, onnx: m.Onnx | None,

@@ -2,7 +2,9 @@
 
 The export goes through optimum's `onnx_export_from_model` (torch's TorchScript exporter under
 the hood), with dynamic `batch_size` and `sequence_length` axes on every input and on the logits,
-at the spec's opset. Its own output validation is turned off: the `parity` stage compares ONNX
+at the spec's opset, or, when the spec names none, the opset the exporter recommends for the
+architecture (which then depends on the installed exporter, so its version is in the params and an
+upgrade re-exports). Its own output validation is turned off: the `parity` stage compares ONNX
 with PyTorch on the calibration texts, which is the check that gates the bundle.
 
 Models over 2 GB cannot live in one protobuf: the exporter then writes the weights to one
@@ -21,7 +23,7 @@ from typing import Any
 from ..errors import BuildError
 from ..model.bundle import Bundle
 from ..paths import Layout
-from .base import Report, RunContext, StagePlan, params, stage_plan
+from .base import Report, RunContext, StagePlan, params, stage_plan, tool_versions
 
 CODE_VERSION = "1"
 MODEL = "model.onnx"
@@ -34,11 +36,12 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
         return []
     return [stage_plan(
         bundle, layout, "onnx",
-        doc=f"export {bundle.name} to ONNX fp32 (opset {bundle.onnx.opset}, dynamic batch and "
+        doc=f"export {bundle.name} to ONNX fp32 ({_opset_text(bundle.onnx.opset)}, dynamic batch and "
             "sequence)",
         upstream=("weights",),
         # Only the export's own settings: thresholds, quantization and gates do not re-export.
-        params=params(CODE_VERSION, opset=bundle.onnx.opset, dynamic_axes=list(DYNAMIC_AXES)),
+        params=params(CODE_VERSION, opset=bundle.onnx.opset, dynamic_axes=list(DYNAMIC_AXES),
+                      **({} if bundle.onnx.opset is not None else {"exporter": tool_versions("optimum")})),
         backend="onnx")]
 
 
@@ -129,7 +132,13 @@ def check_external_data(path: Path) -> list[str]:
 
 # --- the export --------------------------------------------------------------------------------
 
-def _export(weights: Path, out: Path, opset: int) -> None:
+def _opset_text(opset: int | None) -> str:
+    return f"opset {opset}" if opset is not None else "the exporter's recommended opset"
+
+
+def _export(weights: Path, out: Path, opset: int | None) -> None:
+    """Export with optimum; `opset` None lets it use the architecture's recommended opset (it
+    warns when asked for one below that, and a spec that does not care should not see that)."""
     import torch
     from optimum.exporters.onnx import onnx_export_from_model
     from transformers import AutoModelForSequenceClassification
@@ -146,13 +155,13 @@ def run(ctx: RunContext) -> Report:
 
     opset = ctx.onnx.opset
     scratch = ctx.out / ".export"
-    ctx.log(f"onnx:{ctx.bundle.name}: exporting at opset {opset}")
+    ctx.log(f"onnx:{ctx.bundle.name}: exporting at {_opset_text(opset)}")
     try:
         _export(ctx.up("weights"), scratch, opset)
     except BuildError:
         raise
     except Exception as exc:
-        raise BuildError(f"ONNX export failed at opset {opset}: {type(exc).__name__}: "
+        raise BuildError(f"ONNX export failed at {_opset_text(opset)}: {type(exc).__name__}: "
                          f"{str(exc)[:400]}; try another opset (backends.onnx.opset)") from None
     exported = scratch / MODEL
     if not exported.is_file():
@@ -173,5 +182,6 @@ def run(ctx: RunContext) -> Report:
         raise BuildError(f"exported model has outputs {sorted(outputs)}, expected 'logits'")
     size = sum((ctx.out / n).stat().st_size for n in [MODEL, *data_files])
     ctx.log(f"onnx:{ctx.bundle.name}: {size / 1e6:.1f} MB, inputs {sorted(inputs)}")
-    return {"opset": opset, "inputs": inputs, "outputs": outputs, "bytes": size,
+    used = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
+    return {"opset": used, "inputs": inputs, "outputs": outputs, "bytes": size,
             "external_data": data_files}

@@ -5,6 +5,13 @@ label_order.json, registry_label_fields.json, manifest.json; plus registry_model
 ONNX bundle). Files are streamed into the tarball straight from each stage's output directory and
 their digests come from the upstream stamps, so packaging reads each byte once and hashes only
 the tarball. Only this stage and publishing see the resolved version.
+
+The manifest's `inputs` are the source files the packed stages read, with the digests those stages
+recorded. Package tracks the same files as its own inputs, so an edit that reruns an upstream stage
+but leaves every packed byte the same (early cutoff: calibration rows that give the same thresholds)
+still repackages and refreshes the record: a shipped manifest never names a digest that is stale.
+Its `parity` holds the parity gates' figures, with the other checks' reports (smoke test, TensorRT
+engine and gates) beside them under their stage names.
 """
 from __future__ import annotations
 
@@ -21,9 +28,10 @@ from ..model.bundle import Bundle
 from ..model.version import resolve
 from ..paths import Layout
 from ..resources import resource_bytes
+from . import int8, labels, thresholds, tokenizer, trt, weights
 from .base import Report, RunContext, StagePlan, params, tool_versions
 
-CODE_VERSION = "2"
+CODE_VERSION = "3"
 CARD = "model_card.md"
 # backend -> (stage, files taken from its output dir; None = all of them)
 CONTENTS: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
@@ -44,6 +52,8 @@ TOOLS = {"pytorch": ("modelkiln", "torch", "transformers", "tokenizers", "safete
                       "optimum", "optimum-onnx", "onnx", "onnxruntime", "tensorrt")}
 
 
+_PACKED = {"weights": weights, "tokenizer": tokenizer, "labels": labels, "thresholds": thresholds,
+           "int8": int8, "trt": trt}  # the stage modules whose outputs CONTENTS packs
 SPEC_KEYS = ("apiVersion", "kind", "name", "version", "description", "source", "labels",
              "thresholds", "metadata")
 
@@ -56,6 +66,13 @@ def spec_digest(bundle: Bundle, backend: str) -> str:
     relevant = {k: sections.get(k, "null") for k in SPEC_KEYS}
     relevant["backend"] = json.dumps(json.loads(sections["backends"]).get(backend))
     return sha256_bytes(json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _checks(reports: dict[str, Report]) -> Report:
+    """The manifest's `parity`: the gate figures themselves, other checks under their stage name."""
+    flat: Report = dict(reports.get("parity") or {})
+    flat.update({stage: report for stage, report in reports.items() if stage != "parity"})
+    return flat
 
 
 def model_card(ctx: RunContext, backend: str, version: str, reports: dict[str, Report],
@@ -102,6 +119,15 @@ def model_card(ctx: RunContext, backend: str, version: str, reports: dict[str, R
         tools=", ".join(f"{k} {v}" for k, v in sorted(tools.items())))
 
 
+def _source_inputs(bundle: Bundle, layout: Layout, backend: str) -> tuple[Path, ...]:
+    """Every source file the packed stages read: what the manifest's `inputs` record."""
+    found: set[Path] = set()
+    for stage, _wanted in CONTENTS[backend]:
+        for p in _PACKED[stage].plan(bundle, layout):
+            found.update(p.inputs)
+    return tuple(sorted(found))
+
+
 def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
     version = resolve(bundle.version, bundle.root)
     plans = []
@@ -112,7 +138,8 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
             doc=f"pack {bundle.name} {version} ({backend}) into bundle.tar.gz + manifest.json",
             out_dir=layout.dist_dir(bundle.name, version, backend),
             stamp=layout.stamp(bundle.name, f"package-{backend}"),
-            inputs=(), upstream=tuple(f"{s}:{bundle.name}" for s in stages),
+            inputs=_source_inputs(bundle, layout, backend),
+            upstream=tuple(f"{s}:{bundle.name}" for s in stages),
             params=params(CODE_VERSION, name=bundle.name, version=version, backend=backend,
                           description=bundle.description, metadata=dict(bundle.metadata),
                           spec=spec_digest(bundle, backend),
@@ -147,7 +174,7 @@ def run(ctx: RunContext) -> Report:
     manifest = mf.build(
         name=ctx.bundle.name, version=version, backend=backend, files=files, inputs=inputs,
         spec_digest=spec_digest(ctx.bundle, backend), tools=tools,
-        parity=reports, metadata=dict(ctx.bundle.metadata))
+        parity=_checks(reports), metadata=dict(ctx.bundle.metadata))
     inner = ctx.out / ".bundle-manifest.json"
     inner.write_bytes(mf.dumps(manifest))
     archive = ctx.out / mf.ARCHIVE

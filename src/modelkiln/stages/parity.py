@@ -15,7 +15,9 @@ Two gates, both on the same tokenized calibration rows (`parity.samples` caps ho
   rows one or two flips (0.5-1% of a label) are noise, not a broken label.
 
 The report goes to `parity.json` and `parity.md` and into the stamp, from where the package stage
-copies it into the manifest. A failed gate raises BuildError naming the worst labels.
+copies it into the manifest. A failed gate raises BuildError naming the worst labels and
+what to try: how many decisions sit within the int8 error of their threshold, and only the
+quantize settings the spec does not already have.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from typing import Any
 
 from ..artifacts import names
 from ..errors import BuildError
-from ..model.bundle import Bundle
+from ..model.bundle import Bundle, Quantize
 from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, stage_plan
 
@@ -65,9 +67,14 @@ def compare(ref: Any, fp32: Any, int8: Any, labels: tuple[str, ...], cuts: dict[
     d_ref, d_int8 = decide(p_ref, labels, cuts), decide(p_int8, labels, cuts)
     flips = d_ref != d_int8
     rows = len(ref)
+    error = np.abs(p_int8 - p_ref).max(axis=0)  # per label: how far int8 moved a score at most
+    cut = np.asarray([cuts[lab] for lab in labels], dtype=p_ref.dtype)
+    # A decision can flip only where PyTorch's score sits within int8's error of the threshold.
+    near = (np.abs(p_ref - cut) <= error) & (error > 0)
     per_label = {lab: {"flips": int(flips[:, i].sum()), "flip_rate": _r(flips[:, i].mean()),
                        "fp32_max_abs_diff": _r(diff[:, i].max()),
-                       "int8_max_abs_score_diff": _r(np.abs(p_int8[:, i] - p_ref[:, i]).max())}
+                       "int8_max_abs_score_diff": _r(error[i]),
+                       "near_threshold": int(near[:, i].sum())}
                  for i, lab in enumerate(labels)}
     return {
         "rows": rows, "labels": len(labels),
@@ -75,6 +82,8 @@ def compare(ref: Any, fp32: Any, int8: Any, labels: tuple[str, ...], cuts: dict[
                  "max_abs_score_diff": _r(np.abs(scores(fp32, task) - p_ref).max())},
         "int8": {"decision_flip_rate": _r(flips.mean()), "decision_flips": int(flips.sum()),
                  "decisions": int(flips.size),
+                 "decisions_near_threshold": int(near.sum()),
+                 "max_abs_score_diff": _r(error.max()) if error.size else 0.0,
                  "rows_with_a_flip": int(flips.any(axis=1).sum()),
                  "row_flip_rate": _r(flips.any(axis=1).mean()),
                  "top_label_agreement": _r((ref.argmax(1) == int8.argmax(1)).mean()),
@@ -83,7 +92,31 @@ def compare(ref: Any, fp32: Any, int8: Any, labels: tuple[str, ...], cuts: dict[
     }
 
 
-def gate(report: Report, atol: float, max_rate: float) -> dict[str, str]:
+def int8_hint(report: Report, quantize: Quantize | None) -> str:
+    """What to try about int8 flips, from the figures and the spec's own quantize settings: how
+    many decisions the int8 error can reach, then only the settings the spec does not have yet."""
+    int8 = report["int8"]
+    near, total = int8.get("decisions_near_threshold"), int8["decisions"]
+    lead = ""
+    if near is not None:
+        lead = (f"{near} of {total} decisions sit within the int8 error (up to "
+                f"{int8.get('max_abs_score_diff', 0):.3g} in score) of their threshold, so at most "
+                f"{near} can flip; ")
+    tries = []
+    if quantize is None or not quantize.per_channel:
+        tries.append("quantize.per_channel: true")
+    if quantize is not None and quantize.reduce_range:
+        tries.append("quantize.reduce_range: false")
+    if quantize is None or quantize.mode == "dynamic":
+        tries.append("quantize.mode: static")
+    if quantize is None or quantize.op_types is None or len(quantize.op_types) > 1:
+        tries.append("quantize.op_types: [MatMul]")
+    return (f"{lead}try {' or '.join(tries)}, or " if tries else f"{lead}") + \
+        "raise backends.onnx.parity.max_decision_flip_rate"
+
+
+def gate(report: Report, atol: float, max_rate: float,
+         quantize: Quantize | None = None) -> dict[str, str]:
     """gate name ('fp32', 'int8') -> readable reason it fails; empty when both pass."""
     failures = {}
     per = report["per_label"]
@@ -103,8 +136,7 @@ def gate(report: Report, atol: float, max_rate: float) -> dict[str, str]:
         failures["int8"] = (f"int8 flips {report['int8']['decision_flips']} of "
                             f"{report['int8']['decisions']} decisions ({rate:.2%}) at the "
                             f"shipped thresholds, over the limit of {max_rate:.2%}; worst labels: "
-                            f"{named}; try quantize.per_channel: true or fewer op_types, or "
-                            "raise backends.onnx.parity.max_decision_flip_rate")
+                            f"{named}; {int8_hint(report, quantize)}")
     return failures
 
 
@@ -144,7 +176,7 @@ def run(ctx: RunContext) -> Report:
     int8 = ort_logits_per_text(ctx.up("int8") / OUTPUT, batch)
     report = compare(ref, fp32, int8, labels, cuts, b.source.task)
     report["limits"] = {"atol": p.atol, "max_decision_flip_rate": p.max_decision_flip_rate}
-    failures = gate(report, p.atol, p.max_decision_flip_rate)
+    failures = gate(report, p.atol, p.max_decision_flip_rate, ctx.onnx.quantize)
     report["gates"] = {g: "fail" if g in failures else "pass" for g in ("fp32", "int8")}
     report["passed"] = not failures
     (ctx.out / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
