@@ -196,14 +196,15 @@ class TensorRTBuilder:  # pragma: no cover - needs an NVIDIA GPU and TensorRT
             context.set_input_shape(name, tuple(tensor.shape))
             context.set_tensor_address(name, tensor.data_ptr())
             keep.append(tensor)
-        out = torch.empty(tuple(context.get_tensor_shape(outputs[0])), dtype=torch.float32,
-                          device="cuda")
+        half = engine.get_tensor_dtype(outputs[0]) == trt.float16  # strongly typed fp16 graph
+        out = torch.empty(tuple(context.get_tensor_shape(outputs[0])),
+                          dtype=torch.float16 if half else torch.float32, device="cuda")
         context.set_tensor_address(outputs[0], out.data_ptr())
         stream = torch.cuda.current_stream()
         if not context.execute_async_v3(stream.cuda_stream):
             raise BuildError("TensorRT could not run the engine on the parity rows")
         stream.synchronize()
-        return out.cpu().numpy()
+        return out.float().cpu().numpy()
 
 
 def select(host: HostFacts) -> EngineBuilder:
