@@ -16,7 +16,7 @@ from modelkiln.errors import Problem, SpecError
 from modelkiln.spec import SpecDocument, key_text, load_document, load_documents, load_schema
 
 NESTED = edit("opset: 17", "opset: 17\n    quantize: {mode: static, op_types: [MatMul, Gemm]}\n"
-              "    parity:\n      atol: 1e-4\n  tensorrt:\n    shapes:\n      - ignored")
+              "    parity:\n      atol: 1e-4\n  tensorrt:\n    profiles:\n      - ignored")
 
 
 def test_valid_spec_loads_as_plain_data(write: Write) -> None:
@@ -52,7 +52,7 @@ def test_metadata_null_value_is_a_schema_problem(write: Write) -> None:
 
 def test_marks_of_nested_keys(write: Write) -> None:
     path = write("b.yaml", NESTED)
-    with pytest.raises(SpecError):  # tensorrt.shapes is a list here; marks are still recorded
+    with pytest.raises(SpecError):  # tensorrt.profiles is a list here; marks are still recorded
         load_document(path)
     doc = _parse(path)
     assert doc.marks[()] == (1, 1)
@@ -63,7 +63,7 @@ def test_marks_of_nested_keys(write: Write) -> None:
     assert doc.marks[("backends", "onnx", "quantize", "mode")] == (17, 22)
     assert doc.marks[("backends", "onnx", "quantize", "op_types", 1)] == (17, 49)
     assert doc.marks[("backends", "onnx", "parity", "atol")] == (19, 13)
-    assert doc.marks[("backends", "tensorrt", "shapes", 0)] == (22, 9)
+    assert doc.marks[("backends", "tensorrt", "profiles", 0)] == (22, 9)
     assert doc.key_marks[("backends", "onnx", "parity")] == (18, 5)
     assert doc.key_marks[("backends", "onnx", "quantize", "op_types")] == (17, 30)
 
@@ -146,7 +146,7 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> _CountingParse:
 
 
 def test_cache_hit_returns_equal_document(write: Write, workdir: Path, counting: _CountingParse) -> None:
-    path = write("b.yaml", NESTED.replace("      - ignored", "      opt_batch: 4"))
+    path = write("b.yaml", NESTED.replace("      - ignored", "      batch: {min: 1, opt: 4, max: 8}"))
     first = load_document(path, cache_dir=workdir / "cache")
     second = load_document(path, cache_dir=workdir / "cache")
     assert counting.calls == 1
