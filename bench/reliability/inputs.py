@@ -19,8 +19,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "tests" / "stages"), str(REPO / "tests")]
 
-from helpers import make_inputs, make_project  # noqa: E402
 from input_corpus import CASES, judge  # noqa: E402
+
+from helpers import make_inputs, make_project  # noqa: E402
 
 
 def main() -> None:
