@@ -200,3 +200,20 @@ def test_nothing_but_kiln_errors_escape(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(KilnError) as info:
         api.validate()
     assert isinstance(info.value, SpecError)
+
+
+@pytest.mark.parametrize("onnx, opset", [("{}", None), ("{opset: 17}", 17)])
+def test_onnx_opset_defaults_to_the_exporters_recommendation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             onnx: str, opset: int | None) -> None:
+    from modelkiln.paths import Layout
+    from modelkiln.stages import onnx as onnx_stage
+
+    spec = project(tmp_path)
+    text = spec.read_text().replace("  pytorch: {}\n", f"  onnx: {onnx}\n")
+    spec.write_text(text.replace("strategy: fixed", "strategy: fixed\n  calibration: m/label_order.json"))
+    monkeypatch.chdir(tmp_path)
+    bundle = api.validate()[0]
+    assert bundle.onnx is not None and bundle.onnx.opset == opset
+    params = json.loads(onnx_stage.plan(bundle, Layout(tmp_path))[0].params)
+    assert params["opset"] == opset
+    assert ("exporter" in params) == (opset is None)  # the recommendation moves with the exporter
