@@ -143,15 +143,6 @@ def test_the_bundles_own_manifest_is_signed_too(tmp_path: Path, key: KeyPair) ->
     assert [c.path for c in signing.file_changes(record, unpacked)] == [names.MANIFEST]
 
 
-def test_bootstrap_from_oci_fails_closed_with_trusted_keys(tmp_path: Path, key: KeyPair) -> None:
-    """Until OCI signatures are read, trusted keys refuse the OCI source instead of skipping."""
-    env = {"MODEL_BACKEND": "pytorch", "MODEL_BUNDLE_OCI_REF": "127.0.0.1:9/models/x:3.0.0",
-           "REGISTRY_RUNTIME_DIR": str(tmp_path / "rt"), "REGISTRY_TRUSTED_KEYS": str(key.public)}
-    with pytest.raises(SignatureError, match="does not read signatures of OCI model artifacts"):
-        bootstrap(env)
-    assert _nothing_unpacked(tmp_path / "rt")
-
-
 def test_publish_signs_only_when_a_key_is_configured(tmp_path: Path, key: KeyPair) -> None:
     """What `kiln publish` calls first: no key, nothing written; a key, both files."""
     dist = make_dist(tmp_path)

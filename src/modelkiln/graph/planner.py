@@ -21,7 +21,7 @@ from ..stages.base import StagePlan
 from .cachekey import action_key, material, upstream_identity
 from .execute import cache_for
 from .plans import plan_bundle, skipped
-from .state import read_stamp, rel_to, status
+from .state import digest_or_missing, read_stamp, rel_to, status
 
 OK, RUN, HIT, SKIP = "ok", "run", "hit", "skip"
 
@@ -116,12 +116,10 @@ def _look_up(per_bundle: list[list[_Item]], cache: ActionCache, stat: StatCache)
 
 
 def _key(item: _Item, by_task: dict[str, _Item], stat: StatCache) -> str | None:
-    """The task's cache key, or None when an input is missing or an upstream task will run."""
+    """The task's cache key (an absent input counts as "missing", as when it runs), or None
+    when an upstream task will run."""
     root = item.bundle.root
-    try:
-        inputs = {rel_to(p, root): stat.digest(p) for p in item.plan.inputs}
-    except OSError:
-        return None
+    inputs = {rel_to(p, root): digest_or_missing(stat, p) for p in item.plan.inputs}
     ups: dict[str, str] = {}
     for task in item.plan.upstream:
         up = by_task[task]

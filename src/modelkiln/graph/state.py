@@ -47,12 +47,23 @@ def rel_to(path: Path, root: Path) -> str:
 
 def snapshot(plan: StagePlan, root: Path, cache: StatCache,
              stamps: Mapping[str, Path]) -> dict[str, str]:
-    """Current digests of everything the task reads: input files and upstream output aggregates."""
-    current = {rel_to(p, root): cache.digest(p) for p in plan.inputs}
+    """Current digests of everything the task reads: input files and upstream output aggregates.
+
+    An optional input that is absent (an unsigned bundle's signature) is recorded as "missing",
+    as `status` reads it, so its later appearance reruns the task."""
+    current = {rel_to(p, root): digest_or_missing(cache, p) for p in plan.inputs}
     for task in plan.upstream:
         stamp = read_stamp(stamps[task])
         current[f"@{task}"] = stamp["outputs_aggregate"] if stamp else "missing"
     return current
+
+
+def digest_or_missing(cache: StatCache, path: Path) -> str:
+    """An input's digest, or "missing" (what stamps and cache keys record for an absent one)."""
+    try:
+        return cache.digest(path)
+    except OSError:
+        return "missing"
 
 
 def walk_outputs(directory: Path) -> list[str]:

@@ -15,6 +15,12 @@ Where things go (`release_oci`): `to=oci://HOST/REPO:TAG` (templates allowed) se
 there; otherwise the spec's `publish.oci`; `to=local` (or any other explicit `to`) pushes nothing
 and records the embedded default, the OCI layout under dist/. The serving image goes to
 `image.repository:image.tag` when `image.push` is true and a registry is being published to.
+
+Signed bundles (a `bundle.sig` in the dist directory, which `kiln publish` writes when a signing
+key is set): the signature is attached to the model artifact and to the image as an OCI referrer
+(artifacts/oci/referrers.py), first in the layout under dist/ and then, with each push, under
+`sha256-<hex>.sig` beside its subject, before the subject's manifest. The same signature again
+sends nothing; a different one under that tag is a conflict like any other (exit 5, `--force`).
 """
 from __future__ import annotations
 
@@ -23,7 +29,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifacts.oci import media
+from .. import signing
+from ..artifacts import manifest as mf
+from ..artifacts import names
+from ..artifacts.digest import sha256_bytes
+from ..artifacts.oci import media, referrers
 from ..artifacts.oci.layout import OciLayout
 from ..errors import ConflictError, KilnError
 from ..model.bundle import Bundle
@@ -47,6 +57,7 @@ class OciPush:
     unchanged: bool = False
     forced: bool = False
     replaced: str | None = None
+    signature: OciPush | None = None  # the signature pushed (or found there) beside it
 
     @property
     def pinned(self) -> str:
@@ -63,6 +74,7 @@ class OciRelease:
     image: OciPush | None
     artifact_ref: str
     image_ref: str | None
+    signed: bool = False  # bundle.sig attached to both in the layout (and pushed beside them)
 
 
 def _chunk_size() -> int | None:
@@ -78,37 +90,119 @@ def _chunk_size() -> int | None:
 
 def push(layout_dir: Path, tag: str, target: str, *, force: bool = False,
          chunk: int | None = None, progress: Progress | None = None) -> OciPush:
-    """Push the manifest tagged `tag` in the layout, and its blobs, to `target` (HOST/REPO:TAG)."""
+    """Push the manifest tagged `tag` in the layout, and its blobs, to `target` (HOST/REPO:TAG).
+
+    When the layout holds a signature for that manifest (`attach_signature`), it goes too, under
+    `sha256-<hex>.sig` in the same repository, after the subject's blobs and before the subject's
+    manifest: a reader that finds the tag finds its signature.
+    """
     ref = Reference.parse(target)
     if ref.tag is None or ref.digest is not None:
         raise KilnError(f"{target}: publish to a tag (HOST/REPO:TAG), not a digest")
     lay = OciLayout(layout_dir)
     desc = lay.find(tag)
-    data = lay.read_blob(desc)
-    doc = json.loads(data)
-    blobs = [media.Descriptor.from_json(d, str(target))
-             for d in [doc["config"], *doc.get("layers", [])]]
+    sig = referrers.find(lay, desc.digest)
     reg = Registry(ref.host)
     try:
-        existing = reg.manifest_digest(ref.repository, ref.tag)
-        if existing == desc.digest:
-            return OciPush(str(ref), desc.digest, blobs_skipped=len(blobs), unchanged=True)
-        if existing is not None and not force:
-            raise ConflictError(str(ref), existing, desc.digest)
-        sent = uploaded = skipped = 0
-        for blob in blobs:
-            if reg.blob_size(ref.repository, blob.digest) == blob.size:
-                skipped += 1
-                continue
-            sent += reg.upload_blob(ref.repository, blob.digest, blob.size,
-                                    lay.blob_path(blob.digest), chunk=chunk or _chunk_size(),
-                                    progress=progress)
-            uploaded += 1
-        reg.put_manifest(ref.repository, ref.tag, data, desc.media_type)
+        main = _Outgoing.prepare(reg, lay, desc, ref, force)
+        signed = _Outgoing.prepare(reg, lay, sig, Reference(
+            ref.host, ref.repository, sig.annotation(media.REF_NAME)), force) if sig else None
+        size = chunk or _chunk_size()
+        sent = main.send_blobs(reg, lay, size, progress)
+        sig_push = signed.send(reg, lay, size, progress) if signed else None
+        if not main.unchanged:
+            reg.put_manifest(ref.repository, main.tag, main.data, desc.media_type)
     finally:
         reg.close()
-    return OciPush(str(ref), desc.digest, uploaded, skipped, sent + len(data),
-                   forced=existing is not None, replaced=existing)
+    return main.result(sent, sig_push)
+
+
+@dataclass
+class _Outgoing:
+    """One manifest on its way to a tag: its bytes, blobs and what the tag names now."""
+
+    ref: Reference
+    tag: str
+    data: bytes
+    blobs: list[media.Descriptor]
+    existing: str | None
+    digest: str
+
+    @classmethod
+    def prepare(cls, reg: Registry, lay: OciLayout, desc: media.Descriptor, ref: Reference,
+                force: bool) -> _Outgoing:
+        """Read the manifest and refuse (exit 5, before anything is sent) a tag that names
+        other bytes, unless `force`."""
+        data = lay.read_blob(desc)
+        doc = json.loads(data)
+        blobs = [media.Descriptor.from_json(d, str(ref))
+                 for d in [doc["config"], *doc.get("layers", [])]]
+        assert ref.tag is not None
+        existing = reg.manifest_digest(ref.repository, ref.tag)
+        if existing is not None and existing != desc.digest and not force:
+            raise ConflictError(str(ref), existing, desc.digest)
+        return cls(ref, ref.tag, data, blobs, existing, desc.digest)
+
+    @property
+    def unchanged(self) -> bool:
+        return self.existing == self.digest
+
+    def send_blobs(self, reg: Registry, lay: OciLayout, chunk: int | None,
+                   progress: Progress | None) -> tuple[int, int, int]:
+        """HEAD each blob, upload those the registry lacks: (uploaded, skipped, bytes sent)."""
+        if self.unchanged:
+            return 0, len(self.blobs), 0
+        uploaded = skipped = sent = 0
+        for blob in self.blobs:
+            if reg.blob_size(self.ref.repository, blob.digest) == blob.size:
+                skipped += 1
+                continue
+            sent += reg.upload_blob(self.ref.repository, blob.digest, blob.size,
+                                    lay.blob_path(blob.digest), chunk=chunk, progress=progress)
+            uploaded += 1
+        return uploaded, skipped, sent
+
+    def send(self, reg: Registry, lay: OciLayout, chunk: int | None,
+             progress: Progress | None) -> OciPush:
+        """Blobs, then the manifest under its tag (nothing at all when the tag names it)."""
+        counts = self.send_blobs(reg, lay, chunk, progress)
+        if not self.unchanged:
+            reg.put_manifest(self.ref.repository, self.tag, self.data, media.MANIFEST)
+        return self.result(counts, None)
+
+    def result(self, counts: tuple[int, int, int], signature: OciPush | None) -> OciPush:
+        uploaded, skipped, sent = counts
+        if self.unchanged:
+            return OciPush(str(self.ref), self.digest, blobs_skipped=skipped, unchanged=True,
+                           signature=signature)
+        return OciPush(str(self.ref), self.digest, uploaded, skipped, sent + len(self.data),
+                       forced=self.existing is not None, replaced=self.existing,
+                       signature=signature)
+
+
+def attach_signature(layout_dir: Path, tags: list[str], dist_dir: Path) -> bool:
+    """Attach the dist directory's `bundle.sig` to the manifests tagged `tags` in the layout.
+
+    Refuses (before writing anything) a signature made for other bytes than the dist manifest,
+    and a layout built from another bundle manifest than the signed one (a stale layout). False,
+    and nothing written, for an unsigned bundle."""
+    found = signing.oci_signature(dist_dir)
+    if found is None:
+        return False
+    sig, media_type = found
+    published = (dist_dir / names.MANIFEST).read_bytes()
+    signing.sidecars(dist_dir, published)  # the signature is for exactly these manifest bytes
+    inner = mf.dumps(mf.without_archive(mf.loads_published(published, str(dist_dir))))
+    want = "sha256:" + sha256_bytes(inner)
+    lay = OciLayout(layout_dir)
+    for tag in tags:
+        built = json.loads(lay.read_blob(lay.find(tag))).get("annotations") or {}
+        if built.get(media.BUNDLE_MANIFEST) != want:
+            raise KilnError(f"{layout_dir}: the {tag!r} manifest was built from another bundle "
+                            f"manifest than the signed {dist_dir / names.MANIFEST}; rebuild it "
+                            "(`kiln build`) before publishing")
+    referrers.attach(lay, tags, sig, media_type)
+    return True
 
 
 def _render(template: str, bundle: Bundle, version: str, backend: str) -> str:
@@ -134,6 +228,8 @@ def release_oci(bundle: Bundle, backend: str, version: str, *, to: str | None,
                         "section for that task to exist)")
     art = lay.find(MODEL_TAG)
     img = lay.find(IMAGE_TAG) if wants_image else None
+    signed = attach_signature(layout_dir, [MODEL_TAG] + ([IMAGE_TAG] if img else []),
+                              Layout(bundle.root).dist_dir(bundle.name, version, backend))
     if to is not None and not to.startswith(SCHEME):
         target = None  # an explicit non-OCI destination: nothing is pushed, the layout recorded
     else:
@@ -151,7 +247,7 @@ def release_oci(bundle: Bundle, backend: str, version: str, *, to: str | None,
         layout_dir, pushed, pushed_image,
         pushed.pinned if pushed else f"{local}{MODEL_TAG}@{art.digest}",
         pushed_image.pinned if pushed_image else (
-            f"{local}{IMAGE_TAG}@{img.digest}" if img else None))
+            f"{local}{IMAGE_TAG}@{img.digest}" if img else None), signed)
 
 
 def as_publish_result(oci: OciRelease, bundle: Bundle, backend: str, version: str,

@@ -10,6 +10,10 @@ Verified the same way as a tarball, then kept the same way (versions/, record, `
   relative name, at most once, within the host's KILN_EXTRACT_* limits;
 - the bundle's own manifest.json layer must have the digest the artifact's annotations name, and
   list exactly the other layers, each with the layer's size and sha256;
+- with REGISTRY_TRUSTED_KEYS set, the signature attached to the artifact (a referrer, or the
+  `sha256-<hex>.sig` tag) must verify against the bundle manifest layer with a trusted key and
+  name this bundle and version (oci_signature.py), before any other layer is fetched, the
+  cache is reused or anything is unpacked; the checks above then tie every file to it;
 - every layer is hashed while it streams in and refused on a mismatch, into a fresh directory
   that is renamed into place only when complete; the artifact digest plays the part of the
   tarball's sha256 in the cache record, so a restart on the same digest downloads one manifest.
@@ -35,8 +39,9 @@ from ..artifacts.atomic import fsync_dir, write_bytes
 from ..artifacts.digest import canonical_json
 from ..artifacts.extract_limits import Limits
 from ..artifacts.oci import media
-from ..errors import KilnError, PublishError, SignatureError
+from ..errors import KilnError, PublishError
 from ..transport.oci import Reference, Registry
+from . import oci_signature
 from .bootstrap import (
     _VERSION,
     BACKENDS,
@@ -70,11 +75,7 @@ def bootstrap(env: Mapping[str, str] | None = None,
     ref = (env.get(oci_env(backend)) or env.get(OCI_ENV) or "").strip()
     if backend not in BACKENDS or not ref or (env.get(URI_ENV[backend]) or "").strip():
         return tarball_bootstrap(env, progress, verify=verify, settings=settings)
-    if signing.policy_from_env(env).required:  # fail closed until the signature referrer is read
-        raise SignatureError(f"{ref}: REGISTRY_TRUSTED_KEYS requires a verified signature, and "
-                             "the bootstrap does not read signatures of OCI model artifacts yet; "
-                             f"serve the signed s3:// or file:// copy ({URI_ENV[backend]}), or "
-                             "unset REGISTRY_TRUSTED_KEYS")
+    policy = signing.policy_from_env(env)  # REGISTRY_TRUSTED_KEYS: signed artifacts only
     mode = (verify or env.get("REGISTRY_VERIFY") or "stat").strip().lower()
     if mode not in ("stat", "full"):
         raise KilnError(f"REGISTRY_VERIFY={mode!r}: use 'stat' (default) or 'full'")
@@ -83,7 +84,8 @@ def bootstrap(env: Mapping[str, str] | None = None,
     base = base / backend
     try:
         with _locked(base):
-            return fetch(Reference.parse(ref), backend, base, mode == "full", progress, limits)
+            return fetch(Reference.parse(ref), backend, base, mode == "full", progress, limits,
+                         policy)
     except OSError as exc:
         raise PublishError(f"{exc.filename or base}: {exc.strerror or exc}; check "
                            "REGISTRY_RUNTIME_DIR, its permissions and free space, then run the "
@@ -145,8 +147,13 @@ def _bundle_manifest(reg: Registry, ref: Reference, doc: dict[str, Any],
 
 
 def fetch(ref: Reference, backend: str, base: Path, full: bool,
-          progress: transport.Progress | None, limits: Limits) -> Runtime:
-    """Fetch, check and swap in the artifact `ref` (under the runtime dir's lock)."""
+          progress: transport.Progress | None, limits: Limits,
+          policy: signing.Policy | None = None) -> Runtime:
+    """Fetch, check and swap in the artifact `ref` (under the runtime dir's lock).
+
+    With trusted keys in `policy`, the artifact's signature is checked against its bundle
+    manifest layer (the one small layer read so far) before the cache is consulted or any other
+    layer is fetched."""
     reg = Registry(ref.host)
     try:
         data, _media, digest = reg.get_manifest(ref.repository, ref.ref)
@@ -154,6 +161,8 @@ def fetch(ref: Reference, backend: str, base: Path, full: bool,
         doc = json.loads(data)
         layers = _layers(doc, origin, limits)
         raw, inner = _bundle_manifest(reg, ref, doc, layers, backend, origin)
+        if policy is not None and policy.required:
+            oci_signature.verify(reg, ref, digest, raw, policy, origin)
         version = inner["version"]
         if not _VERSION.fullmatch(version):
             raise PublishError(f"{origin}: version {version[:60]!r} is not a usable version name")

@@ -23,13 +23,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from .. import signing
 from ..artifacts import manifest as mf
 from ..artifacts import names
 from ..artifacts.digest import sha256_bytes
-from ..artifacts.oci import media
+from ..artifacts.oci import media, referrers
 from ..artifacts.oci.build import BundleFile, model_artifact
 from ..artifacts.oci.layout import OciLayout
-from ..errors import BuildError
+from ..errors import BuildError, KilnError
 from ..model.bundle import Bundle
 from ..model.version import resolve
 from ..paths import Layout
@@ -85,7 +86,10 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
             doc=f"OCI {what} of {bundle.name} {version} ({backend})",
             out_dir=oci_dir(layout, bundle.name, version, backend),
             stamp=layout.stamp(bundle.name, f"image-{backend}"),
-            inputs=runtime_files() if img else (),
+            # the package's signature (written by `kiln sign` / `kiln publish`, absent when
+            # unsigned) is attached to the artifact and image as a referrer
+            inputs=(*(runtime_files() if img else ()),
+                    layout.dist_dir(bundle.name, version, backend) / names.SIGNATURE),
             upstream=(f"package:{bundle.name}-{backend}",),
             params=params(CODE_VERSION, version=version, backend=backend,
                           image=None if img is None else {"base": img.base,
@@ -194,6 +198,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
         report.update(image_digest=built.manifest.digest, image_layers=built.layer_digests,
                       base=img.base)
     lay.write_index(refs)
+    signature = _signature(ctx, dist)
+    if signature is not None:  # the same entries `kiln publish` attaches, so both agree
+        referrers.attach(lay, [r.annotation(media.REF_NAME) or "" for r in refs], *signature)
+        report["signed"] = True
     for digest in lay.blobs():
         ctx.cache.remember(lay.blob_path(digest), digest.split(":", 1)[1])
     report["bytes_written"] = written
@@ -201,6 +209,20 @@ def run(ctx: RunContext) -> dict[str, Any]:
     ctx.log(f"image:{ctx.bundle.name}-{backend}: {tags} -> {ctx.plan.out_dir} "
             f"({written} bytes written)")
     return report
+
+
+def _signature(ctx: RunContext, dist: Path) -> tuple[bytes, str] | None:
+    """The dist directory's signature, when it signs exactly this bundle (a stale one is left
+    out here; `kiln publish` refuses it)."""
+    found = signing.oci_signature(dist)
+    if found is None:
+        return None
+    try:
+        signing.sidecars(dist, (dist / mf.MANIFEST).read_bytes())
+    except KilnError as exc:
+        ctx.log(f"image:{ctx.bundle.name}: signature not attached: {exc}")
+        return None
+    return found
 
 
 def runtime_entries() -> list[tuple[str, Path]]:
