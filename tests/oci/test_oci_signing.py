@@ -13,6 +13,8 @@ import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -24,9 +26,9 @@ from modelkiln.artifacts.oci.build import model_artifact
 from modelkiln.artifacts.oci.layout import OciLayout
 from modelkiln.errors import ConflictError, SignatureError
 from modelkiln.publish.oci import attach_signature, push
-from modelkiln.runtime import bootstrap
+from modelkiln.runtime import bootstrap, oci_signature
 from modelkiln.stages.image import bundle_files
-from modelkiln.transport.oci import Registry
+from modelkiln.transport.oci import Reference, Registry
 from ociregistry import DockerRegistry, need
 
 pytestmark = pytest.mark.oci
@@ -166,26 +168,46 @@ def test_a_signature_added_later_goes_up_alone(tmp_path: Path, keys: dict[str, K
     assert sent.signature.bytes_uploaded > sig_size
 
 
-def test_a_different_signature_under_the_tag_is_a_conflict_before_the_subject_is_tagged(
+def test_a_resigned_bundle_replaces_the_signature_and_keeps_the_subject(
         tmp_path: Path, keys: dict[str, Keys], oci_registry: DockerRegistry) -> None:
-    lay, dist = artifact_layout(tmp_path / "a", "5.0.0", keys["publisher"], seed=9)
+    """Key rotation: the same bundle signed again by a new key; the subject is unchanged, the
+    `.sig` tag moves to the new signature without --force, and the new key verifies it."""
+    lay, dist = artifact_layout(tmp_path / "a", "5.0.0", keys["stranger"], seed=9)
     attach_signature(lay, ["model"], dist)
-    other, other_dist = artifact_layout(tmp_path / "b", "5.0.0", keys["stranger"], seed=9)
-    attach_signature(other, ["model"], other_dist)
-    subject = OciLayout(lay).find("model").digest
-    assert OciLayout(other).find("model").digest == subject  # same bundle, another key
+    target = f"{oci_registry.host}/models/rotate:5.0.0"
+    push(lay, "model", target)
+    new, new_dist = artifact_layout(tmp_path / "b", "5.0.0", keys["publisher"], seed=9)
+    attach_signature(new, ["model"], new_dist)
+    subject = OciLayout(new).find("model").digest
+    assert OciLayout(lay).find("model").digest == subject  # same bundle, another key
+    sent = push(new, "model", target)
+    assert sent.unchanged and sent.signature is not None and sent.signature.forced
     tag = referrers.fallback_tag(subject)
-    push(other, tag, f"{oci_registry.host}/models/conflict:{tag}")  # the stranger's, first
-    with pytest.raises(ConflictError) as refused:
-        push(lay, "model", f"{oci_registry.host}/models/conflict:5.0.0")
-    assert refused.value.exit_code == 5 and tag in str(refused.value)
     reg = Registry(oci_registry.host)
     try:
-        assert reg.manifest_digest("models/conflict", "5.0.0") is None  # subject not tagged
+        assert reg.manifest_digest("models/rotate", tag) == OciLayout(new).find(tag).digest
     finally:
         reg.close()
-    forced = push(lay, "model", f"{oci_registry.host}/models/conflict:5.0.0", force=True)
-    assert forced.signature is not None and forced.signature.forced
+    rt = bootstrap(env_for(target, tmp_path / "rt", keys["publisher"]))
+    assert rt.version == "5.0.0"
+
+
+def test_a_subject_conflict_is_refused_before_its_signature_is_sent(
+        tmp_path: Path, keys: dict[str, Keys], oci_registry: DockerRegistry) -> None:
+    first, _ = artifact_layout(tmp_path / "a", "6.0.0", None, seed=11)
+    target = f"{oci_registry.host}/models/conflict:6.0.0"
+    push(first, "model", target)
+    other, other_dist = artifact_layout(tmp_path / "b", "6.0.0", keys["publisher"], seed=12)
+    attach_signature(other, ["model"], other_dist)
+    with pytest.raises(ConflictError) as refused:
+        push(other, "model", target)
+    assert refused.value.exit_code == 5
+    tag = referrers.fallback_tag(OciLayout(other).find("model").digest)
+    reg = Registry(oci_registry.host)
+    try:
+        assert reg.manifest_digest("models/conflict", tag) is None  # nothing sent
+    finally:
+        reg.close()
 
 
 def test_bootstrap_with_trusted_keys_accepts_a_signed_artifact(
@@ -277,6 +299,57 @@ def test_kiln_bootstrap_refuses_in_one_line_with_exit_7(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kiln: ") and "not trusted" in lines[0]
     assert "Traceback" not in done.stderr and current(tmp_path / "rt") is None
+
+
+class ReferrersRegistry(Registry):
+    """The real docker-registry plus the one thing it lacks, an OCI 1.1 referrers answer
+    (`listing`), so that the reader's referrers route runs; every other request is real."""
+
+    def __init__(self, host: str, listing: list[dict[str, object]]):
+        super().__init__(host)
+        self.listing = listing
+
+    def request(self, method: str, path: str, **kw: Any) -> Any:  # type: ignore[override]
+        if "/referrers/" in path:
+            body = json.dumps({"schemaVersion": 2, "mediaType": media.INDEX,
+                               "manifests": self.listing}).encode()
+            return SimpleNamespace(status=200, body=body, headers={})
+        return super().request(method, path, **kw)
+
+
+def _push_by_digest(reg: Registry, lay: OciLayout, repo: str, desc: media.Descriptor) -> None:
+    doc = json.loads(lay.read_blob(desc))
+    for blob in [doc["config"], *doc["layers"]]:
+        if reg.blob_size(repo, blob["digest"]) is None:
+            reg.upload_blob(repo, blob["digest"], blob["size"], lay.blob_path(blob["digest"]))
+    reg.put_manifest(repo, desc.digest, lay.read_blob(desc), desc.media_type)
+
+
+def test_a_signature_listed_only_by_the_referrers_api_is_verified(
+        published: dict[str, tuple[Path, Path, str]], keys: dict[str, Keys],
+        oci_registry: DockerRegistry) -> None:
+    lay = OciLayout(published["3.0.0"][0])
+    subject = lay.find("model")
+    sig = lay.find(referrers.fallback_tag(subject.digest))
+    repo = "models/only-referrers"
+    ref = Reference.parse(f"{oci_registry.host}/{repo}@{subject.digest}")
+    raw = lay.read_blob(media.Descriptor.from_json(next(
+        d for d in json.loads(lay.read_blob(subject))["layers"]
+        if d["annotations"][media.FILEPATH] == "manifest.json"), "t"))
+    policy = signing.Policy(signing.load_trusted_keys([keys["publisher"].public]))
+    junk = {"mediaType": media.MANIFEST, "digest": "sha256:" + "1" * 64, "size": 10,
+            "artifactType": "application/example"}  # filtered out by its artifactType
+    reg = ReferrersRegistry(oci_registry.host, [junk, sig.to_json()])
+    try:
+        _push_by_digest(reg, lay, repo, subject)
+        _push_by_digest(reg, lay, repo, sig)  # no `.sig` tag in this repository
+        record = oci_signature.verify(reg, ref, subject.digest, raw, policy, "t")
+        assert record.version == "3.0.0"
+        reg.listing = [junk]
+        with pytest.raises(SignatureError, match=r"no signature found \(0 referrer"):
+            oci_signature.verify(reg, ref, subject.digest, raw, policy, "t")
+    finally:
+        reg.close()
 
 
 SIGNED_SPEC = SPEC + """\

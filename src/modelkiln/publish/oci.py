@@ -20,7 +20,8 @@ Signed bundles (a `bundle.sig` in the dist directory, which `kiln publish` write
 key is set): the signature is attached to the model artifact and to the image as an OCI referrer
 (artifacts/oci/referrers.py), first in the layout under dist/ and then, with each push, under
 `sha256-<hex>.sig` beside its subject, before the subject's manifest. The same signature again
-sends nothing; a different one under that tag is a conflict like any other (exit 5, `--force`).
+sends nothing; a different one (a re-sign with a new key) replaces it without `--force`, as the
+signature files on S3 are replaced: every signature attached was checked to sign this bundle.
 """
 from __future__ import annotations
 
@@ -105,8 +106,10 @@ def push(layout_dir: Path, tag: str, target: str, *, force: bool = False,
     reg = Registry(ref.host)
     try:
         main = _Outgoing.prepare(reg, lay, desc, ref, force)
+        # a signature in the layout signs exactly this subject (checked when it was attached),
+        # so it may replace another one under the tag, as a re-sign with a new key does
         signed = _Outgoing.prepare(reg, lay, sig, Reference(
-            ref.host, ref.repository, sig.annotation(media.REF_NAME)), force) if sig else None
+            ref.host, ref.repository, sig.annotation(media.REF_NAME)), True) if sig else None
         size = chunk or _chunk_size()
         sent = main.send_blobs(reg, lay, size, progress)
         sig_push = signed.send(reg, lay, size, progress) if signed else None
