@@ -193,7 +193,11 @@ def attach_signature(layout_dir: Path, tags: list[str], dist_dir: Path) -> bool:
     if found is None:
         return False
     sig, media_type = found
-    published = (dist_dir / names.MANIFEST).read_bytes()
+    try:
+        published = (dist_dir / names.MANIFEST).read_bytes()
+    except OSError as exc:
+        raise KilnError(f"{dist_dir / names.MANIFEST}: cannot read ({exc.strerror}); build the "
+                        "bundle again (`kiln build`)") from None
     signing.sidecars(dist_dir, published)  # the signature is for exactly these manifest bytes
     inner = mf.dumps(mf.without_archive(mf.loads_published(published, str(dist_dir))))
     want = "sha256:" + sha256_bytes(inner)
