@@ -35,11 +35,12 @@ def _rows(module: str, quick: bool) -> list[Row]:
             return []
         raise
     try:
-        got = list(mod.run(quick) if hasattr(mod, "run") else ADAPTERS[module](mod, quick))
+        adapter = ADAPTERS.get(module)
+        got = adapter(mod, quick) if adapter else list(mod.run(quick))
+        return [_as_row(r) for r in got]
     except Exception:
         return [Row(f"{module}: the trial module itself failed", 0, 0, 1,
                     [traceback.format_exc().strip().splitlines()[-1]])]
-    return [_as_row(r) for r in got]
 
 
 def _as_row(obj: Any) -> Row:
@@ -75,8 +76,16 @@ def _archives(mod: Any, quick: bool) -> list[Any]:
     return [mod.archives_row()]
 
 
+def _specs(mod: Any, quick: bool) -> list[Any]:
+    """`specs.run(count)` returns outcome counts; a malformed refusal is a violation."""
+    n = 500 if quick else 10_000
+    counts = mod.run(n)
+    return [Row("hostile specs through kiln validate", n, counts["malformed"],
+                counts["tracebacks"])]
+
+
 ADAPTERS: dict[str, Callable[[Any, bool], list[Any]]] = {
-    "publish_trials": _publish_trials, "archives": _archives,
+    "publish_trials": _publish_trials, "archives": _archives, "specs": _specs,
 }
 
 
