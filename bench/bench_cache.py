@@ -9,7 +9,8 @@ directory and stamp) and pushes outputs and run-cache. Measured, each once:
 
 1. cold runner, no cache:               `kiln build --cache off`
 2. cold runner, warm modelkiln cache:   `kiln build --cache s3://...` (read-only)
-3. cold runner, DVC run-cache:          `dvc pull --run-cache` then `dvc repro`
+3. cold runner, DVC run-cache:          `dvc pull --run-cache` then `dvc repro --pull`
+   (and, as a repository that commits dvc.lock would, with the lock file present)
 
 Columns: wall time, stage executions (tasks whose stage code ran), bytes downloaded (modelkiln:
 the restored blobs it reports; DVC: what its local cache holds after pull + repro).
@@ -101,12 +102,14 @@ def main() -> None:
     server = SeaweedFS(weed, work / "s3")
     server.start()
     server.client().create_bucket(Bucket="bench")
+    empty = work / "aws-empty"  # no profile files (DVC's s3fs refuses /dev/null as one)
+    empty.write_text("")
     env = {**os.environ, "AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": "bench",
            "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+           "AWS_CONFIG_FILE": str(empty), "AWS_SHARED_CREDENTIALS_FILE": str(empty),
            "KILN_CACHE_WRITE": "0"}
     cache = "s3://bench/kiln"
-    rows = []
+    rows: list[list[object]] = []
     try:
         inputs = work / "inputs"
         subprocess.run([PYTHON, "-m", "modelkiln.demo", str(inputs)], check=True,
@@ -128,7 +131,7 @@ def main() -> None:
             (work / "cold" / p.relative_to(work / "nocache")).read_bytes() == p.read_bytes()
             for p in (work / "nocache" / "dist").rglob("bundle.tar.gz"))
         if Path(args.dvc).exists():
-            rows.append(dvc_rows(work, inputs, env, Path(args.dvc), server.endpoint))
+            rows += dvc_rows(work, inputs, env, Path(args.dvc), server.endpoint)
         else:
             rows.append(["DVC run-cache", "not installed", "-", "-"])
         table(["runner", "wall s", "stage executions", "bytes downloaded"], rows)
@@ -145,10 +148,10 @@ def main() -> None:
 
 
 def dvc_rows(work: Path, inputs: Path, env: dict[str, str], dvc: Path,
-             endpoint: str) -> list[object]:
-    def run(root: Path, *argv: str) -> tuple[float, str]:
+             endpoint: str) -> list[list[object]]:
+    def run(root: Path, *argv: str, check: bool = True) -> tuple[float, str]:
         wall, _rss, rc, out = run_measured([str(dvc), *argv], root, env)
-        if rc:
+        if rc and check:
             print(out[-4000:], file=sys.stderr)
             raise SystemExit(f"bench: dvc {' '.join(argv)} failed in {root}")
         return wall, out
@@ -165,13 +168,23 @@ def dvc_rows(work: Path, inputs: Path, env: dict[str, str], dvc: Path,
     t_repro, _ = run(writer, "repro")
     t_push, _ = run(writer, "push", "--run-cache")
     print(f"setup: DVC writer repro {t_repro:.1f} s, push --run-cache {t_push:.1f} s")
-    cold = project(work / "dvc-cold", inputs)
-    setup(cold)
-    t_pull, _ = run(cold, "pull", "--run-cache")
-    t_rep, out = run(cold, "repro")
-    ran = len(re.findall(r"^Running stage", out, re.M))
-    return ["cold runner, DVC run-cache", f"{t_pull + t_rep:.1f} (pull {t_pull:.1f} + repro "
-            f"{t_rep:.1f})", ran, du(cold / ".dvc" / "cache")]
+    rows: list[list[object]] = []
+    for lock in (False, True):
+        cold = project(work / f"dvc-cold-{lock}", inputs)
+        setup(cold)
+        if lock:  # as a repository that commits dvc.lock has it
+            shutil.copy(writer / "dvc.lock", cold / "dvc.lock")
+        # Without dvc.lock, pull fetches the run-cache, then exits 1: it cannot check out outs
+        # that no lock file describes; repro is what may restore from the run-cache.
+        t_pull, _ = run(cold, "pull", "--run-cache", check=False)
+        # --pull: fetch the outputs of run-cache hits as they are restored (without it, the
+        # run-cache entries arrive but not the bytes they name, and every stage runs again)
+        t_rep, out = run(cold, "repro", *([] if lock else ["--pull"]))
+        ran = len(re.findall(r"^Running stage", out, re.M))
+        rows.append([f"cold runner, DVC run-cache{', dvc.lock committed' if lock else ''}",
+                     f"{t_pull + t_rep:.1f} (pull {t_pull:.1f} + repro {t_rep:.1f})", ran,
+                     du(cold / ".dvc" / "cache")])
+    return rows
 
 
 if __name__ == "__main__":
