@@ -17,32 +17,50 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..artifacts.digest import StatCache, aggregate
+from ..artifacts.digest import RACY_NS, StatCache, aggregate
 from ..stages.base import StagePlan
 
 Stamp = dict[str, Any]
 
 
+_STAMPS: dict[tuple[str, int, int, int], Stamp] = {}
+
+
 def read_stamp(path: Path) -> Stamp | None:
-    """A stamp's content, or None when absent or unreadable (either way: rebuild)."""
+    """A stamp's content, or None when absent or unreadable (either way: rebuild). Treat it as
+    read-only: a no-op reads each upstream stamp once per reader, so parsed stamps are kept while
+    the file's (inode, size, mtime) stay the same (not for a stamp written in the last 100 ms,
+    whose stat could repeat within one timestamp tick)."""
     try:
+        st = os.stat(path)
+        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        if key in _STAMPS:
+            return _STAMPS[key]
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    if time.time_ns() - st.st_mtime_ns > RACY_NS:
+        _STAMPS[key] = data
+    return data
 
 
 def rel_to(path: Path, root: Path) -> str:
     """How stamps and cache keys name a file: relative to the project when inside it."""
+    text, base = str(path), str(root)
+    if text.startswith(base + os.sep):  # the common case, without pathlib's parsing
+        return text[len(base) + 1:].replace(os.sep, "/")
     try:
         return path.relative_to(root).as_posix()
     except ValueError:
-        return str(path)
+        return text
 
 
 def snapshot(plan: StagePlan, root: Path, cache: StatCache,
