@@ -164,12 +164,21 @@ def publish(specs: Sequence[str | Path] = (), backends: Sequence[str] = (), *, t
 
     out: list[Release] = []
     for bundle in load_bundles(discover(specs)):
-        for backend in backends or bundle.backends:
+        for backend in backends or built_here(bundle):
             if backend not in bundle.backends:
                 raise KilnError(f"{bundle.name}: backend {backend!r} is not enabled in "
                                 f"{bundle.spec_path.name} (enabled: {', '.join(bundle.backends)})")
             out.append(release(bundle, backend, to=to, force=force, progress=progress))
     return out
+
+
+def built_here(bundle: Bundle) -> tuple[str, ...]:
+    """The enabled backends this host builds: not the tensorrt bundle where its engine stage is
+    skipped (no GPU under `when: gpu-available`)."""
+    from .graph.plans import plan_bundle, skipped
+
+    gone = skipped(plan_bundle(bundle))
+    return tuple(b for b in bundle.backends if f"package:{bundle.name}-{b}" not in gone)
 
 
 def bootstrap(env: Mapping[str, str] | None = None,

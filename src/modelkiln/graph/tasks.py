@@ -21,7 +21,7 @@ from ..model.bundle import BrokenSpec, Bundle
 from ..paths import Layout
 from ..stages.base import StagePlan
 from .execute import execute
-from .plans import STAGES, plan_bundle, upstream_of
+from .plans import STAGES, plan_bundle, skipped, upstream_of
 from .state import status
 
 TaskDict = dict[str, Any]  # doit's own task-dict format
@@ -35,6 +35,8 @@ STAGE_DOCS = {
     "int8": "quantize the ONNX model to int8 with onnxruntime",
     "parity": "parity gates: fp32 ONNX vs PyTorch logits, int8 decision flips",
     "smoke": "load the ONNX bundle as a consumer would and run a sample",
+    "trt": "build a TensorRT engine for this host's GPU from the ONNX model (skipped without one)",
+    "trtparity": "parity gates: TensorRT engine logits and decision flips vs the fp32 ONNX model",
     "package": "pack bundle.tar.gz and manifest.json per backend",
     "image": "OCI model artifact and serving image per backend (an OCI layout under dist/)",
     "publish": "publish built bundles to S3 / file:// and the model store",
@@ -90,6 +92,8 @@ def task_dicts(bundles: list[Bundle], skip: frozenset[str] = frozenset(),
     groups: dict[str, list[TaskDict]] = defaultdict(list)
     for bundle in bundles:
         plans = plan_bundle(bundle, skip)
+        not_here = skipped(plans)  # e.g. trt without a GPU: no task, nothing depends on it
+        plans = [p for p in plans if p.task not in not_here]
         stamps = {p.task: p.stamp for p in plans}
         for p in plans:
             basename, name = p.task.split(":", 1)
