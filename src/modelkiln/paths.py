@@ -81,6 +81,10 @@ class Layout:
     def dist_dir(self, bundle: str, version: str, backend: str) -> Path:
         return self.dist / bundle / version / backend
 
+    def oci_dir(self, bundle: str, version: str, backend: str) -> Path:
+        """The OCI image layout `image:<bundle>-<backend>` writes (the embedded OCI default)."""
+        return self.dist / bundle / version / "oci" / backend
+
 
 def store_root(explicit: Path | str | None = None, *, template: str | None = None,
                root: Path | None = None) -> Path:

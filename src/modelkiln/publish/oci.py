@@ -36,10 +36,10 @@ from ..artifacts import names
 from ..artifacts.digest import sha256_bytes
 from ..artifacts.oci import media, referrers
 from ..artifacts.oci.layout import OciLayout
+from ..artifacts.oci.media import IMAGE_TAG, MODEL_TAG
 from ..errors import ConflictError, KilnError
 from ..model.bundle import Bundle
 from ..paths import Layout
-from ..stages.image import IMAGE_TAG, MODEL_TAG, oci_dir
 from ..transport.oci import Progress, Reference, Registry
 from .bundle import PublishResult
 
@@ -224,7 +224,7 @@ def _render(template: str, bundle: Bundle, version: str, backend: str) -> str:
 def release_oci(bundle: Bundle, backend: str, version: str, *, to: str | None,
                 force: bool = False, progress: Progress | None = None) -> OciRelease | None:
     """Push (or record) the OCI layout of one backend; None when the spec asks for no OCI."""
-    layout_dir = oci_dir(Layout(bundle.root), bundle.name, version, backend)
+    layout_dir = Layout(bundle.root).oci_dir(bundle.name, version, backend)
     wants_image = bundle.image is not None and bundle.image.backend == backend
     if bundle.publish.oci is None and not wants_image and not (to or "").startswith(SCHEME):
         return None

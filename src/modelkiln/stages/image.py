@@ -30,6 +30,7 @@ from ..artifacts.digest import sha256_bytes
 from ..artifacts.oci import media, referrers
 from ..artifacts.oci.build import BundleFile, model_artifact
 from ..artifacts.oci.layout import OciLayout
+from ..artifacts.oci.media import IMAGE_TAG, MODEL_TAG
 from ..errors import BuildError, KilnError
 from ..model.bundle import Bundle
 from ..model.version import resolve
@@ -40,13 +41,7 @@ from . import image_parts as parts
 from .base import RunContext, StagePlan, params
 
 CODE_VERSION = "1"
-MODEL_TAG, IMAGE_TAG = "model", "image"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the modelkiln package: the runtime layer
-
-
-def oci_dir(layout: Layout, name: str, version: str, backend: str) -> Path:
-    """Where `image:<name>-<backend>` writes its OCI layout (the embedded OCI default)."""
-    return layout.dist / name / version / "oci" / backend
 
 
 # The light modelkiln install in the image: the runtime and every layer it may import (the build
@@ -84,7 +79,7 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
         plans.append(StagePlan(
             task=f"image:{bundle.name}-{backend}", stage="image", bundle=bundle.name,
             doc=f"OCI {what} of {bundle.name} {version} ({backend})",
-            out_dir=oci_dir(layout, bundle.name, version, backend),
+            out_dir=layout.oci_dir(bundle.name, version, backend),
             stamp=layout.stamp(bundle.name, f"image-{backend}"),
             # the package's signature (written by `kiln sign` / `kiln publish`, absent when
             # unsigned) is attached to the artifact and image as a referrer

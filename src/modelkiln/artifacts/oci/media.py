@@ -114,3 +114,6 @@ def manifest_bytes(config: Descriptor, layers: list[Descriptor],
     if annotations:
         doc["annotations"] = dict(sorted(annotations.items()))
     return canonical(doc)
+
+# The tags an image task gives its two manifests in the layout's index.json.
+MODEL_TAG, IMAGE_TAG = "model", "image"
