@@ -46,7 +46,24 @@ def project(root: Path, inputs: Path) -> Path:
     return root
 
 
+def package_tasks(root: Path) -> list[str]:
+    """`-t package:...` for every backend bundle: the pipeline both tools build (stages past
+    packaging, like images and signatures, are left out of the comparison)."""
+    from modelkiln.api import discover, load_bundles
+    from modelkiln.graph.plans import plan_bundle, skipped
+
+    out = []
+    for bundle in load_bundles(discover([root / "bundles"])):
+        plans = plan_bundle(bundle)
+        gone = skipped(plans)
+        out += [x for p in plans if p.stage == "package" and p.task not in gone
+                for x in ("-t", p.task)]
+    return out
+
+
 def kiln(root: Path, env: dict[str, str], *args: str) -> tuple[float, str]:
+    if args[0] == "build":
+        args = (*args, *package_tasks(root))
     wall, _rss, rc, out = run_measured([PYTHON, "-m", "modelkiln.cli", *args], root, env)
     if rc:
         print(out[-4000:], file=sys.stderr)
@@ -73,10 +90,15 @@ def dvc_yaml(root: Path) -> str:
         plans = plan_bundle(bundle)
         gone = skipped(plans)
         by_task = {p.task: p for p in plans}
+        needed = {p.task for p in plans if p.stage == "package"}
+        for p in reversed(plans):  # package tasks and what they read, transitively
+            if p.task in needed:
+                needed.update(p.upstream)
         for p in plans:
-            if p.task in gone:
+            if p.task in gone or p.task not in needed:
                 continue
-            rel = lambda q: str(q.relative_to(root))  # noqa: E731
+            def rel(q: Path) -> str:  # inputs outside the project (modelkiln's own source) stay absolute
+                return str(q.relative_to(root)) if q.is_relative_to(root) else str(q)
             deps = [rel(f) for f in p.inputs]
             deps += [x for t in p.upstream for x in (rel(by_task[t].out_dir), rel(by_task[t].stamp))]
             stages[p.task.replace(":", "_")] = {

@@ -111,11 +111,24 @@ def platform_class(kind: str | None, env: Mapping[str, str] | None = None) -> st
     return env.get(PLATFORM_ENV) or cpu_class()
 
 
+def portable(inputs: Mapping[str, str]) -> dict[str, str]:
+    """Input digests named the same on every machine: files inside the project by their relative
+    path; files outside it (modelkiln's own runtime sources, which the image stage reads) by their
+    content alone, since where a runner installed modelkiln must not change the key. Upstream
+    marks (`@task`) are dropped: upstream tasks enter the key through their identities."""
+    out: dict[str, str] = {}
+    for k, v in inputs.items():
+        if k.startswith("@"):
+            continue
+        out[f"external:{v}" if k.startswith("/") else k] = v
+    return dict(sorted(out.items()))
+
+
 def upstream_identity(outputs_aggregate: str, inputs: Mapping[str, str],
                       report: Mapping[str, Any]) -> str:
     """What a downstream task can read from an upstream one, as one digest. Computed the same way
     from a stamp (built or restored) and from an action record (plan on a cold runner)."""
-    plain = {k: v for k, v in inputs.items() if not k.startswith("@")}
+    plain = portable(inputs)
     return sha256_bytes(canonical_json({"outputs": outputs_aggregate, "inputs": plain,
                                         "report": dict(report)}))
 
@@ -130,7 +143,7 @@ def material(plan: StagePlan, inputs: Mapping[str, str],
         "key_version": KEY_VERSION, "modelkiln": __version__, "task": plan.task,
         "stage": plan.stage, "code": str(getattr(module, "CODE_VERSION", "")),
         "params_digest": plan.params_digest,
-        "inputs": {k: v for k, v in sorted(inputs.items()) if not k.startswith("@")},
+        "inputs": portable(inputs),
         "upstream": dict(sorted(upstream.items())),
         "tools": {d: tool_version(d) for d in stage_tools(plan)},
         # a stage may name its own class (trt: architecture, TensorRT version, CUDA flavour)
