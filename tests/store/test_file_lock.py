@@ -78,3 +78,21 @@ def test_forked_child_does_not_inherit_the_hold(tmp_path: Path) -> None:
     again = FileLock(path)
     assert again.try_acquire()
     again.release()
+
+
+def test_on_wait_is_told_the_holder_once_then_the_lock_is_taken(tmp_path: Path) -> None:
+    path = tmp_path / ".lock"
+    told: list[str] = []
+    with FileLock(path, on_wait=told.append).held():  # free: nothing to wait for
+        assert told == []
+    pid, r = _hold_in_child(path)
+    try:
+        with pytest.raises(LockTimeout):
+            FileLock(path, timeout=0.2, on_wait=told.append).acquire()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(r)
+    assert len(told) == 1 and told[0].startswith(f"pid {pid} on ")
+    with FileLock(path, on_wait=told.append).held():
+        assert len(told) == 1  # the holder died: taken without waiting

@@ -11,9 +11,9 @@ holds a lock (say, publish holding the store lock while the store stages a versi
 the file again. Holds are therefore counted per (lock file, thread) in this process; a second
 thread opens its own descriptor and queues in the kernel like another process would.
 
-Who holds it: the holder writes one line (pid, command, start time) into the lock file after it
-gets the lock, so a caller that gives up after `timeout` can say what it waited for. The note is
-advisory text only; the lock itself is the flock.
+Who holds it: the holder writes one line (pid, host, command, start time) into the lock file after
+it gets the lock, so a caller that has to wait (`on_wait`) or gives up after `timeout` can say what
+it waited for. The note is advisory text only; the lock itself is the flock.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import KilnError
@@ -50,7 +50,8 @@ def _key(path: Path) -> tuple[str, int]:
 def _note() -> bytes:
     cmd = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv[:4]))
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return f"pid {os.getpid()} ({cmd or 'python'}) since {stamp}\n".encode()
+    host = os.uname().nodename
+    return f"pid {os.getpid()} on {host} ({cmd or 'python'}) since {stamp}\n".encode()
 
 
 def holder(path: Path) -> str:
@@ -61,21 +62,31 @@ def holder(path: Path) -> str:
         return ""
 
 
+def _reenter(key: tuple[str, int]) -> bool:
+    """Count one more hold when this thread already holds the lock (True), else False."""
+    with _table:
+        if key not in _held:
+            return False
+        fd, depth = _held[key]
+        _held[key] = (fd, depth + 1)
+        return True
+
+
 class FileLock:
     """`with FileLock(path).held(): ...` holds an exclusive flock on `path` (created 0664 under
-    the umask, so writers sharing a group can all take it)."""
+    the umask, so writers sharing a group can all take it). `on_wait`, when given, is told the
+    holder's note once, when the lock is taken and this call has to wait for it."""
 
-    def __init__(self, path: Path | str, *, timeout: float | None = None):
+    def __init__(self, path: Path | str, *, timeout: float | None = None,
+                 on_wait: Callable[[str], None] | None = None):
         self.path = Path(path)
         self.timeout = timeout
+        self.on_wait = on_wait
 
     def acquire(self) -> None:
         key = _key(self.path)
-        with _table:
-            if key in _held:
-                fd, depth = _held[key]
-                _held[key] = (fd, depth + 1)
-                return
+        if _reenter(key):
+            return
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o664)
         try:
             self._wait(fd)
@@ -89,6 +100,12 @@ class FileLock:
             _held[key] = (fd, 1)
 
     def _wait(self, fd: int) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if self.on_wait is not None:
+                self.on_wait(holder(self.path))
         if self.timeout is None:
             fcntl.flock(fd, fcntl.LOCK_EX)
             return
@@ -108,11 +125,8 @@ class FileLock:
     def try_acquire(self) -> bool:
         """Take the lock only if nobody else holds it; True when taken (release it after)."""
         key = _key(self.path)
-        with _table:
-            if key in _held:
-                fd, depth = _held[key]
-                _held[key] = (fd, depth + 1)
-                return True
+        if _reenter(key):
+            return True
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o664)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
