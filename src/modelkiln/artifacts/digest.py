@@ -1,8 +1,7 @@
 """The one place that computes sha256 of files, and the stat cache that keeps us from doing it twice.
 
 Everything that needs a file's digest (the up-to-date check, manifests, verify, the runtime
-bootstrap, the store) calls `sha256_file` or `StatCache.digest`; a copy that hashes the bytes it
-moves (`artifacts.copy.copy_file`) feeds them to a `Sha256Pipe`. `sha256_file` always reads the
+bootstrap, the store) calls `sha256_file` or `StatCache.digest`. `sha256_file` always reads the
 bytes; `StatCache.digest` trusts a previous result while the file's (device, inode, size, mtime_ns)
 are unchanged, so an untouched file is never read again and a touched-but-identical one is read
 once, not on every run.
@@ -13,8 +12,6 @@ import atexit
 import hashlib
 import json
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -62,79 +59,6 @@ class HashingWriter:
 
     def hexdigest(self) -> str:
         return self.hash.hexdigest()
-
-
-class Sha256Pipe:
-    """sha256 of a stream of buffers, computed on its own thread.
-
-    Why: a copy that must also produce the digest (the store's copy into staging) is bounded by
-    sha256 (~1.8 GB/s with SHA-NI) plus the read and the write (~0.3 s/GiB together) when done in
-    one thread. hashlib releases the GIL on large updates, so the copying thread hands each buffer
-    here and goes on reading and writing while this thread hashes: wall time is the slower of the
-    two, not their sum, and every byte is read from the source exactly once, so the digest is of
-    exactly the bytes written (no second read that a concurrent writer could change in between).
-
-    Use: `buf = pipe.buffer()`, fill it, `pipe.feed(buf, n)` (the buffer is the pipe's again until
-    it comes back out of `buffer()`; never write into it after feeding it), then `hexdigest()`.
-    `close()` (or the `with` block) stops the thread on an error path. Buffers are allocated on
-    demand, at most `buffers` of `size` bytes each, so a tiny file costs one small buffer.
-    """
-
-    def __init__(self, size: int = CHUNK, buffers: int = 8):
-        self.size = max(1, size)
-        self.total = 0
-        self._max = max(2, buffers)
-        self._made = 0
-        self._hash = hashlib.sha256()
-        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        self._work: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="kiln-sha256", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (item := self._work.get()) is not None:
-            buf, n = item
-            if self._error is None:
-                try:
-                    self._hash.update(memoryview(buf)[:n])
-                except BaseException as exc:  # re-raised by hexdigest()
-                    self._error = exc  # keep returning buffers so the feeder never blocks
-            self._free.put(buf)
-
-    def buffer(self) -> bytearray:
-        """A buffer to fill: a hashed one back from the thread, a new one, or wait for one."""
-        try:
-            return self._free.get_nowait()
-        except queue.Empty:
-            if self._made < self._max:
-                self._made += 1
-                return bytearray(self.size)
-            return self._free.get()
-
-    def feed(self, buf: bytearray, n: int) -> None:
-        """Hash the first `n` bytes of `buf` (a buffer from `buffer()`), after those fed before."""
-        self.total += n
-        self._work.put((buf, n))
-
-    def hexdigest(self) -> str:
-        """Wait for the thread to hash everything fed, stop it, and return the hex digest."""
-        self.close()
-        if self._error is not None:
-            raise self._error
-        return self._hash.hexdigest()
-
-    def close(self) -> None:
-        """Stop the thread (idempotent); what was fed before is still hashed."""
-        if self._thread.is_alive():
-            self._work.put(None)
-            self._thread.join()
-
-    def __enter__(self) -> Sha256Pipe:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def canonical_json(value: object) -> bytes:
