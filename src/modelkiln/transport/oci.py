@@ -7,16 +7,16 @@ bytes we computed (so the digest is reproducible), a HEAD before every blob so a
 nothing, a byte count of what was really sent, the registry's returned digest checked against
 ours, and every pulled blob hashed while it streams and refused on a mismatch. The protocol
 subset is small: `/v2/` ping, blob HEAD/GET, uploads (monolithic PUT or chunked PATCH), manifest
-HEAD/GET/PUT, and Basic or Bearer-token auth from the standard docker config file.
+HEAD/GET/PUT, and Basic or Bearer-token auth from the standard docker config file (oci_auth.py).
 
 References are `HOST[:PORT]/REPO[:TAG][@sha256:HEX]` (an `oci://` prefix is accepted). Loopback
 hosts, and hosts listed in $KILN_OCI_INSECURE (comma-separated), are spoken to over plain HTTP.
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.client
+import io
 import json
 import os
 import re
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import KilnError, PublishError
+from .oci_auth import authorization, docker_credentials
 
 Progress = Callable[[int], None]
 CHUNK = 1 << 20
@@ -71,27 +72,6 @@ class Reference:
         return f"{self.host}/{self.repository}{tag}{pin}"
 
 
-def _docker_auth(host: str) -> tuple[str, str] | None:
-    """(user, secret) for `host` from $DOCKER_CONFIG/config.json or ~/.docker/config.json."""
-    folder = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
-    try:
-        auths = json.loads((Path(folder) / "config.json").read_bytes()).get("auths") or {}
-    except (OSError, ValueError, AttributeError):
-        return None
-    for key, entry in auths.items():
-        if urllib.parse.urlsplit(key if "//" in key else "//" + key).netloc != host \
-                or not isinstance(entry, dict):
-            continue
-        if entry.get("identitytoken"):
-            return "<token>", str(entry["identitytoken"])
-        if entry.get("auth"):
-            user, _, secret = base64.b64decode(entry["auth"]).decode().partition(":")
-            return user, secret
-        if entry.get("username"):
-            return str(entry["username"]), str(entry.get("password", ""))
-    return None
-
-
 class Response:
     """Status, headers and (for small replies) the body of one request."""
 
@@ -113,7 +93,7 @@ class Registry:
         self.timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
         self._auth: dict[str, str] = {}  # scope -> Authorization header value
-        self._creds = _docker_auth(host)
+        self._creds = docker_credentials(host)
         self.bytes_sent = 0
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -156,42 +136,27 @@ class Registry:
         return Response(resp, data)
 
     def _login(self, resp: http.client.HTTPResponse, scope: str) -> bool:
-        """Answer a 401 challenge: Basic with the docker config's credentials, or a Bearer token
-        from the realm it names. False when there is nothing to answer with."""
-        challenge = resp.getheader("WWW-Authenticate") or ""
-        kind, _, rest = challenge.partition(" ")
-        params = dict(re.findall(r'(\w+)="([^"]*)"', rest))
-        basic = None
-        if self._creds:
-            user, secret = self._creds
-            basic = "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
-        if kind.lower() == "basic":
-            if basic is None:
-                return False
-            self._auth[scope] = basic
-            return True
-        if kind.lower() != "bearer" or "realm" not in params:
+        """Answer a 401 challenge for `scope`; False when there is nothing to answer with."""
+        header = authorization(resp.getheader("WWW-Authenticate") or "", self._creds, scope,
+                               self.host, self.timeout)
+        if header is None:
             return False
-        query = {"service": params.get("service", ""), "scope": params.get("scope", scope)}
-        realm = urllib.parse.urlsplit(params["realm"])
-        cls = http.client.HTTPSConnection if realm.scheme == "https" else http.client.HTTPConnection
-        conn = cls(realm.netloc, timeout=self.timeout)
-        try:
-            conn.request("GET", f"{realm.path or '/'}?{urllib.parse.urlencode(query)}",
-                         headers={"Authorization": basic} if basic else {})
-            reply = conn.getresponse()
-            data = reply.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise PublishError(f"{params['realm']}: token request failed ({exc})") from None
-        finally:
-            conn.close()
-        if reply.status != 200:
-            raise PublishError(f"{self.host}: the registry refused our credentials for {scope} "
-                               f"(token endpoint answered {reply.status}); run `docker login "
-                               f"{self.host}` or fix $DOCKER_CONFIG/config.json")
-        token = json.loads(data).get("token") or json.loads(data).get("access_token")
-        self._auth[scope] = f"Bearer {token}"
+        self._auth[scope] = header
         return True
+
+    def _follow(self, location: str) -> Response:
+        """GET a blob's redirect target (often a signed URL of the storage back end; a relative
+        one is on this registry), without our Authorization header."""
+        u = urllib.parse.urlsplit(urllib.parse.urljoin(f"{self.scheme}://{self.host}/", location))
+        cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+        try:
+            conn = cls(u.netloc, timeout=self.timeout, blocksize=CHUNK)
+            conn.request("GET", u.path + (f"?{u.query}" if u.query else ""))
+            resp = conn.getresponse()
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise PublishError(f"{self.host}: the blob redirect to {u.scheme}://{u.netloc} "
+                               f"failed ({exc})") from None
+        return Response(resp, None if resp.status == 200 else resp.read())
 
     def _fail(self, what: str, r: Response) -> PublishError:
         detail = r.body[:300].decode(errors="replace").strip()
@@ -307,18 +272,23 @@ class Registry:
         for _ in range(3):  # storage back ends may redirect to a signed URL
             if r.status not in (301, 302, 303, 307, 308):
                 break
-            r = _follow(r.headers["location"], self.timeout)
+            r = self._follow(r.headers.get("location", ""))
         if r.status != 200:
             raise self._fail(f"GET blob {digest}", r)
         h, got = hashlib.sha256(), 0
-        while chunk := r.raw.read(min(CHUNK, size - got + 1)):
-            got += len(chunk)
-            if got > size:
-                break
-            h.update(chunk)
-            out.write(chunk)
-            if progress:
-                progress(len(chunk))
+        try:
+            while chunk := r.raw.read(min(CHUNK, size - got + 1)):
+                got += len(chunk)
+                if got > size:
+                    break
+                h.update(chunk)
+                out.write(chunk)
+                if progress:
+                    progress(len(chunk))
+        except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+            self.close()
+            raise PublishError(f"{self.host}/{repo}: blob {digest} broke off after {got} bytes "
+                               f"({exc}); run the command again") from None
         if got != size or "sha256:" + h.hexdigest() != digest:
             self.close()
             raise PublishError(f"{self.host}/{repo}: blob {digest} arrived as {got} bytes with "
@@ -331,7 +301,7 @@ class _Reader:
     def __init__(self, source: Path | bytes, progress: Progress | None):
         # closed by __exit__: the reader lives exactly as long as the upload's `with` block
         self._f: BinaryIO = (open(source, "rb") if isinstance(source, Path)  # noqa: SIM115
-                             else _bytes_io(source))
+                             else io.BytesIO(source))
         self.progress, self.count = progress, 0
 
     def read(self, n: int = -1) -> bytes:
@@ -350,21 +320,6 @@ class _Reader:
 
     def __exit__(self, *exc: object) -> None:
         self._f.close()
-
-
-def _bytes_io(data: bytes) -> BinaryIO:
-    import io
-
-    return io.BytesIO(data)
-
-
-def _follow(location: str, timeout: float) -> Response:
-    u = urllib.parse.urlsplit(location)
-    cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
-    conn = cls(u.netloc, timeout=timeout, blocksize=CHUNK)
-    conn.request("GET", u.path + (f"?{u.query}" if u.query else ""))
-    resp = conn.getresponse()
-    return Response(resp, None if resp.status == 200 else resp.read())
 
 
 def _add_query(location: str, **params: str) -> str:
