@@ -89,7 +89,7 @@ def release(bundle: Bundle, backend: str, *, to: str | None = None, force: bool 
             # then waits, and finds the version named by the registry (so keeps it).
             held.enter_context(store.holding(agent))
             stored = publish_to_store(dist, root, agent, version, dict(bundle.metadata),
-                                      store=store, force=force)
+                                      store=store, force=force, cache=stat_cache(layout.state))
         reg = bundle.registry
         entry = RegistryEntry(
             name=f"{bundle.name}-{backend}", backend=backend,

@@ -22,6 +22,7 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from ..artifacts import manifest as mf
+from ..artifacts.digest import StatCache
 from ..artifacts.install import unpack_checked
 from ..errors import DriftError, FileChange, PublishError
 from ..store import BundleRecord, ModelStore, diff, scan, stat_key
@@ -46,7 +47,8 @@ class StoreResult:
 
 def publish_to_store(dist_dir: Path, root: Path | str | None, agent: str, version: str,
                      metadata: Mapping[str, Any] | None = None, *, activate: bool = True,
-                     store: ModelStore | None = None, force: bool = False) -> StoreResult:
+                     store: ModelStore | None = None, force: bool = False,
+                     cache: StatCache | None = None) -> StoreResult:
     """Publish `dist/<name>/<version>/<backend>/` into `<root>/<agent>/versions/<version>/`.
 
     The tarball is checked against its published manifest before a byte is unpacked, unpacked
@@ -56,8 +58,10 @@ def publish_to_store(dist_dir: Path, root: Path | str | None, agent: str, versio
     Same archive again: no-op. A different archive under an existing version: ConflictError.
     With `force`, an existing version's bytes are re-read too, and a damaged copy is restored
     from this (verified) tarball by `ModelStore.repair` instead of being reported unchanged.
+    `cache` (the project's stat cache) spares re-hashing a tarball the build or an earlier
+    publisher step already hashed.
     """
-    dist = DistBundle.load(Path(dist_dir))
+    dist = DistBundle.load(Path(dist_dir), cache)
     published = mf.loads_published(dist.manifest_bytes, str(Path(dist_dir) / mf.MANIFEST))
     store = store or ModelStore(root)
     found = _already_there(store, agent, version, dist.sha256, dist.archive, force)
@@ -66,8 +70,9 @@ def publish_to_store(dist_dir: Path, root: Path | str | None, agent: str, versio
     expected = {f"{BUNDLE_DIR}/{f['path']}": (f["size"], f["sha256"]) for f in published["files"]}
     with store.stage_new(agent, version) as tmp:
         # Every listed file is hashed as it is written and checked against the manifest, and the
-        # bundle's own manifest.json must equal the published one (finalize fsyncs, not this).
-        unpack_checked(dist.archive, tmp / BUNDLE_DIR, published, durable=False,
+        # bundle's own manifest.json must equal the published one. Each file is fsynced as it is
+        # written, while the next one is being unpacked, so finalize's flush finds them clean.
+        unpack_checked(dist.archive, tmp / BUNDLE_DIR, published, durable=True,
                        fix=f"the dist directory {dist_dir} is damaged, rebuild the bundle")
         tree = scan(tmp)
         inner_rel = f"{BUNDLE_DIR}/{mf.MANIFEST}"
