@@ -9,22 +9,22 @@ OS-error wording (`os_errors`, `CannotRead`).
 from __future__ import annotations
 
 from .fs import (
-           CannotRead,
-           Digests,
-           Known,
-           StatKey,
-           Tree,
-           diff,
-           hash_tree,
-           os_errors,
-           scan,
-           stat_key,
+    CannotRead,
+    Digests,
+    Known,
+    StatKey,
+    Tree,
+    diff,
+    hash_tree,
+    os_errors,
+    scan,
+    stat_key,
 )
+from .maintain import ModelStore
 from .manifest import MANIFEST, BundleRecord, StoreManifest
 from .manifest import read as read_manifest
 from .reader import StoreReader, VersionInfo, strict_from_env
-from .writer import ModelStore
 
 __all__ = ["MANIFEST", "BundleRecord", "CannotRead", "Digests", "Known", "ModelStore", "StatKey",
-           "StoreManifest", "StoreReader", "Tree", "VersionInfo", "diff", "hash_tree",
-           "os_errors", "read_manifest", "scan", "stat_key", "strict_from_env"]
+    "StoreManifest", "StoreReader", "Tree", "VersionInfo", "diff", "hash_tree",
+    "os_errors", "read_manifest", "scan", "stat_key", "strict_from_env"]
