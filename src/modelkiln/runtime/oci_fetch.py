@@ -27,36 +27,29 @@ import io
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
 from .. import signing, transport
 from ..artifacts import manifest as mf
-from ..artifacts.atomic import fsync_dir, write_bytes
-from ..artifacts.digest import canonical_json
 from ..artifacts.extract_limits import Limits
 from ..artifacts.oci import media
 from ..errors import KilnError, PublishError
 from ..transport.oci import Reference, Registry
 from . import oci_signature
-from .bootstrap import (
-    _VERSION,
-    BACKENDS,
-    DEFAULT_RUNTIME_DIR,
-    RECORD_SUFFIX,
-    URI_ENV,
-    Runtime,
-    _cached,
-    _locked,
-    _point_current,
-    _stat_tree,
-    _sweep,
-    resolve_paths,
-)
+from .bootstrap import BACKENDS, URI_ENV, Runtime, resolve_paths
 from .bootstrap import bootstrap as tarball_bootstrap
+from .versions import (
+    VERSION,
+    Slot,
+    full_verify,
+    installing,
+    is_cached,
+    locked,
+    point_current,
+    runtime_base,
+)
 
 OCI_ENV = "MODEL_BUNDLE_OCI_REF"
 _SAFE = re.compile(r"^(?!/)(?!.*//)[A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*$")
@@ -76,21 +69,11 @@ def bootstrap(env: Mapping[str, str] | None = None,
     if backend not in BACKENDS or not ref or (env.get(URI_ENV[backend]) or "").strip():
         return tarball_bootstrap(env, progress, verify=verify, settings=settings)
     policy = signing.policy_from_env(env)  # REGISTRY_TRUSTED_KEYS: signed artifacts only
-    mode = (verify or env.get("REGISTRY_VERIFY") or "stat").strip().lower()
-    if mode not in ("stat", "full"):
-        raise KilnError(f"REGISTRY_VERIFY={mode!r}: use 'stat' (default) or 'full'")
+    full = full_verify(verify, env)
     limits = Limits.from_env(env)
-    base = Path(env.get("REGISTRY_RUNTIME_DIR") or DEFAULT_RUNTIME_DIR).expanduser().absolute()
-    base = base / backend
-    try:
-        with _locked(base):
-            return fetch(Reference.parse(ref), backend, base, mode == "full", progress, limits,
-                         policy)
-    except OSError as exc:
-        raise PublishError(f"{exc.filename or base}: {exc.strerror or exc}; check "
-                           "REGISTRY_RUNTIME_DIR, its permissions and free space, then run the "
-                           "bootstrap again (current still points at the previous version)"
-                           ) from None
+    base = runtime_base(env, backend)
+    with locked(base):
+        return fetch(Reference.parse(ref), backend, base, full, progress, limits, policy)
 
 
 def _layers(doc: dict[str, Any], origin: str, limits: Limits) -> dict[str, media.Descriptor]:
@@ -164,54 +147,36 @@ def fetch(ref: Reference, backend: str, base: Path, full: bool,
         if policy is not None and policy.required:
             oci_signature.verify(reg, ref, digest, raw, policy, origin)
         version = inner["version"]
-        if not _VERSION.fullmatch(version):
+        if not VERSION.fullmatch(version):
             raise PublishError(f"{origin}: version {version[:60]!r} is not a usable version name")
         sha = digest.split(":", 1)[1]
-        vid = f"{version}-{sha[:12]}"
-        versions = base / "versions"
-        vdir, record = versions / vid, versions / (vid + RECORD_SUFFIX)
+        slot = Slot.of(base, version, sha)
         published = cast(mf.PublishedManifest, {**inner, "archive": {
             "path": str(ref.with_digest(digest)), "size": len(data), "sha256": sha}})
         downloaded = False
-        if not _cached(vdir, record, sha, published, full):
-            _install(reg, ref, layers, raw, vdir, record, sha, version, progress)
+        if not is_cached(slot, sha, published, full):
+            _install(reg, ref, layers, raw, slot, sha, version, progress)
             downloaded = True
     finally:
         reg.close()
-    paths = resolve_paths(vdir, backend)
-    _point_current(base, vid)
-    return Runtime(backend=backend, version=version, directory=vdir, archive_sha256=sha,
-                   downloaded=downloaded, paths=paths)
+    paths = resolve_paths(slot.directory, backend)
+    point_current(base, slot.vid)
+    return Runtime(backend=backend, version=version, directory=slot.directory,
+                   archive_sha256=sha, downloaded=downloaded, paths=paths)
 
 
 def _install(reg: Registry, ref: Reference, layers: dict[str, media.Descriptor], raw: bytes,
-             vdir: Path, record: Path, sha: str, version: str,
-             progress: transport.Progress | None) -> None:
-    """Stream every layer (hashed on the way) into a fresh tree, then rename it into place."""
-    versions = vdir.parent
-    versions.mkdir(parents=True, exist_ok=True)
-    _sweep(versions)
-    work = Path(tempfile.mkdtemp(prefix=f".{vdir.name}.", suffix=".tmp", dir=versions))
-    try:
-        tree = work / "tree"
+             slot: Slot, sha: str, version: str, progress: transport.Progress | None) -> None:
+    """Stream every layer (hashed on the way) into a fresh tree, then swap it into the slot."""
+    with installing(slot, sha, version) as staging:
         for path, desc in sorted(layers.items()):
-            dest = tree / path
+            dest = staging.tree / path
             dest.parent.mkdir(parents=True, exist_ok=True)
             if path == mf.MANIFEST:
                 dest.write_bytes(raw)
                 continue
             with open(dest, "xb") as out:
                 reg.get_blob(ref.repository, desc.digest, desc.size, out, progress)
-        stats = _stat_tree(tree)
-        record.unlink(missing_ok=True)  # the old record must never vouch for a new directory
-        if vdir.exists() or vdir.is_symlink():
-            os.replace(vdir, work / "damaged")
-        os.replace(tree, vdir)
-        fsync_dir(versions)
-        write_bytes(record, canonical_json({"archive_sha256": sha, "files": stats,
-                                            "version": version}))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def verify_dir(directory: Path) -> list[str]:
