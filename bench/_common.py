@@ -47,7 +47,7 @@ else:
     rc = main(args)
 elapsed = time.perf_counter() - t0
 state = sys.modules.get("modelkiln.artifacts.digest")  # where the stat caches live
-hashed = [p for c in (state._CACHES.values() if state else ()) for p in c.hashed]
+hashed = state.hashed_this_process() if state else []
 heavy = sorted(m for m in %r if m in sys.modules)
 with open(report, "w") as f:
     json.dump({"rc": rc, "in_process_s": elapsed, "heavy": heavy, "kiln_hashed": hashed,

@@ -193,3 +193,9 @@ def stat_cache(state_dir: Path) -> StatCache:
         cache = _CACHES[state_dir] = StatCache(state_dir / "hashcache.json")
         atexit.register(cache.save)
     return _CACHES[state_dir]
+
+
+def hashed_this_process() -> list[str]:
+    """Every path a project stat cache of this process really read (what a no-op must keep empty;
+    the benchmarks report it)."""
+    return [path for cache in _CACHES.values() for path in cache.hashed]
