@@ -1,8 +1,9 @@
 """The two places a cache can live, behind one small interface: a local directory and S3.
 
 Kept small on purpose so it can move onto a shared transport interface without touching the cache
-logic: object names are '/'-separated keys under the cache root, and five operations suffice
-(size, small read, verified fetch, blob put, conditional put).
+logic: object names are '/'-separated keys under the cache root, and a few operations suffice
+(size, small read, verified fetch, blob put, conditional put, and a listing of one prefix for
+the TensorRT engine index).
 
 - A blob put is unconditional: the key is the content's digest, so two writers write the same
   bytes; a multipart upload that is killed leaves no object at all.
@@ -44,6 +45,7 @@ class Storage(Protocol):
     def put_file(self, key: str, path: Path) -> None: ...
     def put_if_absent(self, key: str, data: bytes) -> bool: ...
     def put(self, key: str, data: bytes) -> None: ...
+    def list_keys(self, prefix: str) -> list[str]: ...
 
 
 def _check(got: int, digest: str, size: int, sha256: str, what: str) -> None:
@@ -122,6 +124,13 @@ class LocalStorage:
             return self._commit(tmp, target, replace=False)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under the directory `prefix` (ending in '/'), sorted; temp files left out."""
+        base = self._path(prefix)
+        found = [p.relative_to(self.root).as_posix() for p in base.rglob("*")
+                 if p.is_file() and not p.name.startswith(".")] if base.is_dir() else []
+        return sorted(found)
 
     @staticmethod
     def _commit(tmp: Path, target: Path, replace: bool) -> bool:
@@ -257,6 +266,17 @@ class S3Storage:
             return False
         result: bool = self._retry(f"PUT {key}", put)
         return result
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix`, sorted: ListObjectsV2, following continuation tokens."""
+        def pages() -> list[str]:
+            keys: list[str] = []
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+                keys.extend(o["Key"][len(self.prefix):] for o in page.get("Contents", []))
+            return keys
+        result: list[str] = self._retry(f"LIST {prefix}", pages)
+        return sorted(result)
 
 
 def open_storage(uri: str) -> Storage:
