@@ -14,7 +14,6 @@ bytes, so publishing the same bundle again writes nothing new.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..artifacts.atomic import fsync_dir
+from ..artifacts.digest import sha256_bytes
 from ..errors import KilnError, SignatureError
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def public_pem(key: ec.EllipticCurvePublicKey) -> bytes:
 
 def key_id(pem: bytes) -> str:
     """A key's id: sha256 of its canonical PEM (the model-signing `publicKey.hint`)."""
-    return hashlib.sha256(pem).hexdigest()
+    return sha256_bytes(pem)
 
 
 def _public(key: object, origin: str) -> PublicKey:

@@ -10,7 +10,6 @@ refused by `sidecars()` rather than published with a signature that can only fai
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from ..artifacts import manifest as mf
 from ..artifacts import names
 from ..artifacts.atomic import write_bytes
+from ..artifacts.digest import sha256_bytes
 from ..errors import KilnError, SignatureError
 from . import envelope, provenance, statement
 from .keys import SigningKey, load_signing_key
@@ -106,7 +106,7 @@ def sidecars(dist_dir: Path, manifest_bytes: bytes) -> tuple[Sidecar, ...]:
     statement's manifest digest), so a stale signature is never published.
     """
     out = []
-    digest = hashlib.sha256(manifest_bytes).hexdigest()
+    digest = sha256_bytes(manifest_bytes)
     for name in SIDECARS:
         path = dist_dir / name
         if not path.is_file():

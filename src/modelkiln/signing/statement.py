@@ -28,6 +28,7 @@ from typing import Any
 
 from ..artifacts import manifest as mf
 from ..artifacts import names
+from ..artifacts.digest import sha256_bytes
 from ..artifacts.manifest import PublishedManifest
 from ..errors import SignatureError
 
@@ -69,9 +70,9 @@ def from_manifest(manifest: PublishedManifest, manifest_bytes: bytes) -> SignedB
     files = tuple(sorted((f["path"], f["sha256"]) for f in manifest["files"]))
     return SignedBundle(name=manifest["name"], version=manifest["version"],
                         backend=manifest["backend"],
-                        manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
-                        bundle_manifest_sha256=hashlib.sha256(
-                            mf.dumps(mf.without_archive(manifest))).hexdigest(),
+                        manifest_sha256=sha256_bytes(manifest_bytes),
+                        bundle_manifest_sha256=sha256_bytes(
+                            mf.dumps(mf.without_archive(manifest))),
                         archive_sha256=manifest["archive"]["sha256"],
                         archive_size=manifest["archive"]["size"], files=files)
 

@@ -16,7 +16,6 @@ Nothing here opens a socket: trust is the list of public keys the caller passes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from ..artifacts import manifest as mf
 from ..artifacts import names
-from ..artifacts.digest import sha256_file
+from ..artifacts.digest import sha256_bytes, sha256_file
 from ..errors import FileChange, SignatureError
 from . import envelope, provenance, statement
 from .keys import TRUSTED_ENV, PublicKey, load_trusted_keys
@@ -78,16 +77,8 @@ def verify_bundle(manifest_bytes: bytes, signature_bytes: bytes,
     registry entry, a pinned version); the signed ones must equal them. Whether given or not, the
     signed name/version/backend must equal the manifest's and the manifest must be the signed one.
     """
-    record = _open_statement(signature_bytes, trusted_keys, origin)
-    manifest = mf.loads(manifest_bytes, manifest_origin)
-    _same_bundle(record, manifest, expected_name, expected_version, origin)
-    actual = hashlib.sha256(manifest_bytes).hexdigest()
-    if actual != record.manifest_sha256:
-        raise SignatureError(f"{origin}: manifest.json (sha256 {actual[:16]}) is not the signed "
-                             f"one ({record.manifest_sha256[:16]}): "
-                             f"{_manifest_diff(manifest, record)}; do not use this bundle, "
-                             "re-publish it from a trusted build")
-    return record
+    return _verify(manifest_bytes, signature_bytes, trusted_keys, expected_name, expected_version,
+                   origin, manifest_origin, own=False)
 
 
 def verify_bundle_manifest(manifest_bytes: bytes, signature_bytes: bytes,
@@ -96,15 +87,26 @@ def verify_bundle_manifest(manifest_bytes: bytes, signature_bytes: bytes,
                            manifest_origin: str = names.MANIFEST) -> SignedBundle:
     """Like `verify_bundle`, for a bundle's own manifest.json (no `archive` entry): what an OCI
     artifact's manifest layer or an unpacked bundle holds, where no published manifest exists."""
+    return _verify(manifest_bytes, signature_bytes, trusted_keys, expected_name, expected_version,
+                   origin, manifest_origin, own=True)
+
+
+def _verify(manifest_bytes: bytes, signature_bytes: bytes, trusted_keys: Sequence[PublicKey],
+            expected_name: str | None, expected_version: str | None, origin: str,
+            manifest_origin: str, *, own: bool) -> SignedBundle:
+    """Both checks: the statement is signed by a trusted key and names this bundle, and the
+    manifest's bytes are the signed ones (the published manifest's digest, or with `own` the
+    bundle's own manifest's)."""
     record = _open_statement(signature_bytes, trusted_keys, origin)
     manifest = mf.loads(manifest_bytes, manifest_origin)
     _same_bundle(record, manifest, expected_name, expected_version, origin)
-    actual = hashlib.sha256(manifest_bytes).hexdigest()
-    if actual != record.bundle_manifest_sha256:
-        raise SignatureError(f"{origin}: {manifest_origin} (sha256 {actual[:16]}) is not the "
-                             f"signed bundle manifest ({record.bundle_manifest_sha256[:16]}): "
-                             f"{_manifest_diff(manifest, record)}; do not use this bundle, "
-                             "re-publish it from a trusted build")
+    actual = sha256_bytes(manifest_bytes)
+    signed = record.bundle_manifest_sha256 if own else record.manifest_sha256
+    if actual != signed:
+        label, what = (manifest_origin, "bundle manifest") if own else (names.MANIFEST, "one")
+        raise SignatureError(f"{origin}: {label} (sha256 {actual[:16]}) is not the signed {what} "
+                             f"({signed[:16]}): {_manifest_diff(manifest, record)}; do not use "
+                             "this bundle, re-publish it from a trusted build")
     return record
 
 

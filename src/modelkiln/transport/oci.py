@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ..artifacts.digest import sha256_bytes
 from ..errors import KilnError, PublishError
 from .oci_auth import authorization, docker_credentials
 
@@ -222,7 +223,7 @@ class Registry:
 
     def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
         """PUT a manifest under a tag or digest; returns its digest, checked against ours."""
-        mine = "sha256:" + hashlib.sha256(data).hexdigest()
+        mine = "sha256:" + sha256_bytes(data)
         r = self.request("PUT", f"/v2/{repo}/manifests/{ref}", scope=_push(repo), body=data,
                          headers={"Content-Type": media_type, "Content-Length": str(len(data))})
         if r.status != 201:
@@ -252,7 +253,7 @@ class Registry:
             raise self._fail(f"GET manifest {repo}:{ref}", r)
         if len(r.body) > limit:
             raise PublishError(f"{self.host}/{repo}:{ref}: manifest larger than {limit} bytes")
-        digest = "sha256:" + hashlib.sha256(r.body).hexdigest()
+        digest = "sha256:" + sha256_bytes(r.body)
         expected = ref if ref.startswith("sha256:") else r.headers.get("docker-content-digest")
         if expected and expected != digest:
             raise PublishError(f"{self.host}/{repo}@{expected}: the registry served bytes whose "

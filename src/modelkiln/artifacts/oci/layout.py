@@ -8,7 +8,6 @@ new layout instead of being written again. `index.json` names each manifest with
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from ...errors import KilnError
 from ..atomic import readable_mode
+from ..digest import sha256_bytes
 from . import media
 
 LAYOUT_FILE = "oci-layout"
@@ -25,7 +25,7 @@ CHUNK = 1 << 20
 
 
 def sha256_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    return "sha256:" + sha256_bytes(data)
 
 
 class OciLayout:
