@@ -13,17 +13,19 @@ import os
 import struct
 import tarfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from .digest import HashingWriter
 
 CHUNK = 1 << 20
 BLOCK = 512
 RECORD = 20 * BLOCK
-_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+# A fixed gzip member header: no file name, mtime 0, OS 255 (unknown), so output is reproducible.
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 _PROBE = 256 * 1024
+T = TypeVar("T")
 
 
 class _Sink(Protocol):
@@ -47,7 +49,7 @@ class _GzipMembers:
             return
         self.finish()
         self.level = level
-        self.out.write(_GZIP_HEADER)
+        self.out.write(GZIP_HEADER)
         self._comp = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 9)
         self._crc, self._size = 0, 0
 
@@ -78,26 +80,47 @@ def choose_level(path: Path, size: int) -> int:
     return 1 if ratio > 0.5 else 6
 
 
-def _header(name: str, size: int, is_dir: bool) -> bytes:
+def tar_header(name: str, size: int, *, is_dir: bool, mode: int | None = None,
+               errors: str = "surrogateescape") -> bytes:
+    """A deterministic pax header: mtime 0, uid/gid 0, no user names, mode 0755 for a directory
+    and 0644 for a file unless `mode` says otherwise. `errors="strict"` refuses a name that is
+    not valid UTF-8 instead of carrying its bytes through."""
     info = tarfile.TarInfo(name + ("/" if is_dir else ""))
     info.size = 0 if is_dir else size
     info.type = tarfile.DIRTYPE if is_dir else tarfile.REGTYPE
-    info.mode = 0o755 if is_dir else 0o644
+    info.mode = mode if mode is not None else (0o755 if is_dir else 0o644)
     info.mtime = 0
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", errors)
 
 
-def member_list(members: Sequence[tuple[str, Path]]) -> list[tuple[str, Path | None]]:
-    """Sorted (name, source) entries: every file plus each parent directory (source None) once."""
-    entries: dict[str, Path | None] = {}
-    for rel, source in members:
+def with_parents(members: Iterable[tuple[str, T]]) -> list[tuple[str, T | None]]:
+    """Sorted (name, member) pairs plus each parent directory (member None) once."""
+    entries: dict[str, T | None] = {}
+    for rel, member in members:
         parts = rel.split("/")
         for i in range(1, len(parts)):
-            entries["/".join(parts[:i])] = None
-        entries[rel] = source
+            entries.setdefault("/".join(parts[:i]), None)
+        entries[rel] = member
     return sorted(entries.items())
+
+
+def copy_bytes(path: Path, size: int, buf: bytearray, write: Callable[[memoryview], object],
+               progress: Callable[[int], None] | None = None) -> None:
+    """Feed `size` bytes of the file `path` to `write` through `buf`; OSError if it shrank."""
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        left = size
+        while left:
+            n = f.readinto(buf)
+            if not n:
+                raise OSError(f"{path}: file shrank while it was being archived")
+            n = min(n, left)
+            write(view[:n])
+            left -= n
+            if progress:
+                progress(n)
 
 
 def write_tarball(out: Path, members: Sequence[tuple[str, Path]],
@@ -109,30 +132,19 @@ def write_tarball(out: Path, members: Sequence[tuple[str, Path]],
     the bytes as they are written.
     """
     buf = bytearray(CHUNK)
-    view = memoryview(buf)
     with open(out, "wb", buffering=CHUNK) as raw:
         hashing = HashingWriter(raw)
         gz = _GzipMembers(hashing)
         total = 0
-        for name, path in member_list(members):
+        for name, path in with_parents(members):
             is_dir = path is None
             size = 0 if path is None else os.stat(path).st_size
             gz.use_level(6 if path is None else choose_level(path, size))
-            gz.write(_header(name, size, is_dir))
+            gz.write(tar_header(name, size, is_dir=is_dir))
             total += BLOCK
             if path is None:
                 continue
-            with open(path, "rb", buffering=0) as f:
-                left = size
-                while left:
-                    n = f.readinto(buf)
-                    if not n:
-                        raise OSError(f"{path}: file shrank while packaging")
-                    n = min(n, left)
-                    gz.write(view[:n])
-                    left -= n
-                    if progress:
-                        progress(n)
+            copy_bytes(path, size, buf, gz.write, progress)
             pad = -size % BLOCK
             if pad:
                 gz.write(bytes(pad))

@@ -12,17 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ..tarball import BLOCK, CHUNK, GZIP_HEADER, copy_bytes, tar_header, with_parents
 from . import media
-
-CHUNK = 1 << 20
-BLOCK = 512
-_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
 
 @dataclass(frozen=True)
@@ -52,28 +48,12 @@ class Layer:
                                 tuple(sorted((annotations or {}).items())))
 
 
-def _header(name: str, size: int, mode: int, is_dir: bool) -> bytes:
-    info = tarfile.TarInfo(name + ("/" if is_dir else ""))
-    info.size = 0 if is_dir else size
-    info.type = tarfile.DIRTYPE if is_dir else tarfile.REGTYPE
-    info.mode = mode
-    info.mtime = 0
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
-
-
 def _entries(entries: list[Entry]) -> list[tuple[str, Entry | None]]:
     """Sorted (path, entry) pairs plus each parent directory (entry None) once."""
-    out: dict[str, Entry | None] = {}
     for e in entries:
         if e.path.startswith("/") or ".." in e.path.split("/") or not e.path:
             raise ValueError(f"layer entry {e.path!r}: need a relative path without '..'")
-        parts = e.path.split("/")
-        for i in range(1, len(parts)):
-            out.setdefault("/".join(parts[:i]), None)
-        out[e.path] = e
-    return sorted(out.items())
+    return with_parents((e.path, e) for e in entries)
 
 
 class _Sink:
@@ -86,7 +66,7 @@ class _Sink:
         self._crc, self._raw = 0, 0
         self._comp = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS, 9) if gzip else None
         if gzip:
-            self._emit(_GZIP_HEADER)
+            self._emit(GZIP_HEADER)
 
     def _emit(self, data: bytes | memoryview) -> None:
         if data:
@@ -115,29 +95,20 @@ class _Sink:
 def write_layer(out: Path, entries: list[Entry], *, gzip: bool) -> Layer:
     """Write the layer holding `entries` to the file `out`; see the module doc."""
     buf = bytearray(CHUNK)
-    view = memoryview(buf)
     with open(out, "wb") as raw:
         sink = _Sink(raw, gzip)
         total = 0
         for name, entry in _entries(entries):
             if entry is None:
-                sink.write(_header(name, 0, 0o755, True))
+                sink.write(tar_header(name, 0, is_dir=True, errors="strict"))
                 total += BLOCK
                 continue
             size = entry.size()
-            sink.write(_header(name, size, entry.mode, False))
+            sink.write(tar_header(name, size, is_dir=False, mode=entry.mode, errors="strict"))
             if isinstance(entry.source, bytes):
                 sink.write(entry.source)
             else:
-                with open(entry.source, "rb", buffering=0) as f:
-                    left = size
-                    while left:
-                        n = f.readinto(buf)
-                        if not n:
-                            raise OSError(f"{entry.source}: file shrank while writing a layer")
-                        n = min(n, left)
-                        sink.write(view[:n])
-                        left -= n
+                copy_bytes(entry.source, size, buf, sink.write)
             pad = -size % BLOCK
             if pad:
                 sink.write(bytes(pad))
