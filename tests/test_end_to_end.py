@@ -75,3 +75,7 @@ def test_build_publish_verify_bootstrap(tmp_path: Path, tiny_inputs: Path) -> No
     assert drift.returncode == 2, drift.stdout + drift.stderr
     assert "changed bundle/model.safetensors" in drift.stderr
     assert kiln("store", "verify", "tiny").returncode == 2
+    repaired = kiln("publish", "--to", "local", "--force")
+    assert repaired.returncode == 0, repaired.stderr
+    assert "(repaired from the tarball, checksum" in repaired.stdout, repaired.stdout
+    assert kiln("store", "verify", "tiny").returncode == 0

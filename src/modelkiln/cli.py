@@ -10,10 +10,14 @@ import json
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__, api, cli_admin, cli_sign
 from .cache import CacheConfig
 from .errors import ExitCode, KilnError
+
+if TYPE_CHECKING:
+    from .publish.oci import OciRelease
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,18 +113,37 @@ def cmd_publish(args: argparse.Namespace) -> int:
         progress.close()
     for r in releases:
         remote = r.remote
-        if remote.unchanged:
-            what = "unchanged, uploaded nothing"
-        elif remote.forced:
-            what = f"FORCED: replaced {remote.replaced} ({remote.bytes_uploaded} bytes)"
-        else:
-            what = f"{remote.bytes_uploaded} bytes uploaded"
+        what = _sent(remote.unchanged, remote.forced, remote.replaced, remote.bytes_uploaded)
         print(f"{r.name} {r.version} {r.backend}: {remote.destination} ({what})")
+        if r.oci is not None:
+            _print_oci(r.oci, remote_is_artifact=r.remote.destination.startswith("oci://"))
         if r.store is not None:
-            state = "unchanged" if r.store.noop else "finalized"
+            state = ("repaired from the tarball" if r.store.repaired
+                     else "unchanged" if r.store.noop else "finalized")
             print(f"  store: {r.store.path} ({state}, checksum {r.store.checksum[:12]})")
         print(f"  registry: {r.registry_name}")
     return ExitCode.OK
+
+
+def _sent(unchanged: bool, forced: bool, replaced: str | None, sent: int) -> str:
+    """What one upload did, in the words every publish line uses."""
+    if unchanged:
+        return "unchanged, uploaded nothing"
+    if forced:
+        return f"FORCED: replaced {replaced} ({sent} bytes)"
+    return f"{sent} bytes uploaded"
+
+
+def _print_oci(oci: OciRelease, *, remote_is_artifact: bool) -> None:
+    """The model artifact and serving image: pushed (where, what was sent) or kept in the layout."""
+    signed = ", signed" if oci.signed else ""
+    for label, pushed, ref in (("oci artifact", oci.artifact, oci.artifact_ref),
+                               ("oci image", oci.image, oci.image_ref)):
+        if pushed is not None and not (remote_is_artifact and pushed is oci.artifact):
+            what = _sent(pushed.unchanged, pushed.forced, pushed.replaced, pushed.bytes_uploaded)
+            print(f"  {label}: {pushed.pinned} ({what}{signed})")
+        elif pushed is None and ref is not None:
+            print(f"  {label}: {ref} (layout, not pushed{signed})")
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:

@@ -136,6 +136,7 @@ def test_publish_pushes_artifact_and_image_and_records_them(project: Project,
     art = entry["entries"][0]["artifacts"]
     assert art["oci"].endswith("@" + _layout(project).find("model").digest)
     assert art["image"].endswith("@" + _layout(project).find("image").digest)
+    assert f"  oci image: {art['image']} (" in done.stdout, done.stdout  # the push is reported
     again = push(_layout(project).root, "image", f"{oci_registry.host}/models/tiny:1.0.0-pytorch")
     assert again.unchanged and again.bytes_uploaded == 0
 

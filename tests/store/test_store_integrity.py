@@ -113,7 +113,7 @@ def test_force_publish_replaces_a_symlinked_version_with_a_real_directory(world:
     shutil.rmtree(v2)
     os.symlink(v2.parent.parent / "elsewhere", v2)
     forced = publish_to_store(world["d2"], world["root"], AGENT, "2.0.0", {}, force=True)
-    assert not forced.noop  # repaired, not "unchanged"
+    assert not forced.noop and forced.repaired  # repaired, not "unchanged"
     assert v2.is_dir() and not v2.is_symlink()
     ModelStore(world["root"]).verify(AGENT, "2.0.0")
 
@@ -142,9 +142,10 @@ def test_force_publish_repairs_instead_of_saying_unchanged(world: dict[str, Path
     _flip_last_byte(world["v2"] / WEIGHTS)
     assert publish_to_store(world["d2"], world["root"], AGENT, "2.0.0", {}).noop  # cheap check
     forced = publish_to_store(world["d2"], world["root"], AGENT, "2.0.0", {}, force=True)
-    assert not forced.noop
+    assert not forced.noop and forced.repaired
     ModelStore(world["root"]).verify(AGENT, "2.0.0")
-    assert publish_to_store(world["d2"], world["root"], AGENT, "2.0.0", {}, force=True).noop
+    again = publish_to_store(world["d2"], world["root"], AGENT, "2.0.0", {}, force=True)
+    assert again.noop and not again.repaired
 
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two-renames"])

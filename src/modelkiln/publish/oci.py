@@ -257,11 +257,9 @@ def release_oci(bundle: Bundle, backend: str, version: str, *, to: str | None,
             f"{local}{IMAGE_TAG}@{img.digest}" if img else None), signed)
 
 
-def as_publish_result(oci: OciRelease, bundle: Bundle, backend: str, version: str,
+def as_publish_result(push_: OciPush, bundle: Bundle, backend: str, version: str,
                       archive_sha256: str) -> PublishResult:
     """The artifact push in the shape every publisher reports (for `--to oci://...`)."""
-    push_ = oci.artifact
-    assert push_ is not None
     return PublishResult(destination=SCHEME + push_.reference, archive_uri=push_.pinned,
                          manifest_uri=push_.pinned, name=bundle.name, version=version,
                          backend=backend, archive_sha256=archive_sha256,

@@ -69,9 +69,10 @@ def release(bundle: Bundle, backend: str, *, to: str | None = None, force: bool 
     dist = layout.dist_dir(bundle.name, version, backend)
     sign_if_configured(dist, bundle.root)  # KILN_SIGNING_KEY[_FILE]: signature files go first
     oci = release_oci(bundle, backend, version, to=to, force=force, progress=progress)
-    via_oci = oci is not None and oci.artifact is not None and (to or "").startswith(OCI_SCHEME)
-    if oci is not None and via_oci:
-        remote = as_publish_result(oci, bundle, backend, version,
+    pushed = oci.artifact if oci is not None and (to or "").startswith(OCI_SCHEME) else None
+    via_oci = pushed is not None  # `--to oci://...`: the artifact push is the remote copy
+    if pushed is not None:
+        remote = as_publish_result(pushed, bundle, backend, version,
                                    DistBundle.load(dist, stat_cache(layout.state)).sha256)
     else:
         target = render_destination(destination_template(bundle, to), name=bundle.name,

@@ -33,7 +33,8 @@ BUNDLE_DIR = "bundle"
 
 @dataclass(frozen=True)
 class StoreResult:
-    """What `publish_to_store` did. `noop`: these bytes were already published; nothing changed."""
+    """What `publish_to_store` did. `noop`: these bytes were already published; nothing changed.
+    `repaired`: they were, but the copy was damaged and `--force` restored it from the tarball."""
 
     agent: str
     version: str
@@ -43,6 +44,7 @@ class StoreResult:
     archive_sha256: str
     noop: bool
     current: bool
+    repaired: bool = False
 
 
 def publish_to_store(dist_dir: Path, root: Path | str | None, agent: str, version: str,
@@ -114,7 +116,7 @@ def _already_there(store: ModelStore, agent: str, version: str, archive_sha: str
     if info is None:
         return None
     return StoreResult(agent, version, info.path, info.path / BUNDLE_DIR, info.checksum or "",
-                       archive_sha, not repaired, info.current)
+                       archive_sha, not repaired, info.current, repaired)
 
 
 def becomes_current(new: str, current: str | None) -> bool:
