@@ -19,12 +19,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..artifacts.atomic import fsync_dir
+from ..artifacts.atomic import fsync_dir, new_temp
 from ..artifacts.digest import HashingWriter, sha256_bytes
 from ..transport import s3 as s3t
 from ..transport.uris import local_path, parse_s3, scheme_of
@@ -52,12 +51,6 @@ def _check(got: int, digest: str, size: int, sha256: str, what: str) -> None:
     if got != size or digest != sha256:
         raise Mismatch(f"{what}: {got} bytes with sha256 {digest[:12]}, the record says {size} "
                        f"bytes with {sha256[:12]}")
-
-
-def _readable(path: Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 class LocalStorage:
@@ -93,10 +86,11 @@ class LocalStorage:
         _check(out.size, out.hexdigest(), size, sha256, key)
 
     def _temp(self, target: Path) -> Path:
+        """A fresh readable temp file beside `target` (serving hosts may read the cache)."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, tmp = new_temp(target)
         os.close(fd)
-        return Path(name)
+        return tmp
 
     def put_file(self, key: str, path: Path) -> None:
         target = self._path(key)
@@ -134,7 +128,6 @@ class LocalStorage:
 
     @staticmethod
     def _commit(tmp: Path, target: Path, replace: bool) -> bool:
-        _readable(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         if replace:
