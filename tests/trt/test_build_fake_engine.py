@@ -53,7 +53,7 @@ def test_fake_engine_build(tmp_path: Path, tiny_inputs: Path, fake_host: Use,
     assert {"engines/sm90/model.plan", "engines/sm90/engine.json",
             "registry_model_int8.onnx"} <= paths
     assert not any(p.startswith("parity/") for p in paths)  # parity logits stay in build/
-    engine = manifest["parity"]["trt"]["engines"]["sm90"]
+    engine = manifest["parity"]["engines"]["engines"]["sm90"]
     key = engine["key"]
     assert (key["compute_capability"], key["tensorrt"], key["cuda"]) == ("9.0", "10.3.0", "cuda12")
     assert key["profiles"]["batch"] == {"min": 1, "opt": 4, "max": 8}

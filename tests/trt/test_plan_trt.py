@@ -50,7 +50,8 @@ def test_no_gpu_skips_trt_and_what_reads_it(tmp_path: Path, tiny_inputs: Path,
     assert rows["trt:tiny"].action == "skip" and not rows["trt:tiny"].run
     assert rows["trt:tiny"].reasons == ("no GPU: nvidia-smi not found; backends.tensorrt.when "
                                         "is gpu-available",)
-    assert rows["trtparity:tiny"].reasons == ("trt:tiny is skipped here",)
+    assert rows["engines:tiny"].reasons == ("trt:tiny is skipped here",)
+    assert rows["trtparity:tiny"].reasons == ("engines:tiny is skipped here",)
     assert rows["package:tiny-tensorrt"].action == "skip"
     assert rows["package:tiny-onnx"].action == "run" and rows["onnx:tiny"].action == "run"
     assert cli.main(["plan", str(root / "bundles")]) == 0

@@ -21,7 +21,7 @@ from ..errors import BuildError, KilnError
 from ..model.bundle import Bundle
 from ..paths import Layout
 from ..stages.base import RunContext, StagePlan
-from . import remote
+from . import gather, remote
 from .locks import task_lock
 from .plans import STAGES
 from .state import snapshot, stamp_for, status, walk_outputs
@@ -48,6 +48,7 @@ def execute(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...],
     stat = stat_cache(layout.state)
     stamps = {p.task: p.stamp for p in upstream}
     stamps[plan.task] = plan.stamp
+    plan = gather.settle_here(plan, stamps, cache_config, bundle.root)  # engines: other runners'
     with task_lock(layout.state, plan.task, log):
         if not status(plan, bundle.root, stat, stamps).run:  # another run built it meanwhile
             log(f"{plan.task}: up to date (built by a concurrent run)")
@@ -64,12 +65,15 @@ def execute(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...],
                 _finish(plan, stat, inputs, digests, record.report)
                 log(f"{plan.task}: restored from cache ({len(digests)} files, "
                     f"{record.size:,} bytes, key {keyed[0][:12]})")
+                gather.index(cache, plan, record, log)
                 return {"outputs": len(digests), "restored": True}
+        plan = gather.fetch(plan, cache, layout, stat, log)
         outputs, report = _run(plan, bundle, layout, upstream, stat)
         _finish(plan, stat, inputs, outputs, report)
         if cache is not None and keyed is not None and cache.write:
             if remote.save(cache, plan, keyed[0], keyed[1], outputs, report):
                 log(f"{plan.task}: saved to cache (key {keyed[0][:12]})")
+            gather.index_saved(cache, plan, keyed[0], log)
             if plan.stage == "package":
                 remote.save_summary(cache, plan, bundle.root, {p.stage: p for p in upstream})
         return {"outputs": len(outputs)}

@@ -20,6 +20,7 @@ from ..paths import Layout
 from ..stages.base import StagePlan
 from .cachekey import action_key, material, upstream_identity
 from .execute import cache_for
+from .gather import settle, settle_here, trt_task
 from .plans import plan_bundle, skipped
 from .state import digest_or_missing, read_stamp, rel_to, status
 
@@ -74,6 +75,7 @@ def plan_tasks(bundles: Sequence[Bundle], skip: frozenset[str] = frozenset(),
             if p.task in not_here:
                 items.append(_Item(p, bundle, stamps, SKIP, [not_here[p.task]]))
                 continue
+            p = settle_here(p, stamps, cache, bundle.root, pending)  # engines: the cache index
             st = status(p, bundle.root, stat, stamps, pending, explain=True)
             if st.run:
                 pending.add(p.task)
@@ -99,7 +101,7 @@ def _look_up(per_bundle: list[list[_Item]], cache: ActionCache, stat: StatCache)
             if position < len(items) and items[position].action == RUN:
                 item = items[position]
                 by_task = {i.plan.task: i for i in items}
-                item.key = _key(item, by_task, stat)
+                item.key = _key(item, by_task, stat, cache)
                 if item.key is None:
                     item.reasons.append("not looked up in the cache: an upstream task will run")
                 else:
@@ -115,23 +117,29 @@ def _look_up(per_bundle: list[list[_Item]], cache: ActionCache, stat: StatCache)
                                 f"{record.size:,} bytes (key {record.key[:12]})")
 
 
-def _key(item: _Item, by_task: dict[str, _Item], stat: StatCache) -> str | None:
+def _key(item: _Item, by_task: dict[str, _Item], stat: StatCache,
+         cache: ActionCache) -> str | None:
     """The task's cache key (an absent input counts as "missing", as when it runs), or None
     when an upstream task will run."""
     root = item.bundle.root
     inputs = {rel_to(p, root): digest_or_missing(stat, p) for p in item.plan.inputs}
     ups: dict[str, str] = {}
+    reports: dict[str, object] = {}
     for task in item.plan.upstream:
         up = by_task[task]
         if up.action == HIT and up.record is not None:
             rec = up.record
             ups[task] = upstream_identity(rec.outputs_aggregate, rec.inputs, rec.report)
+            reports[task] = rec.report
         elif up.action == OK:
             stamp = read_stamp(up.plan.stamp)
             if stamp is None:
                 return None
             ups[task] = upstream_identity(stamp.get("outputs_aggregate", ""),
                                           stamp.get("inputs", {}), stamp.get("report", {}))
+            reports[task] = stamp.get("report")
         else:
             return None
+    # engines: the other runners' engines of the family the trt task (hit or built) reports
+    item.plan = settle(item.plan, reports.get(trt_task(item.plan)), cache)
     return action_key(material(item.plan, inputs, ups))

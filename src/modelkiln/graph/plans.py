@@ -11,6 +11,7 @@ from types import ModuleType
 from ..model.bundle import Bundle
 from ..paths import Layout
 from ..stages import (
+    engines,
     image,
     int8,
     labels,
@@ -36,6 +37,7 @@ STAGES: dict[str, ModuleType] = {
     "parity": parity,
     "smoke": smoke,
     "trt": trt,
+    "engines": engines,
     "trtparity": trtparity,
     "package": package,
     "image": image,

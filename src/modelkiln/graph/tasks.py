@@ -21,6 +21,7 @@ from ..model.bundle import BrokenSpec, Bundle
 from ..paths import Layout
 from ..stages.base import StagePlan
 from .execute import execute
+from .gather import settle_here
 from .plans import STAGES, plan_bundle, skipped, upstream_of
 from .state import status
 
@@ -36,6 +37,7 @@ STAGE_DOCS = {
     "parity": "parity gates: fp32 ONNX vs PyTorch logits, int8 decision flips",
     "smoke": "load the ONNX bundle as a consumer would and run a sample",
     "trt": "build a TensorRT engine for this host's GPU from the ONNX model (skipped without one)",
+    "engines": "this host's TensorRT engine plus the same model's engines from other runners (cache)",
     "trtparity": "parity gates: TensorRT engine logits and decision flips vs the fp32 ONNX model",
     "package": "pack bundle.tar.gz and manifest.json per backend",
     "image": "OCI model artifact and serving image per backend (an OCI layout under dist/)",
@@ -47,12 +49,14 @@ STAGE_DOCS = {
 class Fresh:
     """doit `uptodate` callable: True when the task's stamp says nothing changed."""
 
-    def __init__(self, plan: StagePlan, root: Path, stamps: dict[str, Path]):
-        self.plan, self.root, self.stamps = plan, root, stamps
+    def __init__(self, plan: StagePlan, root: Path, stamps: dict[str, Path],
+                 cache: CacheConfig | None = None):
+        self.plan, self.root, self.stamps, self.cache = plan, root, stamps, cache
 
     def __call__(self) -> bool:
         cache = stat_cache(Layout(self.root).state)
-        return not status(self.plan, self.root, cache, self.stamps).run
+        plan = settle_here(self.plan, self.stamps, self.cache, self.root)  # engines: cache index
+        return not status(plan, self.root, cache, self.stamps).run
 
 
 def _action(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...],
@@ -101,7 +105,7 @@ def task_dicts(bundles: list[Bundle], skip: frozenset[str] = frozenset(),
                 "name": name, "doc": p.doc,
                 "actions": [(_action, (p, bundle, upstream_of(p, plans), cache))],
                 "task_dep": list(p.upstream),
-                "uptodate": [Fresh(p, bundle.root, stamps)],
+                "uptodate": [Fresh(p, bundle.root, stamps, cache)],
                 "targets": [str(p.stamp)],
                 "verbosity": 2,
             })

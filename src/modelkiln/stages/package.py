@@ -28,7 +28,7 @@ from ..model.bundle import Bundle
 from ..model.version import resolve
 from ..paths import Layout
 from ..resources import resource_bytes
-from . import int8, labels, thresholds, tokenizer, trt, weights
+from . import engines, int8, labels, thresholds, tokenizer, weights
 from .base import Report, RunContext, StagePlan, params, tool_versions
 
 CODE_VERSION = "3"
@@ -38,13 +38,14 @@ CONTENTS: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
     "pytorch": (("weights", None), ("tokenizer", None), ("labels", None), ("thresholds", None)),
     "onnx": (("weights", None), ("tokenizer", None), ("labels", None), ("thresholds", None),
              ("int8", None)),  # the int8 model and, past 2 GB, its external data file
-    # the ONNX bundle (the fallback where no engine matches) plus engines/sm<cc>/ from trt
+    # the ONNX bundle (the fallback where no engine matches) plus engines/sm<cc>/ of every
+    # architecture: this host's and other runners' (the engines stage gathers them)
     "tensorrt": (("weights", None), ("tokenizer", None), ("labels", None), ("thresholds", None),
-                 ("int8", None), ("trt", ("engines/",))),
+                 ("int8", None), ("engines", ("engines/",))),
 }
 # backend -> stages whose stamp report goes into the manifest's `parity` section (gates, smoke test)
 REPORTS: dict[str, tuple[str, ...]] = {"pytorch": (), "onnx": ("parity", "smoke"),
-                                       "tensorrt": ("parity", "smoke", "trt", "trtparity")}
+                                       "tensorrt": ("parity", "smoke", "engines", "trtparity")}
 TOOLS = {"pytorch": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors"),
          "onnx": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors", "optimum",
                   "optimum-onnx", "onnx", "onnxruntime"),
@@ -53,7 +54,7 @@ TOOLS = {"pytorch": ("modelkiln", "torch", "transformers", "tokenizers", "safete
 
 
 _PACKED = {"weights": weights, "tokenizer": tokenizer, "labels": labels, "thresholds": thresholds,
-           "int8": int8, "trt": trt}  # the stage modules whose outputs CONTENTS packs
+           "int8": int8, "engines": engines}  # the stage modules whose outputs CONTENTS packs
 SPEC_KEYS = ("apiVersion", "kind", "name", "version", "description", "source", "labels",
              "thresholds", "metadata")
 

@@ -38,7 +38,7 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
         bundle, layout, "trtparity",
         doc=f"parity gates for {bundle.name}'s TensorRT engines: logits within {p.atol:g} + "
             f"{p.rtol:g}·|x|, decision flips at most {p.max_decision_flip_rate:g}",
-        upstream=("trt", "labels", "thresholds"),
+        upstream=("engines", "labels", "thresholds"),  # every engine the bundle will hold
         params=params(CODE_VERSION, atol=p.atol, rtol=p.rtol,
                       max_decision_flip_rate=p.max_decision_flip_rate, task=bundle.source.task),
         backend="tensorrt")]
@@ -124,7 +124,7 @@ def run(ctx: RunContext) -> Report:
     cuts = json.loads((ctx.up("thresholds") / names.THRESHOLDS).read_bytes())
     reports: dict[str, Report] = {}
     failures: list[str] = []
-    for d in sorted((ctx.up("trt") / PARITY_DIR).iterdir()):
+    for d in sorted((ctx.up("engines") / PARITY_DIR).iterdir()):
         report = compare(np.load(d / "onnx.npy"), np.load(d / "engine.npy"), labels, cuts,
                          ctx.bundle.source.task, p.atol, p.rtol)
         failed = gate(report, p.atol, p.rtol, p.max_decision_flip_rate)
