@@ -27,6 +27,10 @@ def test_keygen_sign_verify_and_a_refusal(tmp_path: Path) -> None:
     assert "export KILN_SIGNING_KEY_FILE=" in done.stdout
     again = _kiln("keygen", "--dir", "keys", cwd=tmp_path)
     assert again.returncode == 1 and "already exists" in again.stderr
+    (tmp_path / "afile").write_text("")
+    onfile = _kiln("keygen", "--dir", "afile/keys", cwd=tmp_path)  # cannot be a directory
+    assert onfile.returncode == 1 and "Traceback" not in onfile.stderr
+    assert onfile.stderr.startswith("kiln: ") and "--dir" in onfile.stderr
 
     dist = make_dist(tmp_path, weights=5_000)
     unsigned = _kiln("verify-signature", str(dist), "--trusted-keys", str(public), cwd=tmp_path)

@@ -181,7 +181,6 @@ def generate(directory: Path, name: str = "kiln-signing") -> tuple[Path, Path, s
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    directory.mkdir(parents=True, exist_ok=True)
     private, public = directory / f"{name}.key", directory / f"{name}.pub"
     for path in (private, public):
         if path.exists():
@@ -190,20 +189,32 @@ def generate(directory: Path, name: str = "kiln-signing") -> tuple[Path, Path, s
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(private, 0o600)  # O_CREAT's mode is masked by the umask; 0600 is what we promise
     pub = public_pem(key.public_key())
-    fd = os.open(public, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    written: list[Path] = []
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for path, data, mode in ((private, pem, 0o600), (public, pub, 0o644)):
+            _write_new(path, data, mode)
+            written.append(path)
+        fsync_dir(directory)
+    except OSError as exc:  # nothing half-written: a private key without its public one goes
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise KilnError(f"{exc.filename or directory}: cannot write the key pair "
+                        f"({exc.strerror or exc}); choose a writable directory with --dir"
+                        ) from None
+    return private, public, key_id(pub)
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create `path` (never over an existing file) with `data`, durable, with exactly `mode`
+    (O_CREAT's mode is masked by the umask; 0600 for a private key is what we promise)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as f:
-        f.write(pub)
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    fsync_dir(directory)
-    return private, public, key_id(pub)
+    os.chmod(path, mode)
 
 
 def _pem_blocks(data: bytes) -> list[bytes]:
