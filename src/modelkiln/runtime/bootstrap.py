@@ -61,7 +61,7 @@ class Runtime:
     archive_sha256: str
     downloaded: bool
     paths: Mapping[str, str] = field(default_factory=dict)
-    engine: Mapping[str, Any] | None = None  # tensorrt: the engine chosen (or not) and why
+    engine: engines.EngineChoice | None = None  # tensorrt: the engine chosen (or not) and why
 
     def exports(self) -> dict[str, str]:
         """Environment variables for the serving app (what `kiln bootstrap` prints as exports)."""
@@ -77,7 +77,7 @@ class Runtime:
         return {"model_backend": self.backend, "model_version": self.version,
                 "directory": str(self.directory), "archive_sha256": self.archive_sha256,
                 "downloaded": self.downloaded, "exports": self.exports(),
-                **({"tensorrt": dict(self.engine)} if self.engine is not None else {})}
+                **({"tensorrt": self.engine.as_json()} if self.engine is not None else {})}
 
 
 def bootstrap(env: Mapping[str, str] | None = None, progress: transport.Progress | None = None, *,
@@ -145,10 +145,9 @@ def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: transpo
     paths = resolve_paths(slot.directory, backend)
     engine = None
     if backend == "tensorrt":  # an engine only where its key matches this host, else ONNX
-        choice = engines.choose(slot.directory, env=env)
-        engine = choice.as_json()
-        if choice.path is not None:
-            paths = {**paths, "REGISTRY_TRT_ENGINE_PATH": str(choice.path)}
+        engine = engines.choose(slot.directory, env=env)
+        if engine.path is not None:
+            paths = {**paths, "REGISTRY_TRT_ENGINE_PATH": str(engine.path)}
     point_current(base, slot.vid)
     return Runtime(backend=backend, version=version, directory=slot.directory,
                    archive_sha256=sha, downloaded=downloaded, paths=paths, engine=engine)
