@@ -82,26 +82,6 @@ def write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def staged_file(path: Path, durable: bool = True) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success fsync it and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = new_temp(path)
-    os.close(fd)
-    try:
-        yield tmp
-        if durable:
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    if durable:
-        fsync_dir(path.parent)
-
-
-@contextlib.contextmanager
 def staged_dir(final: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory beside `final`; on success swap it in for `final`.
 

@@ -26,7 +26,6 @@ class GzipStream:
 
     def __init__(self, raw: BinaryIO):
         self.raw = raw
-        self.out_total = 0  # decompressed bytes handed out so far
         self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
         self._pending = b""  # compressed bytes not yet fed to zlib
         self._eof = False
@@ -37,7 +36,6 @@ class GzipStream:
             data = self._inflate(n)
         except zlib.error as exc:
             raise GzipCorrupt(f"not a valid gzip stream ({exc})") from None
-        self.out_total += len(data)
         return data
 
     def _inflate(self, want: int) -> bytes:

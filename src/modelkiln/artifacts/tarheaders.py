@@ -86,7 +86,6 @@ class TarReader:
         self._left = 0  # data bytes of the current member not yet read
         self._pad = 0  # padding after them
         self._globals = 0
-        self.ended = False
 
     def next(self) -> Member | None:
         """The next member, or None after the end-of-archive marker (and its padding)."""
@@ -187,7 +186,6 @@ class TarReader:
                 raise BadTar(f"more than {TRAILER_CAP} bytes after the end-of-archive marker",
                              "<end of archive>")
         self.offset += seen
-        self.ended = True
 
     def _exact(self, n: int, label: str) -> bytes:
         parts: list[bytes] = []

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..artifacts.digest import sha256_bytes
+from ..artifacts.oci import media
 from ..errors import KilnError, PublishError
 from .oci_auth import authorization, docker_credentials
 
@@ -35,10 +36,7 @@ CHUNK = 1 << 20
 _REF = re.compile(r"^(?P<host>[^/]+)/(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*)"
                   r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9._-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
-ACCEPT = ", ".join(("application/vnd.oci.image.manifest.v1+json",
-                    "application/vnd.oci.image.index.v1+json",
-                    "application/vnd.docker.distribution.manifest.v2+json",
-                    "application/vnd.docker.distribution.manifest.list.v2+json"))
+ACCEPT = ", ".join(media.MANIFEST_TYPES)
 
 
 @dataclass(frozen=True)
@@ -95,7 +93,6 @@ class Registry:
         self._conn: http.client.HTTPConnection | None = None
         self._auth: dict[str, str] = {}  # scope -> Authorization header value
         self._creds = docker_credentials(host)
-        self.bytes_sent = 0
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -218,7 +215,6 @@ class Registry:
         got = r.headers.get("docker-content-digest")
         if got and got != digest:
             raise PublishError(f"{self.host}: stored blob as {got}, but we sent {digest}")
-        self.bytes_sent += sent
         return sent
 
     def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
@@ -232,7 +228,6 @@ class Registry:
         if got and got != mine:
             raise PublishError(f"{self.host}/{repo}:{ref}: the registry recorded digest {got}, "
                                f"ours is {mine}; it rewrote the manifest, refusing to trust it")
-        self.bytes_sent += len(data)
         return mine
 
     def manifest_digest(self, repo: str, ref: str) -> str | None:
