@@ -5,6 +5,7 @@ a spec-cache hit); doit and the heavy stage libraries are imported only by `buil
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cache import CacheConfig
 from .errors import KilnError, Problem, SpecError
-from .model import BrokenSpec, Bundle, check_unique, to_bundle
+from .model import BrokenSpec, Bundle, check_unique
 from .paths import Layout, project_root
 
 if TYPE_CHECKING:  # publishing is imported when a command publishes, not when it plans
@@ -38,24 +39,59 @@ def discover(specs: Sequence[str | Path] = (), cwd: Path | None = None) -> list[
     return found
 
 
+class _Loader:
+    """Specs -> Bundles for one load: a converted bundle is reused from `.kiln/bundles/` while
+    its spec and every file its checks saw are unchanged (model.cache), so a no-op reads no
+    label file, config or safetensors header; the rest are parsed (spec cache) and converted."""
+
+    def __init__(self, paths: Sequence[Path]):
+        from .artifacts.digest import stat_cache
+        from .model.cache import BundleCache
+        from .spec import LOADER_VERSION, schema_digest
+
+        self.layout = Layout(project_root(Path(paths[0])))
+        self.stats = stat_cache(self.layout.state)
+        salt = f"bundle-schema:{schema_digest('bundle')}:loader:{LOADER_VERSION}"
+        self.cache = BundleCache(self.layout.state, self.stats, salt)
+
+    def docs(self, paths: Sequence[Path]) -> list[Any]:
+        from .spec import load_documents
+
+        return load_documents(list(paths), cache_dir=self.layout.state, stat_cache=self.stats)
+
+    def convert(self, paths: Sequence[Path]) -> dict[Path, Bundle]:
+        """Convert specs the cache did not answer; SpecError with every problem of all of them."""
+        from .model.cache import convert
+
+        # each spec's digest before its bytes are read: a spec edited in between is not kept
+        digests = [self.cache.spec_digest(os.path.abspath(p)) for p in paths]
+        out: dict[Path, Bundle] = {}
+        problems: list[Problem] = []
+        for path, doc, digest in zip(paths, self.docs(paths), digests, strict=True):
+            try:
+                out[path] = convert(doc, self.cache, digest)
+            except SpecError as exc:
+                problems += exc.problems
+        if problems:
+            raise SpecError(problems)
+        return out
+
+    def check_unique(self, pairs: Sequence[tuple[Path, Bundle]]) -> None:
+        """Two specs may not claim one name; their documents are loaded only when two do."""
+        names = [b.name for _, b in pairs]
+        if len(set(names)) != len(names):
+            check_unique(list(zip(self.docs([p for p, _ in pairs]), [b for _, b in pairs],
+                                  strict=True)))
+
+
 def load_bundles(paths: Sequence[Path]) -> list[Bundle]:
     """Load, schema-check and convert every spec; one SpecError listing every problem of every file."""
-    from .artifacts.digest import stat_cache
-    from .spec import load_documents
-
-    layout = Layout(project_root(Path(paths[0])))
-    cache = stat_cache(layout.state)
-    docs = load_documents(list(paths), cache_dir=layout.state, stat_cache=cache)
-    problems, pairs = [], []
-    for doc in docs:
-        try:
-            pairs.append((doc, to_bundle(doc)))
-        except SpecError as exc:
-            problems += exc.problems
-    if problems:
-        raise SpecError(problems)
-    check_unique(pairs)
-    cache.save()
+    loader = _Loader(paths)
+    found = {p: b for p in paths if (b := loader.cache.lookup(p)) is not None}
+    found.update(loader.convert([p for p in paths if p not in found]))
+    pairs = [(p, found[p]) for p in paths]
+    loader.check_unique(pairs)
+    loader.stats.save()
     return [b for _, b in pairs]
 
 
@@ -63,22 +99,22 @@ def load_bundles_partial(paths: Sequence[Path]) -> tuple[list[Bundle], list[Brok
     """Like `load_bundles`, but a spec that does not validate is set aside as a `BrokenSpec`
     instead of stopping every other one: the graph gives it placeholder tasks that fail with its
     problems, so one broken spec in fifty blocks only its own bundle."""
-    from .artifacts.digest import stat_cache
-    from .spec import load_documents, spec_name
+    from .spec import spec_name
 
-    layout = Layout(project_root(Path(paths[0])))
-    cache = stat_cache(layout.state)
-    pairs: list[tuple[Any, Bundle]] = []
+    loader = _Loader(paths)
+    pairs: list[tuple[Path, Bundle]] = []
+    first: dict[str, tuple[Path, Bundle]] = {}  # bundle name -> the spec that claimed it
     broken: list[tuple[Path, list[Problem]]] = []
     for path in paths:
         try:
-            doc = load_documents([path], cache_dir=layout.state, stat_cache=cache)[0]
-            bundle = to_bundle(doc)
-            check_unique([*pairs, (doc, bundle)])  # a second spec of one name: the later is broken
-            pairs.append((doc, bundle))
+            bundle = loader.cache.lookup(path) or loader.convert([path])[path]
+            if bundle.name in first:  # a second spec of one name: the later one is broken
+                loader.check_unique([first[bundle.name], (path, bundle)])
+            first[bundle.name] = (path, bundle)
+            pairs.append((path, bundle))
         except SpecError as exc:
             broken.append((Path(path), exc.problems))
-    cache.save()
+    loader.stats.save()
     bundles = [b for _, b in pairs]
     taken = {b.name for b in bundles}
     out: list[BrokenSpec] = []

@@ -7,6 +7,7 @@ checked against it by the test suite).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -140,9 +141,17 @@ class SpecError(KilnError):
 
 
 def display_path(path: Path | str) -> str:
-    """A path as a user wants to read it: relative to the working directory when inside it."""
-    p = Path(path)
+    """A path as a user wants to read it: relative to the working directory when inside it.
+
+    Called for every file a spec check reads, so it works on strings: `os.getcwd()` already has
+    no symlinks in it (the kernel answers the physical path), and one `realpath` of the file is
+    the only filesystem work (pathlib's resolve() of both, as before, cost ~60 us a call)."""
+    text = os.fspath(path)
     try:
-        return str(p.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(p)
+        real, cwd = os.path.realpath(text), os.getcwd()
+    except (OSError, ValueError):  # the working directory is gone, or a NUL in the path
+        return str(Path(text))
+    if real == cwd:
+        return "."
+    base = cwd if cwd.endswith(os.sep) else cwd + os.sep
+    return real[len(base):] if real.startswith(base) else str(Path(text))

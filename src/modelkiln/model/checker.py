@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from ..errors import Problem, display_path
 from .files import BadFile, read_json
+from .observe import saw_resolve, saw_stat
 
 KeyPath = tuple[str | int, ...]  # a node in the spec: ("labels", "order"), ("metadata", 0)
 Data = Mapping[str, Any]  # schema-valid spec data: shape is the schema's, meaning is ours
@@ -59,7 +60,9 @@ def kind_of(p: Path) -> str:
     try:
         st = os.stat(p)
     except (OSError, ValueError):
+        saw_stat(p, None)
         return "missing"
+    saw_stat(p, st)
     if stat.S_ISDIR(st.st_mode):
         return "dir"
     return "file" if stat.S_ISREG(st.st_mode) else "other"
@@ -67,7 +70,9 @@ def kind_of(p: Path) -> str:
 
 class Checker:
     def __init__(self, doc: Document, root: Path):
-        self.doc, self.root, self.base = doc, root, doc.path.resolve().parent
+        self.spec = doc.path.resolve()
+        saw_resolve(doc.path, self.spec)
+        self.doc, self.root, self.base = doc, root, self.spec.parent
         self.problems: list[Problem] = []
 
     def fail(self, key: KeyPath, message: str, hint: str = "", at_key: bool = False) -> None:
@@ -90,6 +95,7 @@ class Checker:
         except (OSError, RuntimeError, ValueError) as exc:  # RuntimeError: a symlink loop
             self.fail(key, f"path '{shown}' cannot be resolved ({exc})", "fix the path or the link")
             return None
+        saw_resolve(self.base / value, p)
         try:
             p.relative_to(self.root)
         except ValueError:

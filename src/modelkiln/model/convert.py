@@ -154,7 +154,7 @@ def to_bundle(doc: Document) -> m.Bundle:
         raise SpecError(c.problems)
     return m.Bundle(
         name=data["name"], version=data["version"], description=data.get("description", ""),
-        spec_path=doc.path.resolve(), root=root, source=source, labels=labels,
+        spec_path=c.spec, root=root, source=source, labels=labels,
         thresholds=thresholds, pytorch=pytorch, onnx=onnx, tensorrt=tensorrt, publish=publish,
         registry=m.RegistryInfo(tuple(reg.get("roles", ())), tuple(reg.get("capabilities", ())),
                                 reg.get("served_id")),

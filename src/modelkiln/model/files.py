@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BuildError
+from .observe import saw_stat
 
 MAX_JSON_BYTES = 256 << 20  # a tokenizer.json of a large vocabulary is tens of MiB; configs are KiB
 
@@ -39,13 +40,17 @@ def open_regular(path: Path) -> int:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        saw_stat(path, None)
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise BadFile(f"{path}: cannot read it ({why})", "check that the file exists and is readable") from None
     try:
-        mode = os.fstat(fd).st_mode
+        st = os.fstat(fd)
     except OSError as exc:
         os.close(fd)
+        saw_stat(path, None)
         raise BadFile(f"{path}: cannot read it ({exc.strerror})", "check the file") from None
+    saw_stat(path, st)  # what a reused conversion checks again (model.observe)
+    mode = st.st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
         raise BadFile(f"{path}: not a regular file", "point at a regular file, not a device, FIFO or directory")
