@@ -29,6 +29,7 @@ from ..transport import s3 as s3t
 from ..transport.uris import local_path, parse_s3, scheme_of
 
 SMALL = 8 << 20  # below this a blob is one GET; above it, parallel ranged GETs
+LIST_PAGE = 1000  # keys per ListObjectsV2 page (S3's maximum)
 
 
 class Mismatch(Exception):
@@ -265,7 +266,8 @@ class S3Storage:
         def pages() -> list[str]:
             keys: list[str] = []
             paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix),
+                                           PaginationConfig={"PageSize": LIST_PAGE}):
                 keys.extend(o["Key"][len(self.prefix):] for o in page.get("Contents", []))
             return keys
         result: list[str] = self._retry(f"LIST {prefix}", pages)

@@ -1,0 +1,95 @@
+"""The TensorRT engine index: listing on both storages (S3 across pages), entries that parse only
+when they describe one engine's files safely, first writer wins, read-only runs write nothing."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelkiln.cache import ActionCache, BlobRef, storage
+from modelkiln.cache.engine_index import (
+    EngineEntry,
+    entry_key,
+    list_entries,
+    put_entry,
+)
+from modelkiln.cache.records import BadRecord
+
+FAMILY, OTHER = "f" * 64, "e" * 64
+PLATFORM = "sm80-trt10.3.0-cuda12"
+
+
+def entry(**changes: Any) -> EngineEntry:
+    files = (BlobRef("engines/sm80/engine.json", 4, "b" * 64),
+             BlobRef("engines/sm80/model.plan", 3, "a" * 64),
+             BlobRef("parity/sm80/engine.npy", 5, "c" * 64))  # sorted by path, as stored
+    values: dict[str, Any] = {"family": FAMILY, "platform": PLATFORM, "sm": "sm80",
+                              "key_sha256": "d" * 64, "task": "trt:tiny", "record": "0" * 64,
+                              "files": files, **changes}
+    return EngineEntry(**values)
+
+
+@pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.s3)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> storage.Storage:
+    if request.param == "file":
+        return storage.open_storage((tmp_path / "cache").as_uri())
+    s3 = request.getfixturevalue("s3")
+    return storage.open_storage(s3.uri("cache"))
+
+
+def test_list_keys_returns_one_prefix_across_pages(store: storage.Storage,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage, "LIST_PAGE", 2)  # five keys: three ListObjectsV2 pages on S3
+    keys = [f"engines/{FAMILY}/sm{n}0-trt10.3.0-cuda12.json" for n in (5, 7, 8, 9, 10)]
+    for key in reversed(keys):
+        store.put(key, b"{}")
+    store.put(f"engines/{OTHER}/sm80-trt10.3.0-cuda12.json", b"{}")  # another family
+    store.put("ac/x.json", b"{}")
+    assert store.list_keys(f"engines/{FAMILY}/") == sorted(keys)
+    assert store.list_keys("engines/nothing-here/") == []
+
+
+def test_a_directory_listing_leaves_out_temp_files(tmp_path: Path) -> None:
+    local = storage.open_storage((tmp_path / "cache").as_uri())
+    local.put(f"engines/{FAMILY}/a.json", b"{}")
+    (tmp_path / "cache" / "engines" / FAMILY / ".a.json.1234.tmp").write_bytes(b"half")
+    assert local.list_keys(f"engines/{FAMILY}/") == [f"engines/{FAMILY}/a.json"]
+
+
+def test_entries_round_trip_and_refuse_what_is_unsafe_or_misfiled() -> None:
+    good = entry()
+    assert EngineEntry.from_bytes(good.to_bytes(), FAMILY, PLATFORM) == good
+    with pytest.raises(BadRecord, match="differs from where it is filed"):
+        EngineEntry.from_bytes(good.to_bytes(), OTHER, PLATFORM)
+    with pytest.raises(BadRecord, match="differs from where it is filed"):
+        EngineEntry.from_bytes(good.to_bytes(), FAMILY, "sm90-trt10.3.0-cuda12")
+    bad = {
+        "outside": entry(files=(*good.files, BlobRef("engines/sm80/../../../etc/x", 1, "a" * 64))),
+        "other sm": entry(files=(*good.files, BlobRef("engines/sm90/model.plan", 1, "a" * 64))),
+        "no plan": entry(files=(good.files[0], good.files[2])),
+        "platform": entry(platform="../sm80"),
+        "sm": entry(sm="sm80/.."),
+        "digest": entry(record="not-a-digest"),
+    }
+    for name, e in bad.items():
+        assert e.problem() is not None, name
+        with pytest.raises(BadRecord):
+            EngineEntry.from_bytes(e.to_bytes(), e.family, e.platform)
+
+
+def test_first_writer_wins_and_read_only_writes_nothing(tmp_path: Path) -> None:
+    logged: list[str] = []
+    local = storage.open_storage((tmp_path / "cache").as_uri())
+    reader = ActionCache(local, write=False, log=logged.append)
+    assert not put_entry(reader, entry())
+    assert local.list_keys("engines/") == []
+    writer = ActionCache(local, write=True, log=logged.append)
+    assert put_entry(writer, entry())
+    assert not put_entry(writer, entry(key_sha256="9" * 64))  # a later runner of the platform
+    assert [e for e, _ in list_entries(reader, FAMILY)] == [entry()]
+    # a malformed entry is left out with a warning, the rest still listed
+    local.put(entry_key(FAMILY, "sm90-trt10.3.0-cuda12"), b"{not json")
+    assert [e.platform for e, _ in list_entries(reader, FAMILY)] == [PLATFORM]
+    assert any("is unusable (not JSON" in line for line in logged)
+    assert not logged[:-1]  # nothing else was worth a warning
