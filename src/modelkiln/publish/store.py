@@ -25,10 +25,8 @@ from ..artifacts import manifest as mf
 from ..artifacts.digest import StatCache
 from ..artifacts.install import unpack_checked
 from ..errors import DriftError, FileChange, PublishError
-from ..store import BundleRecord, ModelStore, diff, scan, stat_key
+from ..store import BUNDLE_DIR, BundleRecord, ModelStore, diff, scan, stat_key
 from .bundle import DistBundle
-
-BUNDLE_DIR = "bundle"
 
 
 @dataclass(frozen=True)

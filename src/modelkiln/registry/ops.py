@@ -18,6 +18,7 @@ from pathlib import Path
 from ..artifacts.digest import aggregate
 from ..errors import CapabilityError, DriftError, FileChange, KilnError, PublishError
 from ..signing import policy_from_env
+from ..store import BUNDLE_DIR
 from .entries import RegistryEntry, VersionLock
 from .layers import Layers, RegistryFiles
 from .measure import artifact_root, measure, recorded_from_store, store_location
@@ -89,7 +90,7 @@ def select(name: str, require: Iterable[str] = (), *,
         raise CapabilityError(name, missing, list(entry.capabilities))
     art = entry.artifacts
     store = Path(art.store) if art.store else None
-    bundle = store / "bundle" if store and (store / "bundle").is_dir() else None
+    bundle = store / BUNDLE_DIR if store and (store / BUNDLE_DIR).is_dir() else None
     return Selection(entry.name, entry.backend, entry.version, entry.served_model_id, store,
                      bundle, Path(art.local) if art.local else None, art.s3, entry.capabilities,
                      entry.roles, entry.installed)

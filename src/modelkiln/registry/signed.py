@@ -15,9 +15,8 @@ from .. import signing, transport
 from ..artifacts import names
 from ..artifacts.digest import sha256_file
 from ..errors import SignatureError
+from ..store import BUNDLE_DIR
 from .entries import RegistryEntry
-
-STORE_BUNDLE = "bundle"  # a store version keeps the unpacked bundle in <version>/bundle/
 
 
 def check_entry(entry: RegistryEntry, root: Path,
@@ -34,7 +33,7 @@ def check_entry(entry: RegistryEntry, root: Path,
                              f"entry {entry.name} is {entry.version} ({entry.backend}); re-publish "
                              "the entry or point it at its own bundle")
     if entry.artifacts.store:
-        tree = root / STORE_BUNDLE
+        tree = root / BUNDLE_DIR
         signing.check_files(record, tree, str(tree))
     else:
         archive = root / names.ARCHIVE

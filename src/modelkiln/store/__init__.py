@@ -21,10 +21,10 @@ from .fs import (
     stat_key,
 )
 from .maintain import ModelStore
-from .manifest import MANIFEST, BundleRecord, StoreManifest
+from .manifest import BUNDLE_DIR, MANIFEST, BundleRecord, StoreManifest
 from .manifest import read as read_manifest
 from .reader import StoreReader, VersionInfo, strict_from_env
 
-__all__ = ["MANIFEST", "BundleRecord", "CannotRead", "Digests", "Known", "ModelStore", "StatKey",
+__all__ = ["BUNDLE_DIR", "MANIFEST", "BundleRecord", "CannotRead", "Digests", "Known", "ModelStore", "StatKey",
     "StoreManifest", "StoreReader", "Tree", "VersionInfo", "diff", "hash_tree",
     "os_errors", "read_manifest", "scan", "stat_key", "strict_from_env"]

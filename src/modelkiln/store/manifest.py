@@ -30,11 +30,12 @@ from .fs import CannotRead, os_error
 
 FORMAT = "modelkiln.store/1"
 STAGING_SUFFIX = ".tmp"
+BUNDLE_DIR = "bundle"  # a published version keeps the unpacked bundle in <version>/bundle/
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _RESERVED = {"current", "versions", "pins"}
 _KEYS = {"format", "version", "checksum", "metadata", "seq", "files", "bundle", "seal"}
 
-__all__ = ["FORMAT", "MANIFEST", "STAGING_SUFFIX", "BundleRecord", "StoreManifest", "build",
+__all__ = ["BUNDLE_DIR", "FORMAT", "MANIFEST", "STAGING_SUFFIX", "BundleRecord", "StoreManifest", "build",
            "check_name", "checksum", "dumps", "read"]
 
 Files = Mapping[str, tuple[int, str]]  # relpath -> (size, sha256)

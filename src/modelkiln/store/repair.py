@@ -29,7 +29,6 @@ from . import manifest as sm
 from .fs import DELETING_SUFFIX, diff, fsync_dirs, hash_tree, remove_tree, scan
 
 REPAIR_SUFFIX = ".repair"
-BUNDLE_DIR = "bundle"
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -50,7 +49,7 @@ def restore(adir: Path, version: str, archive: Path, workers: int | None) -> Non
     if actual != record.archive_sha256:
         raise StoreError(f"{archive}: sha256 {actual}, but {vdir} was published from "
                          f"{record.archive_sha256}; use the tarball it was published from")
-    outside = sorted(r for r in manifest.files if not r.startswith(f"{BUNDLE_DIR}/"))
+    outside = sorted(r for r in manifest.files if not r.startswith(f"{sm.BUNDLE_DIR}/"))
     if outside:
         raise StoreError(f"{vdir}: {outside[0]} is not part of the published bundle, so the "
                          "tarball cannot restore it; restore the version from a backup")
@@ -76,10 +75,10 @@ def _trusted_manifest(vdir: Path, version: str) -> sm.StoreManifest:
 
 def _unpack(archive: Path, work: Path, manifest: sm.StoreManifest, workers: int | None) -> None:
     """Unpack into `work/bundle`, write the manifest, and check every byte against it."""
-    prefix = f"{BUNDLE_DIR}/"
+    prefix = f"{sm.BUNDLE_DIR}/"
     inside = {r[len(prefix):]: v for r, v in manifest.files.items()}
     try:
-        safe_extract(archive, work / BUNDLE_DIR, sizes={r: s for r, (s, _d) in inside.items()},
+        safe_extract(archive, work / sm.BUNDLE_DIR, sizes={r: s for r, (s, _d) in inside.items()},
                      sha256s={r: d for r, (_s, d) in inside.items()}, durable=True)
     except UnsafeArchive as exc:
         raise StoreError(f"{archive}: cannot restore from it ({exc.member}: {exc.why}); use the "
