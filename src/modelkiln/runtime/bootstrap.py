@@ -186,7 +186,7 @@ def resolve_paths(root: Path, backend: str) -> dict[str, str]:
                 missing.append(names.WEIGHTS)
     if backend in ("onnx", "tensorrt"):  # tensorrt: the fallback where no engine matches
         need("REGISTRY_ONNX_MODEL_PATH", names.ONNX_INT8)
-    need("REGISTRY_TOKENIZER_PATH", "tokenizer", is_dir=True)
+    need("REGISTRY_TOKENIZER_PATH", names.TOKENIZER_DIR, is_dir=True)
     need("REGISTRY_THRESHOLDS_PATH", names.THRESHOLDS)
     need("REGISTRY_LABEL_FIELDS_PATH", names.LABEL_FIELDS)
     if (root / names.LABEL_ORDER).is_file():

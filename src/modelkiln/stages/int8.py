@@ -69,7 +69,7 @@ def _calibration_rows(ctx: RunContext, input_names: list[str]) -> list[Batch]:
 
     q = ctx.onnx.quantize
     texts, _ = read_calibration(q.calibration, ctx.bundle.labels.names, limit=CALIBRATION_ROWS)
-    tok_dir = ctx.up("tokenizer") / "tokenizer"
+    tok_dir = ctx.up("tokenizer") / names.TOKENIZER_DIR
     rows = []
     for start in range(0, len(texts), CALIBRATION_BATCH):
         enc = encode(tok_dir, texts[start:start + CALIBRATION_BATCH],

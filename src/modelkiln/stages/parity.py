@@ -169,7 +169,7 @@ def run(ctx: RunContext) -> Report:
     labels = tuple(json.loads((ctx.up("labels") / names.LABEL_ORDER).read_bytes()))
     cuts = json.loads((ctx.up("thresholds") / names.THRESHOLDS).read_bytes())
     texts, _ = read_calibration(b.thresholds.calibration, labels, limit=p.samples)
-    batch = encode(ctx.up("tokenizer") / "tokenizer", texts, b.thresholds.max_length)
+    batch = encode(ctx.up("tokenizer") / names.TOKENIZER_DIR, texts, b.thresholds.max_length)
     ctx.log(f"parity:{b.name}: scoring {len(texts)} rows with PyTorch, ONNX fp32 and int8")
     ref = torch_logits(ctx.up("weights"), batch)
     fp32 = ort_logits(ctx.up("onnx") / MODEL, batch)

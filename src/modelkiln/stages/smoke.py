@@ -48,7 +48,7 @@ def assemble(ctx: RunContext, view: Path) -> None:
     int8_dir = ctx.up("int8")
     for name in sorted(p.name for p in int8_dir.iterdir()):  # the model + any external data
         shutil.copyfile(int8_dir / name, view / name)
-    shutil.copytree(ctx.up("tokenizer") / "tokenizer", view / "tokenizer")
+    shutil.copytree(ctx.up("tokenizer") / names.TOKENIZER_DIR, view / names.TOKENIZER_DIR)
     shutil.copyfile(ctx.up("thresholds") / names.THRESHOLDS, view / names.THRESHOLDS)
     shutil.copyfile(ctx.up("labels") / names.LABEL_ORDER, view / names.LABEL_ORDER)
     if not (view / OUTPUT).is_file():
@@ -69,7 +69,7 @@ def check_view(view: Path, task: str, max_length: int) -> Report:
         raise BuildError(f"thresholds.json labels {sorted(cuts)} differ from label_order "
                          f"{sorted(labels)}; rebuild thresholds")
     try:
-        tok = AutoTokenizer.from_pretrained(str(view / "tokenizer"), use_fast=True)
+        tok = AutoTokenizer.from_pretrained(str(view / names.TOKENIZER_DIR), use_fast=True)
     except Exception as exc:
         raise BuildError(f"the bundle's tokenizer does not load on its own: {exc}") from None
     session = ort_session(view / OUTPUT)

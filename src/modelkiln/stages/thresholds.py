@@ -59,7 +59,7 @@ def run(ctx: RunContext) -> Report:
     cuts, metrics = {}, {}
     if t.strategy == "f1-optimal":
         texts, truth = read_calibration(t.calibration, labels)
-        batch = encode(ctx.up("tokenizer") / "tokenizer", texts, t.max_length)
+        batch = encode(ctx.up("tokenizer") / names.TOKENIZER_DIR, texts, t.max_length)
         probs = scores(torch_logits(ctx.up("weights"), batch), ctx.bundle.source.task)
         for i, label in enumerate(labels):
             support = int(truth[:, i].sum())
