@@ -8,6 +8,7 @@ checkpoint counts even though no task of the new plan names it.
 """
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import tempfile
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import proc
 from ..errors import KilnError
 from ..model.bundle import Bundle
 from .plans import plan_bundle
@@ -22,17 +24,29 @@ from .plans import plan_bundle
 ANCESTORS = 20  # how far back the review looks for a base commit a trusted build indexed
 
 
-def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    try:
-        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                              timeout=120)
-    except FileNotFoundError:
-        raise KilnError("git: command not found; install git to compare against a ref") from None
+def _git(root: Path, *args: str, check: bool = True,
+         timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """Run git in `root` (proc.run: a missing git or a hang is one KilnError line)."""
+    done = proc.run(["git", *args], cwd=root, timeout=timeout, check=False)
     if check and done.returncode:
         tail = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
         raise KilnError(f"git {' '.join(args)}: {tail[0]}; check the ref exists here "
                         "(in CI: fetch the base branch, e.g. `git fetch origin main`)")
     return done
+
+
+@functools.cache
+def clean_head(root: Path) -> str | None:
+    """The commit a clean git checkout at `root` is at; None if not git or it has local edits."""
+    try:
+        head = _git(root, "rev-parse", "HEAD", check=False, timeout=10)
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no", check=False,
+                     timeout=30)
+    except KilnError:
+        return None
+    if head.returncode or dirty.returncode or dirty.stdout.strip():
+        return None
+    return head.stdout.strip() or None
 
 
 def _top(root: Path) -> Path:

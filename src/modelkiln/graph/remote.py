@@ -9,9 +9,7 @@ summary of each packaged bundle under the git commit it was built from, which `k
 """
 from __future__ import annotations
 
-import functools
 import json
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from ..artifacts.digest import StatCache
 from ..cache import ActionCache, ActionRecord, BlobRef
 from ..errors import KilnError
 from ..stages.base import StagePlan
+from .basegit import clean_head
 from .cachekey import action_key, material, upstream_identity
 from .state import read_stamp
 
@@ -74,21 +73,6 @@ def save(cache: ActionCache, plan: StagePlan, key: str, mat: dict[str, Any],
     record = ActionRecord(key=key, task=plan.task, stage=plan.stage, outputs=blobs,
                           report=report, inputs=dict(mat["inputs"]), material=mat)
     return cache.save(record, plan.out_dir)
-
-
-@functools.cache
-def clean_head(root: Path) -> str | None:
-    """The commit a clean git checkout at `root` is at; None if not git or it has local edits."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                              text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if head.returncode or dirty.returncode or dirty.stdout.strip():
-        return None
-    return head.stdout.strip() or None
 
 
 def index_key(bundle: str, commit: str, backend: str) -> str:
