@@ -93,3 +93,37 @@ def test_first_writer_wins_and_read_only_writes_nothing(tmp_path: Path) -> None:
     assert [e.platform for e, _ in list_entries(reader, FAMILY)] == [PLATFORM]
     assert any("is unusable (not JSON" in line for line in logged)
     assert not logged[:-1]  # nothing else was worth a warning
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("route", ["stdlib", "boto3"])
+def test_s3_listing_without_boto3_matches_boto3(s3: Any, monkeypatch: pytest.MonkeyPatch,
+                                                 route: str) -> None:
+    """A no-op check of a TensorRT bundle lists the index: the stdlib signed GET does it without
+    importing boto3, page after page, and names the same keys (odd characters included)."""
+    monkeypatch.setattr(storage, "LIST_PAGE", 2)
+    prefix = "engines/a b+c/"
+    keys = [f"{prefix}{name}.json" for name in ("x ü", "y&z", "sm80", "sm90", "sm100")]
+    for key in keys + ["engines/a b+d/other.json"]:
+        s3.client.put_object(Bucket=s3.bucket, Key=f"{s3.prefix}cache/{key}", Body=b"{}")
+    store = storage.open_storage(s3.uri("cache"))
+    assert isinstance(store, storage.S3Storage)
+    if route == "boto3":
+        assert store.client is not None  # a client exists: the listing goes through it
+    assert store.list_keys(prefix) == sorted(keys)
+    assert (store._client is None) == (route == "stdlib")
+
+
+def test_list_request_signature_matches_the_aws_documented_example() -> None:
+    """AWS S3 API reference, "Signature Calculations ... Example: GET Bucket (List Objects)"."""
+    from datetime import UTC, datetime
+
+    from modelkiln.transport import s3lite
+
+    headers = s3lite._sign("GET", "examplebucket.s3.amazonaws.com", "/", "us-east-1",
+                           {"AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+                            "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"},
+                           datetime(2013, 5, 24, tzinfo=UTC),
+                           query=s3lite._query({"prefix": "J", "max-keys": "2"}))
+    assert headers["authorization"].endswith(
+        "Signature=34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7")

@@ -262,7 +262,15 @@ class S3Storage:
         return result
 
     def list_keys(self, prefix: str) -> list[str]:
-        """Every key under `prefix`, sorted: ListObjectsV2, following continuation tokens."""
+        """Every key under `prefix`, sorted: ListObjectsV2, following continuation tokens
+        (through the stdlib signed GET where it applies, like `read`: no boto3 import)."""
+        from ..transport.s3lite import list_keys
+
+        fast = list_keys(self.bucket, self._key(prefix), page=LIST_PAGE) \
+            if self._client is None else None
+        if fast is not None:
+            return sorted(k[len(self.prefix):] for k in fast)
+
         def pages() -> list[str]:
             keys: list[str] = []
             paginator = self.client.get_paginator("list_objects_v2")

@@ -53,8 +53,10 @@ def _config_sets_endpoint(env: Mapping[str, str]) -> bool:
 
 
 def _sign(method: str, host: str, path: str, region: str, env: Mapping[str, str],
-          now: datetime, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """SigV4 headers for a body-less request (see the AWS "Signature Version 4" reference)."""
+          now: datetime, extra: Mapping[str, str] | None = None,
+          query: str = "") -> dict[str, str]:
+    """SigV4 headers for a body-less request (see the AWS "Signature Version 4" reference);
+    `query` is the canonical query string (sorted, each name and value URI-encoded)."""
     amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
     headers = {"host": host, "x-amz-content-sha256": _EMPTY_SHA, "x-amz-date": amz_date,
                **{k.lower(): v for k, v in (extra or {}).items()}}
@@ -62,7 +64,7 @@ def _sign(method: str, host: str, path: str, region: str, env: Mapping[str, str]
     if token:
         headers["x-amz-security-token"] = token
     signed = ";".join(sorted(headers))
-    canonical = "\n".join([method, quote(path, safe="/~"), "",
+    canonical = "\n".join([method, quote(path, safe="/~"), query,
                            "".join(f"{k}:{headers[k].strip()}\n" for k in sorted(headers)),
                            signed, _EMPTY_SHA])
     scope = f"{day}/{region}/s3/aws4_request"
@@ -86,14 +88,25 @@ def get_small(bucket: str, key: str, *, limit: int,
     if where is None:
         return None
     scheme, host, path = where
+    return _get(scheme, host, path, "", env, limit)
+
+
+def _get(scheme: str, host: str, path: str, query: str, env: Mapping[str, str],
+         limit: int, unsized: bool = False) -> bytes | None:
+    """One signed GET; the body when S3 answers 200 with at most `limit` bytes, else None.
+    `unsized`: also take a body sent without Content-Length (chunked, as listings may be)."""
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-    headers = _sign("GET", host, path, region, env, datetime.now(UTC))
+    headers = _sign("GET", host, path, region, env, datetime.now(UTC), query=query)
     conn_cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
     conn = conn_cls(host, timeout=TIMEOUT_S)
+    target = quote(path, safe="/~") + (f"?{query}" if query else "")
     try:
-        conn.request("GET", quote(path, safe="/~"), headers=headers)
+        conn.request("GET", target, headers=headers)
         response = conn.getresponse()
         length = int(response.getheader("Content-Length") or -1)
+        if unsized and length < 0 and response.status == 200:
+            data = response.read(limit + 1)  # http.client refuses a cut-off chunked body
+            return data if len(data) <= limit else None
         if response.status != 200 or not 0 <= length <= limit:
             return None
         data = response.read()
@@ -102,3 +115,45 @@ def get_small(bucket: str, key: str, *, limit: int,
         return None
     finally:
         conn.close()
+
+
+def _query(params: Mapping[str, str]) -> str:
+    return "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
+                    for k, v in sorted(params.items()))
+
+
+def list_keys(bucket: str, prefix: str, *, page: int = 1000, max_pages: int = 10_000,
+              env: Mapping[str, str] | None = None) -> list[str] | None:
+    """Every key under `prefix` (ListObjectsV2, following continuation tokens) if this fast path
+    applies and S3 answers 200 to every page; None means "ask boto3". A listing of the cache's
+    engine index happens on every no-op check of a TensorRT bundle: without this, that check
+    would import boto3."""
+    from xml.etree import ElementTree
+
+    env = os.environ if env is None else env
+    if not (env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY")):
+        return None
+    where = _endpoint(env, bucket, "")
+    if where is None:
+        return None
+    scheme, host, path = where
+    path = path.rstrip("/") or "/"  # path-style: /<bucket>; virtual-hosted: /
+    keys: list[str] = []
+    params = {"list-type": "2", "max-keys": str(page), "prefix": prefix}
+    for _ in range(max_pages):
+        body = _get(scheme, host, path, _query(params), env, 64 << 20, unsized=True)
+        try:
+            root = ElementTree.fromstring(body) if body is not None else None
+        except ElementTree.ParseError:
+            root = None
+        if root is None:
+            return None
+        ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        keys.extend(c.findtext(f"{ns}Key") or "" for c in root.iter(f"{ns}Contents"))
+        token = root.findtext(f"{ns}NextContinuationToken")
+        if root.findtext(f"{ns}IsTruncated") != "true":
+            return keys
+        if not token:
+            return None
+        params["continuation-token"] = token
+    return None
