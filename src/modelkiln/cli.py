@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -155,8 +155,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(runtime.as_json(), indent=2, sort_keys=True))
     else:
-        for key, value in sorted(runtime.exports().items()):
-            print(f"export {key}={shlex.quote(value)}")
+        sys.stdout.write(runtime.shell())
     return ExitCode.OK
 
 
@@ -237,6 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kiln: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
+    except BrokenPipeError:  # `kiln plan | head`: the reader left; that is not our failure
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OK
 
 
 if __name__ == "__main__":

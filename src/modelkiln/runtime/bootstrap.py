@@ -70,7 +70,7 @@ class Runtime:
 
     def shell(self) -> str:
         """`export NAME='value'` lines for `eval "$(kiln bootstrap)"` (values shell-quoted)."""
-        return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in self.exports().items())
+        return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(self.exports().items()))
 
     def as_json(self) -> dict[str, Any]:
         """The machine-readable report (`kiln bootstrap --json`)."""
