@@ -68,7 +68,9 @@ def _local(report: object) -> tuple[str, str] | None:
 
 def settle(plan: StagePlan, trt_report: object, cache: ActionCache | None) -> StagePlan:
     """`plan` with the other runners' engines of its family in its parameters (any plan other
-    than `engines:`, or one whose trt report is unknown, comes back as it is)."""
+    than `engines:`, or one whose trt report is unknown, comes back as it is). Where the cache
+    cannot be read, the set the last build gathered stands: an unreachable cache must not make
+    an up-to-date bundle drop engines."""
     if plan.stage != STAGE or cache is None:
         return plan
     local = _local(trt_report)
@@ -78,8 +80,16 @@ def settle(plan: StagePlan, trt_report: object, cache: ActionCache | None) -> St
     found = {e.platform: digest for e, digest in list_entries(cache, family) if e.sm != sm}
     values: dict[str, Any] = json.loads(plan.params)
     values.pop(PARAM, None)
-    if found:
+    if cache.broken:
+        last = (read_stamp(plan.stamp) or {}).get("params", {}).get(PARAM)
+        if last:
+            values[PARAM] = last
+    elif found:
         values[PARAM] = {"family": family, "engines": dict(sorted(found.items()))}
+    return _with_params(plan, values)
+
+
+def _with_params(plan: StagePlan, values: dict[str, Any]) -> StagePlan:
     return replace(plan, params=canonical_json(values).decode().strip())
 
 
@@ -134,7 +144,7 @@ def fetch(plan: StagePlan, cache: ActionCache | None, layout: Layout, stat: Stat
     for old in here.iterdir() if here.is_dir() else ():
         if old.name != family[:16]:  # sets of an older model are never needed again
             shutil.rmtree(old, ignore_errors=True)
-    sets, left_out = [], {}
+    sets, left_out, retry = [], {}, set()
     for platform, digest in sorted(wanted["engines"].items()):
         entry = read_entry(cache, family, platform, digest)
         where = here / family[:16] / digest[:16]
@@ -145,8 +155,16 @@ def fetch(plan: StagePlan, cache: ActionCache | None, layout: Layout, stat: Stat
         if why:
             log(f"kiln: warning: {plan.task}: the engine built on {platform} is left out: {why}")
             left_out[platform] = why
+            if cache.broken:  # a transport failure, not bad bytes: the next build tries again
+                retry.add(platform)
         else:
             sets.append(f"{platform}={where}")
+    if retry:  # so the stamp does not claim them (the broken cache saves no record either)
+        values = json.loads(plan.params)
+        values[PARAM]["engines"] = {k: v for k, v in wanted["engines"].items() if k not in retry}
+        if not values[PARAM]["engines"]:
+            del values[PARAM]
+        plan = _with_params(plan, values)
     extra = dict(plan.extra)
     extra[FOREIGN] = "\n".join(sets)
     if left_out:
