@@ -10,14 +10,17 @@ index holds. The graph does the cache work, since stages sit below the cache:
   The family comes from the trt task's report (its stamp, or its action record on a cold runner),
   so this needs neither a GPU nor engine bytes. It costs one listing per bundle with
   backends.tensorrt whose trt task runs on this host, and only when a cache is configured (the
-  embedded file:// cache: a directory listing; S3: one ListObjectsV2, through boto3). The
+  embedded file:// cache: a directory listing; S3: one ListObjectsV2, by the stdlib signed
+  GET where it applies, so a no-op does not import boto3). The
   entries' sha256s become the task's `other_runners` parameter, and only when there are some,
   so a single-runner build keeps its parameters: an engine built elsewhere later reruns
   `engines`, `trtparity` and the tensorrt package, and `kiln plan` says
   "spec changed: other_runners".
 - `fetch`, only when the task runs: each entry's blobs, verified (size and sha256), into
   `.kiln/engines/<bundle>/<family>/<entry>/`, reused while every file keeps its digest. A
-  corrupt or missing blob leaves that engine out with a warning; the build goes on.
+  corrupt or missing blob leaves that engine out with a warning; the build goes on. A set left
+  out because the cache failed is dropped from the parameters the stamp keeps, so the next
+  build tries again; a listing that fails keeps the set the last build gathered.
 - `index`, on trusted runs after a trt record is saved or restored: writes the entry naming the
   record that is in the cache (first writer wins, as for records).
 """
