@@ -72,14 +72,15 @@ class Layout:
     def default_registry(self) -> Path:
         return self.root / "configs"
 
+    # One Path() of all the parts: planning calls these for every task, and each `/` parses anew.
     def stage_dir(self, bundle: str, stage: str) -> Path:
-        return self.build / bundle / stage
+        return Path(self.root, "build", bundle, stage)
 
     def stamp(self, bundle: str, stage: str) -> Path:
-        return self.build / bundle / ".stamps" / f"{stage}.json"
+        return Path(self.root, "build", bundle, ".stamps", f"{stage}.json")
 
     def dist_dir(self, bundle: str, version: str, backend: str) -> Path:
-        return self.dist / bundle / version / backend
+        return Path(self.root, "dist", bundle, version, backend)
 
     def oci_dir(self, bundle: str, version: str, backend: str) -> Path:
         """The OCI image layout `image:<bundle>-<backend>` writes (the embedded OCI default)."""

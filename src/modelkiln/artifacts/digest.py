@@ -137,7 +137,8 @@ class StatCache:
         hit = self._entries.get(key)
         known = _match(hit, st)
         if hit is not None and known is not None:
-            if hit[3] != os.path.abspath(path):  # renamed since: remember where it lives now
+            # an absolute str equal to the entry's path needs no abspath (the no-op's hot path)
+            if hit[3] != path and hit[3] != os.path.abspath(path):  # renamed since: remember it
                 hit[3] = os.path.abspath(path)
                 self._dirty = True
             return known

@@ -50,9 +50,14 @@ def plan_bundle(bundle: Bundle, skip: frozenset[str] = frozenset()) -> list[Stag
     if "onnx" in skip:  # TensorRT engines are built from the ONNX model
         skip = skip | {"tensorrt"}
     plans: list[StagePlan] = []
-    for stage in STAGES.values():
+    by_stage: dict[str, list[StagePlan]] = {}
+    for name, stage in STAGES.items():
+        # package's inputs are its packed stages' inputs: handed over, not planned twice
+        found = package.plan(bundle, layout, by_stage) if stage is package \
+            else stage.plan(bundle, layout)
+        by_stage[name] = found
         # A skipped backend takes its own stages (export, quantize, gates, package) with it.
-        plans.extend(p for p in stage.plan(bundle, layout) if p.backend not in skip)
+        plans.extend(p for p in found if p.backend not in skip)
     return plans
 
 

@@ -76,7 +76,7 @@ def snapshot(plan: StagePlan, root: Path, cache: StatCache,
     return current
 
 
-def digest_or_missing(cache: StatCache, path: Path) -> str:
+def digest_or_missing(cache: StatCache, path: Path | str) -> str:
     """An input's digest, or "missing" (what stamps and cache keys record for an absent one)."""
     try:
         return cache.digest(path)
@@ -141,10 +141,7 @@ def status(plan: StagePlan, root: Path, cache: StatCache, stamps: Mapping[str, P
             return Status(True, tuple(reasons))
     for p in plan.inputs:
         key = rel_to(p, root)
-        try:
-            now = cache.digest(p)
-        except OSError:
-            now = "missing"
+        now = digest_or_missing(cache, os.fspath(p))
         if recorded.get(key) != now and why(f"input {key} changed "
                                             f"({_short(recorded.get(key))} -> {_short(now)})"):
             return Status(True, tuple(reasons))
@@ -156,13 +153,10 @@ def status(plan: StagePlan, root: Path, cache: StatCache, stamps: Mapping[str, P
         old = recorded.get(f"@{task}")
         if old != now and why(f"upstream {task} outputs changed ({_short(old)} -> {_short(now)})"):
             return Status(True, tuple(reasons))
+    out_dir = os.fspath(plan.out_dir)  # joined as text: a Path per output file costs more than its stat
     for rel, digest in stamp.get("outputs", {}).items():
-        path = plan.out_dir / rel
-        try:
-            now = cache.digest(path)
-        except OSError:
-            now = "missing"
-        if now != digest and why(f"output {rel_to(path, root)} is "
+        now = digest_or_missing(cache, os.path.join(out_dir, rel))
+        if now != digest and why(f"output {rel_to(plan.out_dir / rel, root)} is "
                                  f"{'missing' if now == 'missing' else 'corrupt'}"):
             return Status(True, tuple(reasons))
     return Status(bool(reasons), tuple(reasons))

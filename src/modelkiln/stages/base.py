@@ -9,6 +9,7 @@ Heavy libraries are imported inside `run`, never at module level.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,24 @@ def stage_plan(bundle: Bundle, layout: Layout, stage: str, *, doc: str, params: 
                      stamp=layout.stamp(bundle.name, stage), inputs=tuple(inputs),
                      upstream=tuple(f"{s}:{bundle.name}" for s in upstream), params=params,
                      backend=backend)
+
+
+def regular_files(directory: Path) -> set[str]:
+    """Names of the regular files (symlinks followed) directly in `directory`, from one listing:
+    a plan that looks for a dozen possible file names lists the directory once instead of
+    stat'ing each name. Empty when `directory` cannot be listed."""
+    out: set[str] = set()
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_file():
+                        out.add(entry.name)
+                except OSError:  # a dangling or unreadable link: not a file, as Path.is_file says
+                    continue
+    except OSError:
+        return set()
+    return out
 
 
 def params(code_version: str, **values: Any) -> str:

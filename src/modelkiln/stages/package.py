@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
+from functools import cache
 from pathlib import Path
 from string import Template
 
@@ -120,16 +122,26 @@ def model_card(ctx: RunContext, backend: str, version: str, reports: dict[str, R
         tools=", ".join(f"{k} {v}" for k, v in sorted(tools.items())))
 
 
-def _source_inputs(bundle: Bundle, layout: Layout, backend: str) -> tuple[Path, ...]:
+def _source_inputs(bundle: Bundle, layout: Layout, backend: str,
+                   planned: Mapping[str, Sequence[StagePlan]]) -> tuple[Path, ...]:
     """Every source file the packed stages read: what the manifest's `inputs` record."""
     found: set[Path] = set()
     for stage, _wanted in CONTENTS[backend]:
-        for p in _PACKED[stage].plan(bundle, layout):
+        plans = planned[stage] if stage in planned else _PACKED[stage].plan(bundle, layout)
+        for p in plans:
             found.update(p.inputs)
     return tuple(sorted(found))
 
 
-def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
+@cache
+def _card_digest() -> str:
+    return sha256_bytes(resource_bytes("templates", "model_card.md"))
+
+
+def plan(bundle: Bundle, layout: Layout,
+         planned: Mapping[str, Sequence[StagePlan]] | None = None) -> list[StagePlan]:
+    """One task per enabled backend. `planned` holds the plans of stages already planned for
+    this bundle (the graph plans every stage once), so their inputs are not listed again."""
     version = resolve(bundle.version, bundle.root)
     plans = []
     for backend in bundle.backends:
@@ -139,12 +151,12 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
             doc=f"pack {bundle.name} {version} ({backend}) into bundle.tar.gz + manifest.json",
             out_dir=layout.dist_dir(bundle.name, version, backend),
             stamp=layout.stamp(bundle.name, f"package-{backend}"),
-            inputs=_source_inputs(bundle, layout, backend),
+            inputs=_source_inputs(bundle, layout, backend, planned or {}),
             upstream=tuple(f"{s}:{bundle.name}" for s in stages),
             params=params(CODE_VERSION, name=bundle.name, version=version, backend=backend,
                           description=bundle.description, metadata=dict(bundle.metadata),
                           spec=spec_digest(bundle, backend),
-                          card=sha256_bytes(resource_bytes("templates", "model_card.md"))),
+                          card=_card_digest()),
             backend=backend, extra=(("version", version),),
         ))
     return plans

@@ -11,7 +11,7 @@ from ..errors import BuildError
 from ..model.bundle import Bundle
 from ..model.files import BadFile, read_json
 from ..paths import Layout
-from .base import Report, RunContext, StagePlan, params, reason, stage_plan
+from .base import Report, RunContext, StagePlan, params, reason, regular_files, stage_plan
 
 CODE_VERSION = "1"
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -21,9 +21,10 @@ FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "
 
 def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
     src = bundle.source.tokenizer
+    here = regular_files(src)
     return [stage_plan(
         bundle, layout, "tokenizer", doc=f"copy and check {bundle.name}'s fast tokenizer",
-        inputs=tuple(src / f for f in FILES if (src / f).is_file()), params=params(CODE_VERSION))]
+        inputs=tuple(src / f for f in FILES if f in here), params=params(CODE_VERSION))]
 
 
 def run(ctx: RunContext) -> Report:

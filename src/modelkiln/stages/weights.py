@@ -8,6 +8,7 @@ leave the build only as safetensors.
 from __future__ import annotations
 
 import json
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from ..model.files import BadFile, expect_object, head_labels, read_json
 from ..model.inputs import shard_files
 from ..model.st_header import check_header
 from ..paths import Layout
-from .base import Report, RunContext, StagePlan, params, reason, stage_plan
+from .base import Report, RunContext, StagePlan, params, reason, regular_files, stage_plan
 
 StateDict = dict[str, Any]  # parameter name -> torch.Tensor (torch is imported only in run)
 
@@ -27,11 +28,12 @@ _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
 def checkpoint_files(ckpt: Path) -> list[Path]:
-    """config.json plus every weight file the checkpoint holds (listing only, no reads)."""
+    """config.json plus every weight file the checkpoint holds (one listing, no reads)."""
+    here = regular_files(ckpt)
     found = [names.CONFIG]
     for pattern in ("*.safetensors", names.WEIGHTS_INDEX, "*.bin", names.PICKLE_WEIGHTS_INDEX):
-        found += sorted(p.name for p in ckpt.glob(pattern))
-    return [ckpt / n for n in dict.fromkeys(found) if (ckpt / n).is_file()]
+        found += sorted(n for n in here if fnmatchcase(n, pattern))
+    return [ckpt / n for n in dict.fromkeys(found) if n in here]
 
 
 def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
