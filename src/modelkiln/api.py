@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cache import CacheConfig
 from .errors import KilnError, Problem, SpecError
 from .model import BrokenSpec, Bundle, check_unique
 from .paths import Layout, project_root
 
-if TYPE_CHECKING:  # publishing is imported when a command publishes, not when it plans
+if TYPE_CHECKING:  # publishing is imported when a command publishes, not when it plans; the
+    from .cache import CacheConfig  # cache when a command uses it (a no-op build does not)
     from .publish.release import Release
 
 SPEC_SUFFIXES = (".yaml", ".yml")

@@ -12,17 +12,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..artifacts.digest import StatCache, stat_cache
-from ..cache import ActionCache, ActionRecord, CacheConfig
 from ..model.bundle import Bundle
 from ..paths import Layout
 from ..stages.base import StagePlan
+from ..stages.engines import STAGE as ENGINES
 from .cachekey import action_key, material, upstream_identity
-from .execute import cache_for
-from .gather import settle, settle_here, trt_task
 from .plans import plan_bundle, skipped
 from .state import digest_or_missing, read_stamp, rel_to, status
+
+if TYPE_CHECKING:  # the cache is opened only when some task is out of date
+    from ..cache import ActionCache, ActionRecord, CacheConfig
 
 OK, RUN, HIT, SKIP = "ok", "run", "hit", "skip"
 
@@ -75,15 +77,21 @@ def plan_tasks(bundles: Sequence[Bundle], skip: frozenset[str] = frozenset(),
             if p.task in not_here:
                 items.append(_Item(p, bundle, stamps, SKIP, [not_here[p.task]]))
                 continue
-            p = settle_here(p, stamps, cache, bundle.root, pending)  # engines: the cache index
+            if p.stage == ENGINES:  # only it reads the cache's engine index
+                from .gather import settle_here
+
+                p = settle_here(p, stamps, cache, bundle.root, pending)
             st = status(p, bundle.root, stat, stamps, pending, explain=True)
             if st.run:
                 pending.add(p.task)
             items.append(_Item(p, bundle, stamps, RUN if st.run else OK, list(st.reasons)))
         per_bundle.append(items)
-    handle = cache_for(cache, bundles[0].root)
-    if handle is not None:
-        _look_up(per_bundle, handle, stat)
+    if any(i.action == RUN for items in per_bundle for i in items):  # else nothing to look up
+        from .execute import cache_for
+
+        handle = cache_for(cache, bundles[0].root)
+        if handle is not None:
+            _look_up(per_bundle, handle, stat)
     stat.save()
     if records is not None:
         records.update({i.plan.task: i.record for items in per_bundle for i in items if i.record})
@@ -141,5 +149,7 @@ def _key(item: _Item, by_task: dict[str, _Item], stat: StatCache,
         else:
             return None
     # engines: the other runners' engines of the family the trt task (hit or built) reports
+    from .gather import settle, trt_task
+
     item.plan = settle(item.plan, reports.get(trt_task(item.plan)), cache)
     return action_key(material(item.plan, inputs, ups))

@@ -13,18 +13,19 @@ import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..artifacts.digest import stat_cache
-from ..cache import CacheConfig
 from ..errors import KilnError
 from ..model.bundle import BrokenSpec, Bundle
 from ..paths import Layout
 from ..stages.base import StagePlan
-from .execute import execute
-from .gather import settle_here
+from ..stages.engines import STAGE as ENGINES
 from .plans import STAGES, plan_bundle, skipped, upstream_of
 from .state import status
+
+if TYPE_CHECKING:  # a no-op build imports neither the cache nor the executor (~0.1 s)
+    from ..cache import CacheConfig
 
 TaskDict = dict[str, Any]  # doit's own task-dict format
 
@@ -61,7 +62,11 @@ class Fresh:
 
     def __call__(self) -> bool:
         cache = stat_cache(self.state)
-        plan = settle_here(self.plan, self.stamps, self.cache, self.root)  # engines: cache index
+        plan = self.plan
+        if plan.stage == ENGINES:  # only it reads the cache's engine index
+            from .gather import settle_here
+
+            plan = settle_here(plan, self.stamps, self.cache, self.root)
         return not status(plan, self.root, cache, self.stamps).run
 
 
@@ -69,6 +74,8 @@ def _action(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...],
             cache: CacheConfig | None = None) -> Any:
     """doit python-action: run the stage; a KilnError becomes a readable TaskFailed."""
     from doit.exceptions import TaskFailed
+
+    from .execute import execute
 
     try:
         return execute(plan, bundle, upstream, cache)

@@ -23,7 +23,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .. import signing
 from ..artifacts import manifest as mf
 from ..artifacts import names
 from ..artifacts.digest import sha256_bytes
@@ -37,8 +36,10 @@ from ..model.version import resolve
 from ..paths import Layout
 from ..proc import run as run_cmd
 from ..resources import resource_bytes
-from . import image_parts as parts
 from .base import RunContext, StagePlan, params
+
+# image_parts (the OCI transport) and signing are imported by run(), not here: every build, a
+# no-op included, imports this module to plan, and they cost it ~40 ms.
 
 CODE_VERSION = "1"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the modelkiln package: the runtime layer
@@ -118,6 +119,8 @@ def put_files(ctx: RunContext, lay: OciLayout, prev: OciLayout, files: list[Bund
               archive: Path, inner: bytes) -> int:
     """Every bundle file as a raw blob; those not reusable are streamed out of the tarball once.
     Returns the bytes written."""
+    from . import image_parts as parts
+
     wanted: dict[str, BundleFile] = {}
     for f in files:
         if f.path == names.MANIFEST:
@@ -168,6 +171,8 @@ def oci_annotations(ctx: RunContext, version: str, backend: str, bundle_manifest
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
+    from . import image_parts as parts
+
     backend = ctx.plan.backend or "pytorch"
     version = ctx.plan.get("version") or ctx.bundle.version
     dist = ctx.up("package")
@@ -209,6 +214,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
 def _signature(ctx: RunContext, dist: Path) -> tuple[bytes, str] | None:
     """The dist directory's signature, when it signs exactly this bundle (a stale one is left
     out here; `kiln publish` refuses it)."""
+    from .. import signing
+
     found = signing.oci_signature(dist)
     if found is None:
         return None
