@@ -7,6 +7,7 @@ verification all follow one rule, and `kiln plan` can explain it without doit.
 """
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 import sys
@@ -179,8 +180,12 @@ def doit_namespace(bundles: list[Bundle], root: Path, skip: frozenset[str] = fro
         "backend": "sqlite3", "dep_file": str(state / "doit.sqlite3"),
         "default_tasks": ["build"], "verbosity": 2,
     }}
+    gc.freeze()  # the loaded bundles and the stat cache live as long as the process
     groups = task_dicts(bundles, skip, to, cache)
     add_broken(groups, broken)
+    # ... and so do the task dicts: without this, the cyclic collector walks every one of
+    # them again and again while doit builds its graph (~10 % of a no-op over 5,000 tasks)
+    gc.freeze()
     for basename in (*STAGES, "publish", "build"):
         if basename in groups:
             namespace[f"task_{basename}"] = _generator(basename, groups[basename])
