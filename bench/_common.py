@@ -21,7 +21,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-HEAVY = ("torch", "transformers", "optimum", "onnxruntime", "tensorrt", "docker", "numpy")
+HEAVY = ("torch", "transformers", "optimum", "onnxruntime", "onnx", "tensorrt", "docker", "numpy",
+         "boto3", "cryptography")
 MiB = 1 << 20
 
 # Run `doit` (DodoTaskLoader: dodo.py in the cwd) or `kiln` in this process, then report which heavy

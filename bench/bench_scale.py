@@ -5,7 +5,8 @@ Setup (not measured): the largest project (bundles share one tiny checkpoint, as
 bench_noop.py) is built once for real and writes every task to an action cache on a SeaweedFS
 started here; the smaller projects are the first N bundles of it, built by restoring from that
 cache. Measured, each a fresh interpreter, median and min of R runs:
-- warm: `kiln plan` and `doit build` in a built project (every task up to date);
+- warm: `kiln plan` and `doit build` in a built project (every task up to date), and which
+  heavy modules (bench/_common.HEAVY) either imported;
 - cold runner: `kiln plan --cache s3://...` in a fresh copy with no build/ and no .kiln/ (removed
   before every run), which hashes the inputs once and reads one action record per task.
 
@@ -23,6 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import (  # noqa: E402
+    HEAVY,
     PYTHON,
     header,
     make_project,
@@ -71,8 +73,15 @@ def main() -> None:
                 t = kiln_build(root, env)
                 print(f"setup: {n} bundles restored from the cache: {t:.1f} s")
             probe("doit", ["build"], root)  # first no-op: settles the stat cache (not measured)
-            plan_w = [probe("kiln", ["plan"], root)[0] for _ in range(args.runs)]
-            noop_w = [probe("doit", ["build"], root)[0] for _ in range(args.runs)]
+            plan_w, noop_w, heavy = [], [], set()
+            for _ in range(args.runs):
+                wall, rep, _out = probe("kiln", ["plan"], root)
+                plan_w.append(wall)
+                heavy.update(rep["heavy"])
+            for _ in range(args.runs):
+                wall, rep, _out = probe("doit", ["build"], root)
+                noop_w.append(wall)
+                heavy.update(rep["heavy"])
             cold = work / f"cold{n}"
             shutil.rmtree(cold, ignore_errors=True)
             shutil.copytree(root / "bundles", cold / "bundles")
@@ -86,13 +95,15 @@ def main() -> None:
                 summary = next((ln for ln in out.splitlines() if "tasks would run" in ln), "?")
             hits = re.search(r"(\d+) restored", summary)
             rows.append([n, 5 * n, *secs(plan_w), *secs(noop_w), *secs(plan_c),
-                         hits.group(1) if hits else "0"])
+                         hits.group(1) if hits else "0", ", ".join(sorted(heavy)) or "none"])
             print(f"{n} bundles done: cold plan says {summary.strip()}", flush=True)
         table(["bundles", "tasks", "warm plan med s", "min s", "warm no-op doit med s", "min s",
-               "cold-runner plan med s", "min s", "cold: hits from records"], rows)
+               "cold-runner plan med s", "min s", "cold: hits from records",
+               "heavy imported (warm)"], rows)
         top = rows[-1]
         print(f"goal at {sizes[-1]} bundles: warm plan <= 1 s: {top[2]} s; warm no-op <= 1 s: "
               f"{top[4]} s; cold-runner plan in a few seconds: {top[6]} s")
+        print(f"heavy modules checked in the warm runs: {', '.join(HEAVY)}")
     finally:
         server.stop()
         if args.keep:
