@@ -34,7 +34,7 @@ from . import engines, int8, labels, thresholds, tokenizer, weights
 from .base import Report, RunContext, StagePlan, params, tool_versions
 
 CODE_VERSION = "3"
-CARD = "model_card.md"
+CARD = names.MODEL_CARD
 # backend -> (stage, files taken from its output dir; None = all of them)
 CONTENTS: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
     "pytorch": (("weights", None), ("tokenizer", None), ("labels", None), ("thresholds", None)),
