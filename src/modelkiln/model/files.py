@@ -72,11 +72,6 @@ def read_bytes(path: Path, limit: int = MAX_JSON_BYTES) -> bytes:
     return raw
 
 
-def _line_col(text: str, offset: int) -> tuple[int, int]:
-    line_start = text.rfind("\n", 0, offset) + 1
-    return text.count("\n", 0, offset) + 1, offset - line_start + 1
-
-
 def parse_json(raw: bytes, origin: str) -> Any:
     """JSON text -> value; `origin` ("path" or "path:line") names it in every error."""
     try:
