@@ -15,6 +15,7 @@ publishers, the graph) can ask it without importing each other.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -72,12 +73,13 @@ class Layout:
     def default_registry(self) -> Path:
         return self.root / "configs"
 
-    # One Path() of all the parts: planning calls these for every task, and each `/` parses anew.
+    # Planning calls these for every task: a child of the bundle's (remembered) directory costs
+    # less than parsing the whole path again.
     def stage_dir(self, bundle: str, stage: str) -> Path:
-        return Path(self.root, "build", bundle, stage)
+        return _bundle_dirs(self.root, bundle)[0] / stage
 
     def stamp(self, bundle: str, stage: str) -> Path:
-        return Path(self.root, "build", bundle, ".stamps", f"{stage}.json")
+        return _bundle_dirs(self.root, bundle)[1] / f"{stage}.json"
 
     def dist_dir(self, bundle: str, version: str, backend: str) -> Path:
         return Path(self.root, "dist", bundle, version, backend)
@@ -85,6 +87,13 @@ class Layout:
     def oci_dir(self, bundle: str, version: str, backend: str) -> Path:
         """The OCI image layout `image:<bundle>-<backend>` writes (the embedded OCI default)."""
         return self.dist / bundle / version / "oci" / backend
+
+
+@functools.lru_cache(maxsize=4096)
+def _bundle_dirs(root: Path, bundle: str) -> tuple[Path, Path]:
+    """build/<bundle> and build/<bundle>/.stamps of a project."""
+    base = Path(root, "build", bundle)
+    return base, base / ".stamps"
 
 
 def store_root(explicit: Path | str | None = None, *, template: str | None = None,

@@ -8,6 +8,7 @@ Heavy libraries are imported inside `run`, never at module level.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -37,7 +38,7 @@ class StagePlan:
     backend: str | None = None
     extra: tuple[tuple[str, str], ...] = field(default=())  # stage-specific plain values
 
-    @property
+    @functools.cached_property  # every up-to-date check compares it; the plan never changes
     def params_digest(self) -> str:
         return sha256_bytes(self.params.encode())
 
