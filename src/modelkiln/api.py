@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import KilnError, Problem, SpecError
+from .heap import long_lived
 from .model import BrokenSpec, Bundle, check_unique
 from .paths import Layout, project_root
 
@@ -86,9 +87,10 @@ class _Loader:
 
 def load_bundles(paths: Sequence[Path]) -> list[Bundle]:
     """Load, schema-check and convert every spec; one SpecError listing every problem of every file."""
-    loader = _Loader(paths)
-    found = {p: b for p in paths if (b := loader.cache.lookup(p)) is not None}
-    found.update(loader.convert([p for p in paths if p not in found]))
+    with long_lived():
+        loader = _Loader(paths)
+        found = {p: b for p in paths if (b := loader.cache.lookup(p)) is not None}
+        found.update(loader.convert([p for p in paths if p not in found]))
     pairs = [(p, found[p]) for p in paths]
     loader.check_unique(pairs)
     loader.stats.save()
@@ -101,19 +103,20 @@ def load_bundles_partial(paths: Sequence[Path]) -> tuple[list[Bundle], list[Brok
     problems, so one broken spec in fifty blocks only its own bundle."""
     from .spec import spec_name
 
-    loader = _Loader(paths)
     pairs: list[tuple[Path, Bundle]] = []
     first: dict[str, tuple[Path, Bundle]] = {}  # bundle name -> the spec that claimed it
     broken: list[tuple[Path, list[Problem]]] = []
-    for path in paths:
-        try:
-            bundle = loader.cache.lookup(path) or loader.convert([path])[path]
-            if bundle.name in first:  # a second spec of one name: the later one is broken
-                loader.check_unique([first[bundle.name], (path, bundle)])
-            first[bundle.name] = (path, bundle)
-            pairs.append((path, bundle))
-        except SpecError as exc:
-            broken.append((Path(path), exc.problems))
+    with long_lived():
+        loader = _Loader(paths)
+        for path in paths:
+            try:
+                bundle = loader.cache.lookup(path) or loader.convert([path])[path]
+                if bundle.name in first:  # a second spec of one name: the later one is broken
+                    loader.check_unique([first[bundle.name], (path, bundle)])
+                first[bundle.name] = (path, bundle)
+                pairs.append((path, bundle))
+            except SpecError as exc:
+                broken.append((Path(path), exc.problems))
     loader.stats.save()
     bundles = [b for _, b in pairs]
     taken = {b.name for b in bundles}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..artifacts.digest import StatCache, stat_cache
+from ..heap import long_lived
 from ..model.bundle import Bundle
 from ..paths import Layout
 from ..stages.base import StagePlan
@@ -22,6 +23,7 @@ from ..stages.engines import STAGE as ENGINES
 from .cachekey import action_key, material, upstream_identity
 from .plans import plan_bundle, skipped
 from .state import digest_or_missing, read_stamp, rel_to, status
+from .verdicts import BundleMemo, verdicts
 
 if TYPE_CHECKING:  # the cache is opened only when some task is out of date
     from ..cache import ActionCache, ActionRecord, CacheConfig
@@ -65,27 +67,31 @@ def plan_tasks(bundles: Sequence[Bundle], skip: frozenset[str] = frozenset(),
     records of cache hits are put in `records` (by task) when it is given."""
     if not bundles:
         return []
-    stat = stat_cache(Layout(bundles[0].root).state)
+    state = Layout(bundles[0].root).state
     per_bundle: list[list[_Item]] = []
-    for bundle in bundles:
-        plans = plan_bundle(bundle, skip)
-        stamps = {p.task: p.stamp for p in plans}
-        pending: set[str] = set()
-        items = []
-        not_here = skipped(plans)
-        for p in plans:  # plans come in dependency order
-            if p.task in not_here:
-                items.append(_Item(p, bundle, stamps, SKIP, [not_here[p.task]]))
-                continue
-            if p.stage == ENGINES:  # only it reads the cache's engine index
-                from .gather import settle_here
+    with long_lived():  # plans and verdicts live until the answer is printed
+        stat, memo = stat_cache(state), verdicts(state)
+        for bundle in bundles:
+            plans = plan_bundle(bundle, skip)
+            stamps = {p.task: p.stamp for p in plans}
+            pending: set[str] = set()
+            items = []
+            not_here = skipped(plans)
+            checked = BundleMemo(memo, bundle.name, bundle.root,
+                                 [p for p in plans if p.task not in not_here], stamps)
+            for p in plans:  # plans come in dependency order
+                if p.task in not_here:
+                    items.append(_Item(p, bundle, stamps, SKIP, [not_here[p.task]]))
+                    continue
+                if p.stage == ENGINES:  # only it reads the cache's engine index
+                    from .gather import settle_here
 
-                p = settle_here(p, stamps, cache, bundle.root, pending)
-            st = status(p, bundle.root, stat, stamps, pending, explain=True)
-            if st.run:
-                pending.add(p.task)
-            items.append(_Item(p, bundle, stamps, RUN if st.run else OK, list(st.reasons)))
-        per_bundle.append(items)
+                    p = settle_here(p, stamps, cache, bundle.root, pending)
+                st = status(p, bundle.root, stat, stamps, pending, explain=True, memo=checked)
+                if st.run:
+                    pending.add(p.task)
+                items.append(_Item(p, bundle, stamps, RUN if st.run else OK, list(st.reasons)))
+            per_bundle.append(items)
     if any(i.action == RUN for items in per_bundle for i in items):  # else nothing to look up
         from .execute import cache_for
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..artifacts.digest import RACY_NS, StatCache, aggregate
 from ..stages.base import StagePlan
+from .verdicts import BundleMemo, Sig, signature
 
 Stamp = dict[str, Any]
 
@@ -117,8 +118,24 @@ def _short(digest: str | None) -> str:
 
 
 def status(plan: StagePlan, root: Path, cache: StatCache, stamps: Mapping[str, Path],
-           pending: Iterable[str] = (), explain: bool = False) -> Status:
-    """Whether `plan` must run, and why. Stops at the first reason unless `explain`."""
+           pending: Iterable[str] = (), explain: bool = False,
+           memo: BundleMemo | None = None) -> Status:
+    """Whether `plan` must run, and why. Stops at the first reason unless `explain`. With `memo`
+    (its bundle's), a bundle found up to date before whose files all keep their signatures is up
+    to date without reading them (graph.verdicts), and full checks that find every task of the
+    bundle up to date are remembered."""
+    waiting = set(pending)
+    if memo is not None and waiting.isdisjoint(plan.upstream) and memo.holds():
+        return Status(False, ())
+    stamp_sig = signature(os.fspath(plan.stamp)) if memo is not None else None  # before reading
+    found = _check(plan, root, cache, stamps, waiting, explain, memo, stamp_sig)
+    if memo is not None and found.run:
+        memo.missed()
+    return found
+
+
+def _check(plan: StagePlan, root: Path, cache: StatCache, stamps: Mapping[str, Path],
+           waiting: set[str], explain: bool, memo: BundleMemo | None, stamp_sig: Sig) -> Status:
     reasons: list[str] = []
 
     def why(text: str) -> bool:
@@ -129,13 +146,16 @@ def status(plan: StagePlan, root: Path, cache: StatCache, stamps: Mapping[str, P
     if stamp is None:
         why("never built (no stamp)")
         return Status(True, tuple(reasons))
+    out_dir = os.fspath(plan.out_dir)  # joined as text: a Path per output file costs more than its stat
+    outputs = stamp.get("outputs", {})
+    signed = memo.sign(plan, stamp_sig, [os.path.join(out_dir, rel) for rel in outputs]) \
+        if memo is not None and isinstance(outputs, dict) else None
     if stamp.get("params_digest") != plan.params_digest:
         changed = _params_diff(stamp.get("params", {}), json.loads(plan.params))
         if why(f"spec changed: {changed} ({_short(stamp.get('params_digest'))} -> "
                f"{_short(plan.params_digest)})"):
             return Status(True, tuple(reasons))
     recorded = stamp.get("inputs", {})
-    waiting = set(pending)
     for task in plan.upstream:
         if task in waiting and why(f"upstream {task} will run"):
             return Status(True, tuple(reasons))
@@ -153,13 +173,16 @@ def status(plan: StagePlan, root: Path, cache: StatCache, stamps: Mapping[str, P
         old = recorded.get(f"@{task}")
         if old != now and why(f"upstream {task} outputs changed ({_short(old)} -> {_short(now)})"):
             return Status(True, tuple(reasons))
-    out_dir = os.fspath(plan.out_dir)  # joined as text: a Path per output file costs more than its stat
-    for rel, digest in stamp.get("outputs", {}).items():
+    for rel, digest in outputs.items():
         now = digest_or_missing(cache, os.path.join(out_dir, rel))
         if now != digest and why(f"output {rel_to(plan.out_dir / rel, root)} is "
                                  f"{'missing' if now == 'missing' else 'corrupt'}"):
             return Status(True, tuple(reasons))
-    return Status(bool(reasons), tuple(reasons))
+    if reasons:
+        return Status(True, tuple(reasons))
+    if memo is not None:
+        memo.passed(plan, signed)
+    return Status(False, ())
 
 
 def _params_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:

@@ -7,7 +7,6 @@ verification all follow one rule, and `kiln plan` can explain it without doit.
 """
 from __future__ import annotations
 
-import gc
 import inspect
 import os
 import sys
@@ -18,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..artifacts.digest import stat_cache
 from ..errors import KilnError
+from ..heap import hold_until_work, release, work
 from ..model.bundle import BrokenSpec, Bundle
 from ..paths import Layout
 from ..stages.base import StagePlan
 from ..stages.engines import STAGE as ENGINES
 from .plans import STAGES, plan_bundle, skipped, upstream_of
 from .state import status
+from .verdicts import BundleMemo, verdicts
 
 if TYPE_CHECKING:  # a no-op build imports neither the cache nor the executor (~0.1 s)
     from ..cache import CacheConfig
@@ -56,10 +57,10 @@ class Fresh:
     # a fixed empty signature answers at once (deriving it from __call__ cost ~40 us a task).
     __signature__ = inspect.Signature()
 
-    def __init__(self, plan: StagePlan, root: Path, stamps: dict[str, Path],
+    def __init__(self, plan: StagePlan, root: Path, state: Path, memo: BundleMemo,
                  cache: CacheConfig | None = None):
-        self.plan, self.root, self.stamps, self.cache = plan, root, stamps, cache
-        self.state = Layout(root).state
+        self.plan, self.root, self.state, self.memo, self.cache = plan, root, state, memo, cache
+        self.stamps = memo.stamps
 
     def __call__(self) -> bool:
         cache = stat_cache(self.state)
@@ -68,7 +69,7 @@ class Fresh:
             from .gather import settle_here
 
             plan = settle_here(plan, self.stamps, self.cache, self.root)
-        return not status(plan, self.root, cache, self.stamps).run
+        return not status(plan, self.root, cache, self.stamps, memo=self.memo).run
 
 
 def _action(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...],
@@ -78,6 +79,7 @@ def _action(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...],
 
     from .execute import execute
 
+    work()
     try:
         return execute(plan, bundle, upstream, cache)
     except KilnError as exc:
@@ -91,6 +93,7 @@ def _publish(bundle: Bundle, backends: tuple[str, ...], to: str | None) -> Any:
     from ..publish.release import release
     from .execute import log
 
+    work()
     try:
         for backend in backends:
             r = release(bundle, backend, to=to)
@@ -113,14 +116,15 @@ def task_dicts(bundles: list[Bundle], skip: frozenset[str] = frozenset(),
         not_here = skipped(plans)  # e.g. trt without a GPU: no task, nothing depends on it
         plans = [p for p in plans if p.task not in not_here]
         stamps = {p.task: p.stamp for p in plans}
+        state = Layout(bundle.root).state
+        memo = BundleMemo(verdicts(state), bundle.name, bundle.root, plans, stamps)
         for p in plans:
             basename, name = p.task.split(":", 1)
             groups[basename].append({
                 "name": name, "doc": p.doc,
                 "actions": [(_action, (p, bundle, upstream_of(p, plans), cache))],
                 "task_dep": list(p.upstream),
-                "uptodate": [Fresh(p, bundle.root, stamps, cache)],
-                "targets": [str(p.stamp)],
+                "uptodate": [Fresh(p, bundle.root, state, memo, cache)],
                 "verbosity": 2,
             })
         packages = [p for p in plans if p.stage == "package"]
@@ -180,12 +184,10 @@ def doit_namespace(bundles: list[Bundle], root: Path, skip: frozenset[str] = fro
         "backend": "sqlite3", "dep_file": str(state / "doit.sqlite3"),
         "default_tasks": ["build"], "verbosity": 2,
     }}
-    gc.freeze()  # the loaded bundles and the stat cache live as long as the process
+    hold_until_work()  # task dicts, their plans, the verdicts that check them, doit's tasks
     groups = task_dicts(bundles, skip, to, cache)
     add_broken(groups, broken)
-    # ... and so do the task dicts: without this, the cyclic collector walks every one of
-    # them again and again while doit builds its graph (~10 % of a no-op over 5,000 tasks)
-    gc.freeze()
+    verdicts(state)
     for basename in (*STAGES, "publish", "build"):
         if basename in groups:
             namespace[f"task_{basename}"] = _generator(basename, groups[basename])
@@ -199,9 +201,12 @@ def run_doit(bundles: list[Bundle], tasks: list[str], jobs: int = 1,
     from doit.cmd_base import ModuleTaskLoader
     from doit.doit_cmd import DoitMain
 
-    namespace = doit_namespace(bundles, bundles[0].root, skip, to, cache, broken)
-    args = ["run"] + (["-n", str(jobs), "-P", "process"] if jobs > 1 else [])
-    status: int = DoitMain(ModuleTaskLoader(namespace)).run(args + tasks)
+    try:
+        namespace = doit_namespace(bundles, bundles[0].root, skip, to, cache, broken)
+        args = ["run"] + (["-n", str(jobs), "-P", "process"] if jobs > 1 else [])
+        status: int = DoitMain(ModuleTaskLoader(namespace)).run(args + tasks)
+    finally:
+        release()
     return status
 
 
