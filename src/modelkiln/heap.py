@@ -29,11 +29,17 @@ def long_lived() -> Iterator[None]:
             gc.enable()
 
 
-def hold_until_work() -> None:
-    """The graph a build is about to check (task dicts, plans, verdicts, and doit's own task
-    objects made from them) is long-lived too, and a no-op never gets past checking it: collection
-    stays paused until `work` says a task really runs."""
+@contextmanager
+def held_until_work() -> Iterator[None]:
+    """The graph a build is about to check (task dicts, plans, the verdicts that check them) is
+    long-lived too, and a no-op never gets past checking it: collection is paused while it is
+    made, what was made is frozen, and collection stays paused (doit's own task objects come
+    next) until `work` says a task really runs."""
     gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
 
 
 def work() -> None:

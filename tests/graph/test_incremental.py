@@ -31,10 +31,15 @@ def built(tmp_path_factory: pytest.TempPathFactory, tiny_inputs: Path) -> Projec
 
 
 def test_second_run_executes_nothing(built: Project) -> None:
+    time.sleep(0.2)  # past the racy window of the build's last writes
     again = built.doit("build:tiny")
     assert again.code == 0, again.output
     assert again.executed == set()
     assert again.fresh == ALL
+    # that full check recorded the bundle's verdict: the runs below (each edit) go through it
+    verdicts = json.loads((built.root / ".kiln" / "verdicts.json").read_text())
+    assert "tiny" in verdicts["bundles"]
+    assert built.doit("build:tiny").executed == set()
 
 
 def test_bundle_layout_and_manifest(built: Project) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..artifacts.digest import stat_cache
 from ..errors import KilnError
-from ..heap import hold_until_work, release, work
+from ..heap import held_until_work, release, work
 from ..model.bundle import BrokenSpec, Bundle
 from ..paths import Layout
 from ..stages.base import StagePlan
@@ -63,6 +63,8 @@ class Fresh:
         self.stamps = memo.stamps
 
     def __call__(self) -> bool:
+        if self.memo.holds():  # the bundle's verdict (graph.verdicts): what `status` asks first
+            return True
         cache = stat_cache(self.state)
         plan = self.plan
         if plan.stage == ENGINES:  # only it reads the cache's engine index
@@ -184,10 +186,10 @@ def doit_namespace(bundles: list[Bundle], root: Path, skip: frozenset[str] = fro
         "backend": "sqlite3", "dep_file": str(state / "doit.sqlite3"),
         "default_tasks": ["build"], "verbosity": 2,
     }}
-    hold_until_work()  # task dicts, their plans, the verdicts that check them, doit's tasks
-    groups = task_dicts(bundles, skip, to, cache)
-    add_broken(groups, broken)
-    verdicts(state)
+    with held_until_work():
+        groups = task_dicts(bundles, skip, to, cache)
+        add_broken(groups, broken)
+        verdicts(state)
     for basename in (*STAGES, "publish", "build"):
         if basename in groups:
             namespace[f"task_{basename}"] = _generator(basename, groups[basename])
