@@ -57,6 +57,17 @@ def fresh_bytecode() -> None:
     compileall.compile_dir(Path(modelkiln.__file__).parent, quiet=1)
 
 
+def cpu_reference() -> float:
+    """Best of 3 timings of a fixed pure-Python loop, in a fresh interpreter."""
+    import subprocess
+
+    code = ("import time\nbest = 9.0\nfor _ in range(3):\n    t = time.perf_counter(); s = 0\n"
+            "    for i in range(3_000_000): s += i\n    best = min(best, time.perf_counter() - t)\n"
+            "print(best)")
+    return float(subprocess.run([PYTHON, "-c", code], capture_output=True, text=True,
+                                check=True).stdout)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10,100,1000")
@@ -67,6 +78,8 @@ def main() -> None:
     sizes = sorted(int(s) for s in args.sizes.split(","))
     header(f"scaling: kiln plan and no-op doit build at {sizes} bundles, warm and cold runner")
     fresh_bytecode()
+    print(f"cpu reference: {cpu_reference():.3f} s for 3M pure-Python additions (this VM's speed "
+          "varies by up to ~30% from one minute to the next; compare runs by it)")
     work = workdir("kiln-bench-scale-")
     server, s3_env = start_s3(work, "bench")
     env = {**os.environ, **s3_env, "KILN_CACHE_URI": "s3://bench/cache", "KILN_CACHE_WRITE": "0"}
@@ -126,6 +139,7 @@ def main() -> None:
         print(f"goal at {sizes[-1]} bundles: warm plan <= 1 s: {top[2]} s; warm no-op <= 1 s: "
               f"{top[4]} s; cold-runner plan in a few seconds: {top[7]} s")
         print(f"heavy modules checked in the warm runs: {', '.join(HEAVY)}")
+        print(f"cpu reference after the warm runs: {cpu_reference():.3f} s")
     finally:
         server.stop()
         if args.keep:
