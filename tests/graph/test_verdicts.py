@@ -21,10 +21,12 @@ from modelkiln.stages.base import StagePlan, params
 
 
 class Bundle:
-    """Two built tasks with their inputs, outputs and stamps on disk."""
+    """Two built tasks with their inputs, outputs and stamps on disk; verdicts go to
+    <root>/.kiln/verdicts.json as in a project."""
 
     def __init__(self, root: Path, opt_input: bool = False):
         self.root = root
+        self.verdicts = root / ".kiln" / "verdicts.json"
         self.input = root / "in.txt"
         self.optional = root / "optional.txt"  # absent: recorded as "missing"
         self.input.write_text("input")
@@ -86,10 +88,10 @@ def stamp_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 def saved(bundle: Bundle) -> Verdicts:
     """A full pass that finds the bundle up to date, saved as a process would at exit; then the
     file read back as the next process would."""
-    first = Verdicts(bundle.root / "verdicts.json")
+    first = Verdicts(bundle.verdicts)
     assert bundle.check(first) == [False, False]
     first.save()
-    return Verdicts(bundle.root / "verdicts.json")
+    return Verdicts(bundle.verdicts)
 
 
 def test_an_unchanged_bundle_is_up_to_date_without_parsing_a_stamp(
@@ -145,10 +147,10 @@ def test_an_absent_optional_input_that_appears_misses(tmp_path: Path) -> None:
 
 def test_a_file_modified_within_the_racy_window_is_never_vouched_for(bundle: Bundle) -> None:
     os.utime(bundle.input)  # now: a second write in the same tick could repeat this stat
-    first = Verdicts(bundle.root / "verdicts.json")
+    first = Verdicts(bundle.verdicts)
     assert bundle.check(first) == [False, False]
     first.save()
-    assert not (bundle.root / "verdicts.json").exists()
+    assert not bundle.verdicts.exists()
 
 
 def test_a_task_that_runs_drops_the_bundle_verdict(bundle: Bundle) -> None:
@@ -156,11 +158,21 @@ def test_a_task_that_runs_drops_the_bundle_verdict(bundle: Bundle) -> None:
     (bundle.plans[1].out_dir / "out.txt").unlink()
     assert bundle.check(again) == [False, True]
     again.save()
-    assert "x" not in json.loads((bundle.root / "verdicts.json").read_text())["bundles"]
+    assert "x" not in json.loads(bundle.verdicts.read_text())["bundles"]
 
 
 @pytest.mark.parametrize("content", [b"", b"{", b"[]", b'{"format": 1, "bundles": {"x": [1]}}',
                                      b'{"format": 1, "bundles": {"x": ["k", [["p"]]]}}'])
 def test_an_unreadable_verdicts_file_is_a_miss_not_an_error(bundle: Bundle, content: bytes) -> None:
-    (bundle.root / "verdicts.json").write_bytes(content)
-    assert bundle.check(Verdicts(bundle.root / "verdicts.json")) == [False, False]
+    bundle.verdicts.parent.mkdir()
+    bundle.verdicts.write_bytes(content)
+    assert bundle.check(Verdicts(bundle.verdicts)) == [False, False]
+
+
+def test_a_removed_bundles_verdict_is_dropped_when_the_file_is_next_written(bundle: Bundle) -> None:
+    again = saved(bundle)
+    for p in bundle.plans:
+        p.stamp.unlink()
+    again.keep("other", "k", [])  # something else makes the file dirty
+    again.save()
+    assert "x" not in json.loads(bundle.verdicts.read_text())["bundles"]

@@ -104,6 +104,8 @@ class Verdicts:
         merged = {**self._read(self.path), **self._entries}
         for bundle in self._forgotten:  # a stale entry must not come back from the file
             merged.pop(bundle, None)
+        root = os.fspath(self.path.parent.parent)  # <project>/.kiln/verdicts.json
+        merged = {b: e for b, e in merged.items() if _first_file_there(e, root)}
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,6 +115,18 @@ class Verdicts:
             tmp.unlink(missing_ok=True)  # a read-only or full state dir only costs speed
             return
         self._dirty = False
+
+
+def _first_file_there(entry: list[object], root: str) -> bool:
+    """Whether the first file an entry vouches for (its first task's stamp) still exists: a
+    removed bundle's entry is dropped, so the file does not grow without bound."""
+    try:
+        files = entry[1]
+        assert isinstance(files, list)
+        path = files[0][0]
+        return os.path.exists(path if path.startswith(os.sep) else os.path.join(root, path))
+    except (AssertionError, IndexError, TypeError, AttributeError):
+        return False
 
 
 class BundleMemo:
