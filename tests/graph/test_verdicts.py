@@ -169,6 +169,17 @@ def test_an_unreadable_verdicts_file_is_a_miss_not_an_error(bundle: Bundle, cont
     assert bundle.check(Verdicts(bundle.verdicts)) == [False, False]
 
 
+@pytest.mark.parametrize("files", [[[1, None]], [["build/.stamps/a.json", "sig"]], "x", [None]])
+def test_a_hostile_entry_with_the_right_key_is_a_miss_not_an_error(bundle: Bundle,
+                                                                   files: object) -> None:
+    from modelkiln.graph.verdicts import plans_key
+
+    key = plans_key(bundle.plans, bundle.stamps)
+    bundle.verdicts.parent.mkdir()
+    bundle.verdicts.write_text(json.dumps({"format": 1, "bundles": {"x": [key, files]}}))
+    assert bundle.check(Verdicts(bundle.verdicts)) == [False, False]
+
+
 def test_a_removed_bundles_verdict_is_dropped_when_the_file_is_next_written(bundle: Bundle) -> None:
     again = saved(bundle)
     for p in bundle.plans:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..artifacts.atomic import write_bytes
 from ..artifacts.digest import RACY_NS, canonical_json, sha256_bytes
 from ..stages.base import StagePlan
 from ..stages.engines import STAGE as ENGINES
@@ -84,7 +85,7 @@ class Verdicts:
             base = root + os.sep
             return all(signature(path if path.startswith(os.sep) else base + path) == sig
                        for path, sig in files)
-        except (AssertionError, IndexError, TypeError, ValueError, OSError):
+        except (AssertionError, AttributeError, IndexError, TypeError, ValueError, OSError):
             return False
 
     def keep(self, bundle: str, key: str, files: Files) -> None:
@@ -106,14 +107,11 @@ class Verdicts:
             merged.pop(bundle, None)
         root = os.fspath(self.path.parent.parent)  # <project>/.kiln/verdicts.json
         merged = {b: e for b, e in merged.items() if _first_file_there(e, root)}
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(canonical_json({"format": FORMAT, "bundles": merged}))
-            os.replace(tmp, self.path)
+        try:  # not durable: losing the file after a crash costs a full check, nothing more
+            write_bytes(self.path, canonical_json({"format": FORMAT, "bundles": merged}),
+                        durable=False)
         except OSError:
-            tmp.unlink(missing_ok=True)  # a read-only or full state dir only costs speed
-            return
+            return  # a read-only or full state dir only costs speed
         self._dirty = False
 
 
