@@ -226,3 +226,21 @@ def bootstrap(env: Mapping[str, str] | None = None,
     from .runtime import bootstrap as run_bootstrap
 
     return run_bootstrap(env, progress)
+
+
+def image_lock(specs: Sequence[str | Path] = ()) -> list[tuple[str, Path]]:
+    """`kiln image-lock`: resolve each spec's serving environment into its lock file (pip, wheels
+    only, a sha256 per wheel); returns (bundle, lock path) for the specs that have an image."""
+    from .stages.image_env import write_lock
+
+    return [(b.name, write_lock(b)) for b in load_bundles(discover(specs))
+            if b.image is not None and b.image.libraries == "lock"]
+
+
+def make_base(out: Path, suite: str = "bookworm",
+              include: Sequence[str] = ("python3", "ca-certificates")) -> str:
+    """`kiln base DIR`: a Debian base with python3 from Debian's packages (mmdebstrap) as a
+    one-layer OCI layout in DIR; returns the image manifest's digest."""
+    from .artifacts.oci.rootfs import build_debian_base
+
+    return build_debian_base(out, suite, tuple(include))

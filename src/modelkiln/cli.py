@@ -10,7 +10,8 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, api, cli_admin, cli_sign
 from .cache import CacheConfig
@@ -159,6 +160,46 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_base(args: argparse.Namespace) -> int:
+    out = Path(args.dir)
+    include = [p for v in args.include or ["python3,ca-certificates"] for p in v.split(",") if p]
+    digest = api.make_base(out, args.suite, include)
+    print(f"base: oci:{out}@{digest}")
+    print(f"name it in a spec as  image.base: oci:{out}  (a path relative to the spec file), or "
+          f"push it (skopeo copy oci:{out}:base docker://REGISTRY/REPO) and pin REPO@{digest}")
+    return 0
+
+
+def cmd_image_lock(args: argparse.Namespace) -> int:
+    done = api.image_lock(args.specs)
+    for name, path in done:
+        print(f"{name}: {path} written (review and commit it)")
+    if not done:
+        print("no spec has an image: section that installs its libraries from a lock")
+    return 0
+
+
+def _image_parsers(sub: Any) -> None:
+    b = sub.add_parser("base", help="make a Debian base image with python3 from Debian's "
+                       "packages (mmdebstrap, as root) as an OCI layout",
+                       description="Runs mmdebstrap with the host's apt sources and writes the "
+                       "root filesystem as a one-layer OCI image layout in DIR. Example: "
+                       "kiln base bases/debian-bookworm-python3")
+    b.add_argument("dir", help="the OCI layout directory to write")
+    b.add_argument("--suite", default="bookworm", help="Debian suite (default: bookworm)")
+    b.add_argument("--include", action="append",
+                   help="packages to install (default: python3,ca-certificates)")
+    b.set_defaults(func=cmd_base)
+
+    lk = sub.add_parser("image-lock", help="resolve each serving image's libraries into "
+                        "bundles/<name>.image.lock (wheels with sha256)",
+                        description="Asks pip (no install) for wheels of the image's Python and "
+                        "platform and writes them with their hashes beside the spec. Example: "
+                        "kiln image-lock bundles/registry-v3.yaml")
+    lk.add_argument("specs", nargs="*", help="spec files or directories (default: bundles/)")
+    lk.set_defaults(func=cmd_image_lock)
+
+
 def _cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", metavar="URI", help="action cache: s3://bucket/prefix, "
                    "file:///path or 'off' (default: $KILN_CACHE_URI, [tool.modelkiln] cache, "
@@ -221,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_admin.add_parsers(sub)
     cli_sign.add_parsers(sub)
+    _image_parsers(sub)
     return p
 
 

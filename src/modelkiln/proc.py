@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .errors import KilnError
 
 
 def run(cmd: Sequence[str], *, cwd: Path | None = None, timeout: float = 60.0,
-        check: bool = True) -> subprocess.CompletedProcess[str]:
+        check: bool = True, env: Mapping[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
     """Run `cmd`; raise KilnError naming the command and its stderr tail when it fails."""
     try:
-        done = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                              env=None if env is None else dict(env))
     except FileNotFoundError:
         raise KilnError(f"{cmd[0]}: command not found; install it or put it on PATH") from None
     except subprocess.TimeoutExpired:

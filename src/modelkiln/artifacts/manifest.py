@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypedDict, TypeGuard, cast
+from typing import Any, NotRequired, TypedDict, TypeGuard, cast
 
 from ..errors import FileChange, KilnError, PublishError
 from .digest import StatCache, aggregate, sha256_file
@@ -42,6 +42,18 @@ class ArchiveEntry(TypedDict):
     sha256: str
 
 
+class Signature(TypedDict):
+    """What a served bundle takes and answers (`predict`, runtime/predict.py, reads it)."""
+
+    task: str  # source.task
+    input: str  # the field of an input JSON line that holds the text
+    max_length: int  # tokens; longer texts are truncated, as in the build's gates
+    labels: list[str]  # label order: the model's output columns
+    score: str  # how logits become scores (artifacts/decisions.SCORE_RULE)
+    decision: str  # how scores become labels, with thresholds.json
+    output: dict[str, str]  # the answer's fields and what they hold
+
+
 class BundleManifest(TypedDict):
     """`manifest.json` inside the tarball. JSON on disk, so a TypedDict: the dict IS the record."""
 
@@ -56,6 +68,7 @@ class BundleManifest(TypedDict):
     tools: dict[str, str]
     parity: dict[str, Any]  # stage name -> that gate's report
     metadata: dict[str, Any]
+    signature: NotRequired[Signature]  # absent in bundles made before serving signatures
 
 
 class PublishedManifest(BundleManifest):
@@ -90,9 +103,10 @@ def file_entries(root: Path, files: Iterable[str],
 def build(*, name: str, version: str, backend: str, files: list[FileEntry],
           inputs: dict[str, str], spec_digest: str, tools: dict[str, str],
           parity: dict[str, Any] | None = None,
-          metadata: dict[str, Any] | None = None) -> BundleManifest:
+          metadata: dict[str, Any] | None = None,
+          signature: Signature | None = None) -> BundleManifest:
     """Assemble a bundle manifest; the aggregate digest is derived from `files`, never passed in."""
-    return {
+    built: BundleManifest = {
         "schema_version": SCHEMA_VERSION,
         "name": name,
         "version": version,
@@ -105,6 +119,9 @@ def build(*, name: str, version: str, backend: str, files: list[FileEntry],
         "parity": parity or {},
         "metadata": metadata or {},
     }
+    if signature is not None:
+        built["signature"] = signature
+    return built
 
 
 def with_archive(manifest: BundleManifest, size: int, sha256: str) -> PublishedManifest:

@@ -103,11 +103,16 @@ class ImageSpec:
     """The serving image (`image:` section): built for one backend on a digest-pinned base."""
 
     repository: str  # where `push: true` sends it, e.g. registry.example.com/models/registry
-    base: str | None  # HOST/REPO@sha256:...; None: no base layers (our layers only)
+    base: str  # HOST/REPO@sha256:... or oci:PATH[@sha256:...] (a local layout, spec-relative)
     tag: str  # template with {name}, {version}, {backend}
     backend: str
     platform: str  # os/arch[/variant]
     push: bool
+    python: str = "3.11"  # the base's Python: the ABI the environment's wheels are resolved for
+    packages: tuple[str, ...] = ()  # pip requirements added to (or replacing) the defaults
+    test: str = "auto"  # run the image in a container engine: auto | required | off
+    libraries: str = "lock"  # lock: install the lock as a layer; base: the base carries them
+    base_layout: Path | None = None  # the resolved directory of an `oci:` base
 
 
 @dataclass(frozen=True)

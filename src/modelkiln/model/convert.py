@@ -16,7 +16,7 @@ from ..paths import project_root
 from . import bundle as m
 from . import inputs
 from .checker import Checker as _Checker
-from .checker import Data, Document
+from .checker import Data, Document, kind_of
 
 __all__ = ["Document", "check_unique", "to_bundle"]
 
@@ -115,8 +115,41 @@ def _publish(c: _Checker, data: Data, backends: int) -> m.Publish:
     return m.Publish(s3, target, oci)
 
 
+BASE_HINT = ("name a base with python3, pinned: REGISTRY/REPO@sha256:<digest> (`skopeo inspect "
+             "docker://REF` prints the digest), or oci:PATH for a layout made by `kiln base PATH` "
+             "(a Debian python3 from Debian's packages)")
+
+
+def _base(c: _Checker, base: str | None) -> tuple[str, Path | None]:
+    """image.base: a digest-pinned registry reference or `oci:PATH[@sha256:...]`."""
+    key = ("image", "base")
+    if base is None:
+        c.fail(("image",), "image.base is missing: without a base the image has no python3 and "
+               "cannot start", BASE_HINT)
+        return "", None
+    if base.startswith("oci:"):
+        where = base[4:].split("@", 1)[0]
+        if not where:
+            c.fail(key, "oci: needs a layout directory", BASE_HINT)
+            return base, None
+        if kind_of(c.base / where) == "missing":
+            c.fail(key, f"base layout '{where}' does not exist", f"make it with `kiln base "
+                   f"{where}` from {c.base.name}/ (mmdebstrap: Debian's python3), or {BASE_HINT}")
+            return base, None
+        layout = c.path(key, where, "dir")
+        if layout is not None and kind_of(layout / "index.json") != "file":
+            c.fail(key, f"'{where}' is not an OCI image layout (no index.json)",
+                   f"make it with `kiln base {where}`, or {BASE_HINT}")
+        return base, layout
+    if "@sha256:" not in base:
+        c.fail(key, f"base image '{base}' is not pinned by digest", "write it as "
+               "REGISTRY/REPO@sha256:<digest> (`skopeo inspect docker://REF` prints the digest) "
+               "so two builds cannot get different bases")
+    return base, None
+
+
 def _image(c: _Checker, data: Data, enabled: tuple[str, ...]) -> m.ImageSpec | None:
-    """The `image:` section: its backend must be built, its base pinned by digest."""
+    """The `image:` section: its backend must be built, its base usable and pinned."""
     img = data.get("image")
     if img is None:
         return None
@@ -124,13 +157,11 @@ def _image(c: _Checker, data: Data, enabled: tuple[str, ...]) -> m.ImageSpec | N
     if backend not in enabled:
         c.fail(("image", "backend"), f"the image serves the {backend} bundle, but that backend is "
                "not enabled", f"set image.backend to one of: {', '.join(enabled) or 'none'}")
-    base = img.get("base")
-    if base is not None and "@sha256:" not in base:
-        c.fail(("image", "base"), f"base image '{base}' is not pinned by digest", "write it as "
-               "REGISTRY/REPO@sha256:<digest> (`skopeo inspect docker://REF` prints the digest) "
-               "so two builds cannot get different bases")
+    base, layout = _base(c, img.get("base"))
     return m.ImageSpec(img["repository"], base, img.get("tag", "{version}-{backend}"), backend,
-                       img.get("platform", "linux/amd64"), bool(img.get("push", False)))
+                       img.get("platform", "linux/amd64"), bool(img.get("push", False)),
+                       str(img.get("python", "3.11")), tuple(img.get("packages", ())),
+                       img.get("test", "auto"), img.get("libraries", "lock"), layout)
 
 
 def to_bundle(doc: Document) -> m.Bundle:

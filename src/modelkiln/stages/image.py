@@ -37,11 +37,13 @@ from ..paths import Layout
 from ..proc import run as run_cmd
 from ..resources import resource_bytes
 from .base import RunContext, StagePlan, params
+from .image_env import CODE_VERSION as ENV_CODE_VERSION
+from .image_env import lock_path
 
 # image_parts (the OCI transport) and signing are imported by run(), not here: every build, a
 # no-op included, imports this module to plan, and they cost it ~40 ms.
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: the environment layer, a required base, `predict` in the entrypoint
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the modelkiln package: the runtime layer
 
 
@@ -67,6 +69,17 @@ def _templates_digest() -> str:
                         + resource_bytes("templates", "entrypoint.sh"))
 
 
+def image_inputs(bundle: Bundle) -> tuple[Path, ...]:
+    """Files the serving image is made from besides the bundle: modelkiln's runtime, the
+    environment lock and a local base layout's index (a rebuilt base reruns the image)."""
+    img = bundle.image
+    assert img is not None
+    extra = [lock_path(bundle)] if img.libraries == "lock" else []
+    if img.base_layout is not None:
+        extra.append(img.base_layout / "index.json")
+    return (*runtime_files(), *extra)
+
+
 def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
     """One task per enabled backend when the spec asks for OCI output (`image:` or
     `publish.oci`); the serving image only for `image.backend`."""
@@ -84,12 +97,14 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
             stamp=layout.stamp(bundle.name, f"image-{backend}"),
             # the package's signature (written by `kiln sign` / `kiln publish`, absent when
             # unsigned) is attached to the artifact and image as a referrer
-            inputs=(*(runtime_files() if img else ()),
+            inputs=(*(image_inputs(bundle) if img else ()),
                     layout.dist_dir(bundle.name, version, backend) / names.SIGNATURE),
             upstream=(f"package:{bundle.name}-{backend}",),
             params=params(CODE_VERSION, version=version, backend=backend,
-                          image=None if img is None else {"base": img.base,
-                                                           "platform": img.platform},
+                          image=None if img is None else {
+                              "base": img.base, "platform": img.platform, "python": img.python,
+                              "packages": list(img.packages), "libraries": img.libraries,
+                              "env_code": ENV_CODE_VERSION},
                           templates=_templates_digest() if img else None),
             backend=backend, extra=(("version", version),)))
     return plans

@@ -22,20 +22,15 @@ from ..artifacts.oci import media
 from ..artifacts.oci.build import BundleFile, image_config, is_weight
 from ..artifacts.oci.layers import Entry, Layer, write_layer
 from ..artifacts.oci.layout import OciLayout
-from ..errors import BuildError, KilnError
 from ..model.bundle import ImageSpec
 from ..resources import resource_bytes
-from ..transport.oci import Reference, Registry
-from ..transport.oci_pull import pull
 from .base import RunContext
 
 BUNDLE_DIR = "/opt/model"
 ENTRYPOINT = "/opt/modelkiln/entrypoint.sh"
-PYTHONPATH = "/opt/modelkiln/lib"
+PYTHONPATH = "/opt/modelkiln/lib:/opt/modelkiln/env"  # our package, then the environment layer
 BIG = 8 << 20  # files this large get their own uncompressed layer, like weights
 CONFIG_FILES = (names.CONFIG, names.LABEL_ORDER, names.LABEL_FIELDS)
-DOCKER_TO_OCI = {media.DOCKER_LAYER_GZIP: media.LAYER_GZIP,
-                 "application/vnd.docker.image.rootfs.diff.tar": media.LAYER_TAR}
 
 
 @dataclass(frozen=True)
@@ -120,38 +115,19 @@ class LayerWriter:
         write_bytes(self.path, media.canonical(self.used), durable=False)
 
 
-def fetch_base(ctx: RunContext, lay: OciLayout, base: str,
-               platform: str) -> tuple[dict[str, Any], list[media.Descriptor]]:
-    """Pull the pinned base (through the blob cache in `.kiln/oci-cache/`) and link its blobs into
-    `lay`; returns its image config and layer descriptors."""
-    ref = Reference.parse(base)
-    if ref.digest is None:
-        raise KilnError(f"image.base {base}: not pinned by digest; write REPO@sha256:<digest>")
-    cache = OciLayout(ctx.layout.state / "oci-cache")
-    reg = Registry(ref.host)
-    try:
-        pulled = pull(reg, ref, cache, platform=platform,
-                      trusted=lambda p, d: ctx.cache.digest(p) == d.split(":", 1)[1])
-    finally:
-        reg.close()
-    for blob in (pulled.config, *pulled.layers):
-        lay.link(cache.blob_path(blob.digest), blob.digest)
-    config = json.loads(cache.read_blob(pulled.config))
-    if not isinstance(config, dict) or "rootfs" not in config:
-        raise BuildError(f"image.base {base}: its config is not an image config (an artifact?)")
-    layers = [media.Descriptor(DOCKER_TO_OCI.get(d.media_type, d.media_type), d.digest, d.size)
-              for d in pulled.layers]
-    return config, layers
-
-
 def build_image(ctx: RunContext, lay: OciLayout, prev: OciLayout, img: ImageSpec,
                 files: list[BundleFile], notes: dict[str, str], entrypoint: bytes,
                 runtime: list[tuple[str, Path]]) -> BuiltImage:
     """Assemble the serving image in `lay` (the bundle's raw blobs must already be there)."""
-    base_config, base_layers = (fetch_base(ctx, lay, img.base, img.platform) if img.base
-                                else (None, []))
+    from .image_base import fetch_base
+    from .image_env import env_layer
+
+    base_config, base_layers = fetch_base(ctx, lay, img)
     writer = LayerWriter(ctx, lay, prev)
     ours: list[tuple[str, Layer]] = []
+    if img.libraries == "lock":  # least often changed: first, so it is shared the longest
+        ours.append(("serving environment (image lock)",
+                     env_layer(ctx.bundle, img, ctx.layout, lay)))
     rt = [(Entry(ENTRYPOINT.lstrip("/"), entrypoint, 0o755), sha256_bytes(entrypoint))]
     rt += [(Entry(dest, src), ctx.cache.digest(src)) for dest, src in runtime]
     ours.append(("modelkiln runtime and entrypoint", writer.layer(rt, gzip=True)))
@@ -163,9 +139,7 @@ def build_image(ctx: RunContext, lay: OciLayout, prev: OciLayout, img: ImageSpec
     backend = ctx.plan.backend or img.backend
     env = env_for(backend, notes[media.VERSION], files)
     labels = dict(notes)
-    if img.base:
-        notes = {**notes, media.BASE_NAME: img.base.split("@", 1)[0],
-                 media.BASE_DIGEST: img.base.split("@", 1)[1]}
+    notes = {**notes, **base_notes(img, lay)}
     config = image_config(base_config, img.platform, [layer.diff_id for _, layer in ours],
                           [f"modelkiln: {name}" for name, _ in ours], env, [ENTRYPOINT],
                           labels, BUNDLE_DIR)
@@ -175,6 +149,18 @@ def build_image(ctx: RunContext, lay: OciLayout, prev: OciLayout, img: ImageSpec
     return BuiltImage(manifest, {name: layer.digest for name, layer in ours},
                       dockerfile(ctx, img, backend, env, labels, ours),
                       writer.written + len(config))
+
+
+def base_notes(img: ImageSpec, lay: OciLayout) -> dict[str, str]:
+    """The base's name and manifest digest annotations (an `oci:` base: the layout's image)."""
+    if img.base_layout is None:
+        name, digest = img.base.split("@", 1)
+        return {media.BASE_NAME: name, media.BASE_DIGEST: digest}
+    src = OciLayout(img.base_layout)
+    pinned = img.base.split("@", 1)[1] if "@" in img.base else None
+    digest = pinned or next(d.digest for d in src.manifests()
+                            if d.media_type in (media.MANIFEST, media.DOCKER_MANIFEST))
+    return {media.BASE_NAME: img.base.split("@", 1)[0], media.BASE_DIGEST: digest}
 
 
 def dockerfile(ctx: RunContext, img: ImageSpec, backend: str, env: dict[str, str],
@@ -187,6 +173,7 @@ def dockerfile(ctx: RunContext, img: ImageSpec, backend: str, env: dict[str, str
     template = Template(resource_bytes("templates", "Dockerfile").decode())
     return template.substitute(
         name=ctx.bundle.name, version=labels[media.VERSION], backend=backend,
-        base=img.base or "scratch", adds="\n".join(adds), workdir=BUNDLE_DIR,
+        base=img.base if img.base_layout is None else
+        f"{img.base}  # a local OCI layout: load it into the engine first", adds="\n".join(adds), workdir=BUNDLE_DIR,
         env=" \\\n    ".join(f"{k}={json.dumps(v)}" for k, v in env.items()),
         labels=" \\\n    ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in labels.items()))

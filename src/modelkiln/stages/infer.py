@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+# the one decision rule, shared with the serving runtime (artifacts/decisions.py)
+from ..artifacts.decisions import decide as decide
+from ..artifacts.decisions import scores as scores
 from ..errors import BuildError
 from ..model.calibration import read_rows
 from ..model.files import BadFile
@@ -63,16 +66,6 @@ def torch_logits(model_dir: Path, batch: Batch, chunk: int = 64) -> Any:
             part = {k: torch.from_numpy(v[start:start + chunk]) for k, v in batch.items()}
             outs.append(model(**part).logits.float().numpy())
     return np.concatenate(outs)
-
-
-def scores(logits: Any, task: str) -> Any:
-    """Per-label scores: sigmoid for multi-label, softmax for single-label."""
-    import numpy as np
-
-    if task == "multi-label-classification":
-        return 1.0 / (1.0 + np.exp(-logits))
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 # --- ONNX Runtime side (onnx, int8, parity, smoke stages) ---------------------------------------
@@ -140,13 +133,3 @@ def ort_logits_per_text(model_path: Path | Any, batch: Batch) -> Any:
         row = {k: v[i:i + 1, :length] if right_padded else v[i:i + 1] for k, v in feed.items()}
         outs.append(session.run(["logits"], row)[0])
     return np.concatenate(outs).astype(np.float32)
-
-
-def decide(probs: Any, labels: tuple[str, ...], cuts: dict[str, float]) -> Any:
-    """Boolean decisions (rows x labels): a label is on when its score reaches its threshold."""
-    import numpy as np
-
-    missing = [lab for lab in labels if lab not in cuts]
-    if missing:
-        raise BuildError(f"thresholds.json has no threshold for {missing}; rebuild thresholds")
-    return probs >= np.asarray([cuts[lab] for lab in labels], dtype=probs.dtype)

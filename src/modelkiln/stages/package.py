@@ -33,7 +33,7 @@ from ..resources import resource_bytes
 from . import engines, int8, labels, thresholds, tokenizer, weights
 from .base import Report, RunContext, StagePlan, params, tool_versions
 
-CODE_VERSION = "3"
+CODE_VERSION = "4"  # 4: the manifest records the serving signature
 CARD = names.MODEL_CARD
 # backend -> (stage, files taken from its output dir; None = all of them)
 CONTENTS: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
@@ -162,6 +162,19 @@ def plan(bundle: Bundle, layout: Layout,
     return plans
 
 
+def serving_signature(ctx: RunContext) -> mf.Signature:
+    """The input/output schema `predict` serves (the same rule as the gates: decisions.py)."""
+    from ..artifacts.decisions import DECISION_RULE, SCORE_RULE
+
+    task = ctx.bundle.source.task
+    order = json.loads((ctx.up("labels") / names.LABEL_ORDER).read_bytes())
+    return {"task": task, "input": "text", "max_length": ctx.bundle.thresholds.max_length,
+            "labels": [str(x) for x in order], "score": SCORE_RULE.get(task, "softmax"),
+            "decision": f"{DECISION_RULE} ({names.THRESHOLDS})",
+            "output": {"labels": "the labels that are on, in label order",
+                       "scores": "label -> score in [0, 1]"}}
+
+
 def run(ctx: RunContext) -> Report:
     backend = ctx.plan.backend or "pytorch"
     members: list[tuple[str, Path]] = []
@@ -187,7 +200,8 @@ def run(ctx: RunContext) -> Report:
     manifest = mf.build(
         name=ctx.bundle.name, version=version, backend=backend, files=files, inputs=inputs,
         spec_digest=spec_digest(ctx.bundle, backend), tools=tools,
-        parity=_checks(reports), metadata=dict(ctx.bundle.metadata))
+        parity=_checks(reports), metadata=dict(ctx.bundle.metadata),
+        signature=serving_signature(ctx))
     inner = ctx.out / ".bundle-manifest.json"
     inner.write_bytes(mf.dumps(manifest))
     archive = ctx.out / mf.ARCHIVE

@@ -1,0 +1,36 @@
+"""How a classifier's logits become scores and decisions: one rule for every place that decides.
+
+The thresholds stage fits cuts on these scores, the parity gates count flips with them, and the
+serving `predict` path (runtime/predict.py, inside the image and on a bootstrapped host) answers
+with them, so a label is "on" in production exactly when it was on in the gate. numpy is imported
+inside the functions: the runtime imports this module without it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import BuildError
+
+MULTI_LABEL = "multi-label-classification"
+SCORE_RULE = {MULTI_LABEL: "sigmoid", "single-label-classification": "softmax"}
+DECISION_RULE = "a label is on when its score >= its threshold"
+
+
+def scores(logits: Any, task: str) -> Any:
+    """Per-label scores: sigmoid for multi-label, softmax for single-label."""
+    import numpy as np
+
+    if task == MULTI_LABEL:
+        return 1.0 / (1.0 + np.exp(-logits))
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def decide(probs: Any, labels: tuple[str, ...] | list[str], cuts: dict[str, float]) -> Any:
+    """Boolean decisions (rows x labels): a label is on when its score reaches its threshold."""
+    import numpy as np
+
+    missing = [lab for lab in labels if lab not in cuts]
+    if missing:
+        raise BuildError(f"thresholds.json has no threshold for {missing}; rebuild thresholds")
+    return probs >= np.asarray([cuts[lab] for lab in labels], dtype=probs.dtype)

@@ -1,0 +1,189 @@
+"""`python3 -m modelkiln.runtime predict [BUNDLE_DIR]`: JSON lines in, one answer per line out.
+
+The one inference path of a served bundle: the serving image's `predict` command runs it, and so
+can a host that bootstrapped the bundle (BUNDLE_DIR defaults to $REGISTRY_BUNDLE_DIR, which both
+set). It reads what the bundle's manifest.json records under `signature` (task, input field,
+maximum sequence length) and answers each input line with
+
+    {"labels": [labels that are on, in label order], "scores": {label: score}}
+
+Scores and decisions come from artifacts/decisions.py, the rule the thresholds stage and the
+parity gates use, so an answer here is the answer the build gated. Texts run one at a time, as
+the int8 parity gate runs them (dynamic quantization scales activations per input, so batching
+would make a row's answer depend on its neighbours). A line that is not a JSON object with the
+input field answers `{"error": "line N: ..."}` in its place (outputs stay aligned with inputs)
+and the same one line goes to stderr; the exit status is 1 when any line was refused.
+
+Only this module of the runtime imports numpy, onnxruntime and tokenizers (or torch and
+transformers for a PyTorch bundle), inside `load`; `runtime/__main__` imports it only for
+`predict`, so the bootstrap stays light (an import-linter contract checks both).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..artifacts import names
+from ..artifacts.decisions import decide, scores
+from ..errors import KilnError
+
+MAX_LINE = 1 << 20  # a longer input line is refused, not read into a tokenizer
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A loaded bundle: `logits(text)` gives one row of logits; the rest says how to decide."""
+
+    task: str
+    field: str
+    labels: tuple[str, ...]
+    cuts: dict[str, float]
+    logits: Callable[[str], Any]
+
+    def answer(self, text: str) -> dict[str, Any]:
+        import numpy as np
+
+        probs = scores(np.asarray(self.logits(text), dtype=np.float64).reshape(1, -1), self.task)
+        on = decide(probs, self.labels, self.cuts)[0]
+        return {"labels": [lab for lab, hit in zip(self.labels, on, strict=True) if hit],
+                "scores": {lab: float(p) for lab, p in zip(self.labels, probs[0], strict=True)}}
+
+
+def _json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except OSError as exc:
+        raise KilnError(f"{path}: cannot read it ({exc.strerror}); is this a bundle directory?") \
+            from None
+    except ValueError:
+        raise KilnError(f"{path}: not valid JSON; the bundle is damaged, fetch it again") from None
+
+
+def signature(bundle_dir: Path) -> dict[str, Any]:
+    """The bundle's input/output signature from its manifest.json."""
+    manifest = _json_file(bundle_dir / names.MANIFEST)
+    sig = manifest.get("signature") if isinstance(manifest, dict) else None
+    if not isinstance(sig, dict):
+        raise KilnError(f"{bundle_dir / names.MANIFEST}: records no serving signature; rebuild "
+                        "the bundle with this modelkiln")
+    return {**sig, "backend": manifest.get("backend")}
+
+
+def load(bundle_dir: Path) -> Predictor:
+    """Load the bundle for answering; a missing runtime library is one line naming it."""
+    sig = signature(bundle_dir)
+    labels = _json_file(bundle_dir / names.LABEL_ORDER)
+    cuts = _json_file(bundle_dir / names.THRESHOLDS)
+    if not isinstance(labels, list) or not isinstance(cuts, dict):
+        raise KilnError(f"{bundle_dir}: label_order.json or thresholds.json has the wrong shape")
+    backend = sig.get("backend")
+    max_length = int(sig.get("max_length") or 512)
+    try:
+        if backend == "pytorch":
+            logits = _torch(bundle_dir, max_length)
+        elif (bundle_dir / names.ONNX_INT8).is_file():
+            logits = _onnx(bundle_dir, max_length)
+        else:
+            raise KilnError(f"{bundle_dir}: a {backend} bundle has no model predict can run "
+                            f"(expected {names.ONNX_INT8} or the PyTorch weights)")
+    except ImportError as exc:
+        raise KilnError(f"predict needs the {backend} serving libraries, and {exc.name} is not "
+                        "installed; the serving image carries them (image lock), or pip install "
+                        "them beside modelkiln") from None
+    return Predictor(str(sig.get("task")), str(sig.get("input", "text")),
+                     tuple(str(x) for x in labels), {str(k): float(v) for k, v in cuts.items()},
+                     logits)
+
+
+def _onnx(bundle_dir: Path, max_length: int) -> Callable[[str], Any]:
+    import numpy as np
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(bundle_dir / names.TOKENIZER_DIR / "tokenizer.json"))
+    tok.enable_truncation(max_length)
+    tok.no_padding()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(bundle_dir / names.ONNX_INT8), options,
+                                   providers=["CPUExecutionProvider"])
+    wanted = [i.name for i in session.get_inputs()]
+
+    def logits(text: str) -> Any:
+        enc = tok.encode(text)
+        given = {"input_ids": enc.ids, "attention_mask": enc.attention_mask,
+                 "token_type_ids": enc.type_ids}
+        feed = {n: np.asarray([given[n]], dtype=np.int64) for n in wanted}
+        return session.run(["logits"], feed)[0][0]
+
+    return logits
+
+
+def _torch(bundle_dir: Path, max_length: int) -> Callable[[str], Any]:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(bundle_dir / names.TOKENIZER_DIR), use_fast=True)
+    model = AutoModelForSequenceClassification.from_pretrained(str(bundle_dir),
+                                                               dtype=torch.float32)
+    model.eval()
+
+    def logits(text: str) -> Any:
+        batch = tok([text], truncation=True, max_length=max_length, return_tensors="pt")
+        with torch.inference_mode():
+            return model(**batch).logits.float().numpy()[0]
+
+    return logits
+
+
+def _text(line: str, field: str) -> str:
+    if len(line) > MAX_LINE:
+        raise ValueError(f"longer than {MAX_LINE} characters")
+    try:
+        row = json.loads(line)
+    except ValueError:
+        raise ValueError(f'not JSON; write one object per line, e.g. {{"{field}": "..."}}') \
+            from None
+    if not isinstance(row, dict) or not isinstance(row.get(field), str):
+        raise ValueError(f'expected a JSON object with a string "{field}"')
+    return str(row[field])
+
+
+def answer_lines(predictor: Predictor, lines: Iterable[str], out: TextIO, err: TextIO) -> int:
+    """Answer every non-blank line; returns how many lines were refused."""
+    refused = 0
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            reply: dict[str, Any] = predictor.answer(_text(line, predictor.field))
+        except ValueError as exc:
+            refused += 1
+            reply = {"error": f"line {number}: {exc}"}
+            err.write(f"kiln: predict: line {number}: {exc}\n")
+        out.write(json.dumps(reply, sort_keys=True) + "\n")
+        out.flush()
+    return refused
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1 or (argv and argv[0].startswith("-")):
+        sys.stderr.write("usage: python3 -m modelkiln.runtime predict [BUNDLE_DIR] < rows.jsonl\n"
+                         "  BUNDLE_DIR defaults to $REGISTRY_BUNDLE_DIR\n")
+        return 64
+    where = argv[0] if argv else os.environ.get("REGISTRY_BUNDLE_DIR")
+    if not where:
+        sys.stderr.write("kiln: predict: name the bundle directory or set REGISTRY_BUNDLE_DIR\n")
+        return 64
+    try:
+        predictor = load(Path(where))
+    except KilnError as exc:
+        sys.stderr.write(f"kiln: {exc}\n")
+        return int(exc.exit_code)
+    refused = answer_lines(predictor, sys.stdin, sys.stdout, sys.stderr)
+    return 1 if refused else 0
