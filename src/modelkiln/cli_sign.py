@@ -13,7 +13,9 @@ from typing import Any
 from . import signing
 from .artifacts import names
 from .errors import KilnError, SignatureError
-from .signing.keys import PASSWORD_ENV
+from .signing.keys import PASSWORD_ENV, read_regular
+
+MAX_MANIFEST = 64 << 20  # what the bootstrap reads a published manifest up to
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -40,13 +42,13 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     directory = Path(args.path)
-    trusted = signing.load_trusted_keys(args.trusted_keys) if args.trusted_keys \
-        else signing.trusted_keys_from_env()
+    trusted = signing.load_trusted_keys(args.trusted_keys, origin="--trusted-keys") \
+        if args.trusted_keys is not None else signing.trusted_keys_from_env()
     if not trusted:
         raise KilnError(f"no trusted keys: pass --trusted-keys FILE or set {signing.TRUSTED_ENV}")
-    manifest = _read(directory / names.MANIFEST, "manifest")
+    manifest = _read(directory / names.MANIFEST, "manifest", MAX_MANIFEST, KilnError)
     sig_path = directory / names.SIGNATURE
-    if not sig_path.is_file():
+    if not os.path.lexists(sig_path):
         raise SignatureError(f"{sig_path}: not found; this bundle is unsigned, sign it with "
                              f"`kiln sign {directory}`")
     record = signing.verify_bundle(manifest, _read(sig_path, "signature"), trusted,
@@ -56,15 +58,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if archive.is_file():
         size, digest = _size_sha(archive)
         signing.check_archive(record, size, digest, str(archive))
-    line = f"ok  {record.label}: signed by key {record.key_id[:16]}"
+    # `kiln sign` and publish always write the provenance beside the signature: "ok" vouches
+    # for both, so a missing one is a refusal, never an ok that checked less than it says.
     prov_path = directory / names.PROVENANCE
-    if prov_path.is_file():
-        prov = signing.verify_provenance(_read(prov_path, "provenance"), trusted, record,
-                                         str(prov_path))
-        commit = prov.source_commit[:12] if prov.source_commit else "no git revision"
-        line += f"; provenance: builder {prov.builder_id}, source {commit}, " \
-                f"{len(prov.inputs)} inputs"
-    print(line)
+    if not os.path.lexists(prov_path):
+        raise SignatureError(f"{prov_path}: not found beside {names.SIGNATURE}; a signed bundle "
+                             f"carries both, sign it again (`kiln sign {directory}`) or fetch "
+                             "the file from where the bundle was published")
+    prov = signing.verify_provenance(_read(prov_path, "provenance"), trusted, record,
+                                     str(prov_path))
+    commit = prov.source_commit[:12] if prov.source_commit else "no git revision"
+    print(f"ok  {record.label}: signed by key {record.key_id[:16]}; provenance: builder "
+          f"{prov.builder_id}, source {commit}, {len(prov.inputs)} inputs")
     return 0
 
 
@@ -94,11 +99,12 @@ def add_parsers(sub: Any) -> None:
     vs.set_defaults(func=cmd_verify)
 
 
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise KilnError(f"{path}: cannot read the {what} ({exc.strerror})") from None
+def _read(path: Path, what: str, limit: int = signing.MAX_SIGNATURE_BYTES,
+          error: type[KilnError] = SignatureError) -> bytes:
+    """A bundle directory's file, bounded and without blocking (a FIFO or device is refused)."""
+    fix = "point at a dist or published bundle directory" if what == "manifest" else \
+        f"not a modelkiln {what}: sign the bundle again (`kiln sign {path.parent}`)"
+    return read_regular(path, what, limit, error=error, fix=fix)
 
 
 def _size_sha(path: Path) -> tuple[int, str]:

@@ -4,7 +4,9 @@
   `KILN_SIGNING_KEY_FILE` (a path), optionally encrypted with `KILN_SIGNING_KEY_PASSWORD`.
 - Trusted keys come from a list of paths (`REGISTRY_TRUSTED_KEYS`, `os.pathsep`-separated): each a
   PEM file (which may hold several public keys) or a directory whose `*.pub` / `*.pem` files are
-  read. During a rotation the list holds the old and the new key.
+  read. During a rotation the list holds the old and the new key. The list fails closed: one that
+  yields no key, or names a file that is not a regular file of P-256 public keys, is refused
+  (exit 7), never read as "signatures not required". Only an unset variable means that.
 - A key is named by its id: the sha256 of its PEM SubjectPublicKeyInfo, the `hint` the OpenSSF
   model-signing tools write, so both sides agree on which key signed.
 
@@ -15,6 +17,7 @@ bytes, so publishing the same bundle again writes nothing new.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,18 +113,23 @@ def load_signing_key(env: Mapping[str, str] | None = None) -> SigningKey | None:
     if not text and not path:
         return None
     origin = path or KEY_ENV
-    data = _read_limited(Path(path), "signing key") if path else text.encode()
+    data = read_regular(Path(path), "signing key", MAX_KEY_FILE, error=KilnError) if path \
+        else text.encode()
     password = env.get(PASSWORD_ENV) or None
     return signing_key_from_pem(data, origin, password.encode() if password else None)
 
 
 def signing_key_from_pem(data: bytes, origin: str, password: bytes | None = None) -> SigningKey:
     """Load a PEM private key; one clear line for a wrong password, curve or format."""
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     try:
         key = load_pem_private_key(data, password)
+    except UnsupportedAlgorithm as exc:  # a curve or key type OpenSSL here cannot load
+        raise KilnError(f"{origin}: not an ECDSA P-256 key ({exc}); make a P-256 key with "
+                        "`kiln keygen`") from None
     except TypeError:
         raise KilnError(f"{origin}: the key is encrypted; set {PASSWORD_ENV}" if password is None
                         else f"{origin}: the key is not encrypted; unset {PASSWORD_ENV}") from None
@@ -135,6 +143,7 @@ def signing_key_from_pem(data: bytes, origin: str, password: bytes | None = None
 
 def parse_public_keys(data: bytes, origin: str) -> list[PublicKey]:
     """Every PEM public key in `data` (several may be concatenated); a private key is refused."""
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     keys = []
@@ -147,29 +156,107 @@ def parse_public_keys(data: bytes, origin: str) -> list[PublicKey]:
         except ValueError:
             raise SignatureError(f"{origin}: a PEM block that is not a public key; give "
                                  "P-256 public keys (`kiln keygen` writes them)") from None
+        except UnsupportedAlgorithm as exc:  # a curve or key type OpenSSL here cannot load
+            raise SignatureError(f"{origin}: not an ECDSA P-256 public key ({exc}); modelkiln "
+                                 "signs and verifies with P-256 only (make one with `kiln "
+                                 "keygen`)") from None
     if not keys:
         raise SignatureError(f"{origin}: no PEM public key found; give the .pub file `kiln "
                              "keygen` wrote")
     return keys
 
 
-def load_trusted_keys(spec: str | Iterable[str | Path]) -> tuple[PublicKey, ...]:
-    """Trusted keys from paths (files or directories), e.g. the REGISTRY_TRUSTED_KEYS value."""
-    items = [p for p in spec.split(os.pathsep)] if isinstance(spec, str) else list(spec)
+def load_trusted_keys(spec: str | Iterable[str | Path], origin: str = TRUSTED_ENV
+                      ) -> tuple[PublicKey, ...]:
+    """Trusted keys from paths (files or directories), e.g. the REGISTRY_TRUSTED_KEYS value.
+
+    The one reader of a trust list, for every caller. It fails closed: a list that yields no key
+    (only separators, an empty directory, one without `*.pub` / `*.pem` files) is refused, as is
+    any file it names that is not a regular file of P-256 public keys; a FIFO or a device is
+    refused without being read (see `_read_trusted`). `origin` names the list in refusals.
+    """
+    items = spec.split(os.pathsep) if isinstance(spec, str) else [str(p) for p in spec]
     keys: dict[str, PublicKey] = {}
     for item in (str(p).strip() for p in items):
         if not item:
             continue
-        path = Path(item).expanduser()
-        files = sorted(f for f in path.iterdir() if f.suffix in (".pub", ".pem") and f.is_file()) \
-            if path.is_dir() else [path]
-        for file in files:
-            for key in parse_public_keys(_read_limited(file, "trusted key"), str(file)):
+        for file in _trusted_files(Path(item).expanduser()):
+            for key in parse_public_keys(_read_trusted(file), str(file)):
                 keys.setdefault(key.key_id, key)
+    if not keys:
+        shown = os.pathsep.join(str(p) for p in items)
+        shown = repr(shown if len(shown) <= 120 else shown[:120] + "...")
+        unset = f", or unset {TRUSTED_ENV} to accept unsigned bundles" \
+            if origin == TRUSTED_ENV else ""
+        raise SignatureError(f"{origin}={shown} names no trusted key, so no signature could "
+                             "be accepted; point it at the signer's public key file(s) or a "
+                             f"directory of *.pub / *.pem files (`kiln keygen` writes them){unset}")
     if len(keys) > MAX_TRUSTED:
-        raise SignatureError(f"{TRUSTED_ENV}: {len(keys)} keys, more than {MAX_TRUSTED}; trust "
+        raise SignatureError(f"{origin}: {len(keys)} keys, more than {MAX_TRUSTED}; trust "
                              "the keys you sign with, not a directory of everything")
     return tuple(keys.values())
+
+
+def _trusted_files(path: Path) -> list[Path]:
+    """The key files one trust-list entry names: itself, or a directory's `*.pub` / `*.pem`
+    entries (each then read like a listed file, so a FIFO there is refused, not skipped)."""
+    try:
+        is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+        if not is_dir:
+            return [path]
+        files = sorted(f for f in path.iterdir() if f.suffix in (".pub", ".pem"))
+    except OSError as exc:
+        raise SignatureError(f"{path}: cannot read the trusted key ({exc.strerror or exc}); "
+                             "check the path") from None
+    if len(files) > MAX_TRUSTED:
+        raise SignatureError(f"{path}: {len(files)} key files, more than {MAX_TRUSTED}; trust "
+                             "the keys you sign with, not a directory of everything")
+    return files
+
+
+def _read_trusted(path: Path) -> bytes:
+    return read_regular(path, "trusted key", MAX_KEY_FILE,
+                        fix="check the path (a trusted key is a PEM file such as the .pub file "
+                            "`kiln keygen` wrote)")
+
+
+def read_regular(path: Path, what: str, limit: int, *, error: type[KilnError] = SignatureError,
+                 fix: str = "check the path") -> bytes:
+    """The bytes of the regular file `path`, at most `limit` of them; never blocks.
+
+    Only a regular file is read: it is checked with stat before it is opened, opened with
+    O_NONBLOCK (opening a FIFO that has no writer would wait forever; a device never ends) and
+    checked again with fstat on the open descriptor, since the path may be swapped in between.
+    Every refusal is one `error` line naming `what` and ending with `fix`.
+    """
+    def refuse(mode: int) -> KilnError:
+        return error(f"{path}: not a regular file ({_kind(mode)}); {fix}")
+
+    try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise refuse(mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise refuse(info.st_mode)
+            data = f.read(limit + 1) if info.st_size <= limit else b""
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} ({exc.strerror or exc}); {fix}") from None
+    size = max(info.st_size, len(data))
+    if size > limit:
+        raise error(f"{path}: {size} bytes, over the {limit} byte limit for a {what}; {fix}")
+    return data
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "another kind of file"
 
 
 def generate(directory: Path, name: str = "kiln-signing") -> tuple[Path, Path, str]:
@@ -229,15 +316,3 @@ def _pem_blocks(data: bytes) -> list[bytes]:
         blocks.append(data[start:stop].strip() + b"\n")
         start = data.find(_PEM_BEGIN, stop)
     return blocks
-
-
-def _read_limited(path: Path, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_KEY_FILE + 1)
-    except OSError as exc:
-        raise KilnError(f"{path}: cannot read the {what} ({exc.strerror or exc}); check the "
-                        "path") from None
-    if len(data) > MAX_KEY_FILE:
-        raise KilnError(f"{path}: over {MAX_KEY_FILE} bytes, not a key file; check the path")
-    return data

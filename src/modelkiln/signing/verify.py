@@ -34,10 +34,13 @@ VERSION_ENV = "MODEL_BUNDLE_VERSION"
 
 
 def trusted_keys_from_env(env: Mapping[str, str] | None = None) -> tuple[PublicKey, ...]:
-    """The keys REGISTRY_TRUSTED_KEYS names; empty when it is unset (signatures not required)."""
+    """The keys REGISTRY_TRUSTED_KEYS names; empty only when it is unset (signatures not
+    required). Set to anything, even "" or ":", it must name at least one usable key, or
+    `load_trusted_keys` refuses it (exit 7): a typo, an empty directory or a blank template
+    value must not turn signature checking off."""
     env = os.environ if env is None else env
-    value = (env.get(TRUSTED_ENV) or "").strip()
-    return load_trusted_keys(value) if value else ()
+    value = env.get(TRUSTED_ENV)
+    return () if value is None else load_trusted_keys(value)
 
 
 def open_envelope(data: bytes, trusted: Sequence[PublicKey], origin: str
@@ -133,7 +136,8 @@ def _same_bundle(record: SignedBundle, manifest: mf.BundleManifest, expected_nam
 def check_archive(record: SignedBundle, size: int, sha256: str, origin: str) -> None:
     """Refuse a tarball whose size or sha256 differs from the signed ones."""
     if size != record.archive_size or sha256 != record.archive_sha256:
-        raise SignatureError(f"{origin}: size {size} / sha256 {sha256[:16]} differ from the signed "
+        raise SignatureError(f"{origin}: size {size} / sha256 {sha256[:16] or 'unread'} differ "
+                             "from the signed "
                              f"{record.archive_size} / {record.archive_sha256[:16]}; a changed "
                              "byte, do not use this bundle, re-publish it")
 
