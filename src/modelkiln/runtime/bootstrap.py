@@ -33,7 +33,7 @@ from ..artifacts import manifest as mf
 from ..artifacts import names
 from ..artifacts.extract_limits import Limits
 from ..artifacts.install import unpack_checked
-from ..errors import KilnError, PublishError
+from ..errors import KilnError, PublishError, SignatureError
 from . import engines
 from .versions import (
     VERSION,
@@ -89,8 +89,9 @@ def bootstrap(env: Mapping[str, str] | None = None, progress: transport.Progress
     pointing at `.../bundle.tar.gz`), REGISTRY_RUNTIME_DIR (default data/models/registry_runtime)
     and REGISTRY_VERIFY (stat|full); KILN_EXTRACT_MAX_BYTES / _FILES / _RATIO bound what the
     bundle may unpack to (artifacts.extract_limits). `progress` receives downloaded byte counts.
-    Raises KilnError (PublishError for transfer and verification failures) and leaves `current`
-    untouched then.
+    Raises KilnError (PublishError for transfer and verification failures; with
+    REGISTRY_TRUSTED_KEYS, SignatureError for a signature refused or bytes other than the signed
+    ones) and leaves `current` untouched then.
     """
     env = os.environ if env is None else env
     backend = (env.get("MODEL_BACKEND") or "").strip().lower()
@@ -121,11 +122,12 @@ def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: transpo
         raise PublishError(f"{manifest_uri}: not found, so {uri} is not a published bundle (or its "
                            "publish was interrupted); publish it with `kiln publish`")
     published = mf.loads_published(raw, manifest_uri)
+    record = None
     if policy.required:  # before any download, cache use or extraction: the manifest is signed,
         # so the archive size/sha256 and file digests checked below are the signed ones
-        sig_uri = transport.sibling(uri, names.SIGNATURE)
-        sig = transport.read_small(sig_uri, limit=signing.MAX_SIGNATURE_BYTES, settings=settings)
-        signing.check_published(raw, sig, policy, origin=sig_uri, manifest_origin=manifest_uri)
+        record = signing.check_published(raw, _signature(uri, settings), policy,
+                                         origin=transport.sibling(uri, names.SIGNATURE),
+                                         manifest_origin=manifest_uri)
     size, sha = published["archive"]["size"], published["archive"]["sha256"]
     if published["backend"] != backend:
         raise KilnError(f"{manifest_uri}: a {published['backend']!r} bundle, but "
@@ -140,7 +142,12 @@ def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: transpo
     slot = Slot.of(base, version, sha)
     downloaded = False
     if not is_cached(slot, sha, published, full):
-        _install(uri, published, size, sha, slot, progress, settings, limits)
+        try:
+            _install(uri, published, size, sha, slot, progress, settings, limits)
+        except transport.DigestMismatch as exc:  # under a signed manifest: not the signed bytes
+            if record is not None:
+                signing.check_archive(record, exc.got, exc.actual or "", uri)
+            raise
         downloaded = True
     paths = resolve_paths(slot.directory, backend)
     engine = None
@@ -151,6 +158,18 @@ def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: transpo
     point_current(base, slot.vid)
     return Runtime(backend=backend, version=version, directory=slot.directory,
                    archive_sha256=sha, downloaded=downloaded, paths=paths, engine=engine)
+
+
+def _signature(uri: str, settings: transport.TransferSettings) -> bytes | None:
+    """`bundle.sig` beside the tarball (None: absent); an oversized one is a refused signature."""
+    sig_uri = transport.sibling(uri, names.SIGNATURE)
+    try:
+        return transport.read_small(sig_uri, limit=signing.MAX_SIGNATURE_BYTES, settings=settings,
+                                    what="signature")
+    except transport.TooLarge as exc:
+        raise SignatureError(f"{sig_uri}: larger than {exc.limit} bytes, over the limit for a "
+                             "signature; this is not a modelkiln signature, sign and publish "
+                             "the bundle again") from None
 
 
 def _install(uri: str, published: mf.PublishedManifest, size: int, sha: str, slot: Slot,

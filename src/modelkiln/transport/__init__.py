@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .bucket import Bucket
-from .fetch import Progress, download, read_small
+from .fetch import DigestMismatch, Progress, TooLarge, download, read_small
 from .local import LocalDir
 from .objects import (
     ALWAYS,
@@ -33,8 +33,9 @@ from .s3 import (
 )
 from .uris import local_path, parse_s3, scheme_of, sibling
 
-__all__ = ["ALWAYS", "DEFAULT", "IF_ABSENT", "Bucket", "Condition", "LocalDir", "Location",
-           "ObjectInfo", "PreconditionFailed", "Progress", "TransferSettings", "download",
+__all__ = ["ALWAYS", "DEFAULT", "IF_ABSENT", "Bucket", "Condition", "DigestMismatch", "LocalDir",
+           "Location", "ObjectInfo", "PreconditionFailed", "Progress", "TooLarge",
+           "TransferSettings", "download",
            "error_code", "if_match", "is_permanent", "local_path", "open_location", "parse_s3",
            "read_small", "s3_client", "scheme_of", "sibling", "status_of", "transfer_config",
            "with_retries"]

@@ -19,9 +19,33 @@ from .uris import local_path, parse_s3, scheme_of
 Progress = Callable[[int], None]
 
 
+class TooLarge(KilnError):
+    """A small object over the size its reader accepts for it, refused before it is read."""
+
+    def __init__(self, uri: str, limit: int, what: str):
+        self.uri, self.limit, self.what = uri, limit, what
+        super().__init__(f"{uri}: larger than {limit} bytes; not a {what}")
+
+
+class DigestMismatch(PublishError):
+    """Bytes that arrived intact but differ in size or sha256 from the ones expected: the object
+    is corrupt or was replaced. Callers that hold a signature for the expected bytes re-word it
+    as a signature refusal. `sha256` / `actual` are None where the size alone already differed."""
+
+    def __init__(self, uri: str, size: int, got: int, sha256: str | None = None,
+                 actual: str | None = None):
+        self.uri, self.size, self.got, self.sha256, self.actual = uri, size, got, sha256, actual
+        have = f"{got} bytes with sha256 {actual}" if actual else f"{got} bytes"
+        said = f"{size} bytes with {sha256}" if sha256 else f"{size}"
+        super().__init__(f"{uri}: {have}, but the published manifest says {said}; the object is "
+                         "corrupt or was replaced, refusing it (re-publish the bundle, then "
+                         "bootstrap again)")
+
+
 def read_small(uri: str, *, limit: int = 64 * MIB, client: Any = None,
-               settings: TransferSettings = DEFAULT) -> bytes | None:
-    """The bytes of a small object (a manifest), or None when it does not exist.
+               settings: TransferSettings = DEFAULT, what: str = "manifest") -> bytes | None:
+    """The bytes of a small object (a manifest), or None when it does not exist; TooLarge
+    (naming `what` the object should have been) when it is over `limit` bytes.
 
     Without a `client`, an s3:// read first tries `s3lite` (no boto3 import: the cached
     bootstrap's 0.5 s budget), and falls back to boto3 for anything but a plain 200.
@@ -30,7 +54,7 @@ def read_small(uri: str, *, limit: int = 64 * MIB, client: Any = None,
         path = local_path(uri)
         try:
             if path.stat().st_size > limit:
-                raise KilnError(f"{uri}: larger than {limit} bytes; not a manifest")
+                raise TooLarge(uri, limit, what)
             return path.read_bytes()
         except FileNotFoundError:
             return None
@@ -54,7 +78,7 @@ def read_small(uri: str, *, limit: int = 64 * MIB, client: Any = None,
                 return None
             raise
         if response["ContentLength"] > limit:
-            raise KilnError(f"{uri}: larger than {limit} bytes; not a manifest")
+            raise TooLarge(uri, limit, what)
         data: bytes = response["Body"].read()
         return data
 
@@ -110,9 +134,7 @@ def download(uri: str, dest: Path, *, size: int, sha256: str, progress: Progress
         raise PublishError(f"{uri}: download failed ({exc})") from None
     if got != size or actual != sha256:
         dest.unlink(missing_ok=True)
-        raise PublishError(f"{uri}: {got} bytes with sha256 {actual}, but the published manifest "
-                           f"says {size} bytes with {sha256}; the object is corrupt or was "
-                           "replaced, refusing it (re-publish the bundle, then bootstrap again)")
+        raise DigestMismatch(uri, size, got, sha256, actual)
 
 
 def _copy(src: Path, out: HashingWriter, progress: Progress | None) -> None:

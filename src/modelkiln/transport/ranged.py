@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import PublishError
 from . import s3
+from .fetch import DigestMismatch
 
 # Parts are read and kept as 256 KiB pieces, never joined: a fresh multi-MiB buffer per part costs
 # a page fault per 4 KiB on first touch, which on a VM is slower than the network.
@@ -32,9 +33,7 @@ def s3_download(client: Any, bucket: str, key: str, out: Any, *, size: int,
     head = s3.with_retries(f"HEAD {uri}", lambda: client.head_object(Bucket=bucket, Key=key),
                               settings)
     if head["ContentLength"] != size:
-        raise PublishError(f"{uri}: {head['ContentLength']} bytes, but the published manifest "
-                           f"says {size}; the object is corrupt or was replaced, refusing it "
-                           "(re-publish the bundle, then bootstrap again)")
+        raise DigestMismatch(uri, size, head["ContentLength"])
     etag = head["ETag"]
     part = settings.part_size
     ranges = iter([(off, min(part, size - off)) for off in range(0, size, part)])
