@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
+from enginehost import base_rootfs, engine_client
+from ociregistry import DockerRegistry, find_registry, synthetic_base
 from s3server import SeaweedFS, find_weed
 
 
@@ -49,3 +51,42 @@ def s3(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> S3Place:
         monkeypatch.delenv(key, raising=False)
     return S3Place(seaweedfs.client(), "kiln-test", f"t-{uuid.uuid4().hex[:12]}/",
                    seaweedfs.endpoint)
+
+
+@pytest.fixture(scope="session")
+def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerRegistry]:
+    """Debian's docker-registry on a free loopback port; skips where it is not installed."""
+    binary = find_registry()
+    if binary is None:
+        pytest.skip("docker-registry not installed (apt-get install docker-registry)")
+    server = DockerRegistry(binary, tmp_path_factory.mktemp("registry"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def base_ref(oci_registry: DockerRegistry) -> str:
+    """A synthetic two-layer base (a fake python3) pushed by code: for layout-only tests."""
+    return synthetic_base(oci_registry.host)
+
+
+@pytest.fixture(scope="session")
+def engine() -> Any:
+    """The container engine at DOCKER_HOST (docker SDK client): skipped outside CI without one,
+    a failure in CI (.ci/run starts dockerd)."""
+    return engine_client()
+
+
+@pytest.fixture(scope="session")
+def debian_base(tmp_path_factory: pytest.TempPathFactory, oci_registry: DockerRegistry) -> str:
+    """A real Debian bookworm base with python3 from Debian's packages (mmdebstrap), as a
+    one-layer OCI layout pushed to the test registry; returns HOST/REPO@sha256:... ."""
+    from modelkiln.artifacts.oci.rootfs import layout_from_tar
+    from modelkiln.publish.oci import push
+
+    where = tmp_path_factory.mktemp("debian-base")
+    layout = where / "layout"
+    layout_from_tar(base_rootfs(where), layout)
+    pushed = push(layout, "base", f"{oci_registry.host}/debian/python3:bookworm")
+    return pushed.pinned

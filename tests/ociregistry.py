@@ -106,7 +106,8 @@ def synthetic_base(host: str, repo: str = "base/python") -> str:
     `HOST/REPO@sha256:...`. Stands in for a real base: nothing is downloaded."""
     from modelkiln.transport.oci import Registry
 
-    layers = [_tar({"usr/bin/python3": (b"#!/bin/sh\necho fake python3 \"$@\"\n", 0o755)}),
+    layers = [_tar({"usr/bin/python3": (b"#!/bin/sh\necho fake python3 \"$@\"\n", 0o755),
+                    "usr/lib/python3.11/os.py": (b"# the image stage looks for a stdlib\n", 0o644)}),
               _tar({"etc/os-release": (b"ID=synthetic\n", 0o644)})]
     digests = ["sha256:" + hashlib.sha256(b).hexdigest() for b in layers]
     config = json.dumps({

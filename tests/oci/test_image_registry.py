@@ -29,6 +29,8 @@ image:
   repository: {host}/models/tiny
   base: {base}
   backend: pytorch
+  libraries: base     # the synthetic base stands in for one that carries them
+  test: off
   push: true
 publish:
   oci: {host}/models/tiny-model:{{version}}-{{backend}}

@@ -26,11 +26,18 @@ def scores(logits: Any, task: str) -> Any:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def decide(probs: Any, labels: tuple[str, ...] | list[str], cuts: dict[str, float]) -> Any:
-    """Boolean decisions (rows x labels): a label is on when its score reaches its threshold."""
+def cut_vector(labels: tuple[str, ...] | list[str], cuts: dict[str, float], dtype: Any) -> Any:
+    """The thresholds in label order, as one array (a caller deciding many rows keeps it)."""
     import numpy as np
 
     missing = [lab for lab in labels if lab not in cuts]
     if missing:
         raise BuildError(f"thresholds.json has no threshold for {missing}; rebuild thresholds")
-    return probs >= np.asarray([cuts[lab] for lab in labels], dtype=probs.dtype)
+    return np.asarray([cuts[lab] for lab in labels], dtype=dtype)
+
+
+def decide(probs: Any, labels: tuple[str, ...] | list[str], cuts: dict[str, float],
+           vector: Any = None) -> Any:
+    """Boolean decisions (rows x labels): a label is on when its score reaches its threshold.
+    `vector`: cut_vector(labels, cuts, probs.dtype), when the caller already has it."""
+    return probs >= (cut_vector(labels, cuts, probs.dtype) if vector is None else vector)

@@ -13,6 +13,7 @@ from ..paths import Layout
 from ..stages import (
     engines,
     image,
+    imagetest,
     int8,
     labels,
     onnx,
@@ -41,6 +42,7 @@ STAGES: dict[str, ModuleType] = {
     "trtparity": trtparity,
     "package": package,
     "image": image,
+    "imagetest": imagetest,
 }
 
 

@@ -24,12 +24,12 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..artifacts import names
-from ..artifacts.decisions import decide, scores
+from ..artifacts.decisions import cut_vector, decide, scores
 from ..errors import KilnError
 
 MAX_LINE = 1 << 20  # a longer input line is refused, not read into a tokenizer
@@ -40,16 +40,17 @@ class Predictor:
     """A loaded bundle: `logits(text)` gives one row of logits; the rest says how to decide."""
 
     task: str
-    field: str
+    input_field: str
     labels: tuple[str, ...]
     cuts: dict[str, float]
     logits: Callable[[str], Any]
+    vector: Any = field(default=None, compare=False)  # cut_vector(...), made once per load
 
     def answer(self, text: str) -> dict[str, Any]:
         import numpy as np
 
         probs = scores(np.asarray(self.logits(text), dtype=np.float64).reshape(1, -1), self.task)
-        on = decide(probs, self.labels, self.cuts)[0]
+        on = decide(probs, self.labels, self.cuts, self.vector)[0]
         return {"labels": [lab for lab, hit in zip(self.labels, on, strict=True) if hit],
                 "scores": {lab: float(p) for lab, p in zip(self.labels, probs[0], strict=True)}}
 
@@ -95,9 +96,16 @@ def load(bundle_dir: Path) -> Predictor:
         raise KilnError(f"predict needs the {backend} serving libraries, and {exc.name} is not "
                         "installed; the serving image carries them (image lock), or pip install "
                         "them beside modelkiln") from None
-    return Predictor(str(sig.get("task")), str(sig.get("input", "text")),
-                     tuple(str(x) for x in labels), {str(k): float(v) for k, v in cuts.items()},
-                     logits)
+    import numpy as np
+
+    order = tuple(str(x) for x in labels)
+    floats = {str(k): float(v) for k, v in cuts.items()}
+    try:
+        vector = cut_vector(order, floats, np.float64)
+    except KilnError as exc:
+        raise KilnError(f"{bundle_dir}: {exc}") from None
+    return Predictor(str(sig.get("task")), str(sig.get("input", "text")), order, floats,
+                     logits, vector)
 
 
 def _onnx(bundle_dir: Path, max_length: int) -> Callable[[str], Any]:
@@ -161,7 +169,7 @@ def answer_lines(predictor: Predictor, lines: Iterable[str], out: TextIO, err: T
         if not line.strip():
             continue
         try:
-            reply: dict[str, Any] = predictor.answer(_text(line, predictor.field))
+            reply: dict[str, Any] = predictor.answer(_text(line, predictor.input_field))
         except ValueError as exc:
             refused += 1
             reply = {"error": f"line {number}: {exc}"}
