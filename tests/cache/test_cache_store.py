@@ -98,7 +98,7 @@ def test_record_round_trip_and_refusals(tmp_path: Path) -> None:
             ActionRecord.from_bytes(json.dumps(raw).encode(), KEY)
     raw = json.loads(rec.to_bytes())
     raw["outputs"][0]["sha256"] = "f" * 64
-    with pytest.raises(BadRecord, match="outputs_aggregate"):
+    with pytest.raises(BadRecord, match="outputs_digest"):
         ActionRecord.from_bytes(json.dumps(raw).encode(), KEY)
     with pytest.raises(BadRecord):
         ActionRecord.from_bytes(b"{not json", KEY)

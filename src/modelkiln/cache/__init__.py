@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .actions import ActionCache, Restored, blob_key, open_cache, record_key
 from .config import CacheConfig, resolve
-from .records import ActionRecord, BadRecord, BlobRef
+from .records import ActionRecord, BadRecord, BlobRef, Expected
 
-__all__ = ["ActionCache", "ActionRecord", "BadRecord", "BlobRef", "CacheConfig", "Restored",
-           "blob_key", "open_cache", "record_key", "resolve"]
+__all__ = ["ActionCache", "ActionRecord", "BadRecord", "BlobRef", "CacheConfig", "Expected",
+           "Restored", "blob_key", "open_cache", "record_key", "resolve"]

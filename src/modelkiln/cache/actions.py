@@ -7,18 +7,20 @@ Layout under the cache root:
     index/<bundle>/<commit>.json  a built bundle's summary (manifests, thresholds), for review
 
 Every failure here is a miss or a skipped write with a warning, never a failed build and never a
-wrong output: a cache is an optimisation. After the first I/O error (no credentials, endpoint
-down) the cache stops trying for the rest of the process, so a broken cache costs one warning.
+wrong output: a cache is an optimisation. A bad entry (a malformed or mis-bound record, a corrupt
+blob, a FIFO or symlink where a file should be) is a miss for that one task. After the first I/O
+error of the cache itself (no credentials, endpoint down) the cache stops trying for the rest of
+the process, so a broken cache costs one warning.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import CacheConfig
-from .records import ActionRecord, BadRecord, BlobRef
+from .records import ActionRecord, BadRecord, BlobRef, Expected, shown
 from .storage import Mismatch, Storage, open_storage
 
 RECORD_LIMIT = 16 << 20
@@ -57,31 +59,37 @@ class ActionCache:
                      "without the cache for the rest of this run")
         self.broken = True
 
-    def lookup(self, key: str) -> ActionRecord | None:
-        """The record for `key`, or None (absent, unreadable or malformed: all misses)."""
+    def lookup(self, key: str, expected: Expected | None = None) -> ActionRecord | None:
+        """The record for `key`, checked against what the task it is for `expected` (when
+        given), or None: absent, unreadable, malformed or bound to something else, all misses."""
         if self.broken:
             return None
         try:
             data = self.storage.read(record_key(key), RECORD_LIMIT)
-        except Exception as exc:  # any failure is a miss
-            self._io_failed("reading a record", exc)
-            return None
-        if data is None:
-            return None
-        try:
-            return ActionRecord.from_bytes(data, key)
-        except BadRecord as exc:
+            if data is None:
+                return None
+            record = ActionRecord.from_bytes(data, key)
+            if expected is not None:
+                record.check(expected)
+            return record
+        except (BadRecord, Mismatch) as exc:  # this record: a miss, the cache stays in use
             self.log(f"kiln: warning: cache record {key[:12]} is unusable ({exc}); "
                      "treating it as a miss")
             return None
+        except Exception as exc:  # the cache itself failed
+            self._io_failed("reading a record", exc)
+            return None
 
-    def lookup_many(self, keys: Iterable[str], workers: int = 16) -> dict[str, ActionRecord]:
-        """Records for many keys at once (plan on a cold runner): reads in parallel."""
-        todo = sorted(set(keys))
+    def lookup_many(self, wanted: Mapping[str, Expected | None],
+                    workers: int = 16) -> dict[str, ActionRecord]:
+        """Records for many keys at once (plan on a cold runner), each checked against what
+        its task expects: reads in parallel."""
+        todo = sorted(wanted)
         if not todo:
             return {}
         with ThreadPoolExecutor(min(workers, len(todo)), thread_name_prefix="kiln-ac") as pool:
-            found = dict(zip(todo, pool.map(self.lookup, todo), strict=True))
+            found = dict(zip(todo, pool.map(lambda k: self.lookup(k, wanted[k]), todo),
+                             strict=True))
         return {k: r for k, r in found.items() if r is not None}
 
     def restore(self, record: ActionRecord, dest: Path) -> Restored | None:
@@ -91,12 +99,17 @@ class ActionCache:
         fetched = 0
         for blob in record.outputs:
             target = dest / blob.path
-            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # the record's layout does not fit this directory: a miss
+                self.log(f"kiln: warning: {record.task}: cannot restore {shown(blob.path)} "
+                         f"({exc.strerror}); running the stage instead")
+                return None
             try:
                 self.storage.fetch(blob_key(blob.sha256), target, blob.size, blob.sha256)
             except Mismatch as exc:
-                self.log(f"kiln: warning: {record.task}: cache blob for {blob.path} is corrupt "
-                         f"or missing ({exc}); running the stage instead")
+                self.log(f"kiln: warning: {record.task}: cache blob for {shown(blob.path)} is "
+                         f"corrupt or missing ({exc}); running the stage instead")
                 self.bad_blobs.add(blob.sha256)
                 return None
             except Exception as exc:  # a transport failure is a miss
@@ -144,10 +157,14 @@ class ActionCache:
             self._io_failed("writing the review index", exc)
 
     def read_small(self, key: str, limit: int = RECORD_LIMIT) -> bytes | None:
+        """A small entry's bytes; None when absent or unusable (a warning: it is a miss)."""
         if self.broken:
             return None
         try:
             return self.storage.read(key, limit)
+        except Mismatch as exc:
+            self.log(f"kiln: warning: cache entry {key} is unusable ({exc}); treating it as a miss")
+            return None
         except Exception as exc:
             self._io_failed(f"reading {key}", exc)
             return None

@@ -17,7 +17,6 @@ failed build) and fetches the blobs with the same size and sha256 checks as ever
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 from ..artifacts.digest import canonical_json, sha256_bytes
 from .actions import ActionCache, blob_key
-from .records import ActionRecord, BadRecord, BlobRef, safe_relpath
+from .records import ActionRecord, BadRecord, BlobRef, parse_json, safe_relpath
 from .storage import Mismatch
 
 SCHEMA = 1
@@ -60,10 +59,7 @@ class EngineEntry:
     @classmethod
     def from_bytes(cls, data: bytes, family: str, platform: str) -> EngineEntry:
         """Parse an entry read from `engines/<family>/<platform>.json`; BadRecord says why not."""
-        try:
-            raw = json.loads(data)
-        except ValueError as exc:
-            raise BadRecord(f"not JSON ({exc})") from None
+        raw = parse_json(data)  # BadRecord for text that does not parse or nests too deep
         if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
             raise BadRecord(f"not a schema-{SCHEMA} engine index entry")
         if raw.get("family_sha256") != family or raw.get("platform") != platform:
@@ -201,7 +197,10 @@ def fetch_entry(cache: ActionCache, entry: EngineEntry, dest: Path) -> str | Non
         return "the cache is unreachable"
     for blob in entry.files:
         target = dest / blob.path
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # its paths do not fit one directory (`x` beside `x/y`)
+            return f"its file {blob.path} cannot be placed ({exc.strerror})"
         try:
             cache.storage.fetch(blob_key(blob.sha256), target, blob.size, blob.sha256)
         except Mismatch as exc:

@@ -27,7 +27,7 @@ from ..artifacts.digest import canonical_json, sha256_bytes
 from ..stages.base import StagePlan
 from .plans import STAGES
 
-KEY_VERSION = 1
+KEY_VERSION = 2  # 2: schema-2 records (bound to their task and key); schema-1 ones go unread
 PLATFORM_ENV = "KILN_PLATFORM_CLASS"
 GPU_ENV = "KILN_GPU_CLASS"
 

@@ -5,6 +5,10 @@ Input digests are taken *before* the stage runs, so an input edited while the ta
 as changed on the next run. The old stamp is removed first and the new one written last. The task
 lock makes concurrent builds in one project safe: a second run waits for the first to finish the
 task, then finds it up to date.
+
+A run that may write the cache files the record among the unsaved ones (graph.unsaved) before the
+stamp and drops it after the save, so a kill after the stamp is repaired by the next trusted run:
+it finds the task up to date with its record unsaved, and saves it.
 """
 from __future__ import annotations
 
@@ -21,10 +25,10 @@ from ..errors import BuildError, KilnError
 from ..model.bundle import Bundle
 from ..paths import Layout
 from ..stages.base import RunContext, StagePlan
-from . import gather, remote
+from . import gather, remote, unsaved
 from .locks import task_lock
 from .plans import STAGES
-from .state import snapshot, stamp_for, status, walk_outputs
+from .state import read_stamp, snapshot, stamp_for, status, walk_outputs
 
 _CACHES: dict[CacheConfig, ActionCache | None] = {}
 
@@ -50,16 +54,16 @@ def execute(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...],
     stamps[plan.task] = plan.stamp
     plan = gather.settle_here(plan, stamps, cache_config, bundle.root)  # engines: other runners'
     with task_lock(layout.state, plan.task, log):
-        if not status(plan, bundle.root, stat, stamps).run:  # another run built it meanwhile
-            log(f"{plan.task}: up to date (built by a concurrent run)")
-            return {"outputs": 0, "concurrent": True}
+        if not status(plan, bundle.root, stat, stamps).run:  # built by a concurrent run, or
+            return _up_to_date(plan, bundle, upstream, cache_config)  # its record left unsaved
         inputs = snapshot(plan, bundle.root, stat, stamps)
+        unsaved.clear(layout.state, plan.task)  # a record of outputs that are about to go
         plan.stamp.unlink(missing_ok=True)
         sweep_leftovers(plan.out_dir)
         cache = cache_for(cache_config, bundle.root)
         keyed = remote.key_of(plan, inputs, stamps) if cache is not None else None
         if cache is not None and keyed is not None:
-            record = cache.lookup(keyed[0])
+            record = cache.lookup(keyed[0], remote.expected(plan))
             digests = remote.restore(cache, plan, record, stat) if record else None
             if record is not None and digests is not None:
                 _finish(plan, stat, inputs, digests, record.report)
@@ -69,14 +73,42 @@ def execute(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...],
                 return {"outputs": len(digests), "restored": True}
         plan = gather.fetch(plan, cache, layout, stat, log)
         outputs, report = _run(plan, bundle, layout, upstream, stat)
+        saving = remote.record_for(plan, keyed[0], keyed[1], outputs, report, log) \
+            if cache is not None and keyed is not None and cache.write else None
+        if saving is not None:  # before the stamp: a kill after it leaves the save owed
+            unsaved.mark(layout.state, plan.task, saving.to_bytes())
         _finish(plan, stat, inputs, outputs, report)
-        if cache is not None and keyed is not None and cache.write:
-            if remote.save(cache, plan, keyed[0], keyed[1], outputs, report):
-                log(f"{plan.task}: saved to cache (key {keyed[0][:12]})")
-            gather.index_saved(cache, plan, keyed[0], log)
-            if plan.stage == "package":
-                remote.save_summary(cache, plan, bundle.root, {p.stage: p for p in upstream})
+        if cache is not None and saving is not None:
+            if remote.save(cache, plan, saving, layout.state):
+                log(f"{plan.task}: saved to cache (key {saving.key[:12]})")
+            _after_save(cache, plan, bundle, upstream, saving.key)
         return {"outputs": len(outputs)}
+
+
+def _up_to_date(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...],
+                cache_config: CacheConfig | None) -> dict[str, Any]:
+    """A task found up to date under its lock: another run built it, or an earlier run of
+    this one was killed (or its save failed) after the stamp, leaving its record unsaved."""
+    state = Layout(bundle.root).state
+    cache = cache_for(cache_config, bundle.root) \
+        if unsaved.read(state, plan.task) is not None else None
+    if cache is not None and cache.write and not cache.broken:
+        record = remote.save_unsaved(cache, plan, read_stamp(plan.stamp), state)
+        if record is not None:
+            log(f"{plan.task}: up to date; saved the record an interrupted run left unsaved "
+                f"(key {record.key[:12]})")
+            _after_save(cache, plan, bundle, upstream, record.key)
+            return {"outputs": 0, "saved": True}
+    log(f"{plan.task}: up to date (built by a concurrent run)")
+    return {"outputs": 0, "concurrent": True}
+
+
+def _after_save(cache: ActionCache, plan: StagePlan, bundle: Bundle,
+                upstream: tuple[StagePlan, ...], key: str) -> None:
+    """The side entries a trusted run files beside a record: engine index, review summary."""
+    gather.index_saved(cache, plan, key, log)
+    if plan.stage == "package":
+        remote.save_summary(cache, plan, bundle.root, {p.stage: p for p in upstream})
 
 
 def _run(plan: StagePlan, bundle: Bundle, layout: Layout, upstream: tuple[StagePlan, ...],

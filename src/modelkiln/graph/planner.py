@@ -108,6 +108,8 @@ def plan_tasks(bundles: Sequence[Bundle], skip: frozenset[str] = frozenset(),
 
 
 def _look_up(per_bundle: list[list[_Item]], cache: ActionCache, stat: StatCache) -> None:
+    from .remote import expected  # imports the cache, like this function's caller
+
     width = max((len(items) for items in per_bundle), default=0)
     for position in range(width):
         wave: list[_Item] = []
@@ -120,7 +122,7 @@ def _look_up(per_bundle: list[list[_Item]], cache: ActionCache, stat: StatCache)
                     item.reasons.append("not looked up in the cache: an upstream task will run")
                 else:
                     wave.append(item)
-        found = cache.lookup_many(i.key for i in wave if i.key)
+        found = cache.lookup_many({i.key: expected(i.plan) for i in wave if i.key})
         for item in wave:
             record = found.get(item.key or "")
             if record is None:

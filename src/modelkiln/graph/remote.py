@@ -6,22 +6,33 @@ the stamp is written from this checkout's own input snapshot and the record's re
 no-op finds exactly what a local run would have left. A trusted writer also records a small
 summary of each packaged bundle under the git commit it was built from, which `kiln plan
 --markdown` reads as the base of a review.
+
+A record is restored only for the task it was written for (`expected`): its task and stage, a key
+that its own key material digests to, and the outputs the stage declares (`DECLARED`: the exact
+files where a stage's names are fixed, the tokenizer's from its inputs, the ONNX stages' model
+plus the external data their report names, patterns for engines and image layouts). A stage
+outside the table may declare `CACHE_OUTPUTS` (names, `*` matching within one path segment;
+a name without `*` is required). A writer does not save a record a reader would refuse.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 from ..artifacts import names
 from ..artifacts.atomic import staged_dir
 from ..artifacts.digest import StatCache
-from ..cache import ActionCache, ActionRecord, BlobRef
+from ..cache import ActionCache, ActionRecord, BadRecord, BlobRef, Expected
+from ..cache.records import safe_relpath, shown
 from ..errors import KilnError
 from ..stages.base import StagePlan
+from . import unsaved
 from .basegit import clean_head
 from .cachekey import action_key, material, upstream_identity
+from .plans import STAGES
 from .state import read_stamp
 
 
@@ -51,6 +62,71 @@ def key_of(plan: StagePlan, inputs: Mapping[str, str],
     return action_key(mat), mat
 
 
+# stage -> (required names, allowed patterns); `*` matches within one path segment
+DECLARED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "weights": ((names.CONFIG, names.WEIGHTS), ()),
+    "labels": ((names.LABEL_ORDER, names.LABEL_FIELDS), ()),
+    "thresholds": ((names.THRESHOLDS, names.THRESHOLD_METRICS), ()),
+    "parity": (("parity.json", "parity.md"), ()),
+    "smoke": (("smoke.json",), ()),
+    "trtparity": (("trt_parity.json", "trt_parity.md"), ()),
+    "package": ((names.ARCHIVE, names.MANIFEST), ()),
+    "trt": ((), ("engines/sm*/*", "parity/sm*/*")),
+    "engines": ((), ("engines/sm*/*", "parity/sm*/*", "left_out.json")),
+    "image": (("oci-layout", "index.json"), ("blobs/sha256/*", "Dockerfile")),
+}
+ONNX_MODEL = {"onnx": "model.onnx", "int8": names.ONNX_INT8}  # plus report["external_data"]
+
+
+def declared(plan: StagePlan, report: Mapping[str, Any]) -> tuple[set[str], tuple[str, ...]] | None:
+    """(required paths, allowed patterns) of the task's outputs, or None when its stage
+    declares nothing (a plug-in stage without CACHE_OUTPUTS: only the names' safety is checked)."""
+    if plan.stage == "tokenizer":
+        return {f"{names.TOKENIZER_DIR}/{p.name}" for p in plan.inputs}, ()
+    if plan.stage in ONNX_MODEL:
+        data = report.get("external_data", [])
+        if not isinstance(data, list) or not all(
+                isinstance(d, str) and safe_relpath(d) and "/" not in d for d in data):
+            data = ["(an invalid external_data list)"]
+        return {ONNX_MODEL[plan.stage], *data}, ()
+    own = getattr(STAGES.get(plan.stage), "CACHE_OUTPUTS", None)
+    if own is not None:
+        return {n for n in own if "*" not in n}, tuple(n for n in own if "*" in n)
+    if plan.stage in DECLARED:
+        required, allowed = DECLARED[plan.stage]
+        return set(required), allowed
+    return None
+
+
+def _fits(path: str, pattern: str) -> bool:
+    parts, want = path.split("/"), pattern.split("/")
+    return len(parts) == len(want) and all(fnmatchcase(p, w) for p, w in zip(parts, want,
+                                                                            strict=True))
+
+
+def undeclared(plan: StagePlan, record: ActionRecord) -> str | None:
+    """What is wrong with the record's output list for this task's stage, or None."""
+    wanted = declared(plan, record.report)
+    if wanted is None:
+        return None
+    required, allowed = wanted
+    paths = {b.path for b in record.outputs}
+    missing = sorted(required - paths)
+    if missing:
+        return f"{shown(missing[0])} is missing"
+    extra = sorted(p for p in paths - required if not any(_fits(p, a) for a in allowed))
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        return f"{shown(extra[0])}{more} is not one of its outputs"
+    return None
+
+
+def expected(plan: StagePlan) -> Expected:
+    """What a record restored for `plan` must say (see the module doc)."""
+    return Expected(task=plan.task, stage=plan.stage, key_of=action_key,
+                    outputs=lambda record: undeclared(plan, record))
+
+
 def restore(cache: ActionCache, plan: StagePlan, record: ActionRecord,
             stat: StatCache) -> dict[str, str] | None:
     """Put the record's outputs in place of `plan.out_dir`; their digests, or None on a miss."""
@@ -66,13 +142,48 @@ def restore(cache: ActionCache, plan: StagePlan, record: ActionRecord,
     return done.digests
 
 
-def save(cache: ActionCache, plan: StagePlan, key: str, mat: dict[str, Any],
-         outputs: Mapping[str, str], report: dict[str, Any]) -> bool:
+def record_for(plan: StagePlan, key: str, mat: dict[str, Any], outputs: Mapping[str, str],
+               report: dict[str, Any], log: Any) -> ActionRecord | None:
+    """The record a run of `plan` saves, or None (warned) when a reader would refuse it."""
     blobs = tuple(BlobRef(rel, (plan.out_dir / rel).stat().st_size, digest)
                   for rel, digest in sorted(outputs.items()))
     record = ActionRecord(key=key, task=plan.task, stage=plan.stage, outputs=blobs,
                           report=report, inputs=dict(mat["inputs"]), material=mat)
-    return cache.save(record, plan.out_dir)
+    try:
+        ActionRecord.from_bytes(record.to_bytes(), key).check(expected(plan))
+    except BadRecord as exc:
+        log(f"kiln: warning: {plan.task}: not saved to the cache: {exc}")
+        return None
+    return record
+
+
+def save(cache: ActionCache, plan: StagePlan, record: ActionRecord, state: Path) -> bool:
+    """Save `record` (filed under `state`'s unsaved records before the stamp was written); the
+    unsaved file goes once the cache holds a record for the key, whoever wrote it."""
+    saved = cache.save(record, plan.out_dir)
+    if not cache.broken:
+        unsaved.clear(state, plan.task)
+    return saved
+
+
+def save_unsaved(cache: ActionCache, plan: StagePlan, stamp: Mapping[str, Any] | None,
+                 state: Path) -> ActionRecord | None:
+    """The record a killed or failed save left unsaved, saved now; None when there was none
+    (or it no longer describes the outputs in place, which the stamp records: then it goes)."""
+    data = unsaved.read(state, plan.task)
+    if data is None:
+        return None
+    try:
+        raw = json.loads(data)
+        record = ActionRecord.from_bytes(data, str(raw.get("key")))
+        record.check(expected(plan))
+    except (ValueError, AttributeError, BadRecord):
+        record = None
+    if record is None or stamp is None or record.digests() != stamp.get("outputs"):
+        unsaved.clear(state, plan.task)
+        return None
+    save(cache, plan, record, state)
+    return record
 
 
 def index_key(bundle: str, commit: str, backend: str) -> str:

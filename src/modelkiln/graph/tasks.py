@@ -22,6 +22,7 @@ from ..model.bundle import BrokenSpec, Bundle
 from ..paths import Layout
 from ..stages.base import StagePlan
 from ..stages.engines import STAGE as ENGINES
+from . import unsaved
 from .plans import STAGES, plan_bundle, skipped, upstream_of
 from .state import status
 from .verdicts import BundleMemo, verdicts
@@ -63,6 +64,8 @@ class Fresh:
         self.stamps = memo.stamps
 
     def __call__(self) -> bool:
+        if unsaved.pending(self.state, self.plan.task) and unsaved.may_save(self.cache, self.root):
+            return False  # a killed run's record is owed to the cache: the action saves it
         if self.memo.holds():  # the bundle's verdict (graph.verdicts): what `status` asks first
             return True
         cache = stat_cache(self.state)
