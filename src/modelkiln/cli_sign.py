@@ -13,7 +13,8 @@ from typing import Any
 from . import signing
 from .artifacts import names
 from .errors import KilnError, SignatureError
-from .signing.keys import PASSWORD_ENV, read_regular
+from .signing.files import read_regular
+from .signing.keys import PASSWORD_ENV
 
 MAX_MANIFEST = 64 << 20  # what the bootstrap reads a published manifest up to
 
