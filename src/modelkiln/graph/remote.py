@@ -17,7 +17,7 @@ a name without `*` is required). A writer does not save a record a reader would 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -143,7 +143,7 @@ def restore(cache: ActionCache, plan: StagePlan, record: ActionRecord,
 
 
 def record_for(plan: StagePlan, key: str, mat: dict[str, Any], outputs: Mapping[str, str],
-               report: dict[str, Any], log: Any) -> ActionRecord | None:
+               report: dict[str, Any], log: Callable[[str], None]) -> ActionRecord | None:
     """The record a run of `plan` saves, or None (warned) when a reader would refuse it."""
     blobs = tuple(BlobRef(rel, (plan.out_dir / rel).stat().st_size, digest)
                   for rel, digest in sorted(outputs.items()))
