@@ -238,9 +238,13 @@ def image_lock(specs: Sequence[str | Path] = ()) -> list[tuple[str, Path]]:
 
 
 def make_base(out: Path, suite: str = "bookworm",
-              include: Sequence[str] = ("python3", "ca-certificates")) -> str:
+              include: Sequence[str] = ("python3", "ca-certificates"), force: bool = False) -> str:
     """`kiln base DIR`: a Debian base with python3 from Debian's packages (mmdebstrap) as a
-    one-layer OCI layout in DIR; returns the image manifest's digest."""
+    one-layer OCI layout in DIR; returns the image manifest's digest. A DIR that already holds
+    one is kept (a rebuild may pick up newer packages, so a new digest) unless `force`."""
+    from .artifacts.oci.layout import OciLayout
     from .artifacts.oci.rootfs import build_debian_base
 
+    if not force and (out / "index.json").is_file():
+        return OciLayout(out).find("base").digest
     return build_debian_base(out, suite, tuple(include))

@@ -44,10 +44,14 @@ def served(tmp_path_factory: pytest.TempPathFactory, onnx_inputs: Path,
     p = make_project(tmp_path_factory.mktemp("serving"), onnx_inputs, spec=spec)
     locked = p.kiln("image-lock")
     assert locked.returncode == 0, locked.stderr
+    BUILT_FROM[:] = _runtime_source()
     run = p.doit("build:tiny", timeout=1800)
     assert run.code == 0, run.output
     assert {"image:tiny-onnx", "imagetest:tiny-onnx"} <= run.executed
     return p
+
+
+BUILT_FROM: list[bytes] = []  # modelkiln's runtime files as the first build read them
 
 
 def _layout(p: Project) -> OciLayout:
@@ -139,7 +143,6 @@ def test_a_thresholds_edit_rebuilds_neither_environment_nor_weights(served: Proj
     before = json.loads(lay.read_blob(lay.find("image")))
     envs = served.root / ".kiln/oci-cache/envs.json"
     known = json.loads(envs.read_text())
-    source = _runtime_source()
     served.edit("  default: 0.5\n", "  default: 0.5\n  values: {alpha: 0.37}\n")
     run = served.doit("build:tiny", timeout=1800)
     assert run.code == 0, run.output
@@ -150,8 +153,27 @@ def test_a_thresholds_edit_rebuilds_neither_environment_nor_weights(served: Proj
     old, new = [d["digest"] for d in before["layers"]], [d["digest"] for d in after["layers"]]
     changed = [names[i] if i < len(names) else str(i)
                for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
-    if _runtime_source() != source:  # modelkiln's own files were edited meanwhile (a dev tree)
+    if _runtime_source() != BUILT_FROM:  # modelkiln's files were edited meanwhile (a dev tree)
         changed = [c for c in changed if c != "modelkiln: modelkiln runtime and entrypoint"]
     assert changed == ["modelkiln: thresholds, model card and bundle manifest"], changed
     assert json.loads(envs.read_text()) == known  # no environment was built again
     assert _report(served)["image_digest"] == lay.find("image").digest
+
+
+def test_publish_sends_only_the_image_that_passed(served: Project,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    done = served.kiln("publish")
+    assert done.returncode == 0, done.stderr
+    assert "oci image: oci:" in done.stdout  # recorded (the spec does not push it)
+    # Rebuilt where no engine answers: the image changes, its gate is skipped, the pass is stale.
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/engine.sock")
+    served.edit("  test: required\n", "  test: auto\n")
+    served.edit('version: "1.0.0"', 'version: "1.0.1"')
+    plan = served.kiln("plan")
+    assert "skip imagetest:tiny-onnx (no container engine" in plan.stdout, plan.stdout
+    run = served.doit("build:tiny", timeout=1800)
+    assert run.code == 0 and "image:tiny-onnx" in run.executed, run.output
+    refused = served.kiln("publish")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "has not passed imagetest" in refused.stderr and "a layer changed since" in \
+        refused.stderr and "Traceback" not in refused.stderr

@@ -221,6 +221,28 @@ def _render(template: str, bundle: Bundle, version: str, backend: str) -> str:
                         "{version} or {backend}") from None
 
 
+def check_tested(bundle: Bundle, backend: str, digest: str) -> None:
+    """The serving image published is the one the engine gate (stage imagetest) passed: a stale
+    pass (a layer changed since) is refused, and so is no pass when `image.test` is required."""
+    assert bundle.image is not None
+    if bundle.image.test == "off":
+        return
+    stamp = Layout(bundle.root).stamp(bundle.name, f"imagetest-{backend}")
+    try:
+        tested = json.loads(stamp.read_bytes()).get("report", {}).get("image_digest")
+    except (OSError, ValueError, AttributeError):
+        tested = None
+    if tested is None and bundle.image.test == "auto":
+        return  # no engine here: the plan said the test is skipped, and why
+    if tested != digest:
+        raise KilnError(f"image:{bundle.name}-{backend}: the serving image {digest[:19]} has not "
+                        "passed imagetest in a container engine"
+                        + (f" (the last pass was {tested[:19]}: a layer changed since)"
+                           if isinstance(tested, str) else "")
+                        + f"; run `kiln build -t imagetest:{bundle.name}-{backend}` where an "
+                        "engine answers (DOCKER_HOST), then publish")
+
+
 def release_oci(bundle: Bundle, backend: str, version: str, *, to: str | None,
                 force: bool = False, progress: Progress | None = None) -> OciRelease | None:
     """Push (or record) the OCI layout of one backend; None when the spec asks for no OCI."""
@@ -235,6 +257,8 @@ def release_oci(bundle: Bundle, backend: str, version: str, *, to: str | None,
                         "section for that task to exist)")
     art = lay.find(MODEL_TAG)
     img = lay.find(IMAGE_TAG) if wants_image else None
+    if img is not None and bundle.image is not None:
+        check_tested(bundle, backend, img.digest)
     signed = attach_signature(layout_dir, [MODEL_TAG] + ([IMAGE_TAG] if img else []),
                               Layout(bundle.root).dist_dir(bundle.name, version, backend))
     if to is not None and not to.startswith(SCHEME):

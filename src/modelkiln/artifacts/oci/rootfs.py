@@ -50,7 +50,7 @@ def host_sources() -> str | None:
 def mmdebstrap(target: Path, suite: str, include: tuple[str, ...], timeout: int = 1800) -> None:
     """A minimal Debian root filesystem as a tarball at `target` (needs root and mmdebstrap)."""
     hooks = ['rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin']
-    cmd = ["mmdebstrap", "--quiet", "--mode=root", "--variant=minbase",
+    cmd = ["mmdebstrap", "--quiet", "--mode=root", "--variant=minbase", "--format=tar",
            f"--include={','.join(include)}",
            *(f"--dpkgopt=path-exclude={x}" for x in EXCLUDES),
            *(f"--customize-hook={h}" for h in hooks), suite, str(target)]
