@@ -192,7 +192,10 @@ def test_every_field_survives_the_json_form(tmp_path: Path) -> None:
     profiles: {batch: {min: 1, opt: 2, max: 4}}
 image:
   repository: registry.example.com/models/x
+  base: registry.example.com/base/python@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
   backend: onnx
+  packages: [orjson==3.10.0]
+  test: off
 publish:
   s3: "s3://bucket/x/{version}/{backend}/"
   store: {root: "${MODEL_STORE_ROOT}", agent: "x-{backend}"}

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from helpers import BIN
+from modelkiln.model.convert import BASE_HINT
 
 
 def safetensors_bytes(header: dict[str, object] | None = None, data: bytes = bytes(8)) -> bytes:
@@ -131,3 +132,42 @@ def test_s3_prefix_must_separate_backends(tmp_path: Path) -> None:
     assert code == 3
     assert lines == ["bundles/x.yaml:20:7: publish.s3: 2 backends would publish to the same prefix "
                      "(put {backend} in the destination, e.g. s3://bucket/models/{version}/{backend}/)"]
+
+
+IMAGE = "image:\n  repository: registry.example.com/models/x\n  backend: pytorch\n"
+
+
+def test_an_image_without_a_base_names_the_fix(tmp_path: Path) -> None:
+    """Without a base the image has no python3 and cannot start: refused at validation."""
+    project(tmp_path, extra=IMAGE)
+    code, lines = validate(tmp_path)
+    assert code == 3
+    assert len(lines) == 1 and lines[0].startswith(
+        "bundles/x.yaml:18:3: image: no base: without one the image has no python3 and cannot "
+        "start (name a base with python3, pinned: ")
+    assert "kiln base PATH" in lines[0] and "skopeo inspect" in lines[0]
+
+
+def test_an_oci_base_that_is_not_made_yet_says_how_to_make_it(tmp_path: Path) -> None:
+    project(tmp_path, extra=IMAGE + "  base: oci:../bases/deb\n")
+    code, lines = validate(tmp_path)
+    assert code == 3
+    assert lines == ["bundles/x.yaml:20:9: image.base: base layout '../bases/deb' does not exist "
+                     f"(make it with `kiln base ../bases/deb` from bundles/ (mmdebstrap: Debian's "
+                     f"python3), or {BASE_HINT})"]
+    (tmp_path / "bases" / "deb").mkdir(parents=True)
+    code, lines = validate(tmp_path)
+    assert code == 3 and lines[0].endswith("image.base: '../bases/deb' is not an OCI image layout "
+                                           f"(no index.json) (make it with `kiln base ../bases/deb`"
+                                           f", or {BASE_HINT})")
+    (tmp_path / "bases" / "deb" / "index.json").write_text("{}")
+    assert validate(tmp_path) == (0, [])
+
+
+def test_a_registry_base_must_be_pinned(tmp_path: Path) -> None:
+    project(tmp_path, extra=IMAGE + "  base: registry.example.com/debian:bookworm\n")
+    code, lines = validate(tmp_path)
+    assert code == 3 and "image.base: base image 'registry.example.com/debian:bookworm' is not " \
+        "pinned by digest" in lines[0]
+    project(tmp_path, extra=IMAGE + "  base: registry.example.com/debian@sha256:" + "a" * 64 + "\n")
+    assert validate(tmp_path) == (0, [])

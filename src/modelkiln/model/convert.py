@@ -124,7 +124,7 @@ def _base(c: _Checker, base: str | None) -> tuple[str, Path | None]:
     """image.base: a digest-pinned registry reference or `oci:PATH[@sha256:...]`."""
     key = ("image", "base")
     if base is None:
-        c.fail(("image",), "image.base is missing: without a base the image has no python3 and "
+        c.fail(("image",), "no base: without one the image has no python3 and "
                "cannot start", BASE_HINT)
         return "", None
     if base.startswith("oci:"):
