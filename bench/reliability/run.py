@@ -5,7 +5,8 @@
     .venv/bin/python bench/reliability/run.py --quick    # a smoke run of every row (a few minutes)
     .venv/bin/python bench/reliability/run.py --only store_trials,specs
 
-Trial modules beside this file (`store_trials`, `publish_trials`, `archives`, `specs`) are run in
+Trial modules beside this file (`store_trials`, `publish_trials`, `archives`, `specs`, then the
+hostile-peer rows `hostile_trust`, `hostile_oci`, `hostile_cache`, `hostile_state`) are run in
 that order when present: through `run(quick: bool) -> list[Row]` (common.py) where a module has
 it, else through an adapter below that calls its row functions and reads their row records. Some rows need
 root (a tmpfs for disk-full trials) and say so in their notes when they cannot run.
@@ -24,7 +25,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Row
 
-MODULES = ("store_trials", "publish_trials", "archives", "specs")
+MODULES = ("store_trials", "publish_trials", "archives", "specs",
+           # hostile peers (issue 19): trust lists, OCI registries, action-cache entries, local state
+           "hostile_trust", "hostile_oci", "hostile_cache", "hostile_state")
 
 
 def _rows(module: str, quick: bool) -> list[Row]:
