@@ -147,18 +147,37 @@ def test_a_thresholds_edit_rebuilds_neither_environment_nor_weights(served: Proj
     run = served.doit("build:tiny", timeout=1800)
     assert run.code == 0, run.output
     assert {"image:tiny-onnx", "imagetest:tiny-onnx"} <= run.executed  # the new digest is gated
-    after = json.loads(lay.read_blob(lay.find("image")))
-    config = json.loads(lay.read_blob(Descriptor.from_json(after["config"], "config")))
-    names = [h["created_by"] for h in config["history"]]  # one entry per layer
-    old, new = [d["digest"] for d in before["layers"]], [d["digest"] for d in after["layers"]]
-    changed = [names[i] if i < len(names) else str(i)
-               for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
-    if _runtime_source() != BUILT_FROM:  # modelkiln's files were edited meanwhile (a dev tree)
-        changed = [c for c in changed if c != "modelkiln: modelkiln runtime and entrypoint"]
+    changed = _changed_layers(lay, before)
     assert changed == ["modelkiln: thresholds, model card and bundle manifest"], changed
     assert json.loads(envs.read_text()) == known  # no environment was built again
     assert _report(served)["image_digest"] == lay.find("image").digest
 
+
+def _changed_layers(lay: OciLayout, before: dict[str, Any]) -> list[str]:
+    after = json.loads(lay.read_blob(lay.find("image")))
+    config = json.loads(lay.read_blob(Descriptor.from_json(after["config"], "config")))
+    names = [h["created_by"] for h in config["history"]]  # one entry per layer
+    old, new = [d["digest"] for d in before["layers"]], [d["digest"] for d in after["layers"]]
+    changed = [names[i] for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
+    if _runtime_source() != BUILT_FROM:  # modelkiln's files were edited meanwhile (a dev tree)
+        changed = [c for c in changed if c != "modelkiln: modelkiln runtime and entrypoint"]
+    return changed
+
+
+def test_a_lock_change_rebuilds_only_the_environment_layer(served: Project) -> None:
+    lay = _layout(served)
+    before = json.loads(lay.read_blob(lay.find("image")))
+    served.edit("  test: required\n", "  test: required\n  packages: [six]\n")
+    stale = served.doit("build:tiny", timeout=1800)
+    assert stale.code != 0 and "kiln image-lock tiny" in stale.output  # the lock lags the spec
+    locked = served.kiln("image-lock")
+    assert locked.returncode == 0, locked.stderr
+    assert "\nsix==" in (served.root / "bundles/tiny.image.lock").read_text()
+    run = served.doit("build:tiny", timeout=1800)
+    assert run.code == 0, run.output
+    assert run.executed == {"image:tiny-onnx", "imagetest:tiny-onnx"}, run.executed
+    assert _changed_layers(lay, before) == ["modelkiln: serving environment (image lock)"]
+    assert _report(served)["image_digest"] == lay.find("image").digest
 
 def test_publish_sends_only_the_image_that_passed(served: Project,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
