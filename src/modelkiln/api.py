@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import KilnError, Problem, SpecError
+from .errors import KilnError, Problem, SpecError, UsageError
 from .heap import long_lived
 from .model import BrokenSpec, Bundle, check_unique
 from .paths import Layout, project_root
@@ -33,6 +33,9 @@ def discover(specs: Sequence[str | Path] = (), cwd: Path | None = None) -> list[
             found += sorted(p for p in t.iterdir() if p.suffix in SPEC_SUFFIXES and p.is_file())
         elif t.exists():
             found.append(t)
+        elif specs:  # named on the command line: a usage error (64), like a misspelt option
+            raise UsageError(f"{t}: no such spec file or directory; name bundles/*.yaml files "
+                             "or a directory holding them")
         else:
             raise KilnError(f"{t}: no such spec file or directory; name a bundles/*.yaml file")
     if not found:
@@ -189,6 +192,10 @@ def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int
     bundles, broken = load_bundles_partial(discover(specs))
     if not bundles:
         raise SpecError([p for b in broken for p in b.problems])
+    if tasks:  # doit's own answer to a misspelt name is exit 3 and a `kiln list` there is not
+        from .graph.selection import check_selection, task_names
+
+        check_selection(tasks, task_names(bundles, broken, skip))
     status = run_doit(bundles, list(tasks or [f"build:{b.name}" for b in bundles]), jobs, skip, to,
                       cache, broken=broken)
     if broken and not tasks:  # the healthy bundles are built; the broken specs still fail the run

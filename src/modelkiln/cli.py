@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, api, cli_admin, cli_sign
 from .cache import CacheConfig
-from .errors import ExitCode, KilnError
+from .errors import ExitCode, KilnError, SpecError
 
 if TYPE_CHECKING:
     from .publish.oci import OciRelease
@@ -34,10 +34,35 @@ def _skip(values: Sequence[str] | None) -> frozenset[str]:
     return frozenset(s.strip() for v in values or () for s in v.split(",") if s.strip())
 
 
+def _jobs(value: str) -> int:
+    """`-j N`: 1 or more processes; 0 or a negative count is a mistake, not "serial"."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number of processes, 1 or more")
+    return n
+
+
+def _cache_uri(value: str) -> str:
+    """`--cache`: checked as the option is read, so a wrong scheme is a usage error (64)."""
+    from .cache.config import OFF
+    from .transport.uris import scheme_of
+
+    if value.strip().lower() not in OFF and scheme_of(value) not in ("s3", "file"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not s3://bucket/prefix, file:///path "
+                                         "or 'off'")
+    return value
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    bundles = api.validate(args.specs)
+    """Every spec that validates gets its `ok` line, then the problems of the others (exit 3)."""
+    bundles, broken = api.load_bundles_partial(api.discover(args.specs))
     for b in bundles:
         print(f"ok  {b.spec_path.name}: {b.name} {b.version} ({', '.join(b.backends)})")
+    if broken:
+        raise SpecError([p for spec in broken for p in spec.problems])
     return ExitCode.OK
 
 
@@ -48,7 +73,12 @@ def _cache(args: argparse.Namespace) -> CacheConfig:
 def cmd_plan(args: argparse.Namespace) -> int:
     if args.changed_since:
         names = api.changed(args.changed_since, args.specs)
-        print(json.dumps(names) if args.json else "\n".join(names))
+        if args.json:
+            print(json.dumps(names))
+        elif names:
+            print("\n".join(names))
+        else:  # stdout stays empty for a `for b in $(...)` loop; the note is for a person
+            print(f"kiln: no bundle changed since {args.changed_since}", file=sys.stderr)
         return ExitCode.OK
     if args.markdown:
         print(api.plan_markdown(args.specs, _skip(args.skip), _cache(args), args.base), end="")
@@ -163,7 +193,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 def cmd_base(args: argparse.Namespace) -> int:
     out = Path(args.dir)
     include = [p for v in args.include or ["python3,ca-certificates"] for p in v.split(",") if p]
-    digest = api.make_base(out, args.suite, include)
+    digest = api.make_base(out, args.suite, include, force=args.force)
     print(f"base: oci:{out}@{digest}")
     print(f"name it in a spec as  image.base: oci:{out}  (a path relative to the spec file), or "
           f"push it (skopeo copy oci:{out}:base docker://REGISTRY/REPO) and pin REPO@{digest}")
@@ -187,6 +217,8 @@ def _image_parsers(sub: Any) -> None:
                        "kiln base bases/debian-bookworm-python3")
     b.add_argument("dir", help="the OCI layout directory to write")
     b.add_argument("--suite", default="bookworm", help="Debian suite (default: bookworm)")
+    b.add_argument("--force", action="store_true",
+                   help="make it again even when DIR already holds a base layout")
     b.add_argument("--include", action="append",
                    help="packages to install (default: python3,ca-certificates)")
     b.set_defaults(func=cmd_base)
@@ -201,7 +233,7 @@ def _image_parsers(sub: Any) -> None:
 
 
 def _cache_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache", metavar="URI", help="action cache: s3://bucket/prefix, "
+    p.add_argument("--cache", metavar="URI", type=_cache_uri, help="action cache: s3://bucket/prefix, "
                    "file:///path or 'off' (default: $KILN_CACHE_URI, [tool.modelkiln] cache, "
                    "file://<project>/.kiln/cache)")
     p.add_argument("--cache-write", action="store_true", help="save what this run builds to "
@@ -241,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build bundles incrementally (the doit graph)")
     b.add_argument("specs", nargs="*", help="spec files or directories (default: bundles/)")
     b.add_argument("-t", "--task", action="append", help="run only these doit tasks")
-    b.add_argument("-j", "--jobs", type=int, default=1, help="parallel processes")
+    b.add_argument("-j", "--jobs", type=_jobs, default=1, help="parallel processes (1 or more)")
     b.add_argument("--skip", action="append", metavar="BACKEND", help="leave a backend out (onnx)")
     _cache_args(b)
     b.set_defaults(func=cmd_build)

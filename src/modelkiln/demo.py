@@ -7,13 +7,15 @@ and parity figures mean something, and identical seeds give identical files.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, NoReturn, TypedDict
 
 from .artifacts import names
+from .errors import ExitCode
 
 if TYPE_CHECKING:  # the heavy libraries are imported inside the functions that use them
     from transformers import BertForSequenceClassification, PreTrainedTokenizerFast
@@ -179,7 +181,29 @@ def make_example_inputs(bundles: Path) -> None:
     write_label_files(tri, TRIAGE_LABELS)
 
 
-if __name__ == "__main__":
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "bundles")
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 64 as `kiln`'s do (argparse's own 2 is hash drift in that table)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m modelkiln.demo [DIR]`: a real parser, so `--help` prints usage instead of
+    naming a directory to write into."""
+    parser = _Parser(
+        prog="python -m modelkiln.demo",
+        description="Write the example inputs the specs in bundles/ point at: a seeded tiny BERT "
+                    "checkpoint, its tokenizer, label files and calibration rows (trained here "
+                    "from a fixed seed; nothing is downloaded).")
+    parser.add_argument("dir", nargs="?", default="bundles",
+                        help="the bundles directory to write into (default: bundles)")
+    target = Path(parser.parse_args(argv).dir)
     make_example_inputs(target)
     print(f"example inputs written under {target}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,7 +24,7 @@ class ExitCode(IntEnum):
     CONFLICT = 5  # immutable version conflict: ConflictError
     OUT_OF_DATE = 6  # `kiln plan --check`: something would run
     SIGNATURE = 7  # signature refused, missing, untrusted key or not what was signed: SignatureError
-    USAGE = 64  # command-line usage error (EX_USAGE; argparse's own 2 would read as drift)
+    USAGE = 64  # command-line usage error: UsageError (EX_USAGE; argparse's own 2 reads as drift)
     INTERRUPTED = 130  # interrupted (Ctrl-C)
 
 
@@ -44,6 +44,14 @@ class PublishError(KilnError):
 
 class StoreError(KilnError):
     """The model store is missing, unreadable or in a state an operation cannot proceed from."""
+
+
+class UsageError(KilnError):
+    """The command line names something that is not there: a spec file, a task, a backend, a
+    store or registry directory. Raised where the name is looked up, so `kiln` and `doit` alike
+    exit with the usage code instead of building or listing nothing."""
+
+    exit_code = ExitCode.USAGE
 
 
 class SignatureError(KilnError):
@@ -104,7 +112,7 @@ class DriftError(KilnError):
         self.name, self.changes, self.expected, self.actual = name, list(changes), expected, actual
         lines = [f"{name}: hash drift" + (f" (expected {expected}, got {actual})" if expected else "")]
         lines += [f"  {c}" for c in self.changes]
-        lines.append(f"  {fix}" if fix else "  if the change is intended: `kiln registry lock NAME "
+        lines.append(f"  {fix}" if fix else f"  if the change is intended: `kiln registry lock {name} "
                      "--set-expected`; if not, restore the files from a trusted copy")
         super().__init__("\n".join(lines))
 

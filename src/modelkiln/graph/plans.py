@@ -6,9 +6,11 @@ importing the table is cheap.
 """
 from __future__ import annotations
 
+import difflib
 from types import ModuleType
 
-from ..model.bundle import Bundle
+from ..errors import UsageError
+from ..model.bundle import BACKENDS, Bundle
 from ..paths import Layout
 from ..stages import (
     engines,
@@ -48,6 +50,7 @@ STAGES: dict[str, ModuleType] = {
 
 def plan_bundle(bundle: Bundle, skip: frozenset[str] = frozenset()) -> list[StagePlan]:
     """Every task of one bundle. `skip` drops backends ('onnx') for this run only."""
+    check_skip(skip)
     layout = Layout(bundle.root)
     if "onnx" in skip:  # TensorRT engines are built from the ONNX model
         skip = skip | {"tensorrt"}
@@ -61,6 +64,16 @@ def plan_bundle(bundle: Bundle, skip: frozenset[str] = frozenset()) -> list[Stag
         # A skipped backend takes its own stages (export, quantize, gates, package) with it.
         plans.extend(p for p in found if p.backend not in skip)
     return plans
+
+
+def check_skip(skip: frozenset[str]) -> None:
+    """A misspelt backend (`--skip onxx`, `skip=onxx`, KILN_SKIP) would skip nothing and build
+    what the user meant to leave out: a usage error, checked where every planner reads it."""
+    for name in sorted(skip - set(BACKENDS)):
+        near = difflib.get_close_matches(name, BACKENDS, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise UsageError(f"skip {name!r}: not a backend ({hint}the backends are "
+                         f"{', '.join(BACKENDS)})")
 
 
 def skipped(plans: list[StagePlan]) -> dict[str, str]:
