@@ -1,13 +1,16 @@
 """`kiln store ...` and `kiln registry ...`: the operator commands for the store and the registry.
 
 Part of the CLI layer (it prints); cli.py registers these parsers. Kept apart so each file stays
-small. Store commands take --store-root (default $MODEL_STORE_ROOT, else ./model-store); registry commands take
---registry-dir (default $KILN_REGISTRY_DIR, else ./configs).
+small. Store commands take --store-root (default $MODEL_STORE_ROOT, else ./model-store); registry
+commands take --registry-dir (default $KILN_REGISTRY_DIR, else ./configs), before or after the
+subcommand. A directory named on the command line must be one (usage error, 64); the defaults may
+be absent (an empty store or registry), but never a file (exit 1).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import sys
 import tempfile
@@ -15,7 +18,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import KilnError
+from .errors import KilnError, StoreError, UsageError
+
+STORE_ROOT_HELP = "store root (default: $MODEL_STORE_ROOT, else ./model-store)"
+REGISTRY_DIR_HELP = "registry directory (default: $KILN_REGISTRY_DIR, else ./configs)"
+
+
+def _directory(path: Path, option: str, given: bool, what: str) -> None:
+    """A store or registry location that cannot be one: named by `option` on the command line
+    and absent or not a directory (UsageError), or not a directory wherever it came from."""
+    if given and not path.exists():
+        raise UsageError(f"{option} {path}: no such directory; name the {what}")
+    if path.exists() and not path.is_dir():
+        source = f"{option} {path}" if given else f"{path} (the {what})"
+        error = UsageError if given else StoreError
+        raise error(f"{source}: not a directory; name the {what}, not a file in it")
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -24,7 +41,32 @@ def _store(args: argparse.Namespace) -> Any:
     from .paths import store_root
     from .store import ModelStore
 
-    return ModelStore(store_root(args.store_root))
+    root = store_root(args.store_root)
+    _directory(root, "--store-root", bool(args.store_root),
+               "store root (the directory holding <agent>/versions/)")
+    return ModelStore(root)
+
+
+def _registry(args: argparse.Namespace) -> str | None:
+    """--registry-dir as given, once it names a directory (None: the default, checked the same
+    way when it exists)."""
+    from .paths import registry_dir
+
+    given = getattr(args, "registry_dir", None)
+    _directory(registry_dir(given), "--registry-dir", bool(given),
+               "registry directory (the one holding model_registry.curated.json)")
+    return str(given) if given else None
+
+
+def _no_agent(store: Any, agent: str) -> None:
+    """StoreError when `agent` is not in the store at all (not just without a current version)."""
+    agents = store.agents()
+    if agent in agents:
+        return
+    near = difflib.get_close_matches(agent, list(agents), n=1)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    raise StoreError(f"{agent}: no such agent in model store {store.root} ({hint}"
+                     f"`kiln store list` lists them)")
 
 
 def _short(digest: str | None) -> str:
@@ -37,7 +79,10 @@ def store_list(args: argparse.Namespace) -> int:
         for name, alias in sorted(store.agents().items()):
             print(f"{name}" + (f" -> {alias} (legacy alias, read-only)" if alias else ""))
         return 0
-    for v in store.list_versions(args.agent):
+    versions = store.list_versions(args.agent)
+    if not versions:
+        _no_agent(store, args.agent)
+    for v in versions:
         flags = " ".join(f for f, on in (("*current", v.current), ("pinned", v.pinned)) if on)
         print(f"{v.version:24} seq={v.seq} files={v.files} size={v.size} "
               f"checksum={_short(v.checksum)} {flags}" + (f" PROBLEM: {v.problem}" if v.problem else ""))
@@ -45,9 +90,12 @@ def store_list(args: argparse.Namespace) -> int:
 
 
 def store_current(args: argparse.Namespace) -> int:
-    path = _store(args).get_current(args.agent)
+    store = _store(args)
+    path = store.get_current(args.agent)
     if path is None:
-        raise KilnError(f"{args.agent}: no current version; publish one (`kiln publish SPEC`)")
+        _no_agent(store, args.agent)
+        raise KilnError(f"{args.agent}: no current version; publish one (`kiln publish SPEC`) "
+                        f"or point current at one (`kiln store rollback {args.agent} VERSION`)")
     print(path)
     return 0
 
@@ -61,10 +109,10 @@ def store_rollback(args: argparse.Namespace) -> int:
 def store_prune(args: argparse.Namespace) -> int:
     from .registry import store_versions_in_use
 
-    store = _store(args)
+    store, registry = _store(args), _registry(args)
 
     def in_use() -> set[str]:  # asked under the agent lock: a publish cannot slip in between
-        return store_versions_in_use(store.root, args.agent, registry_dir=args.registry_dir)
+        return store_versions_in_use(store.root, args.agent, registry_dir=registry)
 
     removed = store.prune(args.agent, args.keep, protect=in_use)
     print("\n".join(f"removed {v}" for v in removed) or "nothing to remove")
@@ -72,7 +120,7 @@ def store_prune(args: argparse.Namespace) -> int:
 
 
 def store_repair(args: argparse.Namespace) -> int:
-    info, source = _repair(_store(args), args.agent, args.version, args.source, args.registry_dir)
+    info, source = _repair(_store(args), args.agent, args.version, args.source, _registry(args))
     if source is None:
         print(f"ok {args.agent} {info.version}: verified, nothing to repair")
     else:
@@ -168,7 +216,7 @@ def _local_copy(where: str) -> Iterator[Path | None]:
 def registry_list(args: argparse.Namespace) -> int:
     from .registry import list_entries
 
-    entries = list_entries(args.role, args.include_non_installed, registry_dir=args.registry_dir)
+    entries = list_entries(args.role, args.include_non_installed, registry_dir=_registry(args))
     if args.json:
         print(json.dumps([e.to_dict() | {"installed": e.installed} for e in entries], indent=2))
         return 0
@@ -182,17 +230,21 @@ def registry_list(args: argparse.Namespace) -> int:
 def registry_select(args: argparse.Namespace) -> int:
     from .registry import select
 
-    s = select(args.name, args.require or (), registry_dir=args.registry_dir)
+    s = select(args.name, args.require or (), registry_dir=_registry(args))
+    # key=value lines for a shell; a key the entry has no value for is left out, not printed
+    # empty (`local=` read as "the current directory" by a script that cds there)
     for key in ("name", "backend", "version", "served_model_id", "store", "bundle", "local", "s3"):
-        print(f"{key}={getattr(s, key) or ''}")
-    print(f"capabilities={','.join(s.capabilities)}")
+        if getattr(s, key):
+            print(f"{key}={getattr(s, key)}")
+    if s.capabilities:
+        print(f"capabilities={','.join(s.capabilities)}")
     return 0
 
 
 def registry_verify(args: argparse.Namespace) -> int:
     from .registry import verify
 
-    r = verify(args.name, registry_dir=args.registry_dir)
+    r = verify(args.name, registry_dir=_registry(args))
     note = " (hash recorded: first verify)" if r.recorded else ""
     if r.not_recorded:
         note = " (not recorded)"
@@ -206,7 +258,7 @@ def registry_verify(args: argparse.Namespace) -> int:
 def registry_lock(args: argparse.Namespace) -> int:
     from .registry import lock
 
-    entry = lock(args.name, args.set_expected, registry_dir=args.registry_dir)
+    entry = lock(args.name, args.set_expected, registry_dir=_registry(args))
     print(f"locked {entry.name} expected_hash={entry.version_lock.expected_hash}")
     return 0
 
@@ -214,16 +266,31 @@ def registry_lock(args: argparse.Namespace) -> int:
 def registry_unlock(args: argparse.Namespace) -> int:
     from .registry import unlock
 
-    entry = unlock(args.name, registry_dir=args.registry_dir)
+    entry = unlock(args.name, registry_dir=_registry(args))
     print(f"unlocked {entry.name}")
     return 0
+
+
+class _Sub:
+    """Subparsers that each also take the group's location option (`kiln store list
+    --store-root X` as well as `kiln store --store-root X list`). SUPPRESS as the default keeps
+    a subcommand that was not given it from overwriting the value given before it."""
+
+    def __init__(self, action: Any, option: str, help_: str):
+        self.action, self.option, self.help = action, option, help_
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = self.action.add_parser(name, **kwargs)
+        p.add_argument(self.option, default=argparse.SUPPRESS, help=self.help)
+        return p
 
 
 def add_parsers(sub: Any) -> None:
     """Register `store` and `registry` with their subcommands on the main parser."""
     st = sub.add_parser("store", help="the atomic on-disk model store (MODEL_STORE_ROOT)")
-    st.add_argument("--store-root", help="store root (default: $MODEL_STORE_ROOT, else ./model-store)")
-    ss = st.add_subparsers(dest="store_command", required=True, parser_class=type(st))
+    st.add_argument("--store-root", help=STORE_ROOT_HELP)
+    ss = _Sub(st.add_subparsers(dest="store_command", required=True, parser_class=type(st)),
+              "--store-root", STORE_ROOT_HELP)
     p = ss.add_parser("list", help="agents, or one agent's versions")
     p.add_argument("agent", nargs="?")
     p.set_defaults(func=store_list)
@@ -249,12 +316,13 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--from", dest="source", metavar="PATH_OR_URI",
                    help="the bundle.tar.gz (or its directory / URI); default: the registry's "
                    "artifacts, then dist/ and published/ of this project")
-    p.add_argument("--registry-dir", help="default: $KILN_REGISTRY_DIR, else ./configs")
+    p.add_argument("--registry-dir", help=REGISTRY_DIR_HELP)
     p.set_defaults(func=store_repair)
 
     rg = sub.add_parser("registry", help="the layered registry: list, select, verify, lock")
-    rg.add_argument("--registry-dir", help="default: $KILN_REGISTRY_DIR, else ./configs")
-    rs = rg.add_subparsers(dest="registry_command", required=True, parser_class=type(rg))
+    rg.add_argument("--registry-dir", help=REGISTRY_DIR_HELP)
+    rs = _Sub(rg.add_subparsers(dest="registry_command", required=True, parser_class=type(rg)),
+              "--registry-dir", REGISTRY_DIR_HELP)
     p = rs.add_parser("list", help="entries, by default only those installed here")
     p.add_argument("--role")
     p.add_argument("--include-non-installed", action="store_true")

@@ -113,7 +113,7 @@ def verify(name: str, *, registry_dir: Path | str | None = None,
     now = measure(entry, workers)
     changes = now.changes_from(entry.files) if expected else list(now.manifest_changes)
     if changes or (expected is not None and now.aggregate_sha256 != expected):
-        raise DriftError(name, changes, expected, now.aggregate_sha256, fix=_drift_fix(root))
+        raise DriftError(name, changes, expected, now.aggregate_sha256, fix=_drift_fix(name, root))
     signed = check_entry(entry, root, policy_from_env())  # REGISTRY_TRUSTED_KEYS: exit 7 if not
     signed_by = signed.key_id if signed is not None else None
     stamp = utc_now()
@@ -134,12 +134,12 @@ def verify(name: str, *, registry_dir: Path | str | None = None,
                         lock.locked, stamp, expected is None, signed_by=signed_by)
 
 
-def _drift_fix(root: Path) -> str | None:
+def _drift_fix(name: str, root: Path) -> str | None:
     """For a store version, the command that restores it; else DriftError's default advice."""
     where = store_location(root)
     if where is None:
         return None
-    return (f"if the change is intended: `kiln registry lock NAME --set-expected`; if not, "
+    return (f"if the change is intended: `kiln registry lock {name} --set-expected`; if not, "
             f"restore it: `kiln store repair {where[1]} {where[2]}`")
 
 
