@@ -92,7 +92,7 @@ def test_bootstrap_refuses_another_key_and_a_replay(tmp_path: Path, key: KeyPair
         bootstrap(_env(new_uri, tmp_path / "rt", key))
     # A whole old version served where 3.0.0 is pinned.
     old_uri = publish_bundle(old, str(tmp_path / "old-bucket")).archive_uri
-    with pytest.raises(SignatureError, match=r"but this is version '3\.0\.0'"):
+    with pytest.raises(SignatureError, match=r"but version '3\.0\.0' was asked for"):
         bootstrap(_env(old_uri, tmp_path / "rt", key, MODEL_BUNDLE_VERSION="3.0.0"))
     assert _nothing_unpacked(tmp_path / "rt")
 

@@ -152,10 +152,10 @@ def test_a_replayed_signature_of_another_version_is_refused(tmp_path: Path,
     # The old version served whole where the new one is expected (a rollback).
     with pytest.raises(SignatureError) as exc:
         signing.verify_bundle(*_read(old), key.trusted(), "registry-v3", "3.0.0")
-    assert "but this is version '3.0.0'" in _refusal(exc)
+    assert "but version '3.0.0' was asked for" in _refusal(exc)
     with pytest.raises(SignatureError) as exc:
         signing.verify_bundle(*_read(old), key.trusted(), expected_name="other-model")
-    assert "but this is name 'other-model'" in _refusal(exc)
+    assert "but name 'other-model' was asked for" in _refusal(exc)
 
 
 def test_rotation_old_and_new_keys_both_trusted(tmp_path: Path, key: KeyPair,

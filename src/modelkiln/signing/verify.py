@@ -122,14 +122,23 @@ def _open_statement(signature_bytes: bytes, trusted_keys: Sequence[PublicKey],
 
 def _same_bundle(record: SignedBundle, manifest: mf.BundleManifest, expected_name: str | None,
                  expected_version: str | None, origin: str) -> None:
-    """The signed name/version/backend must be the expected ones and the manifest's."""
-    for field, expected in (("name", expected_name), ("version", expected_version),
-                            ("name", manifest["name"]), ("version", manifest["version"]),
-                            ("backend", manifest["backend"])):
-        signed = getattr(record, field)
-        if expected is not None and signed != expected:
-            raise SignatureError(f"{origin}: the signature is for {record.label}, but this is "
-                                 f"{field} {expected!r}: a signature replayed from another "
+    """The signed name/version/backend must be the expected ones and the manifest's.
+
+    The caller's expectation (`--version`, the version a host pins) is not a fact about the
+    bundle, so its refusal says what was asked for rather than what "this" is."""
+    asked = (("name", expected_name), ("version", expected_version))
+    for field, expected in asked:
+        if expected is not None and getattr(record, field) != expected:
+            raise SignatureError(f"{origin}: the signature is for {record.label}, but {field} "
+                                 f"{expected!r} was asked for: another bundle or version (or a "
+                                 "signature replayed from one) is in its place; refuse it, or "
+                                 f"ask for the {field} that was signed")
+    says = (("name", manifest["name"]), ("version", manifest["version"]),
+            ("backend", manifest["backend"]))
+    for field, value in says:
+        if getattr(record, field) != value:
+            raise SignatureError(f"{origin}: the signature is for {record.label}, but the manifest "
+                                 f"says {field} {value!r}: a signature replayed from another "
                                  "bundle or version; refuse it, publish this version signed")
 
 
