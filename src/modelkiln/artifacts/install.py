@@ -8,6 +8,11 @@ differs; nothing unlisted, nothing missing. Then the bundle's own `manifest.json
 the published manifest cannot list: it lists the others) must equal the published manifest
 less its `archive` entry. Where the directory goes afterwards (a rename, a store finalize) is
 the caller's business.
+
+A manifest that declares more files than the host unpacks (KILN_EXTRACT_MAX_FILES) is refused from
+the manifest alone (`refuse_too_many`), before a byte is downloaded or written: the archive holds
+every listed file plus `manifest.json`, so its extraction would stop at the limit anyway, after
+writing (and fsyncing) that many files.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from pathlib import Path
 from ..errors import PublishError
 from . import manifest as mf
 from .extract import UnsafeArchive, safe_extract
-from .extract_limits import Limits
+from .extract_limits import ENV_MAX_FILES, Limits
 
 
 class BundleMismatch(PublishError):
@@ -34,6 +39,7 @@ def unpack_checked(archive: Path, dest: Path, published: mf.PublishedManifest, *
     from `published`, UnsafeArchive for anything else safe_extract refuses; `dest` is left empty
     (or, after a manifest mismatch, holding what the caller must discard).
     """
+    refuse_too_many(published, limits if limits is not None else Limits.from_env(), str(archive))
     files = published["files"]
     sizes: dict[str, int | None] = {f["path"]: f["size"] for f in files}
     sizes[mf.MANIFEST] = None  # the bundle's own manifest: compared whole below
@@ -50,3 +56,14 @@ def unpack_checked(archive: Path, dest: Path, published: mf.PublishedManifest, *
         raise BundleMismatch(f"{archive}: the manifest.json inside the bundle differs from the "
                              f"published manifest.json; {fix}")
     return unpacked
+
+
+def refuse_too_many(published: mf.PublishedManifest, limits: Limits, origin: str) -> None:
+    """UnsafeArchive when the manifest lists more files (with `manifest.json` itself) than
+    `limits` lets one extraction write; call it before downloading the archive."""
+    count = len(published["files"]) + 1
+    if count > limits.max_files:
+        raise UnsafeArchive(origin, mf.MANIFEST, f"the manifest declares {count} files, more than the "
+                            f"{limits.max_files} files and directories this host unpacks (the "
+                            f"host limit {ENV_MAX_FILES}), so nothing was downloaded or written",
+                            f"if the bundle is trusted, raise {ENV_MAX_FILES} on this host")

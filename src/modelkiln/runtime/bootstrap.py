@@ -32,7 +32,7 @@ from .. import signing, transport
 from ..artifacts import manifest as mf
 from ..artifacts import names
 from ..artifacts.extract_limits import Limits
-from ..artifacts.install import unpack_checked
+from ..artifacts.install import refuse_too_many, unpack_checked
 from ..errors import KilnError, PublishError, SignatureError
 from . import engines
 from .versions import (
@@ -176,6 +176,7 @@ def _install(uri: str, published: mf.PublishedManifest, size: int, sha: str, slo
              progress: transport.Progress | None, settings: transport.TransferSettings,
              limits: Limits) -> None:
     """Download, check, unpack and verify into a work directory, then swap it into the slot."""
+    refuse_too_many(published, limits, uri)  # from the manifest: before any download or write
     with installing(slot, sha, published["version"]) as staging:
         tarball = staging.work / mf.ARCHIVE
         transport.download(uri, tarball, size=size, sha256=sha, progress=progress, settings=settings)
