@@ -19,6 +19,7 @@ from typing import Any
 from .. import proc
 from ..errors import KilnError
 from ..model.bundle import Bundle
+from .mdsafe import code, text
 from .plans import plan_bundle
 
 ANCESTORS = 20  # how far back the review looks for a base commit a trusted build indexed
@@ -126,7 +127,8 @@ def spec_changes(bundle: Bundle, ref: str) -> tuple[list[str] | None, str | None
     lines = []
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
-            lines.append(f"`{key}`: {_show(old.get(key))} → {_show(new.get(key))}")
+            lines.append(f"{code(key, table=False)}: {text(_show(old.get(key)))} → "
+                         f"{text(_show(new.get(key)))}")  # spec text: escaped for Markdown
     version = old.get("version")
     return lines, str(version) if version is not None else None
 
