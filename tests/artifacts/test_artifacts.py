@@ -40,21 +40,44 @@ def test_aggregate_is_sha256sum_text(tmp_path: Path) -> None:
 
 
 def test_stat_cache_reads_a_file_once_and_survives_rename(tmp_path: Path) -> None:
-    p = tmp_path / "w.bin"
+    (tmp_path / "staging").mkdir()
+    p = tmp_path / "staging" / "w.bin"
     p.write_bytes(b"x" * 1000)
     old = time.time() - 10
     os.utime(p, (old, old))
+    time.sleep(0.15)  # utime sets the ctime to now: let it leave the racy window
     cache = StatCache(tmp_path / "cache.json")
     first = cache.digest(p)
     assert cache.digest(p) == first and cache.hashed == [str(p)]
-    p.rename(tmp_path / "moved.bin")
-    assert cache.digest(tmp_path / "moved.bin") == first and len(cache.hashed) == 1
+    # a staging directory renamed into place keeps its files' inodes and ctimes (renaming the
+    # file itself sets its ctime: that is one re-hash)
+    (tmp_path / "staging").rename(tmp_path / "final")
+    moved = tmp_path / "final" / "w.bin"
+    assert cache.digest(moved) == first and len(cache.hashed) == 1
     cache.save()
     again = StatCache(tmp_path / "cache.json")
-    assert again.peek(tmp_path / "moved.bin") == first
-    os.utime(tmp_path / "moved.bin", (old + 1, old + 1))  # touched, same bytes: one re-hash
-    assert again.peek(tmp_path / "moved.bin") is None
-    assert again.digest(tmp_path / "moved.bin") == first and len(again.hashed) == 1
+    assert again.peek(moved) == first
+    os.utime(moved, (old + 1, old + 1))  # touched, same bytes: one re-hash
+    time.sleep(0.15)
+    assert again.peek(moved) is None
+    assert again.digest(moved) == first and len(again.hashed) == 1
+
+
+def test_stat_cache_sees_a_same_size_edit_with_its_mtime_put_back(tmp_path: Path) -> None:
+    p = tmp_path / "w.bin"
+    p.write_bytes(b"a" * 100)
+    old = time.time() - 10
+    os.utime(p, (old, old))
+    time.sleep(0.15)
+    cache = StatCache(tmp_path / "cache.json")
+    before = cache.digest(p)
+    cache.save()
+    mtime = p.stat().st_mtime_ns
+    p.write_bytes(b"b" * 100)  # same size,
+    os.utime(p, ns=(mtime, mtime))  # and the mtime put back (cp -p, rsync -t, touch -d)
+    again = StatCache(tmp_path / "cache.json")
+    assert again.peek(p) is None
+    assert again.digest(p) != before
 
 
 def test_stat_cache_sees_same_size_edit(tmp_path: Path) -> None:

@@ -2,20 +2,26 @@
 
 Everything that needs a file's digest (the up-to-date check, manifests, verify, the runtime
 bootstrap, the store) calls `sha256_file` or `StatCache.digest`. `sha256_file` always reads the
-bytes; `StatCache.digest` trusts a previous result while the file's (device, inode, size, mtime_ns)
-are unchanged, so an untouched file is never read again and a touched-but-identical one is read
-once, not on every run.
+bytes; `StatCache.digest` trusts a previous result while the file's (device, inode, size, mtime_ns,
+ctime_ns) are unchanged, so an untouched file is never read again and a touched-but-identical one
+is read once, not on every run. The ctime is there because the mtime can be put back (`touch -d`,
+`cp -p`, `rsync -t`, `os.utime`) after a same-size edit; the ctime cannot be set from user space.
 """
 from __future__ import annotations
 
 import atexit
+import errno
 import hashlib
 import json
 import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, BinaryIO
+
+from .atomic import write_bytes
+from .statefile import load_json
 
 CHUNK = 1 << 20  # 1 MiB: large enough that Python overhead is noise next to OpenSSL's sha256
 # A file modified this recently may be modified again within the same mtime tick without its stat
@@ -79,15 +85,21 @@ def _ident(st: os.stat_result) -> str:
     return f"{st.st_dev}:{st.st_ino}"
 
 
-_Entry = list[Any]  # [size, mtime_ns, sha256 hex, absolute path], as stored in the JSON file
+_Entry = list[Any]  # [size, mtime_ns, sha256 hex, absolute path, ctime_ns], as stored in the file
 
 
 def _match(hit: _Entry | None, st: os.stat_result) -> str | None:
     """The entry's digest when it is well-formed and was taken at this very stat, else None."""
-    if (hit is not None and len(hit) == 4 and hit[0] == st.st_size and hit[1] == st.st_mtime_ns
-            and isinstance(hit[2], str)):
+    if (hit is not None and len(hit) == 5 and hit[0] == st.st_size and hit[1] == st.st_mtime_ns
+            and hit[4] == st.st_ctime_ns and isinstance(hit[2], str)):
         return hit[2]
     return None
+
+
+def settled(st: os.stat_result, now: int) -> bool:
+    """Whether a stat is old enough to vouch for: neither its mtime nor its ctime is within
+    RACY_NS of `now` (a second write within one timestamp tick could repeat both)."""
+    return now - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS
 
 
 def _still_there(key: str, entry: _Entry) -> bool:
@@ -98,16 +110,17 @@ def _still_there(key: str, entry: _Entry) -> bool:
 
 
 class StatCache:
-    """(device, inode, size, mtime_ns) -> sha256, persisted as one JSON file.
+    """(device, inode, size, mtime_ns, ctime_ns) -> sha256, persisted as one JSON file.
 
     Keyed by (device, inode), not by path, so a file hashed in a staging directory is still known
     after it is renamed into place; the path is kept only to drop entries for deleted files.
 
     The cache is an optimisation only: losing it, or losing a concurrent writer's entries, costs a
-    re-hash, never a wrong answer about a file whose stat changed.
+    re-hash, never a wrong answer about a file whose stat changed. So is a cache file that is
+    corrupt, of another shape or not a regular file (statefile): it reads as empty.
     """
 
-    VERSION = 2
+    VERSION = 3  # 3: entries carry the ctime
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -119,10 +132,7 @@ class StatCache:
 
     @staticmethod
     def _read(path: Path) -> dict[str, _Entry]:
-        try:
-            data = json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            return {}
+        data = load_json(path)
         if not isinstance(data, dict) or data.get("version") != StatCache.VERSION:
             return {}
         entries = data.get("entries")
@@ -131,8 +141,11 @@ class StatCache:
         return {k: v for k, v in entries.items() if isinstance(v, list)}
 
     def digest(self, path: str | os.PathLike[str], progress: Progress | None = None) -> str:
-        """sha256 of `path`, reading it only when its stat differs from the remembered one."""
+        """sha256 of `path`, reading it only when its stat differs from the remembered one.
+        OSError for a path that is not a regular file: a FIFO or a device would never end."""
         st = os.stat(path)
+        if not S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
         key = _ident(st)
         hit = self._entries.get(key)
         known = _match(hit, st)
@@ -145,16 +158,16 @@ class StatCache:
         value = sha256_file(path, progress)
         self.hashed.append(os.path.abspath(path))
         after = os.stat(path)
-        if (time.time_ns() - after.st_mtime_ns > RACY_NS and after.st_mtime_ns == st.st_mtime_ns
-                and after.st_size == st.st_size):
-            self._entries[key] = [st.st_size, st.st_mtime_ns, value, os.path.abspath(path)]
+        if (settled(after, time.time_ns()) and after.st_mtime_ns == st.st_mtime_ns
+                and after.st_ctime_ns == st.st_ctime_ns and after.st_size == st.st_size):
+            self._entries[key] = _entry(st, value, path)
             self._dirty = True
         return value
 
     def remember(self, path: str | os.PathLike[str], digest: str) -> None:
         """Record the digest of a file this process has just written and computed itself."""
         st = os.stat(path)
-        self._entries[_ident(st)] = [st.st_size, st.st_mtime_ns, digest, os.path.abspath(path)]
+        self._entries[_ident(st)] = _entry(st, digest, path)
         self._dirty = True
 
     def peek(self, path: str | os.PathLike[str]) -> str | None:
@@ -173,12 +186,17 @@ class StatCache:
         merged.update(self._entries)
         # Drop entries for files that are gone so the cache does not grow without bound.
         merged = {k: v for k, v in merged.items() if _still_there(k, v)}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(canonical_json({"version": self.VERSION, "entries": merged}))
-        os.replace(tmp, self.path)
+        try:  # not durable: losing the file costs re-hashing, nothing more
+            write_bytes(self.path, canonical_json({"version": self.VERSION, "entries": merged}),
+                        durable=False)
+        except OSError:
+            return  # a read-only or full state dir, or a directory in the file's place: speed only
         self._entries = merged
         self._dirty = False
+
+
+def _entry(st: os.stat_result, digest: str, path: str | os.PathLike[str]) -> _Entry:
+    return [st.st_size, st.st_mtime_ns, digest, os.path.abspath(path), st.st_ctime_ns]
 
 
 _CACHES: dict[Path, StatCache] = {}

@@ -11,6 +11,10 @@ holds a lock (say, publish holding the store lock while the store stages a versi
 the file again. Holds are therefore counted per (lock file, thread) in this process; a second
 thread opens its own descriptor and queues in the kernel like another process would.
 
+A lock file that is not a regular file (a FIFO, a device, a directory, a symlink: something put
+there by hand or by accident) is refused with one clear error, never opened for writing: the
+holder's note below truncates the file, and through a symlink that would be someone else's file.
+
 Who holds it: the holder writes one line (pid, host, command, start time) into the lock file after
 it gets the lock, so a caller that has to wait (`on_wait`) or gives up after `timeout` can say what
 it waited for. The note is advisory text only; the lock itself is the flock.
@@ -18,8 +22,10 @@ it waited for. The note is advisory text only; the lock itself is the flock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import sys
 import threading
 import time
@@ -27,6 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import KilnError
+from .statefile import read_regular
 
 
 class LockTimeout(KilnError):
@@ -55,11 +62,28 @@ def _note() -> bytes:
 
 
 def holder(path: Path) -> str:
-    """The note the current holder wrote ("" when unreadable or empty)."""
+    """The note the current holder wrote ("" when unreadable, empty or not a regular file)."""
+    return (read_regular(path, 1 << 16) or b"")[:300].decode(errors="replace").strip()
+
+
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+def _open(path: Path) -> int:
+    """A descriptor of the lock file, created if absent; KilnError when it is not a regular file
+    (O_NONBLOCK: opening a FIFO or a device must not wait; flock ignores the flag)."""
     try:
-        return Path(path).read_bytes()[:300].decode(errors="replace").strip()
-    except OSError:
-        return ""
+        fd = os.open(path, _OPEN_FLAGS, 0o664)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise
+        fd = -1
+    if fd >= 0 and stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    if fd >= 0:
+        os.close(fd)
+    raise KilnError(f"{path}: this lock file is not a regular file (a symlink, FIFO, device or "
+                    "directory); remove it (locks are re-created as needed) and run again")
 
 
 def _reenter(key: tuple[str, int]) -> bool:
@@ -87,7 +111,7 @@ class FileLock:
         key = _key(self.path)
         if _reenter(key):
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o664)
+        fd = _open(self.path)
         try:
             self._wait(fd)
             with contextlib.suppress(OSError):  # the note is best effort (a full disk, say)
@@ -127,7 +151,7 @@ class FileLock:
         key = _key(self.path)
         if _reenter(key):
             return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o664)
+        fd = _open(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -28,7 +28,7 @@ from ..stages.base import RunContext, StagePlan
 from . import gather, remote, unsaved
 from .locks import task_lock
 from .plans import STAGES
-from .state import read_stamp, snapshot, stamp_for, status, walk_outputs
+from .state import drop_stamp, read_stamp, snapshot, stamp_for, status, walk_outputs
 
 _CACHES: dict[CacheConfig, ActionCache | None] = {}
 
@@ -58,7 +58,7 @@ def execute(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...],
             return _up_to_date(plan, bundle, upstream, cache_config)  # its record left unsaved
         inputs = snapshot(plan, bundle.root, stat, stamps)
         unsaved.clear(layout.state, plan.task)  # a record of outputs that are about to go
-        plan.stamp.unlink(missing_ok=True)
+        drop_stamp(plan.stamp)
         sweep_leftovers(plan.out_dir)
         cache = cache_for(cache_config, bundle.root)
         keyed = remote.key_of(plan, inputs, stamps) if cache is not None else None

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..artifacts.lock import FileLock
+from ..errors import KilnError
 
 
 def lock_path(state: Path, task: str) -> Path:
@@ -25,7 +26,11 @@ def lock_path(state: Path, task: str) -> Path:
 def task_lock(state: Path, task: str, log: Callable[[str], None]) -> Iterator[None]:
     """Hold the task's lock for the block; wait (and say for whom) when another run holds it."""
     path = lock_path(state, task)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file (or a FIFO...) where the directory should be
+        raise KilnError(f"{path.parent}: cannot use it as the directory of task locks "
+                        f"({exc.strerror or exc}); remove what is there and run again") from None
 
     def waiting(holder: str) -> None:
         log(f"{task}: waiting: {holder or 'another build'} is building it")

@@ -21,36 +21,62 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
-from ..artifacts.digest import RACY_NS, StatCache, aggregate
+from ..artifacts.digest import StatCache, aggregate, settled
+from ..artifacts.statefile import load_json
+from ..errors import KilnError
 from ..stages.base import StagePlan
 from .verdicts import BundleMemo, Sig, signature
 
 Stamp = dict[str, Any]
 
 
-_STAMPS: dict[tuple[str, int, int, int], Stamp] = {}
+_STAMPS: dict[tuple[str, int, int, int, int], Stamp] = {}
+# what `status`, `snapshot` and the stages read from a stamp, and the type each must have
+_SHAPE = {"params_digest": str, "params": dict, "inputs": dict, "outputs": dict,
+          "outputs_aggregate": str}
 
 
 def read_stamp(path: Path) -> Stamp | None:
-    """A stamp's content, or None when absent or unreadable (either way: rebuild). Treat it as
-    read-only: a no-op reads each upstream stamp once per reader, so parsed stamps are kept while
-    the file's (inode, size, mtime) stay the same (not for a stamp written in the last 100 ms,
-    whose stat could repeat within one timestamp tick)."""
+    """A stamp's content, or None when absent, unreadable, not a regular file or not a stamp
+    (any of which means: rebuild). Treat it as read-only: a no-op reads each upstream stamp once
+    per reader, so parsed stamps are kept while the file's (inode, size, mtime, ctime) stay the
+    same (not for a stamp written in the last 100 ms, whose stat could repeat within one tick)."""
     try:
         st = os.stat(path)
-        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
-        if key in _STAMPS:
-            return _STAMPS[key]
-        data = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict):
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key in _STAMPS:
+        return _STAMPS[key]
+    data = load_json(path)
+    if not _is_stamp(data):
         return None
-    if time.time_ns() - st.st_mtime_ns > RACY_NS:
+    if settled(st, time.time_ns()):
         _STAMPS[key] = data
     return data
+
+
+def drop_stamp(path: Path) -> None:
+    """Remove a task's stamp before the task runs (so a kill leaves no stamp: a rerun);
+    KilnError when something that cannot be unlinked, a directory, is in its place."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise KilnError(f"{path}: cannot remove the task's stamp ({exc.strerror or exc}); "
+                        "remove what is there and run again") from None
+
+
+def _is_stamp(data: object) -> TypeGuard[Stamp]:
+    """Whether parsed JSON has a stamp's shape: the keys the checks read, of the right types,
+    every input and output digest a string."""
+    if not isinstance(data, dict):
+        return False
+    if not all(isinstance(data.get(k), t) for k, t in _SHAPE.items()):
+        return False
+    return all(isinstance(k, str) and isinstance(v, str)
+               for part in (data["inputs"], data["outputs"]) for k, v in part.items())
 
 
 def rel_to(path: Path, root: Path) -> str:

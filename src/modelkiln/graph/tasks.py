@@ -23,6 +23,7 @@ from ..paths import Layout
 from ..stages.base import StagePlan
 from ..stages.engines import STAGE as ENGINES
 from . import unsaved
+from .depfile import usable
 from .plans import STAGES, plan_bundle, skipped, upstream_of
 from .state import status
 from .verdicts import BundleMemo, verdicts
@@ -186,7 +187,7 @@ def doit_namespace(bundles: list[Bundle], root: Path, skip: frozenset[str] = fro
     state = Layout(root).state
     state.mkdir(parents=True, exist_ok=True)
     namespace: dict[str, Any] = {"DOIT_CONFIG": {
-        "backend": "sqlite3", "dep_file": str(state / "doit.sqlite3"),
+        "backend": "sqlite3", "dep_file": str(usable(state / "doit.sqlite3")),
         "default_tasks": ["build"], "verbosity": 2,
     }}
     with held_until_work():

@@ -2,24 +2,24 @@
 
 `state.status` decides from contents: it parses the task's stamp, looks up the digest of every
 input, reads each upstream stamp's output aggregate and checks every output's digest. When every
-task of a bundle is found up to date, the (device, inode, size, mtime_ns) of every file those
-checks read, each taken *before* the check that read it, is kept here (`.kiln/verdicts.json`) with
-a digest of the bundle's plans. The next check of that bundle is a hit only when the plans are the
-same and every one of those files still has that signature (an optional input that was absent must
-still be absent): then each of its tasks is up to date without a stamp parsed or a digest looked
+task of a bundle is found up to date, the (device, inode, size, mtime_ns, ctime_ns) of every file
+those checks read, each taken *before* the check that read it, is kept here (`.kiln/verdicts.json`)
+with a digest of the bundle's plans. The next check of that bundle is a hit only when the plans are
+the same and every one of those files still has that signature (an optional input that was absent
+must still be absent): then each of its tasks is up to date without a stamp parsed or a digest looked
 up. That is the trust the stat cache already puts in a signature, applied once per file. Anything
 else is a miss, and every task of the bundle gets the full check.
 
 A hit holds for the rest of the process: a task writes only its own outputs and stamp, and none of
-a fresh bundle's tasks runs, so nothing this run does can change its files. A file modified in the
-last 100 ms is never vouched for (a second write within one timestamp tick could repeat the stat).
-A bundle with an `engines` task gets no verdict (its plan depends on the cache's engine index).
-Losing the file, or a concurrent writer's entries, costs time, never a wrong verdict.
+a fresh bundle's tasks runs, so nothing this run does can change its files. A file modified (or
+whose inode changed) in the last 100 ms is never vouched for (a second write within one timestamp
+tick could repeat the stat). A bundle with an `engines` task gets no verdict (its plan depends on
+the cache's engine index). Losing the file, a concurrent writer's entries, or a file that is
+corrupt, of another shape or not a regular file (read as empty), costs time, never a wrong verdict.
 """
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -27,20 +27,21 @@ from pathlib import Path
 
 from ..artifacts.atomic import write_bytes
 from ..artifacts.digest import RACY_NS, canonical_json, sha256_bytes
+from ..artifacts.statefile import load_json
 from ..stages.base import StagePlan
 from ..stages.engines import STAGE as ENGINES
 
-FORMAT = 1
-Sig = list[int] | None  # [dev, inode, size, mtime_ns], or None: absent
+FORMAT = 2  # 2: signatures carry the ctime
+Sig = list[int] | None  # [dev, inode, size, mtime_ns, ctime_ns], or None: absent
 Files = list[tuple[str, Sig]]  # stored as JSON lists: [[path, sig], ...]
 
 
 def signature(path: str) -> Sig:
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # absent, or a parent is not a directory
         return None
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def plans_key(plans: Sequence[StagePlan], stamps: Mapping[str, Path]) -> str:
@@ -64,10 +65,8 @@ class Verdicts:
 
     @staticmethod
     def _read(path: Path) -> dict[str, list[object]]:
-        try:
-            data = json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            return {}
+        """The file's entries; none when it is corrupt, of another shape or not a regular file."""
+        data = load_json(path)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             return {}
         entries = data.get("bundles")
@@ -163,7 +162,7 @@ class BundleMemo:
                 files.append((path, signature(path)))
             except OSError:
                 return None
-        if any(sig is not None and now - sig[3] <= RACY_NS for _, sig in files):
+        if any(sig is not None and now - max(sig[3], sig[4]) <= RACY_NS for _, sig in files):
             return None
         return files
 

@@ -12,10 +12,12 @@ what it was made from:
 A lookup is a hit only when all of them come out the same now; anything else is a miss and the
 spec is converted afresh. Only a conversion without problems is kept, and only when no file it
 saw was modified in the last 100 ms (a write within one timestamp tick could repeat the stat).
-Entries are JSON, never pickle, and losing one costs time, never correctness.
+Entries are JSON, never pickle, and losing one costs time, never correctness; so does one that
+is corrupt, of another shape or not a regular file (`statefile`): a miss.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..artifacts.digest import RACY_NS, StatCache, sha256_bytes
+from ..artifacts.statefile import load_json
 from ..paths import project_root
 from .bundle import Bundle
 from .checker import Document
@@ -81,7 +84,7 @@ class BundleCache:
         """The bundle converted from `path` before, if nothing it was made from has changed."""
         spec = os.path.abspath(path)
         try:
-            entry = json.loads(self._entry_path(spec).read_bytes())
+            entry = load_json(self._entry_path(spec))
             if not (isinstance(entry, dict) and entry.get("format") == FORMAT
                     and entry.get("spec") == spec and entry.get("salt") == self.salt
                     and entry.get("code") == code_digest()):
@@ -90,7 +93,7 @@ class BundleCache:
             if entry.get("sha256") != self.spec_digest(spec) or not self.recheck.holds(seen):
                 return None
             bundle = decode_bundle(entry["bundle"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return None  # absent, unreadable, or written by an incompatible version: convert
         if bundle.root != self._root(spec):
             return None
@@ -112,7 +115,8 @@ class BundleCache:
             tmp.write_text(json.dumps(entry, separators=(",", ":")), encoding="utf-8")
             os.replace(tmp, target)
         except OSError:
-            tmp.unlink(missing_ok=True)  # a read-only or full state dir only costs speed
+            with contextlib.suppress(OSError):  # its directory may be a file: nothing to undo
+                tmp.unlink(missing_ok=True)  # a read-only or full state dir only costs speed
 
 
 def _settled(seen: Observations) -> bool:
