@@ -47,6 +47,7 @@ STAGE_DOCS = {
     "trtparity": "parity gates: TensorRT engine logits and decision flips vs the fp32 ONNX model",
     "package": "pack bundle.tar.gz and manifest.json per backend",
     "image": "OCI model artifact and serving image per backend (an OCI layout under dist/)",
+    "imagetest": "run the serving image in a container engine; its answers must match the build",
     "publish": "publish built bundles to S3 / file:// and the model store",
     "build": "build every enabled backend's bundle",
 }
@@ -137,13 +138,13 @@ def task_dicts(bundles: list[Bundle], skip: frozenset[str] = frozenset(),
         groups["publish"].append({
             "name": bundle.name, "doc": f"publish {bundle.name} to S3/file://, store and registry",
             "actions": [(_publish, (bundle, tuple(p.backend for p in packages), to))],
-            "task_dep": [p.task for p in plans if p.stage in ("package", "image")],
+            "task_dep": [p.task for p in plans if p.stage in ("package", "image", "imagetest")],
             "verbosity": 2,
         })
         groups["build"].append({
             "name": bundle.name, "doc": f"build every enabled backend of {bundle.name}",
             "actions": None,
-            "task_dep": [p.task for p in plans if p.stage in ("package", "image")],
+            "task_dep": [p.task for p in plans if p.stage in ("package", "image", "imagetest")],
         })
     return groups
 
@@ -173,7 +174,7 @@ def add_broken(groups: dict[str, list[TaskDict]], broken: Sequence[BrokenSpec]) 
         if not spec.name:
             continue
         for basename in (*STAGES, "publish", "build"):
-            if basename in ("package", "image"):  # named per backend, which a broken spec lacks
+            if basename in ("package", "image", "imagetest"):  # named per backend, which a broken spec lacks
                 continue
             groups.setdefault(basename, []).append({
                 "name": spec.name, "doc": f"BROKEN SPEC {spec.spec_path.name}: run `kiln validate`",
