@@ -12,8 +12,13 @@ from typing import Any
 from ..errors import BuildError
 
 MULTI_LABEL = "multi-label-classification"
-SCORE_RULE = {MULTI_LABEL: "sigmoid", "single-label-classification": "softmax"}
-DECISION_RULE = "a label is on when its score >= its threshold"
+SINGLE_LABEL = "single-label-classification"
+SCORE_RULE = {MULTI_LABEL: "sigmoid", SINGLE_LABEL: "softmax"}
+DECISION_RULE = {
+    MULTI_LABEL: "every label whose score >= its threshold",
+    SINGLE_LABEL: "exactly one label, the top-scoring one, unless its score is under its "
+                  "threshold (an abstain floor: then none)",
+}
 
 
 def scores(logits: Any, task: str) -> Any:
@@ -36,8 +41,17 @@ def cut_vector(labels: tuple[str, ...] | list[str], cuts: dict[str, float], dtyp
     return np.asarray([cuts[lab] for lab in labels], dtype=dtype)
 
 
-def decide(probs: Any, labels: tuple[str, ...] | list[str], cuts: dict[str, float],
-           vector: Any = None) -> Any:
-    """Boolean decisions (rows x labels): a label is on when its score reaches its threshold.
+def decide(probs: Any, labels: tuple[str, ...] | list[str], cuts: dict[str, float], *,
+           task: str, vector: Any = None) -> Any:
+    """Boolean decisions (rows x labels), by DECISION_RULE[task]: multi-label, every label whose
+    score reaches its threshold; single-label, only the top label, and only when its score
+    reaches its threshold (the threshold is an abstain floor, never a second label).
     `vector`: cut_vector(labels, cuts, probs.dtype), when the caller already has it."""
-    return probs >= (cut_vector(labels, cuts, probs.dtype) if vector is None else vector)
+    import numpy as np
+
+    passed = probs >= (cut_vector(labels, cuts, probs.dtype) if vector is None else vector)
+    if task == MULTI_LABEL:
+        return passed
+    top = np.zeros(probs.shape, dtype=bool)
+    top[np.arange(len(probs)), probs.argmax(axis=1)] = True
+    return top & passed

@@ -50,7 +50,7 @@ class Predictor:
         import numpy as np
 
         probs = scores(np.asarray(self.logits(text), dtype=np.float64).reshape(1, -1), self.task)
-        on = decide(probs, self.labels, self.cuts, self.vector)[0]
+        on = decide(probs, self.labels, self.cuts, task=self.task, vector=self.vector)[0]
         return {"labels": [lab for lab, hit in zip(self.labels, on, strict=True) if hit],
                 "scores": {lab: float(p) for lab, p in zip(self.labels, probs[0], strict=True)}}
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from string import Template
+from typing import Any
 
 from ..artifacts import manifest as mf
 from ..artifacts import names
@@ -78,6 +79,12 @@ def _checks(reports: dict[str, Report]) -> Report:
     return flat
 
 
+def _how(metric: dict[str, Any]) -> str:
+    """The card's "how chosen" cell: the source, and why when the default was kept."""
+    why = metric.get("why")
+    return f"{metric.get('source', '')}: {why}" if why else str(metric.get("source", ""))
+
+
 def model_card(ctx: RunContext, backend: str, version: str, reports: dict[str, Report],
                tools: dict[str, str]) -> str:
     """The bundle's model card from templates/model_card.md: inputs, outputs, labels, thresholds,
@@ -88,7 +95,7 @@ def model_card(ctx: RunContext, backend: str, version: str, reports: dict[str, R
     fields = json.loads((labels_dir / names.LABEL_FIELDS).read_bytes())
     cuts = json.loads((thresholds_dir / names.THRESHOLDS).read_bytes())
     metrics = json.loads((thresholds_dir / names.THRESHOLD_METRICS).read_bytes())
-    rows = "\n".join(f"| {lab} | {cuts[lab]:.6g} | {metrics[lab].get('source', '')} | "
+    rows = "\n".join(f"| {lab} | {cuts[lab]:.6g} | {_how(metrics[lab])} | "
                      f"{json.dumps(fields.get(lab), sort_keys=True)} |" for lab in order)
     checks = ["- weights load into their architecture with no missing or extra keys",
               "- the tokenizer loads as a fast tokenizer"]
@@ -109,6 +116,8 @@ def model_card(ctx: RunContext, backend: str, version: str, reports: dict[str, R
     if reports.get("smoke"):
         checks.append("- smoke test: the shipped int8 model, tokenizer and thresholds load alone "
                       "and label a sample")
+    from ..artifacts.decisions import DECISION_RULE, SINGLE_LABEL
+
     multi = b.source.task == "multi-label-classification"
     template = Template(resource_bytes("templates", "model_card.md").decode())
     return template.substitute(
@@ -118,6 +127,7 @@ def model_card(ctx: RunContext, backend: str, version: str, reports: dict[str, R
         strategy=b.thresholds.strategy, default=b.thresholds.default,
         metadata=", ".join(f"{k}: {v}" for k, v in b.metadata) or "-",
         score="sigmoid of each logit" if multi else "softmax over the labels",
+        decision=DECISION_RULE.get(b.source.task, DECISION_RULE[SINGLE_LABEL]),
         labels=rows, checks="\n".join(checks),
         tools=", ".join(f"{k} {v}" for k, v in sorted(tools.items())))
 
@@ -164,13 +174,14 @@ def plan(bundle: Bundle, layout: Layout,
 
 def serving_signature(ctx: RunContext) -> mf.Signature:
     """The input/output schema `predict` serves (the same rule as the gates: decisions.py)."""
-    from ..artifacts.decisions import DECISION_RULE, SCORE_RULE
+    from ..artifacts.decisions import DECISION_RULE, SCORE_RULE, SINGLE_LABEL
 
     task = ctx.bundle.source.task
     order = json.loads((ctx.up("labels") / names.LABEL_ORDER).read_bytes())
     return {"task": task, "input": "text", "max_length": ctx.bundle.thresholds.max_length,
             "labels": [str(x) for x in order], "score": SCORE_RULE.get(task, "softmax"),
-            "decision": f"{DECISION_RULE} ({names.THRESHOLDS})",
+            "decision": f"{DECISION_RULE.get(task, DECISION_RULE[SINGLE_LABEL])} "
+                        f"({names.THRESHOLDS})",
             "output": {"labels": "the labels that are on, in label order",
                        "scores": "label -> score in [0, 1]"}}
 

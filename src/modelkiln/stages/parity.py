@@ -30,7 +30,7 @@ from ..model.bundle import Bundle, Quantize
 from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, stage_plan
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: single-label decisions are the top label only (decisions.py)
 WORST = 3  # labels named in a failure message
 
 
@@ -64,7 +64,8 @@ def compare(ref: Any, fp32: Any, int8: Any, labels: tuple[str, ...], cuts: dict[
 
     diff = np.abs(fp32 - ref)
     p_ref, p_int8 = scores(ref, task), scores(int8, task)
-    d_ref, d_int8 = decide(p_ref, labels, cuts), decide(p_int8, labels, cuts)
+    d_ref = decide(p_ref, labels, cuts, task=task)
+    d_int8 = decide(p_int8, labels, cuts, task=task)
     flips = d_ref != d_int8
     rows = len(ref)
     error = np.abs(p_int8 - p_ref).max(axis=0)  # per label: how far int8 moved a score at most

@@ -22,7 +22,7 @@ from ..model.bundle import Bundle
 from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, stage_plan
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: single-label decisions are the top label only (decisions.py)
 SAMPLES = ("modelkiln smoke test",
            "patient procedure performed under moderate sedation with the scope in the left "
            "airway, tissue sample taken, no complication noted, follow up in clinic")
@@ -83,7 +83,7 @@ def check_view(view: Path, task: str, max_length: int) -> Report:
     probs = scores(logits.astype(np.float64), task)
     if not np.all(np.isfinite(probs)) or probs.min() < 0 or probs.max() > 1:
         raise BuildError("the int8 model gives scores that are not finite probabilities")
-    on = decide(probs, labels, cuts)
+    on = decide(probs, labels, cuts, task=task)
     predicted = [[lab for lab, hit in zip(labels, row, strict=True) if hit] for row in on]
     return {"samples": len(SAMPLES), "sequence_length": int(batch["input_ids"].shape[1]),
             "output_shape": list(logits.shape), "labels": list(labels),

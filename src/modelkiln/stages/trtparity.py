@@ -24,7 +24,7 @@ from ..model.bundle import Bundle
 from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, stage_plan
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: single-label decisions are the top label only (decisions.py)
 CACHE_TOOLS = ("numpy",)
 WORST = 3
 
@@ -60,8 +60,8 @@ def compare(reference: Any, engine: Any, labels: tuple[str, ...], cuts: dict[str
                          f"{list(reference.shape)}; rebuild trt")
     diff = np.abs(engine - reference)
     outside = diff > atol + rtol * np.abs(reference)
-    flips = decide(scores(reference, task), labels, cuts) != decide(scores(engine, task), labels,
-                                                                     cuts)
+    flips = decide(scores(reference, task), labels, cuts, task=task) != \
+        decide(scores(engine, task), labels, cuts, task=task)
     per_label = {lab: {"flips": int(flips[:, i].sum()), "flip_rate": _r(flips[:, i].mean()),
                        "max_abs_logit_diff": _r(diff[:, i].max()),
                        "outside_tolerance": int(outside[:, i].sum())}
