@@ -1,4 +1,4 @@
-"""Hostile local state (tests/hostile_state.py) under the real `doit build` and `kiln plan`.
+"""Hostile local state (tests/hostile_local_state.py) under the real `doit build` and `kiln plan`.
 
 One tiny project is built once per module and copied aside; each case puts it back, replaces one
 kind of state file (or directory) with something hostile and runs a command in a subprocess with
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers import BIN, Project, make_project
-from hostile_state import KINDS, RERUN, RERUN_STAMP, TARGETS, poison, run
+from hostile_local_state import KINDS, RERUN, RERUN_STAMP, TARGETS, poison, run
 
 pytestmark = pytest.mark.slow
 
