@@ -81,14 +81,17 @@ def image_inputs(bundle: Bundle) -> tuple[Path, ...]:
 
 
 def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
-    """One task per enabled backend when the spec asks for OCI output (`image:` or
-    `publish.oci`); the serving image only for `image.backend`."""
+    """One task per enabled backend when the spec has `publish.oci`, else one for
+    `image.backend` only (a layout nothing publishes is not built); the serving image only for
+    `image.backend`."""
     if bundle.image is None and bundle.publish.oci is None:
         return []
     version = resolve(bundle.version, bundle.root)
     plans = []
     for backend in bundle.backends:
         img = bundle.image if bundle.image and bundle.image.backend == backend else None
+        if img is None and bundle.publish.oci is None:
+            continue  # nothing publishes this backend's layout: do not build it
         what = "model artifact" + (" and serving image" if img else "")
         plans.append(StagePlan(
             task=f"image:{bundle.name}-{backend}", stage="image", bundle=bundle.name,
