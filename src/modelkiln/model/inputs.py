@@ -3,7 +3,8 @@
 Each file is read once through `model.files` (so no content can raise past here) and its JSON type
 is checked before it is indexed. What is checked, cheaply enough to run on every `kiln validate`:
 - the checkpoint has a config.json that is a JSON object, whose `id2label` maps "0".."n-1" to names,
-  and whose `problem_type` (when it has one) agrees with `source.task`: a multi-label checkpoint
+  that has a classification head at all (an embedding checkpoint, `BertModel` or `MPNetModel` saved
+  without `id2label`/`num_labels`, is named as such, not as a head of 0 outputs), and whose `problem_type` (when it has one) agrees with `source.task`: a multi-label checkpoint
   shipped as single-label would get softmax thresholds for a sigmoid head, and the reverse;
 - every safetensors weight file's header is consistent with its size (8 bytes + the header read);
 - the label order is a non-empty list of distinct strings matching the head, and the label fields
@@ -27,6 +28,9 @@ WEIGHT_FILES = (files.WEIGHTS, files.WEIGHTS_INDEX, files.PICKLE_WEIGHTS,
 PROBLEM_TYPES = {"multi_label_classification": "multi-label-classification",
                  "single_label_classification": "single-label-classification"}
 _CKPT = ("source", "checkpoint")
+# architectures that end in one of these carry no classification head: a bare encoder (BertModel,
+# MPNetModel) or a pre-training head; their outputs are hidden states, not labels
+_HEADLESS_SUFFIXES = ("Model", "ForMaskedLM", "ForPreTraining", "ForCausalLM")
 
 
 def shard_files(ckpt: Path, single: str, index: str) -> list[Path]:
@@ -72,6 +76,24 @@ def _weights(c: Checker, ckpt: Path) -> None:
         c.fail(_CKPT, exc.message, exc.hint)
 
 
+def headless_reason(config: Any) -> str:
+    """Why a config.json describes a checkpoint without a classification head, or "".
+
+    A checkpoint without one is an embedding model (sentence-transformers, a bare encoder): its
+    config has neither `id2label` nor `num_labels`, or its `architectures` are all bare encoders or
+    pre-training heads."""
+    if not isinstance(config, dict):
+        return ""
+    archs = config.get("architectures")
+    if isinstance(archs, list) and archs and all(
+            isinstance(a, str) and "Classification" not in a and a.endswith(_HEADLESS_SUFFIXES)
+            for a in archs):
+        return f"architectures {[a[:60] for a in archs[:4]]}"
+    if "id2label" not in config and "num_labels" not in config:
+        return "neither id2label nor num_labels"
+    return ""
+
+
 def _config(c: Checker, ckpt: Path, task: str) -> list[str] | None:
     """The head's labels from config.json (None when unusable: a problem is recorded)."""
     found = kind_of(ckpt / files.CONFIG)
@@ -87,6 +109,14 @@ def _config(c: Checker, ckpt: Path, task: str) -> list[str] | None:
     if config is MISSING:
         return None
     origin = display_path(ckpt / files.CONFIG)
+    headless = headless_reason(config)
+    if headless:
+        c.fail(("source", "task"), f"{task}, but the checkpoint has no classification head "
+               f"({origin} has {headless}): it is an embedding model, and the task that would fit "
+               "it is feature-extraction (planned, not yet supported)",
+               "point source.checkpoint at a *ForSequenceClassification checkpoint saved with "
+               "save_pretrained, or fine-tune a classification head on this one")
+        return None
     try:
         head = head_labels(config, origin)
     except BadFile as exc:
