@@ -131,3 +131,21 @@ def test_a_writer_killed_mid_copy_leaves_no_temp_file(tmp_path: Path) -> None:
         timer.cancel()
     left = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file())
     assert left == [], f"a killed writer left {left} in the cache"
+
+
+def test_hostile_unsaved_entries_are_ignored(tmp_path: Path) -> None:
+    """`.kiln/unsaved/` is local state: a FIFO or a directory there is no record owed (read
+    without blocking), and filing one over a directory does not fail the task."""
+    from modelkiln.graph import unsaved
+
+    state = tmp_path / ".kiln"
+    (state / unsaved.DIR).mkdir(parents=True)
+    os.mkfifo(unsaved.path(state, "labels:tiny"))
+    unsaved.path(state, "weights:tiny").mkdir()
+    got: list[object] = []
+    reader = threading.Thread(target=lambda: got.extend(
+        unsaved.read(state, t) for t in ("labels:tiny", "weights:tiny")), daemon=True)
+    reader.start()
+    reader.join(30)
+    assert got == [None, None], "reading a FIFO or a directory as a record hung or returned bytes"
+    unsaved.mark(state, "weights:tiny", b"{}")  # over a directory: no exception

@@ -26,7 +26,7 @@ from ..artifacts import names
 from ..artifacts.atomic import staged_dir
 from ..artifacts.digest import StatCache
 from ..cache import ActionCache, ActionRecord, BadRecord, BlobRef, Expected
-from ..cache.records import safe_relpath, shown
+from ..cache.records import parse_json, safe_relpath, shown
 from ..errors import KilnError
 from ..stages.base import StagePlan
 from . import unsaved
@@ -174,10 +174,10 @@ def save_unsaved(cache: ActionCache, plan: StagePlan, stamp: Mapping[str, Any] |
     if data is None:
         return None
     try:
-        raw = json.loads(data)
-        record = ActionRecord.from_bytes(data, str(raw.get("key")))
+        raw = parse_json(data)
+        record = ActionRecord.from_bytes(data, str(raw.get("key") if isinstance(raw, dict) else ""))
         record.check(expected(plan))
-    except (ValueError, AttributeError, BadRecord):
+    except BadRecord:
         record = None
     if record is None or stamp is None or record.digests() != stamp.get("outputs"):
         unsaved.clear(state, plan.task)

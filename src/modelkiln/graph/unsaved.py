@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from ..artifacts.atomic import write_bytes
+from ..artifacts.statefile import read_regular
 
 if TYPE_CHECKING:
     from ..cache import CacheConfig
 
 DIR = "unsaved"
+LIMIT = 16 << 20  # an action record's own limit
 _LISTED: dict[Path, frozenset[str]] = {}
 
 
@@ -50,15 +52,17 @@ def may_save(config: CacheConfig | None, root: Path) -> bool:
 
 
 def mark(state: Path, task: str, record: bytes) -> None:
-    write_bytes(path(state, task), record)
+    """File `record` as owed (best effort: where it cannot be filed, the save right after it is
+    all there is, as before unsaved records were kept)."""
+    with contextlib.suppress(OSError):
+        write_bytes(path(state, task), record)
     _LISTED.pop(state, None)
 
 
 def read(state: Path, task: str) -> bytes | None:
-    try:
-        return path(state, task).read_bytes()
-    except OSError:
-        return None
+    """The record filed for `task`, or None (absent, or not a regular file of at most 16 MiB:
+    local state is read without trusting it, as artifacts.statefile says)."""
+    return read_regular(path(state, task), LIMIT)
 
 
 def clear(state: Path, task: str) -> None:
