@@ -4,6 +4,7 @@ record of the wrong shape is ignored with a note, not a traceback."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +60,36 @@ def test_malformed_cached_records_are_ignored_with_a_note(manifest: dict, thresh
     side = Side("cache index of abc", manifest, thresholds)  # type: ignore[arg-type]
     assert side.manifest is None and "ignored" in side.where
     assert deltas(side, Side("this", {"files": []})) == []
+
+
+class _Cache:
+    """An action cache whose review index holds one hostile summary for every commit."""
+
+    uri = "file:///cache"
+
+    def __init__(self, raw: bytes):
+        self.raw = raw
+
+    def read_small(self, key: str) -> bytes:
+        return self.raw
+
+
+@pytest.mark.parametrize("raw", [
+    b"[1, 2]",
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"manifest": {"files": "everything"}, "thresholds": [1, 2]}',
+    b'{"manifest": {"files": [{"path": 7}]}}',
+    b'{"manifest": {"archive": []}, "thresholds": {"a": 0.5}}',
+])
+def test_hostile_review_index_entries_are_ignored_with_a_note(
+        raw: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from modelkiln.graph import basegit, review
+
+    monkeypatch.setattr(basegit, "ancestors", lambda root, ref: ["a" * 40, "b" * 40])
+    bundle = SimpleNamespace(name="tiny", root=Path("."))
+    side = review.base_side(bundle, "pytorch", "main", None, _Cache(raw))  # type: ignore[arg-type]
+    assert side.manifest is None and side.thresholds is None
+    assert side.where.startswith("no base found; cache index of bbbbbbbbbb") and "ignored" in side.where
+    assert deltas(side, Side("this", {"files": []}, {"a": 0.5})) == ["| threshold `a` | - | 0.5 |"]

@@ -106,13 +106,18 @@ def base_side(bundle: Bundle, backend: str, base: str | None, base_version: str 
     skipped = ""
     if base is not None and cache is not None:
         for commit in basegit.ancestors(bundle.root, base):
-            summary = _json(cache.read_small(index_key(bundle.name, commit, backend)))
-            if summary and isinstance(summary.get("manifest"), dict):
-                found = Side(f"cache index of {text(commit[:10])} ({text(cache.uri)})",
-                             summary["manifest"], _dict_or_none(summary.get("thresholds")))
-                if found.manifest is not None:
-                    return found
-                skipped = found.where
+            raw = cache.read_small(index_key(bundle.name, commit, backend))
+            if raw is None:
+                continue
+            where = f"cache index of {text(commit[:10])} ({text(cache.uri)})"
+            summary = _json(raw)
+            if summary is None or not isinstance(summary.get("manifest"), dict):
+                skipped = f"{where} (ignored: not a review summary)"
+                continue
+            found = Side(where, summary["manifest"], _dict_or_none(summary.get("thresholds")))
+            if found.manifest is not None:
+                return found
+            skipped = found.where
     if base_version is not None:
         from ..publish import render_destination
         from ..publish.release import destination_template
