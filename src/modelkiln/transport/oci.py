@@ -8,6 +8,7 @@ nothing, a byte count of what was really sent, the registry's returned digest ch
 ours, and every pulled blob hashed while it streams and refused on a mismatch. The protocol
 subset is small: `/v2/` ping, blob HEAD/GET, uploads (monolithic PUT or chunked PATCH), manifest
 HEAD/GET/PUT, and Basic or Bearer-token auth from the standard docker config file (oci_auth.py).
+What a reply may cost in memory and time is bounded in oci_bounds.py.
 
 References are `HOST[:PORT]/REPO[:TAG][@sha256:HEX]` (an `oci://` prefix is accepted). Loopback
 hosts, and hosts listed in $KILN_OCI_INSECURE (comma-separated), are spoken to over plain HTTP.
@@ -16,12 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import io
-import json
-import os
 import re
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -29,13 +26,12 @@ from typing import BinaryIO
 from ..artifacts.digest import sha256_bytes
 from ..artifacts.oci import media
 from ..errors import KilnError, PublishError
-from .oci_auth import authorization, docker_credentials
+from .oci_bounds import loads_object
+from .oci_http import CHUNK, Connection, Progress, Response, Upload
 
-Progress = Callable[[int], None]
-CHUNK = 1 << 20
+__all__ = ["CHUNK", "Progress", "Reference", "Registry", "Response"]
 _REF = re.compile(r"^(?P<host>[^/]+)/(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*)"
                   r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9._-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
-_LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
 ACCEPT = ", ".join(media.MANIFEST_TYPES)
 
 
@@ -71,96 +67,8 @@ class Reference:
         return f"{self.host}/{self.repository}{tag}{pin}"
 
 
-class Response:
-    """Status, headers and (for small replies) the body of one request."""
-
-    def __init__(self, resp: http.client.HTTPResponse, body: bytes | None):
-        self.status, self.body = resp.status, body or b""
-        self.headers = {k.lower(): v for k, v in resp.getheaders()}
-        self.raw = resp
-
-
-class Registry:
-    """A connection to one registry host. Not thread-safe: use one per thread."""
-
-    def __init__(self, host: str, *, timeout: float = 120.0, insecure: bool | None = None):
-        self.host = host
-        listed = {h.strip() for h in os.environ.get("KILN_OCI_INSECURE", "").split(",")}
-        plain = insecure if insecure is not None else (
-            host.rsplit(":", 1)[0] in _LOOPBACK or host in listed)
-        self.scheme = "http" if plain else "https"
-        self.timeout = timeout
-        self._conn: http.client.HTTPConnection | None = None
-        self._auth: dict[str, str] = {}  # scope -> Authorization header value
-        self._creds = docker_credentials(host)
-
-    # -- plumbing -------------------------------------------------------------------------------
-
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is None:
-            cls = http.client.HTTPConnection if self.scheme == "http" else http.client.HTTPSConnection
-            self._conn = cls(self.host, timeout=self.timeout, blocksize=CHUNK)
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def request(self, method: str, path: str, *, scope: str, headers: dict[str, str] | None = None,
-                body: bytes | _Reader | None = None, stream: bool = False,
-                retry_auth: bool = True) -> Response:
-        """One request with auth; `stream` leaves the body unread (the caller reads raw)."""
-        hdrs = dict(headers or {})
-        if scope in self._auth:
-            hdrs["Authorization"] = self._auth[scope]
-        url = path if path.startswith("/") else urllib.parse.urlsplit(path)._replace(
-            scheme="", netloc="").geturl()
-        try:
-            conn = self._connection()
-            conn.request(method, url, body=body, headers=hdrs)
-            resp = conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise PublishError(f"{self.scheme}://{self.host}: {method} {url} failed ({exc}); "
-                               "is the registry running and reachable?") from None
-        if resp.status == 401 and retry_auth and self._login(resp, scope):
-            resp.read()
-            if isinstance(body, _Reader):
-                body.seek(0)
-            return self.request(method, path, scope=scope, headers=headers, body=body,
-                                stream=stream, retry_auth=False)
-        data = None if stream and resp.status < 300 else resp.read()
-        return Response(resp, data)
-
-    def _login(self, resp: http.client.HTTPResponse, scope: str) -> bool:
-        """Answer a 401 challenge for `scope`; False when there is nothing to answer with."""
-        header = authorization(resp.getheader("WWW-Authenticate") or "", self._creds, scope,
-                               self.host, self.timeout)
-        if header is None:
-            return False
-        self._auth[scope] = header
-        return True
-
-    def _follow(self, location: str) -> Response:
-        """GET a blob's redirect target (often a signed URL of the storage back end; a relative
-        one is on this registry), without our Authorization header."""
-        u = urllib.parse.urlsplit(urllib.parse.urljoin(f"{self.scheme}://{self.host}/", location))
-        cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
-        try:
-            conn = cls(u.netloc, timeout=self.timeout, blocksize=CHUNK)
-            conn.request("GET", u.path + (f"?{u.query}" if u.query else ""))
-            resp = conn.getresponse()
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            raise PublishError(f"{self.host}: the blob redirect to {u.scheme}://{u.netloc} "
-                               f"failed ({exc})") from None
-        return Response(resp, None if resp.status == 200 else resp.read())
-
-    def _fail(self, what: str, r: Response) -> PublishError:
-        detail = r.body[:300].decode(errors="replace").strip()
-        hint = "; log in with `docker login` (the docker config file)" if r.status in (401, 403) \
-            else ""
-        return PublishError(f"{self.host}: {what} answered HTTP {r.status} {detail}{hint}")
+class Registry(Connection):
+    """The distribution API on one registry host (see the module doc). Not thread-safe."""
 
     # -- the API --------------------------------------------------------------------------------
 
@@ -176,7 +84,11 @@ class Registry:
             return None
         if r.status != 200:
             raise self._fail(f"HEAD blob {digest}", r)
-        return int(r.headers.get("content-length", "-1"))
+        try:
+            return int(r.headers.get("content-length", "-1"))
+        except ValueError:
+            raise PublishError(f"{self.host}/{repo}: HEAD blob {digest} answered a Content-Length "
+                               "that is not a number; refusing the registry's answer") from None
 
     def upload_blob(self, repo: str, digest: str, size: int, source: Path | bytes, *,
                     chunk: int | None = None, progress: Progress | None = None) -> int:
@@ -190,12 +102,12 @@ class Registry:
         if r.status != 202 or "location" not in r.headers:
             raise self._fail(f"start upload of {digest}", r)
         where = r.headers["location"]
-        with _Reader(source, progress) as reader:
+        with Upload(source, progress) as reader:
             if chunk is None or size <= chunk:
                 r = self.request("PUT", _add_query(where, digest=digest), scope=scope,
                                  headers={"Content-Length": str(size),
                                           "Content-Type": "application/octet-stream"},
-                                 body=reader)
+                                 body=reader, deadline=self.budget(size))
             else:
                 start = 0
                 while start < size:
@@ -203,7 +115,7 @@ class Registry:
                     piece = reader.read(n)
                     r = self.request("PATCH", where, scope=scope, body=piece, headers={
                         "Content-Length": str(n), "Content-Type": "application/octet-stream",
-                        "Content-Range": f"{start}-{start + n - 1}"})
+                        "Content-Range": f"{start}-{start + n - 1}"}, deadline=self.budget(n))
                     if r.status != 202:
                         raise self._fail(f"upload chunk {start}-{start + n - 1} of {digest}", r)
                     where, start = r.headers.get("location", where), start + n
@@ -221,7 +133,8 @@ class Registry:
         """PUT a manifest under a tag or digest; returns its digest, checked against ours."""
         mine = "sha256:" + sha256_bytes(data)
         r = self.request("PUT", f"/v2/{repo}/manifests/{ref}", scope=_push(repo), body=data,
-                         headers={"Content-Type": media_type, "Content-Length": str(len(data))})
+                         headers={"Content-Type": media_type, "Content-Length": str(len(data))},
+                         deadline=self.budget(len(data)))
         if r.status != 201:
             raise self._fail(f"PUT manifest {repo}:{ref}", r)
         got = r.headers.get("docker-content-digest")
@@ -238,12 +151,13 @@ class Registry:
             return None
         if r.status != 200:
             raise self._fail(f"HEAD manifest {repo}:{ref}", r)
-        return r.headers.get("docker-content-digest") or self.get_manifest(repo, ref)[2]
+        named = r.headers.get("docker-content-digest", "")
+        return named if media.DIGEST_RE.match(named) else self.get_manifest(repo, ref)[2]
 
     def get_manifest(self, repo: str, ref: str, limit: int = 4 << 20) -> tuple[bytes, str, str]:
         """(bytes, media type, digest) of a manifest; a digest reference is checked byte-exact."""
         r = self.request("GET", f"/v2/{repo}/manifests/{ref}", scope=_pull(repo),
-                         headers={"Accept": ACCEPT})
+                         headers={"Accept": ACCEPT}, limit=limit, deadline=self.budget(limit))
         if r.status != 200:
             raise self._fail(f"GET manifest {repo}:{ref}", r)
         if len(r.body) > limit:
@@ -253,69 +167,57 @@ class Registry:
         if expected and expected != digest:
             raise PublishError(f"{self.host}/{repo}@{expected}: the registry served bytes whose "
                                f"digest is {digest}; refusing a tampered manifest")
-        media = r.headers.get("content-type", "").split(";")[0].strip()
-        try:
-            media = json.loads(r.body).get("mediaType") or media
-        except (ValueError, AttributeError):
-            raise PublishError(f"{self.host}/{repo}:{ref}: manifest is not JSON") from None
-        return r.body, media, digest
+        named = loads_object(r.body, f"{self.host}/{repo}:{ref}").get("mediaType")
+        kind = named if isinstance(named, str) and named else \
+            r.headers.get("content-type", "").split(";")[0].strip()
+        return r.body, kind, digest
 
     def get_blob(self, repo: str, digest: str, size: int, out: BinaryIO,
                  progress: Progress | None = None) -> None:
-        """Stream a blob into `out`, hashing as it goes; PublishError on any size or digest
-        mismatch (the caller discards what was written)."""
-        r = self.request("GET", f"/v2/{repo}/blobs/{digest}", scope=_pull(repo), stream=True)
-        for _ in range(3):  # storage back ends may redirect to a signed URL
-            if r.status not in (301, 302, 303, 307, 308):
-                break
-            r = self._follow(r.headers.get("location", ""))
-        if r.status != 200:
-            raise self._fail(f"GET blob {digest}", r)
-        h, got = hashlib.sha256(), 0
+        """Stream a blob into `out`, hashing as it goes, under one deadline for the transfer
+        (redirects included); PublishError on any size or digest mismatch (the caller discards
+        what was written)."""
+        deadline = self.budget(size)
+        hops: list[http.client.HTTPConnection] = []
         try:
-            while chunk := r.raw.read(min(CHUNK, size - got + 1)):
-                got += len(chunk)
-                if got > size:
-                    break
-                h.update(chunk)
-                out.write(chunk)
-                if progress:
-                    progress(len(chunk))
-        except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
-            self.close()
-            raise PublishError(f"{self.host}/{repo}: blob {digest} broke off after {got} bytes "
-                               f"({exc}); run the command again") from None
+            with self._guarded(deadline, f"GET blob {digest}") as dog:
+                r = self.request("GET", f"/v2/{repo}/blobs/{digest}", scope=_pull(repo),
+                                 stream=True, deadline=deadline, watch=dog)
+                for _ in range(3):  # storage back ends may redirect to a signed URL
+                    if r.status not in (301, 302, 303, 307, 308):
+                        break
+                    r, conn = self._follow(r.headers.get("location", ""), dog, deadline)
+                    hops.append(conn)
+                if r.status != 200:
+                    raise self._fail(f"GET blob {digest}", r)
+                self._stream(r, repo, digest, size, out, progress)
+        finally:
+            for conn in hops:
+                conn.close()
+
+    def _stream(self, r: Response, repo: str, digest: str, size: int, out: BinaryIO,
+                progress: Progress | None) -> None:
+        h, got = hashlib.sha256(), 0
+        while True:
+            try:
+                chunk = r.raw.read(min(CHUNK, size - got + 1))
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                self.close()
+                raise PublishError(f"{self.host}/{repo}: blob {digest} broke off after {got} "
+                                   f"bytes ({exc}); run the command again") from None
+            if not chunk:
+                break
+            got += len(chunk)
+            if got > size:
+                break
+            h.update(chunk)
+            out.write(chunk)
+            if progress:
+                progress(len(chunk))
         if got != size or "sha256:" + h.hexdigest() != digest:
             self.close()
             raise PublishError(f"{self.host}/{repo}: blob {digest} arrived as {got} bytes with "
                                f"a different digest; refusing tampered or truncated content")
-
-
-class _Reader:
-    """A file (or bytes) read for an upload, counting what was sent and reporting progress."""
-
-    def __init__(self, source: Path | bytes, progress: Progress | None):
-        # closed by __exit__: the reader lives exactly as long as the upload's `with` block
-        self._f: BinaryIO = (open(source, "rb") if isinstance(source, Path)  # noqa: SIM115
-                             else io.BytesIO(source))
-        self.progress, self.count = progress, 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
-        self.count += len(data)
-        if self.progress and data:
-            self.progress(len(data))
-        return data
-
-    def seek(self, pos: int) -> None:
-        self._f.seek(pos)
-        self.count = pos
-
-    def __enter__(self) -> _Reader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._f.close()
 
 
 def _add_query(location: str, **params: str) -> str:

@@ -8,7 +8,6 @@ Blobs the layout already holds (and that `trusted` vouches for) are not fetched 
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from ..artifacts.oci import media
 from ..artifacts.oci.layout import OciLayout
 from ..errors import PublishError
 from .oci import Progress, Reference, Registry
+from .oci_bounds import loads_object
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class Pulled:
 
 def _platform_manifest(index: dict[str, Any], platform: str, origin: str) -> media.Descriptor:
     want = platform.split("/")
-    for raw in index.get("manifests") or []:
-        d = media.Descriptor.from_json(raw, origin)
+    for raw in descriptors(index, "manifests", origin):
+        d = descriptor(raw, origin)
         p = dict(d.platform)
         have = [p.get("os", ""), p.get("architecture", "")] + ([p["variant"]] if "variant" in p
                                                                and len(want) > 2 else [])
@@ -59,12 +59,9 @@ def pull(reg: Registry, ref: Reference, layout: OciLayout, *, platform: str = "l
         data, media_type, digest = reg.get_manifest(ref.repository, chosen.digest)
         origin = f"{reg.host}/{ref.repository}@{digest}"
         doc = _json(data, origin)
-    try:
-        config = media.Descriptor.from_json(doc.get("config"), origin + " config")
-        layers = tuple(media.Descriptor.from_json(d, f"{origin} layer {i}")
-                       for i, d in enumerate(doc.get("layers") or []))
-    except ValueError as exc:
-        raise PublishError(str(exc)) from None
+    config = descriptor(doc.get("config"), origin + " config")
+    layers = tuple(descriptor(d, f"{origin} layer {i}")
+                   for i, d in enumerate(descriptors(doc, "layers", origin)))
     desc = layout.put_bytes(data, media_type or media.MANIFEST)
     received = len(data)
     for blob in (config, *layers):
@@ -83,10 +80,24 @@ def pull(reg: Registry, ref: Reference, layout: OciLayout, *, platform: str = "l
 
 
 def _json(data: bytes, origin: str) -> dict[str, Any]:
+    return loads_object(data, origin)
+
+
+def descriptors(doc: dict[str, Any], key: str, origin: str) -> list[object]:
+    """The list a manifest holds under `key` (`layers`, `manifests`; absent is empty), or one
+    PublishError when a registry put anything else there."""
+    found = doc.get(key)
+    if found is None:
+        return []
+    if not isinstance(found, list):
+        raise PublishError(f"{origin}: '{key}' is not a list; refusing the manifest")
+    return found
+
+
+def descriptor(raw: object, origin: str) -> media.Descriptor:
+    """A descriptor from a registry's manifest; one PublishError for any malformed shape."""
     try:
-        doc = json.loads(data)
-    except ValueError:
-        raise PublishError(f"{origin}: manifest is not JSON") from None
-    if not isinstance(doc, dict):
-        raise PublishError(f"{origin}: manifest is not a JSON object")
-    return doc
+        return media.Descriptor.from_json(raw, origin)
+    except (ValueError, TypeError) as exc:
+        raise PublishError(str(exc) if isinstance(exc, ValueError) and origin in str(exc)
+                           else f"{origin}: malformed descriptor; refusing the manifest") from None
