@@ -16,7 +16,12 @@ Verified the same way as a tarball, then kept the same way (versions/, record, `
   cache is reused or anything is unpacked; the checks above then tie every file to it;
 - every layer is hashed while it streams in and refused on a mismatch, into a fresh directory
   that is renamed into place only when complete; the artifact digest plays the part of the
-  tarball's sha256 in the cache record, so a restart on the same digest downloads one manifest.
+  tarball's sha256 in the cache record, so a restart on the same digest downloads one manifest;
+- the whole fetch ends within REGISTRY_FETCH_TIMEOUT seconds (default 900), however slowly the
+  registry answers, so a serving host starts on its previous `current` instead of waiting on a
+  stalled registry; no reply is held in memory past a small limit (transport/oci_bounds.py);
+- a manifest of the wrong shape, a layer path another one needs as a directory, or a malformed
+  URL from the registry is one `kiln:` line blaming the artifact or the registry.
 
 `verify_dir` re-hashes an unpacked bundle against its manifest.json: `python3 -m
 modelkiln.runtime verify DIR`, which the serving image's entrypoint runs with REGISTRY_VERIFY=full.
@@ -24,7 +29,6 @@ modelkiln.runtime verify DIR`, which the serving image's entrypoint runs with RE
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -37,6 +41,8 @@ from ..artifacts.extract_limits import Limits
 from ..artifacts.oci import media
 from ..errors import KilnError, PublishError
 from ..transport.oci import Reference, Registry
+from ..transport.oci_bounds import Deadline, loads_object, seconds_from_env
+from ..transport.oci_pull import descriptor, descriptors
 from . import oci_signature
 from .bootstrap import BACKENDS, URI_ENV, Runtime, resolve_paths
 from .bootstrap import bootstrap as tarball_bootstrap
@@ -52,6 +58,8 @@ from .versions import (
 )
 
 OCI_ENV = "MODEL_BUNDLE_OCI_REF"
+FETCH_TIMEOUT_ENV = "REGISTRY_FETCH_TIMEOUT"
+FETCH_SECONDS = 900.0  # the whole fetch: manifest, signature and every layer
 _SAFE = re.compile(r"^(?!/)(?!.*//)[A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*$")
 
 
@@ -71,26 +79,26 @@ def bootstrap(env: Mapping[str, str] | None = None,
     policy = signing.policy_from_env(env)  # REGISTRY_TRUSTED_KEYS: signed artifacts only
     full = full_verify(verify, env)
     limits = Limits.from_env(env)
+    seconds = seconds_from_env(env, FETCH_TIMEOUT_ENV, FETCH_SECONDS)
     base = runtime_base(env, backend)
-    with locked(base):
-        return fetch(Reference.parse(ref), backend, base, full, progress, limits, policy)
+    with locked(base):  # the clock starts once this host's earlier bootstrap is done
+        return fetch(Reference.parse(ref), backend, base, full, progress, limits, policy,
+                     deadline=Deadline.after(seconds, FETCH_TIMEOUT_ENV))
 
 
 def _layers(doc: dict[str, Any], origin: str, limits: Limits) -> dict[str, media.Descriptor]:
-    """filepath -> layer descriptor, refusing unsafe, duplicate or oversized content."""
+    """filepath -> layer descriptor, refusing unsafe, duplicate, clashing or oversized content."""
     out: dict[str, media.Descriptor] = {}
     total = 0
-    for i, raw in enumerate(doc.get("layers") or []):
-        try:
-            d = media.Descriptor.from_json(raw, f"{origin} layer {i}")
-        except ValueError as exc:
-            raise PublishError(str(exc)) from None
+    for i, raw in enumerate(descriptors(doc, "layers", origin)):
+        d = descriptor(raw, f"{origin} layer {i}")
         path = d.annotation(media.FILEPATH) or ""
-        if not _SAFE.match(path) or ".." in path.split("/") or path in out:
-            raise PublishError(f"{origin}: layer {i} names {path!r}, not a safe relative file "
-                               "path used once; refusing the artifact")
+        if not _SAFE.match(path) or {".", ".."} & set(path.split("/")) or path in out:
+            raise PublishError(f"{origin}: layer {i} names {path[:200]!r}, not a safe relative "
+                               "file path used once; refusing the artifact")
         out[path] = d
         total += d.size
+    _refuse_clashes(out, origin)
     if len(out) > limits.max_files or total > limits.max_bytes:
         raise PublishError(f"{origin}: {len(out)} files / {total} bytes exceed this host's limits "
                            f"({limits.max_files} files / {limits.max_bytes} bytes; raise "
@@ -98,11 +106,25 @@ def _layers(doc: dict[str, Any], origin: str, limits: Limits) -> dict[str, media
     return out
 
 
+def _refuse_clashes(paths: dict[str, media.Descriptor], origin: str) -> None:
+    """Refuse a file path that another one needs as a directory (`zz` and `zz/x`): the artifact
+    cannot be laid out as files, whatever the disk it is unpacked on."""
+    for path in sorted(paths):
+        parts = path.split("/")
+        for n in range(1, len(parts)):
+            if (parent := "/".join(parts[:n])) in paths:
+                raise PublishError(f"{origin}: layers {parent!r} and {path[:200]!r} clash (one "
+                                   "is a file, the other needs it as a directory); refusing the "
+                                   "artifact")
+
+
 def _bundle_manifest(reg: Registry, ref: Reference, doc: dict[str, Any],
                      layers: dict[str, media.Descriptor], backend: str,
                      origin: str) -> tuple[bytes, mf.BundleManifest]:
     """The bundle's manifest.json layer, checked against the annotations and the other layers."""
     notes = doc.get("annotations") or {}
+    if not isinstance(notes, dict):
+        raise PublishError(f"{origin}: 'annotations' is not a JSON object; refusing the artifact")
     if doc.get("artifactType") != media.MODEL_ARTIFACT or mf.MANIFEST not in layers:
         raise PublishError(f"{origin}: not a modelkiln model artifact (artifactType "
                            f"{doc.get('artifactType')!r}); point {OCI_ENV} at one `kiln publish` "
@@ -117,7 +139,11 @@ def _bundle_manifest(reg: Registry, ref: Reference, doc: dict[str, Any],
     buf = io.BytesIO()
     reg.get_blob(ref.repository, desc.digest, desc.size, buf)
     data = buf.getvalue()
-    inner = mf.loads(data, f"{origin} {mf.MANIFEST}")
+    try:
+        inner = mf.loads(data, f"{origin} {mf.MANIFEST}")
+    except RecursionError:
+        raise PublishError(f"{origin}: its {mf.MANIFEST} layer is nested too deeply to read; "
+                           "refusing the artifact") from None
     listed = {f["path"]: f for f in inner["files"]}
     if set(listed) != set(layers) - {mf.MANIFEST}:
         raise PublishError(f"{origin}: layers and the bundle manifest list different files; "
@@ -131,17 +157,18 @@ def _bundle_manifest(reg: Registry, ref: Reference, doc: dict[str, Any],
 
 def fetch(ref: Reference, backend: str, base: Path, full: bool,
           progress: transport.Progress | None, limits: Limits,
-          policy: signing.Policy | None = None) -> Runtime:
+          policy: signing.Policy | None = None, *, deadline: Deadline | None = None) -> Runtime:
     """Fetch, check and swap in the artifact `ref` (under the runtime dir's lock).
 
     With trusted keys in `policy`, the artifact's signature is checked against its bundle
     manifest layer (the one small layer read so far) before the cache is consulted or any other
-    layer is fetched."""
-    reg = Registry(ref.host)
+    layer is fetched. Every request, the signature's and the layers' included, ends by
+    `deadline`; past it the fetch is one PublishError and `current` is left as it was."""
+    reg = Registry(ref.host, deadline=deadline)
     try:
         data, _media, digest = reg.get_manifest(ref.repository, ref.ref)
         origin = f"{ref.host}/{ref.repository}@{digest}"
-        doc = json.loads(data)
+        doc = loads_object(data, origin)
         layers = _layers(doc, origin, limits)
         raw, inner = _bundle_manifest(reg, ref, doc, layers, backend, origin)
         if policy is not None and policy.required:
