@@ -206,16 +206,20 @@ def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int
 def publish(specs: Sequence[str | Path] = (), backends: Sequence[str] = (), *, to: str | None = None,
             force: bool = False, progress: Callable[[int], None] | None = None) -> list[Release]:
     """`kiln publish`: every built backend bundle of the specs to S3/file://, store and registry."""
-    from .publish.release import release
+    from .publish.release import refuse_locked_backends, release
 
-    out: list[Release] = []
+    run: list[tuple[Bundle, tuple[str, ...]]] = []
     for bundle in load_bundles(discover(specs)):
-        for backend in backends or built_here(bundle):
+        chosen = tuple(backends) or built_here(bundle)
+        for backend in chosen:
             if backend not in bundle.backends:
                 raise KilnError(f"{bundle.name}: backend {backend!r} is not enabled in "
                                 f"{bundle.spec_path.name} (enabled: {', '.join(bundle.backends)})")
-            out.append(release(bundle, backend, to=to, force=force, progress=progress))
-    return out
+        run.append((bundle, chosen))
+    for bundle, chosen in run:  # a locked entry refuses the whole run before its first upload
+        refuse_locked_backends(bundle, chosen)
+    return [release(bundle, backend, to=to, force=force, progress=progress)
+            for bundle, chosen in run for backend in chosen]
 
 
 def built_here(bundle: Bundle) -> tuple[str, ...]:

@@ -97,11 +97,12 @@ def _publish(bundle: Bundle, backends: tuple[str, ...], to: str | None) -> Any:
     """doit python-action of `publish:<name>`: every built backend, then the registry."""
     from doit.exceptions import TaskFailed
 
-    from ..publish.release import release
+    from ..publish.release import refuse_locked_backends, release
     from .execute import log
 
     work()
     try:
+        refuse_locked_backends(bundle, backends)  # before the first backend is sent anywhere
         for backend in backends:
             r = release(bundle, backend, to=to)
             sent = "unchanged, uploaded nothing" if r.remote.unchanged else \

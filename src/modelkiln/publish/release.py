@@ -11,22 +11,33 @@ explicitly, so the README's main job runs with no credentials. The store root an
 directory are answered by `modelkiln.paths`. OCI (publish/oci.py): `to=oci://...` or the spec's
 `publish.oci` pushes the model artifact (and the image, with `image.push`) before the store and
 the registry; `to=oci://...` replaces the S3/file:// copy.
+
+A locked registry entry (`kiln registry lock`) refuses other bytes before anything is sent:
+`refuse_locked_backends` predicts, for every backend of the run, the hash the registry would
+record, and refuses (exit 2) before the first upload, push, store write or signature.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifacts.digest import stat_cache
+from ..artifacts import manifest as mf
+from ..artifacts import names
+from ..artifacts.digest import sha256_bytes, stat_cache
+from ..artifacts.gunzip import GzipCorrupt, GzipStream
+from ..artifacts.tarheaders import BadTar, TarReader
+from ..errors import PublishError
 from ..model.bundle import Bundle
 from ..model.version import resolve
 from ..paths import Layout, registry_dir, store_root
-from ..registry import Artifacts, RegistryEntry, record_discovered
+from ..registry import Artifacts, RegistryEntry, locked_entries, record_discovered, refuse_locked
+from ..registry.measure import measure
 from ..signing import sign_if_configured
-from ..store import ModelStore
+from ..store import BUNDLE_DIR, ModelStore
+from ..store.manifest import checksum
 from . import PublishResult, publish_bundle, render_destination
 from .bundle import DistBundle
 from .oci import SCHEME as OCI_SCHEME
@@ -60,6 +71,56 @@ def destination_template(bundle: Bundle, to: str | None = None) -> str:
     return chosen or bundle.publish.s3 or default_destination(bundle.root)
 
 
+def _would_record(bundle: Bundle, dist: Path, cache_root: Path) -> str:
+    """The aggregate hash `release` would record for `dist`, before anything is published.
+
+    Into a store: the store version's checksum, which is the bundle's files as its manifest lists
+    them plus that manifest (what `publish_to_store` unpacks and finalizes), so no byte is
+    unpacked to know it. Without a store the entry points at the dist directory, hashed as
+    `record_discovered` would (after signing, which writes beside the tarball)."""
+    if bundle.publish.store is not None:
+        dist_bundle = DistBundle.load(dist, stat_cache(cache_root))
+        published = mf.loads_published(dist_bundle.manifest_bytes, str(dist / names.MANIFEST))
+        files = {f"{BUNDLE_DIR}/{f['path']}": (f["size"], f["sha256"]) for f in published["files"]}
+        inner = _inner_manifest(dist_bundle.archive)
+        files[f"{BUNDLE_DIR}/{names.MANIFEST}"] = (len(inner), sha256_bytes(inner))
+        return checksum(files)
+    sign_if_configured(dist, bundle.root)
+    return measure(RegistryEntry("", artifacts=Artifacts(local=str(dist)))).aggregate_sha256
+
+
+def _inner_manifest(archive: Path) -> bytes:
+    """The bundle's own manifest.json as the tarball holds it (the published one adds the
+    archive's digest, so differs); b"" when the tarball has none (the store would refuse it)."""
+    try:
+        with open(archive, "rb", buffering=0) as raw:
+            reader = TarReader(GzipStream(raw).read)
+            while (member := reader.next()) is not None:
+                if member.name == names.MANIFEST and not member.isdir():
+                    return b"".join(iter(lambda: reader.read(1 << 20), b""))
+    except (BadTar, GzipCorrupt, OSError) as exc:
+        raise PublishError(f"{archive}: cannot read its manifest.json ({exc}); rebuild the "
+                           "bundle") from None
+    return b""
+
+
+def refuse_locked_backends(bundle: Bundle, backends: Iterable[str], *,
+                           explicit_registry: Path | None = None) -> None:
+    """DriftError (exit 2) when any backend's registry entry is locked at other bytes than
+    this publish would record; called for every backend of a run before the first is released,
+    so a refusal leaves every destination as it was. Free when nothing is locked."""
+    where = registry_dir(explicit_registry, root=bundle.root)
+    names_ = {f"{bundle.name}-{b}": b for b in backends}
+    locked = locked_entries(names_, registry_dir=where)
+    if not locked:
+        return
+    layout = Layout(bundle.root)
+    version = resolve(bundle.version, bundle.root)
+    for name, entry in sorted(locked.items()):
+        dist = layout.dist_dir(bundle.name, version, names_[name])
+        refuse_locked(entry, _would_record(bundle, dist, layout.state), version)
+
+
 def release(bundle: Bundle, backend: str, *, to: str | None = None, force: bool = False,
             explicit_registry: Path | None = None,
             progress: Callable[[int], None] | None = None) -> Release:
@@ -67,6 +128,7 @@ def release(bundle: Bundle, backend: str, *, to: str | None = None, force: bool 
     layout = Layout(bundle.root)
     version = resolve(bundle.version, bundle.root)
     dist = layout.dist_dir(bundle.name, version, backend)
+    refuse_locked_backends(bundle, (backend,), explicit_registry=explicit_registry)
     sign_if_configured(dist, bundle.root)  # KILN_SIGNING_KEY[_FILE]: signature files go first
     oci = release_oci(bundle, backend, version, to=to, force=force, progress=progress)
     pushed = oci.artifact if oci is not None and (to or "").startswith(OCI_SCHEME) else None

@@ -12,7 +12,9 @@ from .ops import (
     layers,
     list_entries,
     lock,
+    locked_entries,
     record_discovered,
+    refuse_locked,
     regenerate,
     select,
     store_versions_in_use,
@@ -23,6 +25,6 @@ from .ops import (
 __all__ = [
     "CURATED", "DISCOVERED", "DYNAMIC", "SNAPSHOT", "STATIC", "Artifacts", "FileRecord",
     "RegistryEntry", "RegistryFiles", "Selection", "VerifyResult", "VersionLock", "layers",
-    "list_entries", "lock", "record_discovered", "regenerate", "registry_dir", "select",
+    "list_entries", "lock", "locked_entries", "record_discovered", "refuse_locked", "regenerate", "registry_dir", "select",
     "store_versions_in_use", "unlock", "verify",
 ]

@@ -238,6 +238,9 @@ def record_discovered(entry: RegistryEntry, *, registry_dir: Path | str | None =
     with files.editing() as (_layers, work):
         old = work.get(entry.name)
         if old is not None and old.version_lock.locked:
+            # publish refuses this before its first upload (`refuse_locked`, exit 2); here it is
+            # the backstop for a lock set while a publish was under way: content went out, so
+            # it is a failed publish (exit 1)
             if entry.aggregate_sha256 != old.version_lock.expected_hash:
                 raise PublishError(
                     f"{entry.name}: locked at {old.version_lock.expected_hash}, refusing to "
@@ -250,6 +253,30 @@ def record_discovered(entry: RegistryEntry, *, registry_dir: Path | str | None =
                 old.version_lock, last_verified=old.version_lock.last_verified if same else None))
         work[entry.name] = entry
     return files.load().merged[entry.name]
+
+
+def locked_entries(names: Iterable[str], *,
+                   registry_dir: Path | str | None = None) -> dict[str, RegistryEntry]:
+    """Those of `names` whose discovered entry is locked (lock state lives only there)."""
+    discovered = RegistryFiles(registry_dir).load().discovered
+    return {n: discovered[n] for n in names
+            if n in discovered and discovered[n].version_lock.locked}
+
+
+def refuse_locked(locked: RegistryEntry, would_record: str | None, version: str | None = None) -> None:
+    """DriftError (exit 2) unless `would_record` is the hash `locked` is locked at.
+
+    A locked entry names bytes that were reviewed: publishing other bytes under it would re-point
+    it, so the publish is refused, and (called before the first upload) nothing of it is sent."""
+    expected = locked.version_lock.expected_hash
+    if would_record == expected:
+        return
+    what = f"{version} " if version else ""
+    raise DriftError(
+        locked.name, [FileChange(locked.name, "changed", expected, would_record)], expected,
+        would_record, fix=f"{locked.name} is locked at {expected}: publishing {what}would replace "
+        f"it with other bytes, so nothing was published; `kiln registry unlock {locked.name}` "
+        "first to publish it on purpose, or publish under another name or backend")
 
 
 def regenerate(registry_dir: Path | str | None = None) -> Path:
