@@ -255,6 +255,42 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(202, Location=self.path)
 
 
+def tls_drip() -> Iterator[str]:
+    """A TCP server on loopback for an `https://` client: it answers the ClientHello with the
+    header of a 16 KiB TLS record and then drips its body one byte every DRIP_S, so the TLS
+    handshake never ends. Yields its host:port."""
+    import socket
+
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"\x16\x03\x03\x40\x00")
+                while not stop.is_set():
+                    conn.sendall(b"\x00")
+                    time.sleep(DRIP_S)
+            except OSError:
+                pass
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+
+
 def shapes() -> dict[str, tuple[bytes, dict[str, bytes]]]:
     """Hostile manifests by tag: wrong JSON shapes, deep nesting, clashing file paths."""
     good, blobs = artifact(ONNX_FILES)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hostile_registry import CASES, Case, Hostile, current, run_case, serve, setup
+from hostile_registry import CASES, Case, Hostile, current, run_case, serve, setup, tls_drip
 
-from modelkiln.errors import KilnError
+from modelkiln.errors import KilnError, PublishError
 from modelkiln.runtime import bootstrap
 from modelkiln.transport.oci import Registry
 
@@ -97,6 +98,31 @@ def test_a_foreign_token_realm_gets_no_credentials(hostile: tuple[Hostile, dict[
     srv, _, _ = hostile
     _run(hostile, case)
     assert srv.other is not None and srv.other.seen, "the foreign realm was never asked"
+
+
+def test_a_dripped_tls_handshake_ends_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handshake happens before any request is sent, and must end by the request's
+    deadline too. Run in a thread joined with a generous timeout, so a regression fails (the
+    old 120 s socket timeout was the only bound), not hangs."""
+    got: list[BaseException] = []
+    monkeypatch.setenv("KILN_OCI_TIMEOUT", "2")
+
+    def ping(host: str) -> None:
+        reg = Registry(host, insecure=False)
+        try:
+            reg.ping()
+        except BaseException as exc:
+            got.append(exc)
+        finally:
+            reg.close()
+
+    for host in tls_drip():
+        worker = threading.Thread(target=ping, args=(host,), daemon=True)
+        worker.start()
+        worker.join(SLACK_S)
+        assert not worker.is_alive(), f"no answer in {SLACK_S:g} s"
+    assert len(got) == 1 and isinstance(got[0], PublishError), got
+    assert "KILN_OCI_TIMEOUT" in str(got[0])
 
 
 def _token_auth(srv: Hostile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

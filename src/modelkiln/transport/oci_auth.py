@@ -158,7 +158,7 @@ def _token(params: dict[str, str], basic: str | None, scope: str, host: str,
             finally:
                 conn.close()
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        if dog.fired:
+        if dog.fired or deadline.left() <= 0:
             raise late(where, "the token request", deadline) from None
         raise PublishError(f"{where}: token request failed ({exc})") from None
     if dog.fired:

@@ -82,8 +82,10 @@ class Watchdog:
         self._timer.daemon = True
 
     def watch(self, conn: http.client.HTTPConnection) -> None:
-        """Connect `conn` (bounded by its timeout, see `connect_timeout`) and shut its socket
-        down too when the deadline passes (at once if it already has)."""
+        """Connect `conn` if it is not, and shut its socket down too when the deadline passes
+        (at once if it already has). The connect is not watched (there is no socket yet): its
+        timeout, `connect_timeout`, bounds it, the TLS handshake included (CPython's handshake
+        takes the socket timeout as a deadline for the whole exchange)."""
         if conn.sock is None:
             conn.connect()
         sock = conn.sock

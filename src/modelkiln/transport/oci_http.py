@@ -96,7 +96,7 @@ class Connection:
             with dog:
                 yield dog
         except Exception:
-            if not dog.fired:
+            if not (dog.fired or deadline.left() <= 0):  # a socket timeout cut to the deadline
                 raise
             self.close()
             raise late(f"{self.scheme}://{self.host}", what, deadline) from None
