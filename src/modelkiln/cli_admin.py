@@ -120,7 +120,10 @@ def store_prune(args: argparse.Namespace) -> int:
 
 
 def store_repair(args: argparse.Namespace) -> int:
-    info, source = _repair(_store(args), args.agent, args.version, args.source, _registry(args))
+    info, source, skipped = _repair(_store(args), args.agent, args.version, args.source,
+                                    _registry(args))
+    for line in skipped:  # the sources tried before the one that worked, and why each failed
+        print(f"kiln: store repair: skipped {line}", file=sys.stderr)
     if source is None:
         print(f"ok {args.agent} {info.version}: verified, nothing to repair")
     else:
@@ -135,17 +138,22 @@ def store_verify(args: argparse.Namespace) -> int:
 
 
 def _repair(store: Any, agent: str, version: str | None, source: str | None,
-            registry: str | None) -> tuple[Any, str | None]:
+            registry: str | None) -> tuple[Any, str | None, list[str]]:
     """Verify the version; if it drifted, restore it from the first candidate tarball whose sha256
-    is the one its sealed manifest recorded. (info, where it came from), None when intact."""
-    from .errors import DriftError, StoreError
+    is the one its sealed manifest recorded. (info, where it came from, the candidates tried
+    before it and why each was not used); where is None when intact.
+
+    Every documented source is tried in turn: a registry that cannot be read, an S3 copy without
+    credentials or a dist/ file that cannot be opened is noted and the next one tried; only when
+    none holds the tarball is it a StoreError, naming each with its reason."""
+    from .errors import DriftError
     from .store import read_manifest
 
     version = version or store.current_version(agent)
     if version is None:
         raise StoreError(f"{agent}: no current version; name the version to repair")
     try:
-        return store.verify(agent, version), None
+        return store.verify(agent, version), None, []
     except DriftError:
         pass
     vdir = store.root / agent / "versions" / version
@@ -153,33 +161,61 @@ def _repair(store: Any, agent: str, version: str | None, source: str | None,
     if record is None:
         raise StoreError(f"{vdir}: not published from a bundle tarball, so nothing can restore "
                          "it; re-publish it under a new version")
-    tried = []
-    for where in [source] if source else _candidates(store, agent, version, record, registry):
-        with _local_copy(where) as path:
-            if path is None:
-                tried.append(f"{where} (absent)")
+    tried: list[str] = []
+    sources = [source] if source else _candidates(store, agent, version, record, registry, tried)
+    for where in sources:
+        with contextlib.ExitStack() as held:
+            try:
+                found = held.enter_context(_checked_copy(where, record.archive_sha256, tried))
+            except Exception as exc:  # any source may fail its own way; it must not hide the next
+                tried.append(f"{where} (could not read: {_reason(exc)})")
                 continue
-            from .artifacts.digest import sha256_file
-
-            if sha256_file(path) != record.archive_sha256:
-                tried.append(f"{where} (other bytes)")
-                continue
-            return store.repair(agent, version, path), where
+            if found is not None:
+                return store.repair(agent, version, found), where, tried
     raise StoreError(f"{vdir}: no tarball with sha256 {record.archive_sha256} found (tried: "
                      f"{'; '.join(tried) or 'nothing'}); pass it: `kiln store repair {agent} "
                      f"{version} --from PATH_OR_URI`")
 
 
-def _candidates(store: Any, agent: str, version: str, record: Any, registry: str | None) -> list[str]:
-    """Where the version's tarball may be: the registry's artifacts for it, then this project's
-    dist/ and published/ directories."""
+def _reason(exc: BaseException) -> str:
+    """One line about why a source could not be read (botocore's own words where it has them)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else f"{text[:197]}..."
+
+
+@contextlib.contextmanager
+def _checked_copy(where: str, sha256: str, tried: list[str]) -> Iterator[Path | None]:
+    """The local copy of `where` when its sha256 is `sha256`; else None, with why in `tried`."""
+    from .artifacts.digest import sha256_file
+
+    with _local_copy(where) as path:
+        if path is None:
+            tried.append(f"{where} (absent)")
+            yield None
+        elif sha256_file(path) != sha256:
+            tried.append(f"{where} (other bytes)")
+            yield None
+        else:
+            yield path
+
+
+def _candidates(store: Any, agent: str, version: str, record: Any, registry: str | None,
+                tried: list[str]) -> list[str]:
+    """Where the version's tarball may be: the registry's artifacts for it (its S3 or file://
+    copy, its dist directory), then this project's dist/ and published/ directories. A registry
+    that cannot be read is noted in `tried`; the project's directories are still offered."""
     from .artifacts.names import ARCHIVE
     from .paths import Layout
     from .registry import layers
 
     out = []
     vdir = (store.root / agent / "versions" / version).absolute()
-    for entry in layers(registry).merged.values():
+    try:
+        entries = list(layers(registry).merged.values())
+    except Exception as exc:  # a broken registry must not hide dist/ and published/
+        tried.append(f"registry {registry or 'configs/'} (could not read: {_reason(exc)})")
+        entries = []
+    for entry in entries:
         art = entry.artifacts
         if art.store and Path(art.store).absolute() == vdir:
             out += [u for u in (art.s3, str(Path(art.local) / ARCHIVE) if art.local else None) if u]
