@@ -34,7 +34,8 @@ from ..resources import resource_bytes
 from . import engines, int8, labels, thresholds, tokenizer, weights
 from .base import Report, RunContext, StagePlan, params, tool_versions
 
-CODE_VERSION = "4"  # 4: the manifest records the serving signature
+CODE_VERSION = "5"  # 4: the manifest records the serving signature; 5: weights stored by a
+# spread sample (artifacts.tarball)
 CARD = names.MODEL_CARD
 # backend -> (stage, files taken from its output dir; None = all of them)
 CONTENTS: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
