@@ -15,6 +15,7 @@ Run: `.venv/bin/python bench/bench_oci.py` (needs docker-registry and skopeo fro
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -50,9 +51,10 @@ def example_project(root: Path, host: str, base: str) -> Path:
     shutil.copy(REPO / "dodo.py", root / "dodo.py")
     demo.make_example_inputs(root / "bundles")
     spec = (REPO / "bundles" / "registry-v3.yaml").read_text()
-    spec = "\n".join(line for line in spec.splitlines() if not line.startswith("  s3:"))
+    spec = re.sub(r"(?m)^image:.*\n(?:[ #].*\n)*", "", spec)  # the example's own image section
+    spec = "\n".join(line for line in spec.splitlines() if not line.startswith(("  s3:", "  oci:")))
     spec += (f"\nimage:\n  repository: {host}/models/registry\n  base: {base}\n"
-             "  backend: pytorch\n  push: true\n")
+             "  backend: pytorch\n  libraries: base\n  test: off\n  push: true\n")
     spec = spec.replace("publish:\n", f"publish:\n  oci: {host}/models/registry-model:"
                         "{version}-{backend}\n")
     (root / "bundles" / "registry-v3.yaml").write_text(spec)
