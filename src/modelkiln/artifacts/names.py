@@ -27,6 +27,7 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 PICKLE_WEIGHTS = "pytorch_model.bin"
 PICKLE_WEIGHTS_INDEX = "pytorch_model.bin.index.json"
 TOKENIZER_DIR = "tokenizer"
+TOKENIZER_CONFIG = "tokenizer_config.json"  # in TOKENIZER_DIR: model_input_names for the card
 LABEL_ORDER = "label_order.json"
 LABEL_FIELDS = "registry_label_fields.json"
 THRESHOLDS = "thresholds.json"

@@ -25,7 +25,7 @@ from ..model.bundle import Bundle
 from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, stage_plan, tool_versions
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: the report records the graph's inputs (name, dtype, shape) for the card
 MODEL = "model.onnx"
 EXPORT_TASK = "text-classification"  # the exporter's name for a sequence-classification head
 DYNAMIC_AXES = ("batch_size", "sequence_length")
@@ -184,4 +184,16 @@ def run(ctx: RunContext) -> Report:
     ctx.log(f"onnx:{ctx.bundle.name}: {size / 1e6:.1f} MB, inputs {sorted(inputs)}")
     used = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
     return {"opset": used, "inputs": inputs, "outputs": outputs, "bytes": size,
-            "external_data": data_files}
+            "external_data": data_files, "graph_inputs": graph_inputs(model)}
+
+
+def graph_inputs(model: Any) -> list[dict[str, Any]]:
+    """The exported graph's inputs in graph order: name, element type ("int64") and shape (a
+    named dynamic axis or a fixed size per dimension); what the model card lists, since which
+    inputs a model takes (token_type_ids or not) depends on its architecture."""
+    from onnx import TensorProto
+
+    return [{"name": i.name,
+             "dtype": TensorProto.DataType.Name(i.type.tensor_type.elem_type).lower(),
+             "shape": [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]}
+            for i in model.graph.input]

@@ -28,14 +28,15 @@ from ..artifacts import names
 from ..artifacts.digest import sha256_bytes, sha256_file
 from ..artifacts.tarball import write_tarball
 from ..model.bundle import Bundle
+from ..model.files import BadFile, read_json
 from ..model.version import resolve
 from ..paths import Layout
 from ..resources import resource_bytes
 from . import engines, int8, labels, thresholds, tokenizer, weights
 from .base import Report, RunContext, StagePlan, params, tool_versions
 
-CODE_VERSION = "5"  # 4: the manifest records the serving signature; 5: weights stored by a
-# spread sample (artifacts.tarball)
+CODE_VERSION = "6"  # 4: the manifest records the serving signature; 5: weights stored by a
+# spread sample (artifacts.tarball); 6: the card lists the model's real inputs
 CARD = names.MODEL_CARD
 # backend -> (stage, files taken from its output dir; None = all of them)
 CONTENTS: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
@@ -50,6 +51,16 @@ CONTENTS: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
 # backend -> stages whose stamp report goes into the manifest's `parity` section (gates, smoke test)
 REPORTS: dict[str, tuple[str, ...]] = {"pytorch": (), "onnx": ("parity", "smoke"),
                                        "tensorrt": ("parity", "smoke", "engines", "trtparity")}
+# backend -> the stage whose report names the served graph's inputs for the card (none: the
+# PyTorch bundle's inputs are what its tokenizer produces)
+GRAPH: dict[str, str] = {"onnx": "onnx", "tensorrt": "onnx"}
+# transformers' tokenizers that produce no token_type_ids (their class's model_input_names), for a
+# tokenizer_config.json that names its class but not model_input_names; any other class gets
+# transformers' default (input_ids, token_type_ids, attention_mask)
+_NO_TOKEN_TYPES = frozenset({"MPNetTokenizer", "RobertaTokenizer", "XLMRobertaTokenizer",
+                             "DistilBertTokenizer", "CamembertTokenizer", "LongformerTokenizer",
+                             "BartTokenizer", "GPT2Tokenizer", "T5Tokenizer"})
+_DEFAULT_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 TOOLS = {"pytorch": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors"),
          "onnx": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors", "optimum",
                   "optimum-onnx", "onnx", "onnxruntime"),
@@ -84,6 +95,39 @@ def _how(metric: dict[str, Any]) -> str:
     """The card's "how chosen" cell: the source, and why when the default was kept."""
     why = metric.get("why")
     return f"{metric.get('source', '')}: {why}" if why else str(metric.get("source", ""))
+
+
+def tokenizer_inputs(tokenizer_dir: Path) -> list[str]:
+    """What the tokenizer feeds the model, from its tokenizer_config.json (no transformers
+    import): `model_input_names` when saved there, else its class's, else the default."""
+    try:
+        config = read_json(tokenizer_dir / names.TOKENIZER_CONFIG,
+                           origin=str(tokenizer_dir / names.TOKENIZER_CONFIG))
+    except BadFile:
+        config = None
+    if not isinstance(config, dict):
+        return list(_DEFAULT_INPUTS)
+    saved = config.get("model_input_names")
+    if isinstance(saved, list) and saved and all(isinstance(x, str) for x in saved):
+        return list(saved)
+    klass = config.get("tokenizer_class")
+    if isinstance(klass, str) and klass.removesuffix("Fast") in _NO_TOKEN_TYPES:
+        return ["input_ids", "attention_mask"]
+    return list(_DEFAULT_INPUTS)
+
+
+def card_inputs(ctx: RunContext, backend: str) -> str:
+    """The card's input sentence: the exported graph's inputs with dtype and shape (recorded by
+    the onnx stage), or, for a PyTorch bundle, the tokenizer's model_input_names."""
+    graph = ctx.up_stamp(GRAPH[backend])["report"].get("graph_inputs") if backend in GRAPH else None
+    if graph:
+        rows = "\n".join(f"| `{i['name']}` | {i['dtype']} | "
+                         f"{' × '.join(str(d) for d in i['shape']) or 'scalar'} |" for i in graph)
+        return ("the exported graph's inputs:\n\n| input | dtype | shape |\n|---|---|---|\n"
+                f"{rows}\n")
+    found = tokenizer_inputs(ctx.up("tokenizer") / names.TOKENIZER_DIR)
+    return (", ".join(f"`{n}`" for n in found) + " (the tokenizer's model_input_names; "
+            "int64, batch × sequence).")
 
 
 def model_card(ctx: RunContext, backend: str, version: str, reports: dict[str, Report],
@@ -129,7 +173,7 @@ def model_card(ctx: RunContext, backend: str, version: str, reports: dict[str, R
         metadata=", ".join(f"{k}: {v}" for k, v in b.metadata) or "-",
         score="sigmoid of each logit" if multi else "softmax over the labels",
         decision=DECISION_RULE.get(b.source.task, DECISION_RULE[SINGLE_LABEL]),
-        labels=rows, checks="\n".join(checks),
+        inputs=card_inputs(ctx, backend), labels=rows, checks="\n".join(checks),
         tools=", ".join(f"{k} {v}" for k, v in sorted(tools.items())))
 
 
@@ -156,7 +200,8 @@ def plan(bundle: Bundle, layout: Layout,
     version = resolve(bundle.version, bundle.root)
     plans = []
     for backend in bundle.backends:
-        stages = [s for s, _ in CONTENTS[backend]] + list(REPORTS[backend])
+        stages = [s for s, _ in CONTENTS[backend]] + list(REPORTS[backend]) + \
+            ([GRAPH[backend]] if backend in GRAPH else [])
         plans.append(StagePlan(
             task=f"package:{bundle.name}-{backend}", stage="package", bundle=bundle.name,
             doc=f"pack {bundle.name} {version} ({backend}) into bundle.tar.gz + manifest.json",
