@@ -12,13 +12,16 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from conftest import S3Place
 from distfactory import make_dist
 from helpers import BIN
 from model.test_checks import project
+
+if TYPE_CHECKING:  # the root conftest's type; `import conftest` at run time finds another
+    from conftest import S3Place
 
 BACKENDS = ("pytorch", "onnx")
 
