@@ -247,7 +247,8 @@ HOSTILE: list[Case] = [
     Case("member data cut short", "truncated",
          lambda o: one(header(b"weights", 100_000) + bytes(3000),
                        Listed("weights", 100_000, NO_DIGEST))),
-    Case("more files than KILN_EXTRACT_MAX_FILES", "more than 20 files and directories",
+    # refused from the manifest's file list, before anything is downloaded (issue 19 item 12)
+    Case("more files than KILN_EXTRACT_MAX_FILES", "files, more than the 20 files and directories this host unpacks",
          lambda o: Hostile(segments=[(b"".join(member(f"f{i}") for i in range(30)), 1)],
                            listed=[Listed.of(f"f{i}", b"") for i in range(30)],
                            env={"KILN_EXTRACT_MAX_FILES": "20"})),

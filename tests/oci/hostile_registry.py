@@ -502,7 +502,18 @@ def _child(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     except BaseException:  # what the reliability row counts as a traceback
         outcome, message = "traceback", traceback.format_exc()[-2000:]
     return {"outcome": outcome, "message": message, "seconds": time.monotonic() - start,
-            "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "maxrss_mib": _peak_rss_mib()}
+
+
+def _peak_rss_mib() -> float:
+    """This process's own peak RSS: VmHWM, kept per address space. getrusage's ru_maxrss is
+    carried across exec from the forking parent, so a child of a large pytest process would
+    report the parent's size."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ a spec edit that changes the requirements makes the lock stale, which the image 
 with the command that refreshes it.
 
 The image stage installs the lock with `pip install --no-deps --require-hashes --only-binary
-:all: --target` (no compiler, no build step, no pip cache in the result), drops console scripts
-and bytecode, and writes the tree under /opt/modelkiln/env as one gzip layer with fixed modes and
+:all: --target` (no compiler, no build step, no pip cache in the result), drops console
+scripts, compiles bytecode (hash-checked, so reproducible; only when this Python is the image's
+version) and writes the tree under /opt/modelkiln/env as one gzip layer with fixed modes and
 times. The layer is kept in `.kiln/oci-cache/` under a key of the lock's bytes, the Python and
 the platform: a thresholds or weights edit reuses it without running pip, a lock edit rebuilds it.
 pip is driven as a subprocess because it has no supported Python API.
@@ -37,7 +38,7 @@ from ..paths import Layout
 from ..proc import run as run_cmd
 
 ENV_DIR = "/opt/modelkiln/env"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: bytecode compiled into the layer
 LOCK_SUFFIX = ".image.lock"
 DEFAULTS: dict[str, tuple[str, ...]] = {
     "onnx": ("numpy", "onnxruntime", "tokenizers"),
@@ -139,15 +140,27 @@ def check_lock(bundle: Bundle, img: ImageSpec) -> bytes:
     return data
 
 
+def compile_bytecode(target: Path, img: ImageSpec) -> bool:
+    """Bytecode for the environment, so a container does not compile numpy and onnxruntime on
+    every start (bench_serving: first answer 1.25 -> 0.80 s). Made only by a Python of the
+    image's version (the .pyc format is per minor version), with hash-checked invalidation (no
+    timestamps: the same sources give the same bytes) and the image's own paths in it."""
+    if f"{sys.version_info[0]}.{sys.version_info[1]}" != img.python:
+        return False  # another Python here: the image compiles on first import, as before
+    run_cmd([sys.executable, "-m", "compileall", "-q", "-j", "0", "-d", ENV_DIR,
+             "--invalidation-mode", "unchecked-hash", str(target)], timeout=1800)
+    return True
+
+
 def _entries(root: Path) -> list[Entry]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = Path(dirpath).relative_to(root)
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__"
-                             and not (rel_dir == Path(".") and d == "bin"))  # console scripts
+        dirnames[:] = sorted(d for d in dirnames
+                             if not (rel_dir == Path(".") and d == "bin"))  # console scripts
         for name in sorted(filenames):
             path = Path(dirpath, name)
-            if name.endswith(".pyc") or path.is_symlink():
+            if path.is_symlink():
                 continue
             mode = 0o755 if os.access(path, os.X_OK) else 0o644
             out.append(Entry(f"{ENV_DIR.lstrip('/')}/{path.relative_to(root).as_posix()}",
@@ -187,6 +200,7 @@ def _build(lock: bytes, img: ImageSpec, cache: OciLayout) -> Layer:
         run_cmd([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
                  "--require-hashes", "--no-compile", "--target", str(target),
                  *_pip_target(img), "-r", str(req)], timeout=1800)
+        compile_bytecode(target, img)
         part = Path(tmp) / "layer.part"
         layer = write_layer(part, _entries(target), gzip=True)
         cache.adopt(part, layer.digest)
