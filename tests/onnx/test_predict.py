@@ -47,7 +47,7 @@ def test_answers_match_the_gates_decisions(bundle: Path, onnx_built: Project) ->
     probs = scores(ort_logits_per_text(bundle / names.ONNX_INT8, batch).astype("float64"),
                    "multi-label-classification")
     cuts = json.loads((bundle / names.THRESHOLDS).read_text())
-    on = decide(probs, LABELS, cuts)
+    on = decide(probs, LABELS, cuts, task="multi-label-classification")
     done = _predict(bundle, [json.dumps({"text": t}) for t in texts])
     assert done.returncode == 0, done.stderr
     answers = [json.loads(line) for line in done.stdout.splitlines()]
