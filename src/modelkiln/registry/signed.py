@@ -9,12 +9,14 @@ tarball of a dist directory. Without trusted keys nothing changes. Refusals are 
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .. import signing, transport
 from ..artifacts import names
 from ..artifacts.digest import sha256_file
 from ..errors import SignatureError
+from ..signing.files import read_regular
 from ..store import BUNDLE_DIR
 from .entries import RegistryEntry
 
@@ -47,9 +49,11 @@ def _published(entry: RegistryEntry) -> tuple[bytes, bytes | None, str, str]:
     local = Path(entry.artifacts.local) if entry.artifacts.local else None
     if local is not None and (local / names.MANIFEST).is_file():
         sig = local / names.SIGNATURE
-        return ((local / names.MANIFEST).read_bytes(),
-                sig.read_bytes() if sig.is_file() else None, str(sig),
-                str(local / names.MANIFEST))
+        fix = "rebuild and sign the bundle (`kiln build`, `kiln sign`)"
+        manifest = read_regular(local / names.MANIFEST, "manifest", 64 << 20, fix=fix)
+        signature = read_regular(sig, "signature", signing.MAX_SIGNATURE_BYTES, fix=fix) \
+            if os.path.lexists(sig) else None
+        return manifest, signature, str(sig), str(local / names.MANIFEST)
     uri = entry.artifacts.s3
     if not uri:
         raise SignatureError(f"{entry.name}: no published tarball or dist directory to find "
@@ -57,9 +61,9 @@ def _published(entry: RegistryEntry) -> tuple[bytes, bytes | None, str, str]:
                              "to s3:// or file://, or unset REGISTRY_TRUSTED_KEYS)")
     manifest_uri = transport.sibling(uri, names.MANIFEST)
     sig_uri = transport.sibling(uri, names.SIGNATURE)
-    manifest = transport.read_small(manifest_uri)
-    if manifest is None:
+    remote = transport.read_small(manifest_uri)
+    if remote is None:
         raise SignatureError(f"{manifest_uri}: not found, so {entry.name}'s signature cannot be "
                              "checked; re-publish it (`kiln publish`)")
-    return (manifest, transport.read_small(sig_uri, limit=signing.MAX_SIGNATURE_BYTES), sig_uri,
-            manifest_uri)
+    return (remote, transport.read_small(sig_uri, limit=signing.MAX_SIGNATURE_BYTES,
+                                           what="signature"), sig_uri, manifest_uri)

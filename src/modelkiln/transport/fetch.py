@@ -7,6 +7,7 @@ from what the manifest promised.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,17 +52,7 @@ def read_small(uri: str, *, limit: int = 64 * MIB, client: Any = None,
     bootstrap's 0.5 s budget), and falls back to boto3 for anything but a plain 200.
     """
     if scheme_of(uri) == "file":
-        path = local_path(uri)
-        try:
-            if path.stat().st_size > limit:
-                raise TooLarge(uri, limit, what)
-            return path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise PublishError(f"{path}: cannot read ({exc.strerror or exc}); check that this "
-                               "user may read it (published files are world-readable unless "
-                               "the publisher's umask says otherwise)") from None
+        return _read_local(local_path(uri), uri, limit, what)
     bucket, key = parse_s3(uri)
     if client is None:  # nobody paid for boto3 yet: try the stdlib-only signed GET first
         from .s3lite import get_small
@@ -144,3 +135,25 @@ def _copy(src: Path, out: HashingWriter, progress: Progress | None) -> None:
             out.write(chunk)
             if progress:
                 progress(len(chunk))
+
+
+def _read_local(path: Path, uri: str, limit: int, what: str) -> bytes | None:
+    """A small file of a file:// destination: regular files only (opened without blocking, so a
+    FIFO planted where a manifest belongs is refused instead of waiting for a writer forever),
+    at most `limit` bytes (a device or a file growing while read is over the limit, not read on)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise PublishError(f"{path}: cannot read ({exc.strerror or exc}); check that this "
+                           "user may read it (published files are world-readable unless "
+                           "the publisher's umask says otherwise)") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PublishError(f"{path}: not a regular file, so not a published {what}; "
+                               "re-publish the bundle")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(uri, limit, what)
+    return data
