@@ -84,3 +84,24 @@ def test_usage_and_a_missing_bundle_are_one_line(tmp_path: Path) -> None:
     missing = _predict(tmp_path, ['{"text": "x"}'])
     assert missing.returncode == 1 and missing.stderr.startswith("kiln: ")
     assert "Traceback" not in missing.stderr and missing.stderr.count("\n") == 1
+
+
+def test_each_line_is_answered_before_the_next_arrives(bundle: Path) -> None:
+    """A caller that sends one line and waits gets its answer (answers are flushed whenever no
+    more input is waiting), so predict works as a long-lived pipe, not only over a whole file."""
+    import select
+
+    proc = subprocess.Popen([sys.executable, "-m", "modelkiln.runtime", "predict", str(bundle)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={"PATH": "/usr/bin"})
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        for text in ("left scope", "biopsy taken"):
+            proc.stdin.write(json.dumps({"text": text}) + "\n")
+            proc.stdin.flush()
+            ready, _, _ = select.select([proc.stdout], [], [], 120)
+            assert ready, "no answer while the input stays open"
+            assert "labels" in json.loads(proc.stdout.readline())
+    finally:
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0

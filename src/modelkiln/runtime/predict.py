@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -180,21 +181,41 @@ def _text(line: str, field: str) -> str:
     return str(row[field])
 
 
-def answer_lines(predictor: Predictor, lines: Iterable[str], out: TextIO, err: TextIO) -> int:
-    """Answer every non-blank line; returns how many lines were refused."""
+def answer_lines(predictor: Predictor, lines: Iterable[tuple[str, bool]], out: TextIO,
+                 err: TextIO) -> int:
+    """Answer every non-blank line; returns how many lines were refused. `lines` gives each
+    line with whether more input is already waiting: answers are flushed when none is, so a
+    caller sending one line gets its answer at once and a stream of lines is not slowed by a
+    write per answer."""
     refused = 0
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            reply: dict[str, Any] = predictor.answer(_text(line, predictor.input_field))
-        except ValueError as exc:
-            refused += 1
-            reply = {"error": f"line {number}: {exc}"}
-            err.write(f"kiln: predict: line {number}: {exc}\n")
-        out.write(json.dumps(reply, sort_keys=True) + "\n")
-        out.flush()
+    for number, (line, waiting) in enumerate(lines, 1):
+        if line.strip():
+            try:
+                reply: dict[str, Any] = predictor.answer(_text(line, predictor.input_field))
+            except ValueError as exc:
+                refused += 1
+                reply = {"error": f"line {number}: {exc}"}
+                err.write(f"kiln: predict: line {number}: {exc}\n")
+                err.flush()
+            out.write(json.dumps(reply, sort_keys=True) + "\n")
+        if not waiting:
+            out.flush()
+    out.flush()
     return refused
+
+
+def input_lines(fd: int) -> Iterator[tuple[str, bool]]:
+    """The lines of `fd` (read unbuffered, in chunks), each with whether more input is waiting:
+    another complete line already read, or bytes ready on `fd`."""
+    pending = b""
+    while chunk := os.read(fd, 1 << 16):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for i, raw in enumerate(complete):
+            more = i + 1 < len(complete) or bool(select.select([fd], [], [], 0)[0])
+            yield raw.decode("utf-8", "replace"), more
+    if pending:
+        yield pending.decode("utf-8", "replace"), False
 
 
 def main(argv: list[str]) -> int:
@@ -211,5 +232,5 @@ def main(argv: list[str]) -> int:
     except KilnError as exc:
         sys.stderr.write(f"kiln: {exc}\n")
         return int(exc.exit_code)
-    refused = answer_lines(predictor, sys.stdin, sys.stdout, sys.stderr)
+    refused = answer_lines(predictor, input_lines(sys.stdin.fileno()), sys.stdout, sys.stderr)
     return 1 if refused else 0
