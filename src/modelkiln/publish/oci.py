@@ -37,6 +37,7 @@ from ..artifacts.digest import sha256_bytes
 from ..artifacts.oci import media, referrers
 from ..artifacts.oci.layout import OciLayout
 from ..artifacts.oci.media import IMAGE_TAG, MODEL_TAG
+from ..artifacts.statefile import load_json
 from ..errors import ConflictError, KilnError
 from ..model.bundle import Bundle
 from ..paths import Layout
@@ -228,12 +229,11 @@ def check_tested(bundle: Bundle, backend: str, digest: str) -> None:
     if bundle.image.test == "off":
         return
     stamp = Layout(bundle.root).stamp(bundle.name, f"imagetest-{backend}")
-    try:
-        tested = json.loads(stamp.read_bytes()).get("report", {}).get("image_digest")
-    except (OSError, ValueError, AttributeError):
-        tested = None
-    if tested is None and bundle.image.test == "auto":
-        return  # no engine here: the plan said the test is skipped, and why
+    if not os.path.lexists(stamp) and bundle.image.test == "auto":
+        return  # never tested here (no engine): the plan said the test is skipped, and why
+    doc = load_json(stamp)  # a stamp that is there but unreadable or damaged is no pass
+    report = doc.get("report") if isinstance(doc, dict) else None
+    tested = report.get("image_digest") if isinstance(report, dict) else None
     if tested != digest:
         raise KilnError(f"image:{bundle.name}-{backend}: the serving image {digest[:19]} has not "
                         "passed imagetest in a container engine"
