@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from modelkiln.artifacts import names
 from modelkiln.errors import SignatureError
 from modelkiln.publish import publish_bundle
 from modelkiln.runtime import bootstrap
-from ociregistry import DockerRegistry, find_registry
+from ociregistry import DockerRegistry
 
 # A real secp112r1 public key (made with `openssl ecparam -name secp112r1`): a curve OpenSSL
 # knows and `cryptography` does not load.
@@ -234,17 +233,6 @@ def test_verify_signature_does_not_say_ok_without_the_provenance(tmp_path: Path,
 
 
 # ------------------------------------------------------------------ the OCI bootstrap
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerRegistry]:
-    binary = find_registry()
-    if binary is None:
-        pytest.skip("docker-registry not installed (apt-get install docker-registry)")
-    server = DockerRegistry(binary, tmp_path_factory.mktemp("registry"))
-    server.start()
-    yield server
-    server.stop()
-
-
 def push_artifact(root: Path, host: str, version: str, key: KeyPair | None) -> str:
     """Push a bundle as a model artifact (the image stage's own builder), signed when `key`."""
     from modelkiln.artifacts.oci import media
@@ -282,10 +270,10 @@ def push_artifact(root: Path, host: str, version: str, key: KeyPair | None) -> s
 
 @pytest.mark.oci
 def test_the_oci_bootstrap_refuses_with_a_list_naming_no_key(
-        tmp_path: Path, registry: DockerRegistry, key: KeyPair, other_key: KeyPair) -> None:
+        tmp_path: Path, oci_registry: DockerRegistry, key: KeyPair, other_key: KeyPair) -> None:
     """Before: the OCI bootstrap installed an unsigned and a stranger-signed artifact (exit 0)."""
-    refs = [push_artifact(tmp_path / "u", registry.host, "1.0.0", None),
-            push_artifact(tmp_path / "s", registry.host, "1.0.1", other_key)]
+    refs = [push_artifact(tmp_path / "u", oci_registry.host, "1.0.0", None),
+            push_artifact(tmp_path / "s", oci_registry.host, "1.0.1", other_key)]
     empty = tmp_path / "empty"
     empty.mkdir()
     for ref in refs:

@@ -16,6 +16,7 @@ from ..artifacts.atomic import write_bytes
 from ..artifacts.oci import media
 from ..artifacts.oci.layout import OciLayout
 from ..artifacts.oci.rootfs import base_python, scan_python
+from ..artifacts.statefile import load_json
 from ..errors import BuildError, KilnError
 from ..model.bundle import ImageSpec
 from ..transport.oci import Reference, Registry
@@ -96,11 +97,8 @@ def _check_python(ctx: RunContext, img: ImageSpec, config: bytes, digest: str,
     found = base_python(config)
     if found is None:
         memo_path = ctx.layout.state / "oci-cache" / "python.json"
-        try:
-            memo = json.loads(memo_path.read_bytes())
-            memo = memo if isinstance(memo, dict) else {}
-        except (OSError, ValueError):
-            memo = {}
+        memo = load_json(memo_path)  # damaged or missing: scanned again
+        memo = memo if isinstance(memo, dict) else {}
         found = memo.get(digest)
         if not isinstance(found, str):
             found = scan_python(layers) or ""

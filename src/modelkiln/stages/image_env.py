@@ -32,6 +32,7 @@ from ..artifacts.digest import sha256_bytes
 from ..artifacts.oci import media
 from ..artifacts.oci.layers import Entry, Layer, write_layer
 from ..artifacts.oci.layout import OciLayout
+from ..artifacts.statefile import load_json
 from ..errors import BuildError, KilnError
 from ..model.bundle import Bundle, ImageSpec
 from ..paths import Layout
@@ -176,11 +177,8 @@ def env_layer(bundle: Bundle, img: ImageSpec, layout: Layout, lay: OciLayout) ->
     cache = OciLayout(layout.state / "oci-cache")
     cache.init()
     index = layout.state / "oci-cache" / "envs.json"
-    try:
-        known = json.loads(index.read_bytes())
-        known = known if isinstance(known, dict) else {}
-    except (OSError, ValueError):
-        known = {}
+    known = load_json(index)  # damaged or missing: the layer is built again
+    known = known if isinstance(known, dict) else {}
     hit = known.get(key)
     if isinstance(hit, list) and len(hit) == 4 and cache.has(hit[0], hit[2]):
         layer = Layer(*hit)
