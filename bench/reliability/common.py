@@ -70,3 +70,13 @@ def fork_call(fn: Callable[[], None]) -> tuple[int, str]:
     out = b"".join(chunks).decode(errors="replace")
     crashed = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3
     return status, out if crashed else ""
+
+
+def report(rows: list[Row]) -> int:
+    """Print a trial module's rows when it runs on its own; exit 1 when any row has a violation
+    or a traceback."""
+    for r in rows:
+        print(f"{r.name}: {r.trials} cases, {r.violations} violations, {r.tracebacks} tracebacks")
+        for note in r.notes:
+            print(f"  {note}")
+    return 1 if any(r.violations or r.tracebacks for r in rows) else 0

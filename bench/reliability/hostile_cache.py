@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Row
+from common import Row, report
 
 from modelkiln.artifacts.digest import sha256_bytes
 from modelkiln.cache import ActionRecord, BlobRef, blob_key, record_key
@@ -445,11 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [hostile_cache(per_kind, "file")]
     if not args.no_s3:
         rows.append(hostile_cache(per_kind, "s3"))
-    for r in rows:
-        print(f"{r.name}: {r.trials} cases, {r.violations} violations, {r.tracebacks} tracebacks")
-        for note in r.notes:
-            print(f"  {note}")
-    return 1 if any(r.violations or r.tracebacks for r in rows) else 0
+    return report(rows)
 
 
 if __name__ == "__main__":

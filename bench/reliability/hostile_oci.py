@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import REPO, Row
+from common import REPO, Row, report
 
 sys.path.insert(0, str(REPO / "tests" / "oci"))
 import hostile_registry as hr  # lives beside the tests that use it
@@ -73,11 +73,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="each case once")
     args = parser.parse_args()
     rows = run(args.quick)
-    for r in rows:
-        print(f"{r.name}: {r.trials} cases, {r.violations} violations, {r.tracebacks} tracebacks")
-        for note in r.notes:
-            print(f"  {note}")
-    return 1 if any(r.violations or r.tracebacks for r in rows) else 0
+    return report(rows)
 
 
 if __name__ == "__main__":
