@@ -18,15 +18,20 @@ and records the embedded default, the OCI layout under dist/. The serving image 
 
 Signed bundles (a `bundle.sig` in the dist directory, which `kiln publish` writes when a signing
 key is set): the signature is attached to the model artifact and to the image as an OCI referrer
-(artifacts/oci/referrers.py), first in the layout under dist/ and then, with each push, under
-`sha256-<hex>.sig` beside its subject, before the subject's manifest. The same signature again
-sends nothing; a different one (a re-sign with a new key) replaces it without `--force`, as the
-signature files on S3 are replaced: every signature attached was checked to sign this bundle.
+(artifacts/oci/referrers.py), first in a signed copy of the layout and then, with each push,
+under `sha256-<hex>.sig` beside its subject, before the subject's manifest. The same signature
+again sends nothing; a different one (a re-sign with a new key) replaces it without `--force`, as
+the signature files on S3 are replaced: every signature attached was checked to sign this bundle.
+
+The copy (`dist/<name>/<version>/oci/<backend>.signed/`, blobs hard-linked) is what makes signing
+leave the build alone: the layout the image task built is its recorded output, so attaching to
+it in place made `kiln plan` call the layout corrupt and rebuild it after every signed publish.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +50,7 @@ from ..transport.oci import Progress, Reference, Registry
 from .bundle import PublishResult
 
 SCHEME = "oci://"
+SIGNED_SUFFIX = ".signed"  # the signed copy of a layout: `<layout>.signed` beside it
 
 
 @dataclass(frozen=True)
@@ -213,6 +219,37 @@ def attach_signature(layout_dir: Path, tags: list[str], dist_dir: Path) -> bool:
     return True
 
 
+def signed_layout(layout_dir: Path, tags: list[str], dist_dir: Path) -> Path | None:
+    """A copy of the built layout with the dist directory's signature attached (see the module
+    doc), made afresh each time and swapped into place whole; None for an unsigned bundle.
+
+    Every file is hard-linked (a copy where links fail): the layout writes by replacing files,
+    never in place, so nothing written to the copy reaches the built layout."""
+    if signing.oci_signature(dist_dir) is None:
+        return None
+    target = layout_dir.with_name(layout_dir.name + SIGNED_SUFFIX)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(layout_dir, tmp, copy_function=_link_or_copy)
+        attach_signature(tmp, tags, dist_dir)
+        old = target.with_name(f".{target.name}.{os.getpid()}.old")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _render(template: str, bundle: Bundle, version: str, backend: str) -> str:
     try:
         return template.removeprefix(SCHEME).format(name=bundle.name, version=version,
@@ -259,8 +296,10 @@ def release_oci(bundle: Bundle, backend: str, version: str, *, to: str | None,
     img = lay.find(IMAGE_TAG) if wants_image else None
     if img is not None and bundle.image is not None:
         check_tested(bundle, backend, img.digest)
-    signed = attach_signature(layout_dir, [MODEL_TAG] + ([IMAGE_TAG] if img else []),
-                              Layout(bundle.root).dist_dir(bundle.name, version, backend))
+    signed_dir = signed_layout(layout_dir, [MODEL_TAG] + ([IMAGE_TAG] if img else []),
+                               Layout(bundle.root).dist_dir(bundle.name, version, backend))
+    signed = signed_dir is not None
+    layout_dir = signed_dir or layout_dir  # push (and record) the signed copy
     if to is not None and not to.startswith(SCHEME):
         target = None  # an explicit non-OCI destination: nothing is pushed, the layout recorded
     else:

@@ -26,11 +26,11 @@ from typing import Any
 from ..artifacts import manifest as mf
 from ..artifacts import names
 from ..artifacts.digest import sha256_bytes
-from ..artifacts.oci import media, referrers
+from ..artifacts.oci import media
 from ..artifacts.oci.build import BundleFile, model_artifact
 from ..artifacts.oci.layout import OciLayout
 from ..artifacts.oci.media import IMAGE_TAG, MODEL_TAG
-from ..errors import BuildError, KilnError
+from ..errors import BuildError
 from ..model.bundle import Bundle
 from ..model.version import resolve
 from ..paths import Layout
@@ -40,10 +40,17 @@ from .base import RunContext, StagePlan, params
 from .image_env import CODE_VERSION as ENV_CODE_VERSION
 from .image_env import lock_path
 
-# image_parts (the OCI transport) and signing are imported by run(), not here: every build, a
+# image_parts (the OCI transport) is imported by run(), not here: every build, a
 # no-op included, imports this module to plan, and they cost it ~40 ms.
 
-CODE_VERSION = "2"  # 2: the environment layer, a required base, `predict` in the entrypoint
+NAME = "image"
+DOC = "OCI model artifact and serving image per backend (an OCI layout under dist/)"
+READS: tuple[str, ...] = ("package",)
+WRITES: tuple[str, ...] | None = ("oci-layout", "index.json", "blobs/sha256/*", "[D]ockerfile")  # [D]: optional
+TOOLS: tuple[str, ...] = ()
+PLATFORM: str | None = None
+CODE_VERSION = "3"  # 2: the environment layer, a required base, `predict` in the entrypoint;
+# 3: the layout is the unsigned build; `kiln publish` signs a copy of it (publish/oci.py)
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the modelkiln package: the runtime layer
 
 
@@ -98,10 +105,10 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
             doc=f"OCI {what} of {bundle.name} {version} ({backend})",
             out_dir=layout.oci_dir(bundle.name, version, backend),
             stamp=layout.stamp(bundle.name, f"image-{backend}"),
-            # the package's signature (written by `kiln sign` / `kiln publish`, absent when
-            # unsigned) is attached to the artifact and image as a referrer
-            inputs=(*(image_inputs(bundle) if img else ()),
-                    layout.dist_dir(bundle.name, version, backend) / names.SIGNATURE),
+            # no signature among the inputs: signing a built bundle (`kiln sign`, a signed
+            # `kiln publish`) adds to what was built and must not make it out of date; publish
+            # attaches the signature to a copy of this layout (publish/oci.py, signed_layout)
+            inputs=tuple(image_inputs(bundle)) if img else (),
             upstream=(f"package:{bundle.name}-{backend}",),
             params=params(CODE_VERSION, version=version, backend=backend,
                           image=None if img is None else {
@@ -216,10 +223,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
         report.update(image_digest=built.manifest.digest, image_layers=built.layer_digests,
                       base=img.base)
     lay.write_index(refs)
-    signature = _signature(ctx, dist)
-    if signature is not None:  # the same entries `kiln publish` attaches, so both agree
-        referrers.attach(lay, [r.annotation(media.REF_NAME) or "" for r in refs], *signature)
-        report["signed"] = True
     for digest in lay.blobs():
         ctx.cache.remember(lay.blob_path(digest), digest.split(":", 1)[1])
     report["bytes_written"] = written
@@ -227,22 +230,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
     ctx.log(f"image:{ctx.bundle.name}-{backend}: {tags} -> {ctx.plan.out_dir} "
             f"({written} bytes written)")
     return report
-
-
-def _signature(ctx: RunContext, dist: Path) -> tuple[bytes, str] | None:
-    """The dist directory's signature, when it signs exactly this bundle (a stale one is left
-    out here; `kiln publish` refuses it)."""
-    from .. import signing
-
-    found = signing.oci_signature(dist)
-    if found is None:
-        return None
-    try:
-        signing.sidecars(dist, (dist / mf.MANIFEST).read_bytes())
-    except KilnError as exc:
-        ctx.log(f"image:{ctx.bundle.name}: signature not attached: {exc}")
-        return None
-    return found
 
 
 def runtime_entries() -> list[tuple[str, Path]]:
