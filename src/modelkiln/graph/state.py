@@ -79,9 +79,19 @@ def _is_stamp(data: object) -> TypeGuard[Stamp]:
                for part in (data["inputs"], data["outputs"]) for k, v in part.items())
 
 
+# The installed modelkiln package (its runtime files are inputs of the serving image).
+_PACKAGE = str(Path(__file__).resolve().parents[1])
+PACKAGE_PREFIX = "modelkiln:"
+
+
 def rel_to(path: Path, root: Path) -> str:
-    """How stamps and cache keys name a file: relative to the project when inside it."""
+    """How stamps and cache keys name a file: modelkiln's own files by their path inside the
+    package, wherever it is installed (one venv serving two clones has it inside one project
+    and outside the other: a relative name in one, an absolute one in the other, so one image
+    got two keys); other files relative to the project when inside it."""
     text, base = str(path), str(root)
+    if text.startswith(_PACKAGE + os.sep):
+        return PACKAGE_PREFIX + text[len(_PACKAGE) + 1:].replace(os.sep, "/")
     if text.startswith(base + os.sep):  # the common case, without pathlib's parsing
         return text[len(base) + 1:].replace(os.sep, "/")
     try:
