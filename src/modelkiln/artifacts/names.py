@@ -13,6 +13,7 @@
       engines/sm<cc>/model.plan            the TensorRT bundle's engine for one GPU architecture,
       engines/sm<cc>/engine.json           and the key it was built for (the bootstrap matches it)
       model_card.md                        the human-readable card
+      model_card_thresholds.svg            its chart: per-label threshold and F1
       manifest.json                        every file's size and sha256
 """
 from __future__ import annotations
@@ -37,3 +38,4 @@ ENGINES_DIR = "engines"
 ENGINE_PLAN = "model.plan"
 ENGINE_SIDECAR = "engine.json"
 MODEL_CARD = "model_card.md"
+CARD_CHART = "model_card_thresholds.svg"

@@ -123,6 +123,16 @@ class RegistryInfo:
 
 
 @dataclass(frozen=True)
+class Card:
+    """The spec's `card:` section: what the model card says beyond what the build computed."""
+
+    intended_use: str = ""
+    limitations: str = ""
+    license: str | None = None  # the card front matter's license (SPDX / Hugging Face id)
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Bundle:
     name: str
     version: str  # may hold {git_commit}; see model.version.resolve
@@ -140,6 +150,7 @@ class Bundle:
     metadata: tuple[tuple[str, str | int | float | bool], ...]
     sections: tuple[tuple[str, str], ...]  # top-level section -> canonical JSON
     image: ImageSpec | None = None
+    card: Card = Card()
 
     def section(self, key: str) -> str:
         """Canonical JSON of one top-level spec section ('null' when absent)."""

@@ -189,11 +189,17 @@ def to_bundle(doc: Document) -> m.Bundle:
         thresholds=thresholds, pytorch=pytorch, onnx=onnx, tensorrt=tensorrt, publish=publish,
         registry=m.RegistryInfo(tuple(reg.get("roles", ())), tuple(reg.get("capabilities", ())),
                                 reg.get("served_id")),
-        metadata=tuple(sorted(data.get("metadata", {}).items())),
+        metadata=tuple(sorted(data.get("metadata", {}).items())), card=_card(data),
         sections=tuple(sorted((k, json.dumps(v, sort_keys=True, separators=(",", ":")))
                               for k, v in data.items())),
         image=image,
     )
+
+
+def _card(data: Data) -> m.Card:
+    card = data.get("card", {})
+    return m.Card(card.get("intended_use", ""), card.get("limitations", ""), card.get("license"),
+                  tuple(card.get("tags", ())))
 
 
 def check_unique(bundles: Sequence[tuple[Document, m.Bundle]]) -> None:

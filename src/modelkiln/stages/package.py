@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import Any, cast
 
 from ..artifacts import manifest as mf
 from ..artifacts import names
@@ -32,11 +32,20 @@ from ..model.files import BadFile, read_json
 from ..model.version import resolve
 from ..paths import Layout
 from ..resources import resource_bytes
-from . import engines, int8, labels, thresholds, tokenizer, weights
+from . import engines, int8, kinds, labels, thresholds, tokenizer, weights
 from .base import Report, RunContext, StagePlan, params, tool_versions
+from .card import chart_svg, front_matter, metrics_table, parity_table, prose
 
-CODE_VERSION = "6"  # 4: the manifest records the serving signature; 5: weights stored by a
-# spread sample (artifacts.tarball); 6: the card lists the model's real inputs
+NAME = "package"
+DOC = "pack bundle.tar.gz and manifest.json per backend"
+READS: tuple[str, ...] = ("weights", "tokenizer", "labels", "thresholds", "onnx", "int8", "parity",
+                          "smoke", "engines", "trtparity")
+WRITES: tuple[str, ...] | None = (names.ARCHIVE, names.MANIFEST)
+TOOLS: tuple[str, ...] = ()  # per backend: tools_for(plan)
+PLATFORM: str | None = None
+CODE_VERSION = "7"  # 4: the manifest records the serving signature; 5: weights stored by a
+# spread sample (artifacts.tarball); 6: the card lists the model's real inputs; 7: the card shows
+# per-label metrics, the parity table, the spec's card section and a chart (stages/card.py)
 CARD = names.MODEL_CARD
 # backend -> (stage, files taken from its output dir; None = all of them)
 CONTENTS: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
@@ -61,17 +70,18 @@ _NO_TOKEN_TYPES = frozenset({"MPNetTokenizer", "RobertaTokenizer", "XLMRobertaTo
                              "DistilBertTokenizer", "CamembertTokenizer", "LongformerTokenizer",
                              "BartTokenizer", "GPT2Tokenizer", "T5Tokenizer"})
 _DEFAULT_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
-TOOLS = {"pytorch": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors"),
-         "onnx": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors", "optimum",
-                  "optimum-onnx", "onnx", "onnxruntime"),
-         "tensorrt": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors",
-                      "optimum", "optimum-onnx", "onnx", "onnxruntime", "tensorrt")}
+BACKEND_TOOLS = {
+    "pytorch": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors"),
+    "onnx": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors", "optimum",
+             "optimum-onnx", "onnx", "onnxruntime"),
+    "tensorrt": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors",
+                 "optimum", "optimum-onnx", "onnx", "onnxruntime", "tensorrt")}
 
 
 _PACKED = {"weights": weights, "tokenizer": tokenizer, "labels": labels, "thresholds": thresholds,
            "int8": int8, "engines": engines}  # the stage modules whose outputs CONTENTS packs
 SPEC_KEYS = ("apiVersion", "kind", "name", "version", "description", "source", "labels",
-             "thresholds", "metadata")
+             "thresholds", "metadata", "card")
 
 
 def spec_digest(bundle: Bundle, backend: str) -> str:
@@ -140,8 +150,6 @@ def model_card(ctx: RunContext, backend: str, version: str, reports: dict[str, R
     fields = json.loads((labels_dir / names.LABEL_FIELDS).read_bytes())
     cuts = json.loads((thresholds_dir / names.THRESHOLDS).read_bytes())
     metrics = json.loads((thresholds_dir / names.THRESHOLD_METRICS).read_bytes())
-    rows = "\n".join(f"| {lab} | {cuts[lab]:.6g} | {_how(metrics[lab])} | "
-                     f"{json.dumps(fields.get(lab), sort_keys=True)} |" for lab in order)
     checks = ["- weights load into their architecture with no missing or extra keys",
               "- the tokenizer loads as a fast tokenizer"]
     parity = reports.get("parity") or {}
@@ -166,6 +174,10 @@ def model_card(ctx: RunContext, backend: str, version: str, reports: dict[str, R
     multi = b.source.task == "multi-label-classification"
     template = Template(resource_bytes("templates", "model_card.md").decode())
     return template.substitute(
+        front_matter=front_matter(b, backend), chart=names.CARD_CHART,
+        intended_use=prose(b.card.intended_use, "Not stated in the spec (`card.intended_use`)."),
+        limitations=prose(b.card.limitations, "Not stated in the spec (`card.limitations`)."),
+        labels=metrics_table(order, cuts, metrics, fields), parity=parity_table(parity, order),
         name=b.name, version=version, backend=backend, description=b.description or "",
         task=b.source.task, max_length=b.thresholds.max_length,
         model_file=names.ONNX_INT8 if backend in ("onnx", "tensorrt") else names.WEIGHTS,
@@ -173,7 +185,7 @@ def model_card(ctx: RunContext, backend: str, version: str, reports: dict[str, R
         metadata=", ".join(f"{k}: {v}" for k, v in b.metadata) or "-",
         score="sigmoid of each logit" if multi else "softmax over the labels",
         decision=DECISION_RULE.get(b.source.task, DECISION_RULE[SINGLE_LABEL]),
-        inputs=card_inputs(ctx, backend), labels=rows, checks="\n".join(checks),
+        inputs=card_inputs(ctx, backend), checks="\n".join(checks),
         tools=", ".join(f"{k} {v}" for k, v in sorted(tools.items())))
 
 
@@ -181,7 +193,7 @@ def _source_inputs(bundle: Bundle, layout: Layout, backend: str,
                    planned: Mapping[str, Sequence[StagePlan]]) -> tuple[Path, ...]:
     """Every source file the packed stages read: what the manifest's `inputs` record."""
     found: set[Path] = set()
-    for stage, _wanted in CONTENTS[backend]:
+    for stage, _wanted in _contents(bundle, backend):
         plans = planned[stage] if stage in planned else _PACKED[stage].plan(bundle, layout)
         for p in plans:
             found.update(p.inputs)
@@ -193,6 +205,11 @@ def _card_digest() -> str:
     return sha256_bytes(resource_bytes("templates", "model_card.md"))
 
 
+def tools_for(plan: StagePlan) -> tuple[str, ...]:
+    """The distributions whose versions shape this backend's package (also in its manifest)."""
+    return BACKEND_TOOLS.get(plan.backend or "", ())
+
+
 def plan(bundle: Bundle, layout: Layout,
          planned: Mapping[str, Sequence[StagePlan]] | None = None) -> list[StagePlan]:
     """One task per enabled backend. `planned` holds the plans of stages already planned for
@@ -200,7 +217,7 @@ def plan(bundle: Bundle, layout: Layout,
     version = resolve(bundle.version, bundle.root)
     plans = []
     for backend in bundle.backends:
-        stages = [s for s, _ in CONTENTS[backend]] + list(REPORTS[backend]) + \
+        stages = [s for s, _ in _contents(bundle, backend)] + list(_reports(bundle, backend)) + \
             ([GRAPH[backend]] if backend in GRAPH else [])
         plans.append(StagePlan(
             task=f"package:{bundle.name}-{backend}", stage="package", bundle=bundle.name,
@@ -216,6 +233,17 @@ def plan(bundle: Bundle, layout: Layout,
             backend=backend, extra=(("version", version),),
         ))
     return plans
+
+
+def _contents(bundle: Bundle, backend: str) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
+    """What one backend's bundle packs: CONTENTS, or the task kind's own list (stages/kinds)."""
+    kind = kinds.kind_of(bundle)
+    return kind.contents[backend] if kind else CONTENTS[backend]
+
+
+def _reports(bundle: Bundle, backend: str) -> tuple[str, ...]:
+    kind = kinds.kind_of(bundle)
+    return kind.reports[backend] if kind else REPORTS[backend]
 
 
 def serving_signature(ctx: RunContext) -> mf.Signature:
@@ -237,7 +265,7 @@ def run(ctx: RunContext) -> Report:
     members: list[tuple[str, Path]] = []
     files: list[mf.FileEntry] = []
     inputs: dict[str, str] = {}
-    for stage, wanted in CONTENTS[backend]:
+    for stage, wanted in _contents(ctx.bundle, backend):
         stamp = ctx.up_stamp(stage)
         for rel, digest in sorted(stamp["outputs"].items()):
             if wanted is None or any(rel == w or (w.endswith("/") and rel.startswith(w))
@@ -246,25 +274,35 @@ def run(ctx: RunContext) -> Report:
                 members.append((rel, path))
                 files.append({"path": rel, "size": path.stat().st_size, "sha256": digest})
         inputs.update({k: v for k, v in stamp["inputs"].items() if not k.startswith("@")})
-    reports = {stage: ctx.up_stamp(stage)["report"] for stage in REPORTS[backend]}
+    reports = {stage: ctx.up_stamp(stage)["report"] for stage in _reports(ctx.bundle, backend)}
     version = ctx.plan.get("version") or ctx.bundle.version
-    tools = tool_versions(*TOOLS[backend])
+    tools = tool_versions(*BACKEND_TOOLS[backend])
     card = ctx.out / ".model_card.md"
-    card.write_text(model_card(ctx, backend, version, reports, tools))
+    kind = kinds.kind_of(ctx.bundle)
+    card.write_text(kind.card(ctx, backend, version, reports, tools) if kind
+                    else model_card(ctx, backend, version, reports, tools))
     members.append((CARD, card))
     files.append({"path": CARD, "size": card.stat().st_size, "sha256": sha256_file(card)})
+    chart = ctx.out / ".model_card_chart.svg"
+    if names.CARD_CHART in card.read_text():  # the card links its chart (a task kind's may not)
+        chart.write_text(chart_svg(ctx))
+        members.append((names.CARD_CHART, chart))
+        files.append({"path": names.CARD_CHART, "size": chart.stat().st_size,
+                      "sha256": sha256_file(chart)})
     files.sort(key=lambda f: f["path"])
     manifest = mf.build(
         name=ctx.bundle.name, version=version, backend=backend, files=files, inputs=inputs,
         spec_digest=spec_digest(ctx.bundle, backend), tools=tools,
         parity=_checks(reports), metadata=dict(ctx.bundle.metadata),
-        signature=serving_signature(ctx))
+        signature=cast(mf.Signature, kind.signature(ctx)) if kind else serving_signature(ctx))
     inner = ctx.out / ".bundle-manifest.json"
     inner.write_bytes(mf.dumps(manifest))
     archive = ctx.out / mf.ARCHIVE
     size, digest = write_tarball(archive, [*members, (mf.MANIFEST, inner)])
     os.unlink(inner)
     os.unlink(card)
+    if chart.exists():
+        os.unlink(chart)
     ctx.cache.remember(archive, digest)
     published = mf.with_archive(manifest, size, digest)
     (ctx.out / mf.MANIFEST).write_bytes(mf.dumps(published))

@@ -39,7 +39,7 @@ class BundleFile:
 def file_media_type(path: str) -> str:
     if path.endswith(WEIGHT_SUFFIXES):
         return media.MODEL_WEIGHT_RAW
-    if path == names.MODEL_CARD:
+    if path in (names.MODEL_CARD, names.CARD_CHART):
         return media.MODEL_DOC_RAW
     return media.MODEL_WEIGHT_CONFIG_RAW
 
