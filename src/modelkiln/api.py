@@ -173,11 +173,20 @@ def plan_markdown(specs: Sequence[str | Path] = (), skip: frozenset[str] = froze
     return render(load_bundles(discover(specs)), skip, cache, base)
 
 
-def changed(ref: str, specs: Sequence[str | Path] = ()) -> list[str]:
-    """`kiln changed REF`: names of the bundles whose spec or inputs differ from git `ref`."""
-    from .graph.basegit import changed_bundles
+def changed(ref: str | None, specs: Sequence[str | Path] = (),
+            last_good: str | None = None) -> tuple[list[str], str]:
+    """`kiln changed REF`: (names of the bundles whose spec or inputs differ from git `ref`, or
+    from the tag `last_good` moved after each successful publish; the base used). Decided from
+    specs, git and the inputs that exist: a spec whose inputs are absent here (a fresh clone)
+    or that does not validate is decided from the paths its text names (graph.changed)."""
+    from .graph.changed import changed as changed_since
+    from .graph.changed import resolve_base
 
-    return changed_bundles(load_bundles(discover(specs)), ref)
+    paths = discover(specs)
+    root = project_root(Path(paths[0]))
+    base = resolve_base(root, ref, last_good)
+    bundles, broken = load_bundles_partial(paths)
+    return changed_since(bundles, broken, root, base), base
 
 
 def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int = 1,
