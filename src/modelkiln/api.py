@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import sources
 from .errors import KilnError, Problem, SpecError, UsageError
 from .heap import long_lived
 from .model import BrokenSpec, Bundle, check_unique
@@ -194,7 +195,8 @@ def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int
           cache: CacheConfig | None = None) -> int:
     """`kiln build`: run the doit graph for the given tasks (default: build every bundle).
 
-    Returns doit's exit status (0 ok, non-zero when a task failed); doit reports progress itself.
+    Returns doit's exit status (0 ok, non-zero when a task failed; 2 when a remote source's
+    bytes differ from its lock); doit reports progress itself.
     """
     from .graph.tasks import run_doit
 
@@ -205,8 +207,12 @@ def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int
         from .graph.selection import check_selection, task_names
 
         check_selection(tasks, task_names(bundles, broken, skip))
+    state = Layout(bundles[0].root).state
+    sources.drifted(state, clear=True)
     status = run_doit(bundles, list(tasks or [f"build:{b.name}" for b in bundles]), jobs, skip, to,
                       cache, broken=broken)
+    if status and sources.drifted(state):  # a remote source differs from its lock: exit 2
+        return 2
     if broken and not tasks:  # the healthy bundles are built; the broken specs still fail the run
         raise SpecError([p for b in broken for p in b.problems])
     return status

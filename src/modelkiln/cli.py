@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, api, cli_admin, cli_review, cli_sign
+from . import __version__, api, cli_admin, cli_lock, cli_review, cli_sign
 from .cache import CacheConfig
 from .errors import ExitCode, KilnError, SpecError
 
@@ -110,6 +110,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     failed = api.build(args.specs, args.task or (), args.jobs, _skip(args.skip),
                        cache=_cache(args))
+    if failed == ExitCode.DRIFT:  # a remote source's bytes differ from bundles/<name>.lock
+        return ExitCode.DRIFT
     return ExitCode.FAILURE if failed else ExitCode.OK
 
 
@@ -283,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_admin.add_parsers(sub)
     cli_sign.add_parsers(sub)
+    cli_lock.add_parsers(sub)
     cli_review.add_parsers(sub)
     _image_parsers(sub)
     return p

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 from typing import cast
 
-from .. import plugins
+from .. import plugins, sources
 from ..errors import UsageError
 from ..model.bundle import BACKENDS, Bundle
 from ..paths import Layout
@@ -85,6 +85,7 @@ STAGES: dict[str, Stage] = load_stages()
 def plan_bundle(bundle: Bundle, skip: frozenset[str] = frozenset()) -> list[StagePlan]:
     """Every task of one bundle. `skip` drops backends ('onnx') for this run only."""
     check_skip(skip)
+    sources.pins.register_lock(bundle.spec_path)  # remote inputs: local paths, locked digests
     layout = Layout(bundle.root)
     if "onnx" in skip:  # TensorRT engines are built from the ONNX model
         skip = skip | {"tensorrt"}

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
+from .. import sources
 from ..artifacts.digest import StatCache, canonical_json, sha256_bytes
 from ..errors import BuildError
 from ..model.bundle import Bundle, Onnx
@@ -70,7 +71,11 @@ def stage_plan(bundle: Bundle, layout: Layout, stage: str, *, doc: str, params: 
 def regular_files(directory: Path) -> set[str]:
     """Names of the regular files (symlinks followed) directly in `directory`, from one listing:
     a plan that looks for a dozen possible file names lists the directory once instead of
-    stat'ing each name. Empty when `directory` cannot be listed."""
+    stat'ing each name. Empty when `directory` cannot be listed. A remote source's tree lists
+    what its lock holds, fetched or not."""
+    pinned = sources.pins.listing(directory)
+    if pinned is not None:
+        return pinned
     out: set[str] = set()
     try:
         with os.scandir(directory) as entries:
