@@ -41,7 +41,7 @@ def test_unknown_key_with_did_you_mean_points_at_the_key(write: Write) -> None:
     assert problems(write("b.yaml", text)) == [
         "b.yaml:16:5: backends.onnx.opsett: unknown key 'opsett' (did you mean 'opset'?)",
         "b.yaml:18:1: backend: unknown key 'backend' (did you mean 'backends'?)",
-        "b.yaml:19:1: licence: unknown key 'licence' (allowed keys: apiVersion, backends, description, "
+        "b.yaml:19:1: licence: unknown key 'licence' (allowed keys: apiVersion, backends, card, description, "
         "image, kind, labels, metadata, name, publish, registry, source, thresholds, version)",
     ]
 

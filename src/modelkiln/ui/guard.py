@@ -91,8 +91,6 @@ class Guard:
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"
-        # same-origin, not no-referrer: under no-referrer browsers send `Origin: null` with a
-        # form POST, which the Origin check above would refuse
-        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["Cache-Control"] = "no-store"
         return response
