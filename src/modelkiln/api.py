@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import sources
 from .errors import KilnError, Problem, SpecError, UsageError
 from .heap import long_lived
 from .model import BrokenSpec, Bundle, check_unique
@@ -173,11 +174,20 @@ def plan_markdown(specs: Sequence[str | Path] = (), skip: frozenset[str] = froze
     return render(load_bundles(discover(specs)), skip, cache, base)
 
 
-def changed(ref: str, specs: Sequence[str | Path] = ()) -> list[str]:
-    """`kiln changed REF`: names of the bundles whose spec or inputs differ from git `ref`."""
-    from .graph.basegit import changed_bundles
+def changed(ref: str | None, specs: Sequence[str | Path] = (),
+            last_good: str | None = None) -> tuple[list[str], str]:
+    """`kiln changed REF`: (names of the bundles whose spec or inputs differ from git `ref`, or
+    from the tag `last_good` moved after each successful publish; the base used). Decided from
+    specs, git and the inputs that exist: a spec whose inputs are absent here (a fresh clone)
+    or that does not validate is decided from the paths its text names (graph.changed)."""
+    from .graph.changed import changed as changed_since
+    from .graph.changed import resolve_base
 
-    return changed_bundles(load_bundles(discover(specs)), ref)
+    paths = discover(specs)
+    root = project_root(Path(paths[0]))
+    base = resolve_base(root, ref, last_good)
+    bundles, broken = load_bundles_partial(paths)
+    return changed_since(bundles, broken, root, base), base
 
 
 def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int = 1,
@@ -185,7 +195,8 @@ def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int
           cache: CacheConfig | None = None) -> int:
     """`kiln build`: run the doit graph for the given tasks (default: build every bundle).
 
-    Returns doit's exit status (0 ok, non-zero when a task failed); doit reports progress itself.
+    Returns doit's exit status (0 ok, non-zero when a task failed; 2 when a remote source's
+    bytes differ from its lock); doit reports progress itself.
     """
     from .graph.tasks import run_doit
 
@@ -196,8 +207,12 @@ def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int
         from .graph.selection import check_selection, task_names
 
         check_selection(tasks, task_names(bundles, broken, skip))
+    state = Layout(bundles[0].root).state
+    sources.drifted(state, clear=True)
     status = run_doit(bundles, list(tasks or [f"build:{b.name}" for b in bundles]), jobs, skip, to,
                       cache, broken=broken)
+    if status and sources.drifted(state):  # a remote source differs from its lock: exit 2
+        return 2
     if broken and not tasks:  # the healthy bundles are built; the broken specs still fail the run
         raise SpecError([p for b in broken for p in b.problems])
     return status

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, api, cli_admin, cli_sign
+from . import __version__, api, cli_admin, cli_lock, cli_review, cli_sign
 from .cache import CacheConfig
 from .errors import ExitCode, KilnError, SpecError
 
@@ -72,7 +72,7 @@ def _cache(args: argparse.Namespace) -> CacheConfig:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     if args.changed_since:
-        names = api.changed(args.changed_since, args.specs)
+        names, _ = api.changed(args.changed_since, args.specs)
         if args.json:
             print(json.dumps(names))
         elif names:
@@ -107,14 +107,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def cmd_changed(args: argparse.Namespace) -> int:
-    print(json.dumps(api.changed(args.ref, args.specs)))
-    return ExitCode.OK
-
-
 def cmd_build(args: argparse.Namespace) -> int:
     failed = api.build(args.specs, args.task or (), args.jobs, _skip(args.skip),
                        cache=_cache(args))
+    if failed == ExitCode.DRIFT:  # a remote source's bytes differ from bundles/<name>.lock
+        return ExitCode.DRIFT
     return ExitCode.FAILURE if failed else ExitCode.OK
 
 
@@ -264,12 +261,6 @@ def build_parser() -> argparse.ArgumentParser:
     _cache_args(pl)
     pl.set_defaults(func=cmd_plan)
 
-    ch = sub.add_parser("changed", help="bundles whose spec or inputs changed since a git ref "
-                        "(JSON list, for a CI matrix)")
-    ch.add_argument("ref", help="git ref to compare with, e.g. origin/main")
-    ch.add_argument("specs", nargs="*", help="spec files or directories (default: bundles/)")
-    ch.set_defaults(func=cmd_changed)
-
     b = sub.add_parser("build", help="build bundles incrementally (the doit graph)")
     b.add_argument("specs", nargs="*", help="spec files or directories (default: bundles/)")
     b.add_argument("-t", "--task", action="append", help="run only these doit tasks")
@@ -294,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_admin.add_parsers(sub)
     cli_sign.add_parsers(sub)
+    cli_lock.add_parsers(sub)
+    cli_review.add_parsers(sub)
     _image_parsers(sub)
     return p
 

@@ -50,8 +50,9 @@ def test_changed_lists_bundles_whose_spec_or_inputs_changed(repo: Project) -> No
 
 def test_changed_against_a_missing_ref_is_one_clear_error(repo: Project) -> None:
     done = kiln(repo.root, "changed", "origin/nope")
-    assert done.returncode == 1
-    assert done.stderr.startswith("kiln: git rev-parse") and "fetch the base branch" in done.stderr
+    assert done.returncode == 64  # a usage error: the command line names a ref that is not there
+    assert done.stderr.startswith("kiln: 'origin/nope': not a commit or tree") and \
+        "git fetch origin main" in done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -86,5 +87,6 @@ def test_markdown_shows_cache_hits_spec_changes_and_deltas_against_the_base(
 def test_markdown_without_a_base_says_so(repo: Project) -> None:
     md = kiln(repo.root, "plan", "--markdown", "--cache", "off")
     assert md.returncode == 0, md.stderr
-    assert "### tiny 1.0.0" in md.stdout and "base from no base found" in md.stdout
+    assert "### tiny 1.0.0" in md.stdout and "**pytorch**: no base found; this change from" in md.stdout
+    assert "base from no base" not in md.stdout
     assert "| `weights:tiny` | **run** | never built (no stamp) |" in md.stdout

@@ -54,6 +54,9 @@ def _top(root: Path) -> Path:
     return Path(_git(root, "rev-parse", "--show-toplevel").stdout.strip())
 
 
+git, toplevel = _git, _top  # for graph.changed
+
+
 def changed_paths(root: Path, ref: str) -> set[Path]:
     """Absolute paths that differ between `ref` and the working tree, plus untracked files."""
     top = _top(root)

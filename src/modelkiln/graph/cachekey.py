@@ -8,11 +8,12 @@
         versions of the distributions that shape the output,
         the platform class, for stages whose output depends on the machine })
 
-A stage declares the last two with module attributes `CACHE_TOOLS` (distribution names) and
-`CACHE_PLATFORM` ("cpu-int8": int8 kernels differ by CPU instruction set, so do parity figures;
-"gpu": a TensorRT engine is built for one GPU model and driver). Stages that declare nothing get
-the table below. The task id is part of the key: two bundles never share an action record even
-where their stages would agree (their blobs are still shared, being content-addressed).
+A stage declares the last two as members of its module (stages.base.Stage): `TOOLS`
+(distribution names; `tools_for(plan)` where they depend on the plan) and `PLATFORM` ("cpu-int8":
+int8 kernels differ by CPU instruction set, so do parity figures; "gpu": a TensorRT engine is
+built for one GPU model and driver; `platform_class(plan)` for a class of its own). The task id is
+part of the key: two bundles never share an action record even where their stages would agree
+(their blobs are still shared, being content-addressed).
 """
 from __future__ import annotations
 
@@ -24,35 +25,18 @@ from typing import Any
 
 from .. import __version__
 from ..artifacts.digest import canonical_json, sha256_bytes
-from ..stages.base import StagePlan
+from ..stages.base import PlanPlatform, PlanTools, StagePlan
 from .plans import STAGES
 
 KEY_VERSION = 2  # 2: schema-2 records (bound to their task and key); schema-1 ones go unread
 PLATFORM_ENV = "KILN_PLATFORM_CLASS"
 GPU_ENV = "KILN_GPU_CLASS"
 
-TOOLS: dict[str, tuple[str, ...]] = {
-    "weights": ("torch", "safetensors", "transformers"),
-    "tokenizer": ("tokenizers", "transformers"),
-    "labels": (),
-    "thresholds": ("numpy", "torch", "transformers", "tokenizers"),
-    "onnx": ("torch", "transformers", "optimum", "optimum-onnx", "onnx"),
-    "int8": ("onnx", "onnxruntime", "numpy"),
-    "parity": ("onnxruntime", "torch", "transformers", "numpy"),
-    "smoke": ("onnxruntime", "tokenizers", "transformers"),
-}
-PLATFORM: dict[str, str] = {"int8": "cpu-int8", "parity": "cpu-int8", "smoke": "cpu-int8"}
-
-
 def stage_tools(plan: StagePlan) -> tuple[str, ...]:
-    module = STAGES[plan.stage]
-    declared = getattr(module, "CACHE_TOOLS", None)
-    if declared is not None:
-        return tuple(declared)
-    by_backend = getattr(module, "TOOLS", None)  # package: tools per backend, also in its manifest
-    if isinstance(by_backend, dict) and plan.backend in by_backend:
-        return tuple(by_backend[plan.backend])
-    return TOOLS.get(plan.stage, ())
+    stage = STAGES[plan.stage]
+    if isinstance(stage, PlanTools):  # package: tools per backend, also in its manifest
+        return tuple(stage.tools_for(plan))
+    return tuple(stage.TOOLS)
 
 
 @functools.cache
@@ -137,18 +121,17 @@ def material(plan: StagePlan, inputs: Mapping[str, str],
              upstream: Mapping[str, str]) -> dict[str, Any]:
     """The key material: `inputs` are input file digests (no upstream marks), `upstream` maps
     each upstream task to its `upstream_identity`."""
-    module = STAGES[plan.stage]
-    kind = getattr(module, "CACHE_PLATFORM", PLATFORM.get(plan.stage))
+    stage = STAGES[plan.stage]
     return {
         "key_version": KEY_VERSION, "modelkiln": __version__, "task": plan.task,
-        "stage": plan.stage, "code": str(getattr(module, "CODE_VERSION", "")),
+        "stage": plan.stage, "code": str(stage.CODE_VERSION),
         "params_digest": plan.params_digest,
         "inputs": portable(inputs),
         "upstream": dict(sorted(upstream.items())),
         "tools": {d: tool_version(d) for d in stage_tools(plan)},
         # a stage may name its own class (trt: architecture, TensorRT version, CUDA flavour)
-        "platform": own(plan) if callable(own := getattr(module, "platform_class", None))
-        else platform_class(kind),
+        "platform": stage.platform_class(plan) if isinstance(stage, PlanPlatform)
+        else platform_class(stage.PLATFORM),
     }
 
 

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import sources
 from ..artifacts.atomic import staged_dir, sweep_leftovers, write_bytes
 from ..artifacts.digest import StatCache, canonical_json, sha256_file, stat_cache
 from ..cache import ActionCache, CacheConfig, open_cache, resolve
@@ -72,6 +73,7 @@ def execute(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...],
                 gather.index(cache, plan, record, log)
                 return {"outputs": len(digests), "restored": True}
         plan = gather.fetch(plan, cache, layout, stat, log)
+        sources.ensure_inputs(plan.inputs, log, layout.state)  # remote files the stage reads
         outputs, report = _run(plan, bundle, layout, upstream, stat)
         saving = remote.record_for(plan, keyed[0], keyed[1], outputs, report, log) \
             if cache is not None and keyed is not None and cache.write else None

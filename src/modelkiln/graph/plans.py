@@ -1,14 +1,19 @@
 """Bundle -> the list of StagePlans for it. Pure: reads no file contents, imports no heavy library.
 
-`STAGES` is the explicit table of stage modules, in the order `kiln plan` lists them (dependencies
-come from each plan's `upstream`). Stage modules import their heavy libraries inside `run`, so
-importing the table is cheap.
+`STAGES` is the table of stages (`stages.base.Stage`), in the order `kiln plan` lists them
+(dependencies come from each plan's `upstream`). It is built from the `modelkiln.stages`
+entry-point group (modelkiln's own stages register there like a third party's, see
+modelkiln.plugins), ordered by what each stage `READS`: modelkiln's own in their fixed order, a
+plug-in stage after the stages it reads and before `package` unless it reads a later one.
+`BUILTIN_STAGES` is the same table as code, so mypy checks every built-in module against the
+protocol. Stage modules import their heavy libraries inside `run`, so importing the table is cheap.
 """
 from __future__ import annotations
 
 import difflib
-from types import ModuleType
+from typing import cast
 
+from .. import plugins, sources
 from ..errors import UsageError
 from ..model.bundle import BACKENDS, Bundle
 from ..paths import Layout
@@ -28,9 +33,9 @@ from ..stages import (
     trtparity,
     weights,
 )
-from ..stages.base import StagePlan
+from ..stages.base import Stage, StagePlan
 
-STAGES: dict[str, ModuleType] = {
+BUILTIN_STAGES: dict[str, Stage] = {
     "weights": weights,
     "tokenizer": tokenizer,
     "labels": labels,
@@ -48,9 +53,39 @@ STAGES: dict[str, ModuleType] = {
 }
 
 
+def ordered(stages: dict[str, Stage]) -> dict[str, Stage]:
+    """`stages` in dependency order (a stage after every stage it READS that is in the table);
+    among those ready, built-ins in their fixed order, a plug-in just before `package`, ties by
+    name. A cycle among plug-ins keeps the rest of them in name order after the others."""
+    fixed = list(BUILTIN_STAGES)
+    slot = fixed.index("package") - 0.5
+
+    def rank(name: str) -> tuple[float, str]:
+        return (float(fixed.index(name)) if name in fixed else slot, name)
+
+    left = dict(stages)
+    out: dict[str, Stage] = {}
+    while left:
+        ready = [n for n, s in left.items() if not any(r in left and r != n for r in s.READS)]
+        pick = min(ready or left, key=rank)
+        out[pick] = left.pop(pick)
+    return out
+
+
+def load_stages() -> dict[str, Stage]:
+    """The installed stages (see the module doc); a broken plug-in is warned about and left out."""
+    found = {name: cast(Stage, obj)
+             for name, obj in plugins.loaded(plugins.STAGES, BUILTIN_STAGES).items()}
+    return ordered(found)
+
+
+STAGES: dict[str, Stage] = load_stages()
+
+
 def plan_bundle(bundle: Bundle, skip: frozenset[str] = frozenset()) -> list[StagePlan]:
     """Every task of one bundle. `skip` drops backends ('onnx') for this run only."""
     check_skip(skip)
+    sources.pins.register_lock(bundle.spec_path)  # remote inputs: local paths, locked digests
     layout = Layout(bundle.root)
     if "onnx" in skip:  # TensorRT engines are built from the ONNX model
         skip = skip | {"tensorrt"}

@@ -8,11 +8,12 @@ summary of each packaged bundle under the git commit it was built from, which `k
 --markdown` reads as the base of a review.
 
 A record is restored only for the task it was written for (`expected`): its task and stage, a key
-that its own key material digests to, and the outputs the stage declares (`DECLARED`: the exact
+that its own key material digests to, and the outputs the stage declares (the exact
 files where a stage's names are fixed, the tokenizer's from its inputs, the ONNX stages' model
-plus the external data their report names, patterns for engines and image layouts). A stage
-outside the table may declare `CACHE_OUTPUTS` (names, `*` matching within one path segment;
-a name without `*` is required). A writer does not save a record a reader would refuse.
+plus the external data their report names, patterns for engines and image layouts): each stage's
+`WRITES` (stages.base.Stage: names, `*` matching within one path segment; a name without a glob
+character is required, one with `*`, `?` or `[` is allowed), None where it is decided here or
+unchecked. A writer does not save a record a reader would refuse.
 """
 from __future__ import annotations
 
@@ -62,25 +63,12 @@ def key_of(plan: StagePlan, inputs: Mapping[str, str],
     return action_key(mat), mat
 
 
-# stage -> (required names, allowed patterns); `*` matches within one path segment
-DECLARED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "weights": ((names.CONFIG, names.WEIGHTS), ()),
-    "labels": ((names.LABEL_ORDER, names.LABEL_FIELDS), ()),
-    "thresholds": ((names.THRESHOLDS, names.THRESHOLD_METRICS), ()),
-    "parity": (("parity.json", "parity.md"), ()),
-    "smoke": (("smoke.json",), ()),
-    "trtparity": (("trt_parity.json", "trt_parity.md"), ()),
-    "package": ((names.ARCHIVE, names.MANIFEST), ()),
-    "trt": ((), ("engines/sm*/*", "parity/sm*/*")),
-    "engines": ((), ("engines/sm*/*", "parity/sm*/*", "left_out.json")),
-    "image": (("oci-layout", "index.json"), ("blobs/sha256/*", "Dockerfile")),
-}
 ONNX_MODEL = {"onnx": "model.onnx", "int8": names.ONNX_INT8}  # plus report["external_data"]
 
 
 def declared(plan: StagePlan, report: Mapping[str, Any]) -> tuple[set[str], tuple[str, ...]] | None:
     """(required paths, allowed patterns) of the task's outputs, or None when its stage
-    declares nothing (a plug-in stage without CACHE_OUTPUTS: only the names' safety is checked)."""
+    declares nothing (WRITES None: only the names' safety is checked)."""
     if plan.stage == "tokenizer":
         return {f"{names.TOKENIZER_DIR}/{p.name}" for p in plan.inputs}, ()
     if plan.stage in ONNX_MODEL:
@@ -89,13 +77,14 @@ def declared(plan: StagePlan, report: Mapping[str, Any]) -> tuple[set[str], tupl
                 isinstance(d, str) and safe_relpath(d) and "/" not in d for d in data):
             data = ["(an invalid external_data list)"]
         return {ONNX_MODEL[plan.stage], *data}, ()
-    own = getattr(STAGES.get(plan.stage), "CACHE_OUTPUTS", None)
-    if own is not None:
-        return {n for n in own if "*" not in n}, tuple(n for n in own if "*" in n)
-    if plan.stage in DECLARED:
-        required, allowed = DECLARED[plan.stage]
-        return set(required), allowed
-    return None
+    stage = STAGES.get(plan.stage)
+    own = stage.WRITES if stage is not None else None
+    if own is None:
+        return None
+    return {n for n in own if not _GLOB & set(n)}, tuple(n for n in own if _GLOB & set(n))
+
+
+_GLOB = frozenset("*?[")
 
 
 def _fits(path: str, pattern: str) -> bool:

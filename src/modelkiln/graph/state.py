@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from .. import sources
 from ..artifacts.digest import StatCache, aggregate, settled
 from ..artifacts.statefile import load_json
 from ..errors import KilnError
@@ -114,7 +115,11 @@ def snapshot(plan: StagePlan, root: Path, cache: StatCache,
 
 
 def digest_or_missing(cache: StatCache, path: Path | str) -> str:
-    """An input's digest, or "missing" (what stamps and cache keys record for an absent one)."""
+    """An input's digest, or "missing" (what stamps and cache keys record for an absent one).
+    A remote source's file has its locked digest, fetched or not (what is fetched is verified)."""
+    pinned = sources.pins.digest(path)
+    if pinned is not None:
+        return pinned
     try:
         return cache.digest(path)
     except OSError:

@@ -33,24 +33,16 @@ if TYPE_CHECKING:  # a no-op build imports neither the cache nor the executor (~
 
 TaskDict = dict[str, Any]  # doit's own task-dict format
 
-STAGE_DOCS = {
-    "weights": "convert checkpoints to safetensors and check they load",
-    "tokenizer": "copy tokenizers and check they load as fast tokenizers",
-    "labels": "write label order and registry label fields, checked against the model head",
-    "thresholds": "choose per-label decision thresholds (fixed or calibrated)",
-    "onnx": "export to ONNX (fp32) with dynamic batch and sequence axes",
-    "int8": "quantize the ONNX model to int8 with onnxruntime",
-    "parity": "parity gates: fp32 ONNX vs PyTorch logits, int8 decision flips",
-    "smoke": "load the ONNX bundle as a consumer would and run a sample",
-    "trt": "build a TensorRT engine for this host's GPU from the ONNX model (skipped without one)",
-    "engines": "this host's TensorRT engine plus the same model's engines from other runners (cache)",
-    "trtparity": "parity gates: TensorRT engine logits and decision flips vs the fp32 ONNX model",
-    "package": "pack bundle.tar.gz and manifest.json per backend",
-    "image": "OCI model artifact and serving image per backend (an OCI layout under dist/)",
-    "imagetest": "run the serving image in a container engine; its answers must match the build",
+# the one-line docs `doit list` shows: each stage's own DOC, plus the two groups the graph adds
+OTHER_DOCS = {
     "publish": "publish built bundles to S3 / file:// and the model store",
     "build": "build every enabled backend's bundle",
 }
+
+
+def stage_doc(basename: str) -> str:
+    stage = STAGES.get(basename)
+    return stage.DOC if stage is not None else OTHER_DOCS.get(basename, basename)
 
 
 class Fresh:
@@ -152,10 +144,10 @@ def task_dicts(bundles: list[Bundle], skip: frozenset[str] = frozenset(),
 
 def _generator(basename: str, dicts: list[TaskDict]) -> Callable[[], Iterator[TaskDict]]:
     def gen() -> Iterator[TaskDict]:
-        yield {"name": None, "doc": STAGE_DOCS.get(basename, basename)}
+        yield {"name": None, "doc": stage_doc(basename)}
         yield from dicts
     gen.__name__ = f"task_{basename}"
-    gen.__doc__ = STAGE_DOCS.get(basename, basename)
+    gen.__doc__ = stage_doc(basename)
     return gen
 
 

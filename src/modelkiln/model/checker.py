@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import Problem, display_path
+from ..sources.uris import is_remote
 from .files import BadFile, read_json
 from .observe import saw_resolve, saw_stat
+from .remote_sources import remote_path
 
 KeyPath = tuple[str | int, ...]  # a node in the spec: ("labels", "order"), ("metadata", 0)
 Data = Mapping[str, Any]  # schema-valid spec data: shape is the schema's, meaning is ours
@@ -85,6 +87,8 @@ class Checker:
         makes the path meaningless); otherwise the resolved path, even if it is missing."""
         if value is None:
             return None
+        if is_remote(value):  # s3:// oci:// hf://: through the lock beside the spec
+            return remote_path(self, key, value, kind)
         shown = value if len(value) <= 80 else f"{value[:77]}..."
         bad = _bad_text(value)
         if bad:

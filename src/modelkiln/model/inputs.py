@@ -17,6 +17,7 @@ from typing import Any
 
 from ..artifacts import names as files
 from ..errors import display_path
+from ..sources.uris import is_remote
 from . import bundle as m
 from .checker import MISSING, Checker, Data, kind_of
 from .files import BadFile, head_labels, read_json, type_name
@@ -139,9 +140,11 @@ def source(c: Checker, data: Data) -> tuple[m.Source, list[str] | None]:
     src = data["source"]
     ckpt = c.path(_CKPT, src["checkpoint"], "dir")
     head = None
-    if ckpt is not None and kind_of(ckpt) == "dir":
+    remote = is_remote(src["checkpoint"])  # read what `kiln lock` fetched; never the network
+    if ckpt is not None and (kind_of(ckpt / files.CONFIG) == "file" if remote else kind_of(ckpt) == "dir"):
         head = _config(c, ckpt, src["task"])
-        _weights(c, ckpt)
+        if not remote:  # a remote checkpoint's shard headers are checked by the weights stage
+            _weights(c, ckpt)
     tok = c.path(("source", "tokenizer"), src.get("tokenizer"), "dir") if "tokenizer" in src else ckpt
     return m.Source(ckpt or Path(), src["task"], tok or Path(), src.get("dtype")), head
 

@@ -1,10 +1,19 @@
-"""What every stage shares: the pure plan it returns, the context it runs in, the directory layout.
+"""What every stage shares: the `Stage` protocol, the pure plan it returns, the context it runs in.
 
-A stage module provides:
+A stage is one module that satisfies `Stage` (mypy checks every module the graph's table holds):
+    NAME, DOC                              its task basename and the one line `doit list` shows
     CODE_VERSION: str                      bump it when the stage's output for the same inputs changes
+    READS: tuple[str, ...]                 the stages whose outputs it may read (ordering of plug-ins)
+    WRITES: tuple[str, ...] | None         the outputs a cached record may hold (`*` within one path
+                                           segment; a name without `*` is required); None: unchecked
+    TOOLS: tuple[str, ...]                 distributions whose versions shape its output (cache key)
+    PLATFORM: str | None                   "cpu-int8" | "gpu" | None: the machine class it depends on
     plan(bundle, layout) -> list[StagePlan] pure: no file reads beyond listing, no heavy imports
-    run(ctx: RunContext) -> Report | None  writes outputs into ctx.out; may return a JSON-able report
-Heavy libraries are imported inside `run`, never at module level.
+    run(ctx: RunContext) -> Report | None  writes outputs into ctx.out (ctx.plan is the plan it runs)
+Heavy libraries are imported inside `run`, never at module level. A stage whose tools or platform
+class depend on the plan adds `tools_for(plan)` / `platform_class(plan)` (`PlanTools`,
+`PlanPlatform`). Third-party stages register the same way as these: an entry point in the
+`modelkiln.stages` group naming the module (see graph.plans and the README's "Extending modelkiln").
 """
 from __future__ import annotations
 
@@ -14,8 +23,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
+from .. import sources
 from ..artifacts.digest import StatCache, canonical_json, sha256_bytes
 from ..errors import BuildError
 from ..model.bundle import Bundle, Onnx
@@ -61,7 +71,11 @@ def stage_plan(bundle: Bundle, layout: Layout, stage: str, *, doc: str, params: 
 def regular_files(directory: Path) -> set[str]:
     """Names of the regular files (symlinks followed) directly in `directory`, from one listing:
     a plan that looks for a dozen possible file names lists the directory once instead of
-    stat'ing each name. Empty when `directory` cannot be listed."""
+    stat'ing each name. Empty when `directory` cannot be listed. A remote source's tree lists
+    what its lock holds, fetched or not."""
+    pinned = sources.pins.listing(directory)
+    if pinned is not None:
+        return pinned
     out: set[str] = set()
     try:
         with os.scandir(directory) as entries:
@@ -130,6 +144,43 @@ class RunContext:
         """The stamp an upstream stage wrote: its inputs, outputs and report."""
         stamp: Stamp = json.loads(self.upstream[stage].stamp.read_bytes())
         return stamp  # the graph wrote it before this task could start
+
+
+class Stage(Protocol):
+    """A build stage: one module (or any object) with these members. Read-only members, so a
+    module's plain constants satisfy them."""
+
+    @property
+    def NAME(self) -> str: ...
+    @property
+    def DOC(self) -> str: ...
+    @property
+    def CODE_VERSION(self) -> str: ...
+    @property
+    def READS(self) -> tuple[str, ...]: ...
+    @property
+    def WRITES(self) -> tuple[str, ...] | None: ...
+    @property
+    def TOOLS(self) -> tuple[str, ...]: ...
+    @property
+    def PLATFORM(self) -> str | None: ...
+
+    def plan(self, bundle: Bundle, layout: Layout, /) -> list[StagePlan]: ...
+    def run(self, ctx: RunContext, /) -> Report | None: ...
+
+
+@runtime_checkable
+class PlanTools(Protocol):
+    """A stage whose tools depend on the plan (package: per backend)."""
+
+    def tools_for(self, plan: StagePlan, /) -> tuple[str, ...]: ...
+
+
+@runtime_checkable
+class PlanPlatform(Protocol):
+    """A stage that names its own platform class (trt: architecture, TensorRT, CUDA flavour)."""
+
+    def platform_class(self, plan: StagePlan, /) -> str: ...
 
 
 def reason(exc: BaseException, limit: int = 300) -> str:

@@ -33,8 +33,13 @@ from ..paths import Layout
 from . import trt
 from .base import Report, RunContext, StagePlan, params, stage_plan
 
+NAME = "engines"
+DOC = "this host's TensorRT engine plus the same model's engines from other runners (cache)"
+READS: tuple[str, ...] = ("trt",)
+WRITES: tuple[str, ...] | None = ("engines/sm*/*", "parity/sm*/*", "left_out.json")
+PLATFORM: str | None = None
 CODE_VERSION = "1"
-CACHE_TOOLS: tuple[str, ...] = ()
+TOOLS: tuple[str, ...] = ()
 STAGE = "engines"
 FOREIGN = "foreign"  # plan.extra: fetched engine sets, one directory per line
 LEFT_OUT = "left_out"  # plan.extra: JSON {platform: why} of index entries the graph refused

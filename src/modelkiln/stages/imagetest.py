@@ -39,9 +39,14 @@ from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params
 from .smoke import SAMPLES
 
+NAME = "imagetest"
+DOC = "run the serving image in a container engine; its answers must match the build"
+READS: tuple[str, ...] = ("image", "package")
+TOOLS: tuple[str, ...] = ()
+PLATFORM: str | None = None
 CODE_VERSION = "1"
 REPORT = "imagetest.json"
-CACHE_OUTPUTS = (REPORT,)  # what a restored action record may hold
+WRITES: tuple[str, ...] | None = (REPORT,)  # what a restored action record may hold
 DEFAULT_ATOL = 1e-4
 DEFAULT_ROWS = 200
 

@@ -26,6 +26,12 @@ from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, stage_plan
 from .infer import Batch
 
+NAME = "int8"
+DOC = "quantize the ONNX model to int8 with onnxruntime"
+READS: tuple[str, ...] = ("onnx", "tokenizer")
+WRITES: tuple[str, ...] | None = None  # the model plus the external data its report names (graph.remote.declared)
+TOOLS: tuple[str, ...] = ("onnx", "onnxruntime", "numpy")
+PLATFORM: str | None = "cpu-int8"
 CODE_VERSION = "1"
 OUTPUT = names.ONNX_INT8
 CALIBRATION_ROWS = 256  # static mode: activation ranges from at most this many texts

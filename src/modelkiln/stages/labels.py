@@ -14,6 +14,12 @@ from ..model.files import BadFile, expect_object, expect_strings, head_labels, r
 from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, stage_plan
 
+NAME = "labels"
+DOC = "write label order and registry label fields, checked against the model head"
+READS: tuple[str, ...] = ("weights",)
+WRITES: tuple[str, ...] | None = (names.LABEL_ORDER, names.LABEL_FIELDS)
+TOOLS: tuple[str, ...] = ()
+PLATFORM: str | None = None
 CODE_VERSION = "1"
 
 

@@ -25,6 +25,12 @@ from ..model.bundle import Bundle
 from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, stage_plan, tool_versions
 
+NAME = "onnx"
+DOC = "export to ONNX (fp32) with dynamic batch and sequence axes"
+READS: tuple[str, ...] = ("weights",)
+WRITES: tuple[str, ...] | None = None  # the model plus the external data its report names (graph.remote.declared)
+TOOLS: tuple[str, ...] = ("torch", "transformers", "optimum", "optimum-onnx", "onnx")
+PLATFORM: str | None = None
 CODE_VERSION = "2"  # 2: the report records the graph's inputs (name, dtype, shape) for the card
 MODEL = "model.onnx"
 EXPORT_TASK = "text-classification"  # the exporter's name for a sequence-classification head

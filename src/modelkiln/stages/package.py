@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import Any, cast
 
 from ..artifacts import manifest as mf
 from ..artifacts import names
@@ -32,10 +32,17 @@ from ..model.files import BadFile, read_json
 from ..model.version import resolve
 from ..paths import Layout
 from ..resources import resource_bytes
-from . import engines, int8, labels, thresholds, tokenizer, weights
+from . import engines, int8, kinds, labels, thresholds, tokenizer, weights
 from .base import Report, RunContext, StagePlan, params, tool_versions
 from .card import chart_svg, front_matter, metrics_table, parity_table, prose
 
+NAME = "package"
+DOC = "pack bundle.tar.gz and manifest.json per backend"
+READS: tuple[str, ...] = ("weights", "tokenizer", "labels", "thresholds", "onnx", "int8", "parity",
+                          "smoke", "engines", "trtparity")
+WRITES: tuple[str, ...] | None = (names.ARCHIVE, names.MANIFEST)
+TOOLS: tuple[str, ...] = ()  # per backend: tools_for(plan)
+PLATFORM: str | None = None
 CODE_VERSION = "7"  # 4: the manifest records the serving signature; 5: weights stored by a
 # spread sample (artifacts.tarball); 6: the card lists the model's real inputs; 7: the card shows
 # per-label metrics, the parity table, the spec's card section and a chart (stages/card.py)
@@ -63,11 +70,12 @@ _NO_TOKEN_TYPES = frozenset({"MPNetTokenizer", "RobertaTokenizer", "XLMRobertaTo
                              "DistilBertTokenizer", "CamembertTokenizer", "LongformerTokenizer",
                              "BartTokenizer", "GPT2Tokenizer", "T5Tokenizer"})
 _DEFAULT_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
-TOOLS = {"pytorch": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors"),
-         "onnx": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors", "optimum",
-                  "optimum-onnx", "onnx", "onnxruntime"),
-         "tensorrt": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors",
-                      "optimum", "optimum-onnx", "onnx", "onnxruntime", "tensorrt")}
+BACKEND_TOOLS = {
+    "pytorch": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors"),
+    "onnx": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors", "optimum",
+             "optimum-onnx", "onnx", "onnxruntime"),
+    "tensorrt": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors",
+                 "optimum", "optimum-onnx", "onnx", "onnxruntime", "tensorrt")}
 
 
 _PACKED = {"weights": weights, "tokenizer": tokenizer, "labels": labels, "thresholds": thresholds,
@@ -185,7 +193,7 @@ def _source_inputs(bundle: Bundle, layout: Layout, backend: str,
                    planned: Mapping[str, Sequence[StagePlan]]) -> tuple[Path, ...]:
     """Every source file the packed stages read: what the manifest's `inputs` record."""
     found: set[Path] = set()
-    for stage, _wanted in CONTENTS[backend]:
+    for stage, _wanted in _contents(bundle, backend):
         plans = planned[stage] if stage in planned else _PACKED[stage].plan(bundle, layout)
         for p in plans:
             found.update(p.inputs)
@@ -197,6 +205,11 @@ def _card_digest() -> str:
     return sha256_bytes(resource_bytes("templates", "model_card.md"))
 
 
+def tools_for(plan: StagePlan) -> tuple[str, ...]:
+    """The distributions whose versions shape this backend's package (also in its manifest)."""
+    return BACKEND_TOOLS.get(plan.backend or "", ())
+
+
 def plan(bundle: Bundle, layout: Layout,
          planned: Mapping[str, Sequence[StagePlan]] | None = None) -> list[StagePlan]:
     """One task per enabled backend. `planned` holds the plans of stages already planned for
@@ -204,7 +217,7 @@ def plan(bundle: Bundle, layout: Layout,
     version = resolve(bundle.version, bundle.root)
     plans = []
     for backend in bundle.backends:
-        stages = [s for s, _ in CONTENTS[backend]] + list(REPORTS[backend]) + \
+        stages = [s for s, _ in _contents(bundle, backend)] + list(_reports(bundle, backend)) + \
             ([GRAPH[backend]] if backend in GRAPH else [])
         plans.append(StagePlan(
             task=f"package:{bundle.name}-{backend}", stage="package", bundle=bundle.name,
@@ -220,6 +233,17 @@ def plan(bundle: Bundle, layout: Layout,
             backend=backend, extra=(("version", version),),
         ))
     return plans
+
+
+def _contents(bundle: Bundle, backend: str) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
+    """What one backend's bundle packs: CONTENTS, or the task kind's own list (stages/kinds)."""
+    kind = kinds.kind_of(bundle)
+    return kind.contents[backend] if kind else CONTENTS[backend]
+
+
+def _reports(bundle: Bundle, backend: str) -> tuple[str, ...]:
+    kind = kinds.kind_of(bundle)
+    return kind.reports[backend] if kind else REPORTS[backend]
 
 
 def serving_signature(ctx: RunContext) -> mf.Signature:
@@ -241,7 +265,7 @@ def run(ctx: RunContext) -> Report:
     members: list[tuple[str, Path]] = []
     files: list[mf.FileEntry] = []
     inputs: dict[str, str] = {}
-    for stage, wanted in CONTENTS[backend]:
+    for stage, wanted in _contents(ctx.bundle, backend):
         stamp = ctx.up_stamp(stage)
         for rel, digest in sorted(stamp["outputs"].items()):
             if wanted is None or any(rel == w or (w.endswith("/") and rel.startswith(w))
@@ -250,11 +274,13 @@ def run(ctx: RunContext) -> Report:
                 members.append((rel, path))
                 files.append({"path": rel, "size": path.stat().st_size, "sha256": digest})
         inputs.update({k: v for k, v in stamp["inputs"].items() if not k.startswith("@")})
-    reports = {stage: ctx.up_stamp(stage)["report"] for stage in REPORTS[backend]}
+    reports = {stage: ctx.up_stamp(stage)["report"] for stage in _reports(ctx.bundle, backend)}
     version = ctx.plan.get("version") or ctx.bundle.version
-    tools = tool_versions(*TOOLS[backend])
+    tools = tool_versions(*BACKEND_TOOLS[backend])
     card = ctx.out / ".model_card.md"
-    card.write_text(model_card(ctx, backend, version, reports, tools))
+    kind = kinds.kind_of(ctx.bundle)
+    card.write_text(kind.card(ctx, backend, version, reports, tools) if kind
+                    else model_card(ctx, backend, version, reports, tools))
     members.append((CARD, card))
     files.append({"path": CARD, "size": card.stat().st_size, "sha256": sha256_file(card)})
     chart = ctx.out / ".model_card_chart.svg"
@@ -268,7 +294,7 @@ def run(ctx: RunContext) -> Report:
         name=ctx.bundle.name, version=version, backend=backend, files=files, inputs=inputs,
         spec_digest=spec_digest(ctx.bundle, backend), tools=tools,
         parity=_checks(reports), metadata=dict(ctx.bundle.metadata),
-        signature=serving_signature(ctx))
+        signature=cast(mf.Signature, kind.signature(ctx)) if kind else serving_signature(ctx))
     inner = ctx.out / ".bundle-manifest.json"
     inner.write_bytes(mf.dumps(manifest))
     archive = ctx.out / mf.ARCHIVE

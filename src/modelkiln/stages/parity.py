@@ -30,6 +30,12 @@ from ..model.bundle import Bundle, Quantize
 from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, stage_plan
 
+NAME = "parity"
+DOC = "parity gates: fp32 ONNX vs PyTorch logits, int8 decision flips"
+READS: tuple[str, ...] = ("weights", "tokenizer", "labels", "thresholds", "onnx", "int8")
+WRITES: tuple[str, ...] | None = ("parity.json", "parity.md")
+TOOLS: tuple[str, ...] = ("onnxruntime", "torch", "transformers", "numpy")
+PLATFORM: str | None = "cpu-int8"
 CODE_VERSION = "2"  # 2: single-label decisions are the top label only (decisions.py)
 WORST = 3  # labels named in a failure message
 

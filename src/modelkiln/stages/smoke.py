@@ -22,6 +22,12 @@ from ..model.bundle import Bundle
 from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, stage_plan
 
+NAME = "smoke"
+DOC = "load the ONNX bundle as a consumer would and run a sample"
+READS: tuple[str, ...] = ("tokenizer", "labels", "thresholds", "int8")
+WRITES: tuple[str, ...] | None = ("smoke.json",)
+TOOLS: tuple[str, ...] = ("onnxruntime", "tokenizers", "transformers")
+PLATFORM: str | None = "cpu-int8"
 CODE_VERSION = "2"  # 2: single-label decisions are the top label only (decisions.py)
 SAMPLES = ("modelkiln smoke test",
            "patient procedure performed under moderate sedation with the scope in the left "

@@ -25,6 +25,12 @@ from ..model.bundle import Bundle
 from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, section, stage_plan
 
+NAME = "thresholds"
+DOC = "choose per-label decision thresholds (fixed or calibrated)"
+READS: tuple[str, ...] = ("weights", "tokenizer", "labels")
+WRITES: tuple[str, ...] | None = (names.THRESHOLDS, names.THRESHOLD_METRICS)
+TOOLS: tuple[str, ...] = ("numpy", "torch", "transformers", "tokenizers")
+PLATFORM: str | None = None
 CODE_VERSION = "2"  # 2: single-label floors; no silent always-positive cut
 
 

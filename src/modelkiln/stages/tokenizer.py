@@ -13,6 +13,12 @@ from ..model.files import BadFile, read_json
 from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, reason, regular_files, stage_plan
 
+NAME = "tokenizer"
+DOC = "copy tokenizers and check they load as fast tokenizers"
+READS: tuple[str, ...] = ()
+WRITES: tuple[str, ...] | None = None  # its inputs' names under tokenizer/ (graph.remote.declared)
+TOOLS: tuple[str, ...] = ("tokenizers", "transformers")
+PLATFORM: str | None = None
 CODE_VERSION = "1"
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
          "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",

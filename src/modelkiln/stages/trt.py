@@ -33,8 +33,13 @@ from ..paths import Layout
 from . import onnx_lint, trt_builder
 from .base import Report, RunContext, StagePlan, params, stage_plan
 
+NAME = "trt"
+DOC = "build a TensorRT engine for this host's GPU from the ONNX model (skipped without one)"
+READS: tuple[str, ...] = ("onnx", "int8", "tokenizer")
+WRITES: tuple[str, ...] | None = ("engines/sm*/*", "parity/sm*/*")
+PLATFORM: str | None = None  # its own class: platform_class(plan)
 CODE_VERSION = "1"
-CACHE_TOOLS = ("onnx", "onnxruntime", "numpy", "tokenizers", "transformers")
+TOOLS: tuple[str, ...] = ("onnx", "onnxruntime", "numpy", "tokenizers", "transformers")
 PARITY_DIR = "parity"
 TIMING_DIR = "trt-timing"  # under .kiln/: timing caches, one per platform class and family
 

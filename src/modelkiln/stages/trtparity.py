@@ -24,8 +24,13 @@ from ..model.bundle import Bundle
 from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, stage_plan
 
+NAME = "trtparity"
+DOC = "parity gates: TensorRT engine logits and decision flips vs the fp32 ONNX model"
+READS: tuple[str, ...] = ("engines", "labels", "thresholds")
+WRITES: tuple[str, ...] | None = ("trt_parity.json", "trt_parity.md")
+PLATFORM: str | None = None
 CODE_VERSION = "2"  # 2: single-label decisions are the top label only (decisions.py)
-CACHE_TOOLS = ("numpy",)
+TOOLS: tuple[str, ...] = ("numpy",)
 WORST = 3
 
 

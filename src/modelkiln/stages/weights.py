@@ -23,6 +23,12 @@ from .base import Report, RunContext, StagePlan, params, reason, regular_files, 
 
 StateDict = dict[str, Any]  # parameter name -> torch.Tensor (torch is imported only in run)
 
+NAME = "weights"
+DOC = "convert checkpoints to safetensors and check they load"
+READS: tuple[str, ...] = ()
+WRITES: tuple[str, ...] | None = (names.CONFIG, names.WEIGHTS)
+TOOLS: tuple[str, ...] = ("torch", "safetensors", "transformers")
+PLATFORM: str | None = None
 CODE_VERSION = "1"
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
