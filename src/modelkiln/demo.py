@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the bundles directory to write into (default: bundles)")
     target = Path(parser.parse_args(argv).dir)
     make_example_inputs(target)
+    from .demo_fleet import make_fleet_inputs  # the other task kinds' examples (memory, ...)
+
+    make_fleet_inputs(target)
     print(f"example inputs written under {target}/")
     return 0
 

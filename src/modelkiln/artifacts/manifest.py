@@ -52,6 +52,7 @@ class Signature(TypedDict):
     score: str  # how logits become scores (artifacts/decisions.SCORE_RULE)
     decision: str  # how scores become labels, with thresholds.json
     output: dict[str, str]  # the answer's fields and what they hold
+    embedding: NotRequired[dict[str, Any]]  # feature-extraction: dimension, pooling, normalize, ...
 
 
 class BundleManifest(TypedDict):

@@ -18,6 +18,7 @@ from ..errors import UsageError
 from ..model.bundle import BACKENDS, Bundle
 from ..paths import Layout
 from ..stages import (
+    embed_parity,
     engines,
     image,
     imagetest,
@@ -33,6 +34,7 @@ from ..stages import (
     trtparity,
     weights,
 )
+from ..stages import kinds
 from ..stages.base import Stage, StagePlan
 
 BUILTIN_STAGES: dict[str, Stage] = {
@@ -43,6 +45,7 @@ BUILTIN_STAGES: dict[str, Stage] = {
     "onnx": onnx,
     "int8": int8,
     "parity": parity,
+    "embed_parity": embed_parity,
     "smoke": smoke,
     "trt": trt,
     "engines": engines,
@@ -92,6 +95,9 @@ def plan_bundle(bundle: Bundle, skip: frozenset[str] = frozenset()) -> list[Stag
     plans: list[StagePlan] = []
     by_stage: dict[str, list[StagePlan]] = {}
     for name, stage in STAGES.items():
+        if not kinds.planned(bundle, name):  # a task kind's stage set leaves this one out
+            by_stage[name] = []
+            continue
         # package's inputs are its packed stages' inputs: handed over, not planned twice
         found = package.plan(bundle, layout, by_stage) if stage is package \
             else stage.plan(bundle, layout)

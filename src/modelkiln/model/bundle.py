@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import Problem
+from .kinds import Embedding
 
 BACKENDS = ("pytorch", "onnx", "tensorrt")
 
@@ -17,7 +18,7 @@ BACKENDS = ("pytorch", "onnx", "tensorrt")
 @dataclass(frozen=True)
 class Source:
     checkpoint: Path
-    task: str  # multi-label-classification | single-label-classification
+    task: str  # multi-label-classification | single-label-classification | feature-extraction
     tokenizer: Path
     dtype: str | None  # None keeps the stored dtype
 
@@ -151,6 +152,7 @@ class Bundle:
     sections: tuple[tuple[str, str], ...]  # top-level section -> canonical JSON
     image: ImageSpec | None = None
     card: Card = Card()
+    embedding: Embedding | None = None  # source.task feature-extraction (model/kinds.py)
 
     def section(self, key: str) -> str:
         """Canonical JSON of one top-level spec section ('null' when absent)."""

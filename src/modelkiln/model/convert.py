@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import SpecError
 from ..paths import project_root
 from . import bundle as m
-from . import inputs
+from . import inputs, kinds
 from .checker import Checker as _Checker
 from .checker import Data, Document, kind_of
 
@@ -170,8 +170,13 @@ def to_bundle(doc: Document) -> m.Bundle:
     root = project_root(doc.path)
     c = _Checker(doc, root)
     source, head = inputs.source(c, data)
-    labels = inputs.labels(c, data, head)
-    thresholds = _thresholds(c, data, labels.names)
+    embedding = kinds.embedding(c, data, source.checkpoint if "checkpoint" in data["source"] else None)
+    if embedding is not None:  # a kind of its own: no labels, no thresholds (the schema says so)
+        labels = m.Labels(Path(), Path(), ())
+        thresholds = m.Thresholds("fixed", 0.5, (), embedding.calibration, 1, embedding.max_length)
+    else:
+        labels = inputs.labels(c, data, head)
+        thresholds = _thresholds(c, data, labels.names)
     pytorch = bool(data["backends"].get("pytorch", {}).get("enabled", True)) \
         if "pytorch" in data["backends"] else False
     onnx = _onnx(c, data, thresholds.calibration)
@@ -192,7 +197,7 @@ def to_bundle(doc: Document) -> m.Bundle:
         metadata=tuple(sorted(data.get("metadata", {}).items())), card=_card(data),
         sections=tuple(sorted((k, json.dumps(v, sort_keys=True, separators=(",", ":")))
                               for k, v in data.items())),
-        image=image,
+        image=image, embedding=embedding,
     )
 
 

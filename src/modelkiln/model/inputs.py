@@ -142,7 +142,8 @@ def source(c: Checker, data: Data) -> tuple[m.Source, list[str] | None]:
     head = None
     remote = is_remote(src["checkpoint"])  # read what `kiln lock` fetched; never the network
     if ckpt is not None and (kind_of(ckpt / files.CONFIG) == "file" if remote else kind_of(ckpt) == "dir"):
-        head = _config(c, ckpt, src["task"])
+        # a task kind of its own (embeddings) has no classification head to read labels from
+        head = _config(c, ckpt, src["task"]) if src["task"] in PROBLEM_TYPES.values() else None
         if not remote:  # a remote checkpoint's shard headers are checked by the weights stage
             _weights(c, ckpt)
     tok = c.path(("source", "tokenizer"), src.get("tokenizer"), "dir") if "tokenizer" in src else ckpt

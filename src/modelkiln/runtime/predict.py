@@ -57,6 +57,15 @@ class Predictor:
                 "scores": {lab: float(p) for lab, p in zip(self.labels, probs[0], strict=True)}}
 
 
+@dataclass(frozen=True)
+class Embedder(Predictor):
+    """A sentence-embedding bundle (task feature-extraction): the graph pools and normalizes,
+    so the answer is its output row as it is: {"embedding": [floats]}."""
+
+    def answer(self, text: str) -> dict[str, Any]:
+        return {"embedding": [float(x) for x in self.logits(text)]}
+
+
 def _json_file(path: Path) -> Any:
     try:
         return json.loads(path.read_bytes())
@@ -80,6 +89,9 @@ def signature(bundle_dir: Path) -> dict[str, Any]:
 def load(bundle_dir: Path) -> Predictor:
     """Load the bundle for answering; a missing runtime library is one line naming it."""
     sig = signature(bundle_dir)
+    embedding = sig.get("embedding")
+    if isinstance(embedding, dict):
+        return _embedder(bundle_dir, sig, embedding)
     labels = _json_file(bundle_dir / names.LABEL_ORDER)
     cuts = _json_file(bundle_dir / names.THRESHOLDS)
     if not isinstance(labels, list) or not isinstance(cuts, dict):
@@ -110,7 +122,21 @@ def load(bundle_dir: Path) -> Predictor:
                      logits, vector)
 
 
-def _onnx(bundle_dir: Path, max_length: int) -> Callable[[str], Any]:
+def _embedder(bundle_dir: Path, sig: dict[str, Any], embedding: dict[str, Any]) -> Predictor:
+    """Load an embedding bundle's int8 graph (an embedding bundle ships ONNX only)."""
+    if not (bundle_dir / names.ONNX_INT8).is_file():
+        raise KilnError(f"{bundle_dir}: an embedding bundle without {names.ONNX_INT8}; predict "
+                        "serves embeddings from the ONNX bundle")
+    try:
+        vector = _onnx(bundle_dir, int(sig.get("max_length") or 512),
+                       str(embedding.get("output", "sentence_embedding")))
+    except ImportError as exc:
+        raise KilnError(f"predict needs onnxruntime and tokenizers, and {exc.name} is not "
+                        "installed; pip install them beside modelkiln") from None
+    return Embedder(str(sig.get("task")), str(sig.get("input", "text")), (), {}, vector)
+
+
+def _onnx(bundle_dir: Path, max_length: int, output: str = "logits") -> Callable[[str], Any]:
     import numpy as np
     import onnxruntime as ort
     from tokenizers import Tokenizer
@@ -134,7 +160,7 @@ def _onnx(bundle_dir: Path, max_length: int) -> Callable[[str], Any]:
         given = {"input_ids": enc.ids, "attention_mask": enc.attention_mask,
                  "token_type_ids": enc.type_ids}
         feed = {n: np.asarray([given[n]], dtype=np.int64) for n in wanted}
-        return session.run(["logits"], feed)[0][0]
+        return session.run([output], feed)[0][0]
 
     return logits
 

@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import BuildError
 from ..model.bundle import Bundle
 from ..paths import Layout
+from . import kinds
 from .base import Report, RunContext, StagePlan, params, stage_plan, tool_versions
 
 NAME = "onnx"
@@ -47,7 +48,8 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
         upstream=("weights",),
         # Only the export's own settings: thresholds, quantization and gates do not re-export.
         params=params(CODE_VERSION, opset=bundle.onnx.opset, dynamic_axes=list(DYNAMIC_AXES),
-                      **({} if bundle.onnx.opset is not None else {"exporter": tool_versions("optimum")})),
+                      **({} if bundle.onnx.opset is not None else {"exporter": tool_versions("optimum")}),
+                      **(kind.export_params(bundle) if (kind := kinds.kind_of(bundle)) else {})),
         backend="onnx")]
 
 
@@ -162,8 +164,12 @@ def run(ctx: RunContext) -> Report:
     opset = ctx.onnx.opset
     scratch = ctx.out / ".export"
     ctx.log(f"onnx:{ctx.bundle.name}: exporting at {_opset_text(opset)}")
+    kind = kinds.kind_of(ctx.bundle)
     try:
-        _export(ctx.up("weights"), scratch, opset)
+        if kind is not None:  # a task kind exports its own graph (stages/kinds)
+            kind.export(ctx.bundle, ctx.up("weights"), scratch, opset)
+        else:
+            _export(ctx.up("weights"), scratch, opset)
     except BuildError:
         raise
     except Exception as exc:
@@ -184,8 +190,9 @@ def run(ctx: RunContext) -> Report:
               for i in model.graph.input}
     outputs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
                for o in model.graph.output}
-    if "logits" not in outputs:
-        raise BuildError(f"exported model has outputs {sorted(outputs)}, expected 'logits'")
+    expected = kind.output if kind is not None else "logits"
+    if expected not in outputs:
+        raise BuildError(f"exported model has outputs {sorted(outputs)}, expected {expected!r}")
     size = sum((ctx.out / n).stat().st_size for n in [MODEL, *data_files])
     ctx.log(f"onnx:{ctx.bundle.name}: {size / 1e6:.1f} MB, inputs {sorted(inputs)}")
     used = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)

@@ -19,6 +19,7 @@ from ..model.files import BadFile, expect_object, head_labels, read_json
 from ..model.inputs import shard_files
 from ..model.st_header import check_header
 from ..paths import Layout
+from . import kinds
 from .base import Report, RunContext, StagePlan, params, reason, regular_files, stage_plan
 
 StateDict = dict[str, Any]  # parameter name -> torch.Tensor (torch is imported only in run)
@@ -98,11 +99,13 @@ def load_state_dict(ckpt: Path) -> StateDict:
     return state
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    """A checkpoint's config.json as a JSON object, or a BuildError that names it."""
+def read_config(path: Path, head: bool = True) -> dict[str, Any]:
+    """A checkpoint's config.json as a JSON object, or a BuildError that names it. `head`: it
+    must carry a classification head's labels (every task but a kind of its own)."""
     try:
         config = expect_object(read_json(path), str(path), '{"model_type": "bert", ...}')
-        head_labels(config, str(path))
+        if head:
+            head_labels(config, str(path))
     except BadFile as exc:
         raise exc.build_error() from None
     return config
@@ -125,7 +128,8 @@ def run(ctx: RunContext) -> Report:
     from safetensors.torch import save_file
 
     ckpt = ctx.bundle.source.checkpoint
-    config = read_config(ckpt / names.CONFIG)
+    kind = kinds.kind_of(ctx.bundle)
+    config = read_config(ckpt / names.CONFIG, head=kind is None)
     state = load_state_dict(ckpt)
     dtype = ctx.bundle.source.dtype
     if dtype:
@@ -134,18 +138,19 @@ def run(ctx: RunContext) -> Report:
         config["torch_dtype"] = dtype
     save_file(_untie(state), str(ctx.out / names.WEIGHTS), metadata={"format": "pt"})
     (ctx.out / names.CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    _check_loads(ctx.out, len(state), ckpt)
+    _check_loads(ctx.out, len(state), ckpt, kind.auto_class if kind else None)
     ctx.log(f"weights:{ctx.bundle.name}: {len(state)} tensors -> model.safetensors")
     return {"tensors": len(state), "dtype": dtype or "as stored"}
 
 
-def _check_loads(out: Path, count: int, source: Path) -> None:
-    """The converted checkpoint must load into its architecture with no missing or extra keys."""
-    from transformers import AutoModelForSequenceClassification
+def _check_loads(out: Path, count: int, source: Path, auto_class: str | None = None) -> None:
+    """The converted checkpoint must load into its architecture with no missing or extra keys
+    (a task kind names its own transformers Auto class; classifiers load with a head)."""
+    import transformers
 
+    loader = getattr(transformers, auto_class or "AutoModelForSequenceClassification")
     try:
-        _model, info = AutoModelForSequenceClassification.from_pretrained(
-            str(out), output_loading_info=True)
+        _model, info = loader.from_pretrained(str(out), output_loading_info=True)
     except Exception as exc:
         raise BuildError(f"{out}: converted weights do not load with transformers: {reason(exc)}; "
                          "check that config.json matches the weights") from None

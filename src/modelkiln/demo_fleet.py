@@ -1,0 +1,126 @@
+"""The example fleet beyond the classifiers, made by code with fixed seeds (nothing downloaded).
+
+`memory`: a sentence-embedding encoder saved as sentence-transformers saves one (a bare BERT
+encoder plus `modules.json`, `1_Pooling/config.json`, `sentence_bert_config.json`), so its spec
+takes pooling, normalization and length from the checkpoint. The encoder is a tiny BERT trained
+for a few seconds as a topic classifier on the same synthetic text as the classifiers; its
+head is then dropped, so texts on one topic embed near each other and retrieval means something.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the heavy libraries are imported inside the functions that use them
+    from transformers import PreTrainedTokenizerFast
+
+MEMORY_TOPICS = ("bronchoscopy", "sedation", "biopsy", "followup", "imaging", "consent")
+
+
+def _dump(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def write_sentence_transformers_config(out: Path, dimension: int, pooling: str, normalize: bool,
+                                       max_length: int) -> None:
+    """The files sentence-transformers saves beside the encoder (what validation reads)."""
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling",
+                "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
+    _dump(out / "modules.json", modules)
+    _dump(out / "1_Pooling" / "config.json",
+          {"word_embedding_dimension": dimension, "pooling_mode_cls_token": pooling == "cls",
+           "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
+           "pooling_mode_mean_sqrt_len_tokens": False})
+    _dump(out / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
+
+
+FILLER = ("patient", "procedure", "noted", "airway", "normal", "without", "with", "the", "was",
+          "and", "of", "in", "after", "before", "room", "team", "history", "review", "plan")
+
+
+def topic_texts(topics: tuple[str, ...], n: int, seed: int) -> list[tuple[str, int]]:
+    """(text, topic index): filler words plus three made-up keywords of one topic."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        topic = rng.randrange(len(topics))
+        words = [rng.choice(FILLER) for _ in range(rng.randint(3, 6))]
+        for _ in range(3):
+            words.insert(rng.randrange(len(words) + 1), f"{topics[topic]}{rng.randrange(4)}")
+        rows.append((" ".join(words), topic))
+    return rows
+
+
+def make_wordpiece(texts: list[str], out: Path, max_length: int = 256) -> PreTrainedTokenizerFast:
+    """A WordPiece tokenizer whose vocabulary is every corpus word (sorted: deterministic),
+    saved as a fast tokenizer. The classifiers' demo builds the same kind (demo.py); this module
+    keeps its own so that the demo's parser module and this one do not import each other."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = sorted({w for t in texts for w in t.lower().split()})
+    vocab = {w: i for i, w in enumerate(specials + words)}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                   model_max_length=max_length)
+    fast.save_pretrained(str(out))
+    return fast
+
+
+def make_embedding_checkpoint(out: Path, *, seed: int = 11, hidden: int = 64, layers: int = 2,
+                              steps: int = 60, pooling: str = "mean", normalize: bool = True,
+                              max_length: int = 128) -> list[str]:
+    """Write a trained tiny encoder (+ tokenizer, + sentence-transformers files) to `out`;
+    returns held-out texts for calibration."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = topic_texts(MEMORY_TOPICS, 600, seed)
+    tok = make_wordpiece([t for t, _ in rows], out)
+    shape = {"vocab_size": len(tok), "hidden_size": hidden, "num_hidden_layers": layers,
+             "num_attention_heads": max(1, hidden // 32), "intermediate_size": hidden * 4,
+             "max_position_embeddings": 256}
+    config = BertConfig(**shape)
+    classifier = BertForSequenceClassification(BertConfig(**shape, num_labels=len(MEMORY_TOPICS)))
+    opt = torch.optim.AdamW(classifier.parameters(), lr=2e-3)
+    classifier.train()
+    for step in range(steps):  # a few seconds: texts of one topic end up near each other
+        batch = rows[(step * 32) % len(rows):][:32]
+        enc = tok([t for t, _ in batch], padding=True, return_tensors="pt")
+        loss = classifier(**enc, labels=torch.tensor([y for _, y in batch])).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    classifier.bert.config = config  # the bare encoder's config: no head, no labels
+    classifier.bert.save_pretrained(str(out), safe_serialization=True)
+    write_sentence_transformers_config(out, hidden, pooling, normalize, max_length)
+    return [t for t, _ in topic_texts(MEMORY_TOPICS, 120, seed + 1)]
+
+
+def write_texts(path: Path, texts: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+
+
+def make_fleet_inputs(bundles: Path) -> None:
+    """Inputs of bundles/memory.yaml (sentence embeddings, ONNX int8)."""
+    memory = bundles / "memory"
+    texts = make_embedding_checkpoint(memory / "checkpoint")
+    write_texts(memory / "calibration.jsonl", texts)

@@ -1,0 +1,101 @@
+"""Task kinds beyond the classifiers: what `source.task` names and the typed section each needs.
+
+A classifier spec has `labels` and `thresholds`; a `feature-extraction` (sentence embedding) spec
+has an `embedding` section instead: pooling, normalization, maximum length, the calibration texts
+and the gate's limits. Defaults come from the checkpoint's own sentence-transformers files when
+it has them (`1_Pooling/config.json`, `modules.json`, `sentence_bert_config.json`), so a model
+saved by sentence-transformers builds as it is served there without restating its settings.
+Those three files are read here (small JSON, no library): sentence-transformers itself is not a
+dependency, and its loader would import torch during validation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checker import MISSING, Checker, Data
+
+CLASSIFIERS = ("multi-label-classification", "single-label-classification")
+FEATURE_EXTRACTION = "feature-extraction"
+KINDS = (FEATURE_EXTRACTION,)  # tasks with their own stage set (stages/kinds)
+# the capability a registry entry gets from its task alone (callers `--require` it), beside the
+# spec's registry.capabilities
+TASK_CAPABILITIES = {"multi-label-classification": "multi-label",
+                     "single-label-classification": "single-label",
+                     FEATURE_EXTRACTION: "embeddings"}
+
+
+def task_capabilities(task: str, declared: tuple[str, ...]) -> tuple[str, ...]:
+    """The spec's capabilities plus the one the task implies (first, when not declared)."""
+    implied = TASK_CAPABILITIES.get(task)
+    return declared if implied is None or implied in declared else (implied, *declared)
+
+
+@dataclass(frozen=True)
+class EmbeddingParity:
+    min_cosine: float  # int8 vs PyTorch, every row
+    min_fp32_cosine: float  # fp32 ONNX vs PyTorch, every row
+    top_k: int
+    min_topk_agreement: float
+    samples: int | None
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """The `embedding:` section, with the checkpoint's sentence-transformers defaults applied."""
+
+    pooling: str  # mean | cls
+    normalize: bool
+    max_length: int
+    calibration: Path
+    parity: EmbeddingParity
+    dimension: int  # hidden size from config.json (0 when it could not be read)
+
+
+def is_classifier(task: str) -> bool:
+    return task in CLASSIFIERS
+
+
+def _st_defaults(c: Checker, ckpt: Path | None) -> dict[str, Any]:
+    """pooling / normalize / max_length as the checkpoint's sentence-transformers files say."""
+    found: dict[str, Any] = {}
+    if ckpt is None:
+        return found
+    pool = c.json_file(("source", "checkpoint"), ckpt / "1_Pooling" / "config.json")
+    if isinstance(pool, dict):
+        if pool.get("pooling_mode_cls_token"):
+            found["pooling"] = "cls"
+        elif pool.get("pooling_mode_mean_tokens"):
+            found["pooling"] = "mean"
+    modules = c.json_file(("source", "checkpoint"), ckpt / "modules.json")
+    if isinstance(modules, list):
+        found["normalize"] = any(isinstance(m, dict) and str(m.get("type", "")).endswith("Normalize")
+                                 for m in modules)
+    st = c.json_file(("source", "checkpoint"), ckpt / "sentence_bert_config.json")
+    if isinstance(st, dict) and isinstance(st.get("max_seq_length"), int):
+        found["max_length"] = st["max_seq_length"]
+    return found
+
+
+def _dimension(c: Checker, ckpt: Path | None) -> int:
+    config = c.json_file(("source", "checkpoint"), ckpt / "config.json") if ckpt else MISSING
+    size = config.get("hidden_size", config.get("d_model")) if isinstance(config, dict) else None
+    return size if isinstance(size, int) else 0
+
+
+def embedding(c: Checker, data: Data, ckpt: Path | None) -> Embedding | None:
+    """The `embedding:` section of a feature-extraction spec (the schema requires it there)."""
+    e = data.get("embedding")
+    if e is None:
+        return None
+    st = _st_defaults(c, ckpt)
+    cal = c.path(("embedding", "calibration"), e["calibration"], "file")
+    p = e.get("parity", {})
+    parity = EmbeddingParity(float(p.get("min_cosine", 0.99)), float(p.get("min_fp32_cosine", 0.9999)),
+                             int(p.get("top_k", 5)), float(p.get("min_topk_agreement", 0.9)),
+                             p.get("samples"))
+    return Embedding(str(e.get("pooling", st.get("pooling", "mean"))),
+                     bool(e.get("normalize", st.get("normalize", False))),
+                     int(e.get("max_length", st.get("max_length", 128))), cal or Path(), parity,
+                     _dimension(c, ckpt))

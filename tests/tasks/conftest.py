@@ -1,0 +1,31 @@
+"""Tiny seeded models of the other task kinds, built once per session by the real `doit`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import Project, make_project
+from task_specs import MEMORY_SPEC
+
+
+
+@pytest.fixture(scope="session")
+def memory_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded tiny sentence encoder saved as sentence-transformers saves one (mean pooling,
+    normalized), and 60 calibration texts."""
+    from modelkiln import demo_fleet
+
+    directory = tmp_path_factory.mktemp("memory-inputs")
+    texts = demo_fleet.make_embedding_checkpoint(directory / "checkpoint", steps=40)
+    demo_fleet.write_texts(directory / "calibration.jsonl", texts[:60])
+    return directory
+
+
+@pytest.fixture(scope="session")
+def memory_built(tmp_path_factory: pytest.TempPathFactory, memory_inputs: Path) -> Project:
+    root = tmp_path_factory.mktemp("memory-proj")
+    project = make_project(root, memory_inputs, name="memory", spec=MEMORY_SPEC)
+    done = project.doit("build:memory")
+    assert done.code == 0, done.output
+    return project

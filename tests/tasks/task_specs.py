@@ -1,0 +1,18 @@
+"""Specs of the task-kind tests (a module of its own: tests never import a conftest)."""
+
+MEMORY_SPEC = """\
+apiVersion: modelkiln/v1
+kind: Bundle
+name: {name}
+version: "1.0.0"
+source:
+  checkpoint: {name}/checkpoint
+  task: feature-extraction
+embedding:
+  calibration: {name}/calibration.jsonl
+  parity: {{min_cosine: 0.99, top_k: 5, min_topk_agreement: 0.8}}
+backends:
+  pytorch: {{}}
+  onnx:
+    quantize: {{mode: dynamic, weight_type: int8, per_channel: true}}
+"""
