@@ -15,8 +15,8 @@ import pytest
 from modelkiln.artifacts.digest import sha256_file
 from modelkiln.sources.cache import FetchCache
 from modelkiln.sources.fetch import ensure
-from modelkiln.sources.locking import lock_spec
 from modelkiln.sources.lockfile import lock_path, read
+from modelkiln.sources.locking import lock_spec
 
 pytestmark = pytest.mark.s3
 CHILD = Path(__file__).with_name("fetch_child.py")

@@ -180,6 +180,21 @@ def _dig(value: Any, *keys: str) -> Any:
     return value
 
 
+def source_lines(bundle: Bundle, base: str | None) -> list[str]:
+    """One line per remote source whose lock moved since `base` ("- checkpoint: s3://…/run-122 →
+    run-123, 3 of 4 shards changed, +0.0 MB"), from the lock beside the spec at `base` and now."""
+    if base is None:
+        return []
+    from ..sources.review import moves
+
+    roles: dict[Any, str] = {}
+    for place, role in ((bundle.source.checkpoint, "checkpoint"), (bundle.source.tokenizer,
+                        "tokenizer"), (bundle.thresholds.calibration, "calibration")):
+        if place is not None:
+            roles.setdefault(place, role)
+    return [f"- {text(m)}" for m in moves(bundle.spec_path, roles, base)]
+
+
 def render(bundles: Sequence[Bundle], tasks: Sequence[TaskPlan], records: dict[str, ActionRecord],
            cache: ActionCache | None, cache_note: str, base: str | None) -> str:
     by_bundle: dict[str, list[TaskPlan]] = {}
@@ -204,6 +219,7 @@ def _bundle_section(bundle: Bundle, own: list[TaskPlan], records: dict[str, Acti
            ""]
     if changes is not None:
         out += ["Spec changes since base: " + ("; ".join(changes) if changes else "none"), ""]
+    out += source_lines(bundle, base)  # remote sources moved to a new lock
     out += ["| task | action | why |", "|---|---|---|"]
     for t in own:
         why = "; ".join(text(r) for r in t.reasons[:3]) or "-"

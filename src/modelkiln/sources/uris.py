@@ -79,8 +79,8 @@ def parse(text: str) -> SourceUri:
                        "use s3://, oci://, hf://, file:// or a path relative to the spec")
 
 
-def short(uri: str, keep: int = 2) -> str:
-    """`s3://bucket/a/b/run-122/` -> `s3://…/b/run-122`: the last `keep` parts, for one-line
+def short(uri: str, keep: int = 1) -> str:
+    """`s3://bucket/a/run-122/` -> `s3://…/run-122`: the last `keep` parts, for one-line
     summaries."""
     head, _, rest = uri.partition("://")
     parts = [p for p in rest.split("/") if p]
