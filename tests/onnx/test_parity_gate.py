@@ -131,11 +131,15 @@ def test_flip_hint_is_computed_from_the_spec_and_the_data() -> None:
     has_it = gate(report, atol=1.0, max_rate=0.0, quantize=_quantize(per_channel=True))["int8"]
     assert "2 of 12 decisions sit within the int8 error (up to 0.02 in score) of their threshold" in has_it
     assert "per_channel" not in has_it
-    assert "try quantize.mode: static or quantize.op_types: [MatMul], or raise " \
+    assert "try quantize: auto (a fixed list of settings, the smallest that passes is kept) or " \
+           "quantize.mode: static or quantize.op_types: [MatMul], or raise " \
            "backends.onnx.parity.max_decision_flip_rate" in has_it
     lacks_it = gate(report, atol=1.0, max_rate=0.0, quantize=_quantize(per_channel=False))["int8"]
-    assert "try quantize.per_channel: true or quantize.mode: static" in lacks_it
+    assert "kept) or quantize.per_channel: true or quantize.mode: static" in lacks_it
     tried_all = gate(report, atol=1.0, max_rate=0.0, quantize=_quantize(
         mode="static", op_types=("MatMul",)))["int8"]
-    assert tried_all.endswith("of their threshold, so at most 2 can flip; raise "
-                              "backends.onnx.parity.max_decision_flip_rate")
+    assert tried_all.endswith("of their threshold, so at most 2 can flip; try quantize: auto (a "
+                              "fixed list of settings, the smallest that passes is kept), or "
+                              "raise backends.onnx.parity.max_decision_flip_rate")
+    after_auto = gate(report, atol=1.0, max_rate=0.0, quantize=_quantize(mode="auto"))["int8"]
+    assert "try" not in after_auto and "rebuild int8" in after_auto

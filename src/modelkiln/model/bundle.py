@@ -42,12 +42,13 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Quantize:
-    mode: str  # dynamic | static
+    mode: str  # dynamic | static | auto (the int8 stage searches a fixed list of settings)
     weight_type: str  # int8 | uint8
     per_channel: bool
     reduce_range: bool
     op_types: tuple[str, ...] | None
     calibration: Path | None
+    exclude_nodes: tuple[str, ...] = ()  # ONNX node names kept in float (not quantized)
 
 
 @dataclass(frozen=True)

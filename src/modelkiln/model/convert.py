@@ -37,7 +37,9 @@ def _onnx(c: _Checker, data: Data, default_cal: Path | None) -> m.Onnx | None:
     o = data["backends"].get("onnx")
     if o is None or not o.get("enabled", True):
         return None
-    q, p = o.get("quantize", {}), o.get("parity", {})
+    q, p = o.get("quantize", "auto"), o.get("parity", {})
+    if q == "auto":  # no settings given: the int8 stage searches its fixed list (int8_auto)
+        q = {"mode": "auto"}
     qcal = c.path(("backends", "onnx", "quantize", "calibration"), q.get("calibration"), "file")
     if q.get("mode") == "static" and qcal is None and default_cal is None:
         c.fail(("backends", "onnx", "quantize", "mode"), "static quantization needs calibration data",
@@ -47,7 +49,8 @@ def _onnx(c: _Checker, data: Data, default_cal: Path | None) -> m.Onnx | None:
                "set thresholds.calibration (JSONL of text + labels)")
     quant = m.Quantize(q.get("mode", "dynamic"), q.get("weight_type", "int8"),
                        bool(q.get("per_channel", True)), bool(q.get("reduce_range", False)),
-                       tuple(q["op_types"]) if "op_types" in q else None, qcal or default_cal)
+                       tuple(q["op_types"]) if "op_types" in q else None, qcal or default_cal,
+                       tuple(q.get("exclude_nodes", ())))
     parity = m.Parity(float(p.get("atol", 1e-4)), float(p.get("max_decision_flip_rate", 0.01)),
                       p.get("samples"))
     opset = o.get("opset")
@@ -65,8 +68,9 @@ def _tensorrt(c: _Checker, data: Data, onnx: m.Onnx | None,
     precision = t.get("precision", "fp16")
     if precision == "int8" and onnx is not None and onnx.quantize.mode != "static":
         c.fail(("backends", "tensorrt", "precision"), "int8 engines are built from a static Q/DQ "
-               "model, and backends.onnx.quantize.mode is dynamic (MatMulInteger, which TensorRT "
-               "cannot take)", "set backends.onnx.quantize.mode: static, or precision: fp16")
+               f"model, and backends.onnx.quantize is {onnx.quantize.mode} (dynamic int8, "
+               "MatMulInteger, which TensorRT cannot take)",
+               "set backends.onnx.quantize.mode: static, or precision: fp16")
     prof = t.get("profiles", {})
     batch = _trt_range(c, prof, "batch", (1, 8, 32))
     sequence = _trt_range(c, prof, "sequence", (1, max_length, max_length))

@@ -11,6 +11,12 @@ quantizing every op (the quantizer's default) moves scores far more. `weight_typ
 The plan depends only on the quantization settings (and, for static mode, on the calibration
 file and the tokenizer): editing thresholds or parity limits never re-quantizes, and editing
 quantization never re-exports.
+
+`quantize: auto` (the default when the spec gives no settings) is a search over a fixed list of
+settings scored with the parity gate's own measure (int8_auto). Its choice depends on the
+shipped thresholds, the parity limit and rows, and the PyTorch reference, so in auto mode those
+are inputs of this stage too: a thresholds edit re-runs the search (and keeps the same choice
+when the figures still allow it); nothing else does.
 """
 from __future__ import annotations
 
@@ -21,16 +27,16 @@ from typing import Any
 
 from ..artifacts import names
 from ..errors import BuildError
-from ..model.bundle import Bundle
+from ..model.bundle import Bundle, Quantize
 from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, stage_plan
 from .infer import Batch
 
 NAME = "int8"
 DOC = "quantize the ONNX model to int8 with onnxruntime"
-READS: tuple[str, ...] = ("onnx", "tokenizer")
+READS: tuple[str, ...] = ("onnx", "tokenizer", "weights", "labels", "thresholds")  # auto: all
 WRITES: tuple[str, ...] | None = None  # the model plus the external data its report names (graph.remote.declared)
-TOOLS: tuple[str, ...] = ("onnx", "onnxruntime", "numpy")
+TOOLS: tuple[str, ...] = ("onnx", "onnxruntime", "numpy", "torch", "transformers")  # auto
 PLATFORM: str | None = "cpu-int8"
 CODE_VERSION = "1"
 OUTPUT = names.ONNX_INT8
@@ -42,10 +48,14 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
     if bundle.onnx is None:
         return []
     q = bundle.onnx.quantize
+    if q.mode == "auto":
+        return [_auto_plan(bundle, layout)]
     static = q.mode == "static"
     values: dict[str, Any] = {"mode": q.mode, "weight_type": q.weight_type,
                               "per_channel": q.per_channel, "reduce_range": q.reduce_range,
                               "op_types": list(q.op_types) if q.op_types else None}
+    if q.exclude_nodes:  # only when set, so the plans of specs without it stay as they were
+        values["exclude_nodes"] = list(q.exclude_nodes)
     if static:  # the texts' bytes are an input; how they are cut into tokens is a parameter
         values.update(max_length=bundle.thresholds.max_length, rows=CALIBRATION_ROWS)
     return [stage_plan(
@@ -53,6 +63,26 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
         inputs=(q.calibration,) if static and q.calibration else (),
         upstream=("onnx", "tokenizer") if static else ("onnx",),
         params=params(CODE_VERSION, quantize=values), backend="onnx")]
+
+
+def _auto_plan(bundle: Bundle, layout: Layout) -> StagePlan:
+    """The search scores candidates as the parity gate does, so it reads what parity reads."""
+    from .int8_auto import CANDIDATES_VERSION
+
+    assert bundle.onnx is not None
+    p, cal = bundle.onnx.parity, bundle.thresholds.calibration
+    files = {f for f in (cal, bundle.onnx.quantize.calibration) if f is not None}
+    return stage_plan(
+        bundle, layout, "int8",
+        doc=f"quantize {bundle.name}'s ONNX model to int8 (auto: the smallest of a fixed list "
+            f"within {p.max_decision_flip_rate:g} decision flips)",
+        inputs=tuple(sorted(files)),
+        upstream=("weights", "tokenizer", "labels", "thresholds", "onnx"),
+        params=params(CODE_VERSION, quantize={"mode": "auto", "candidates": CANDIDATES_VERSION},
+                      max_decision_flip_rate=p.max_decision_flip_rate, samples=p.samples,
+                      max_length=bundle.thresholds.max_length, rows=CALIBRATION_ROWS,
+                      task=bundle.source.task),
+        backend="onnx")
 
 
 class _TextReader:
@@ -68,12 +98,11 @@ class _TextReader:
         pass
 
 
-def _calibration_rows(ctx: RunContext, input_names: list[str]) -> list[Batch]:
+def _calibration_rows(ctx: RunContext, q: Quantize, input_names: list[str]) -> list[Batch]:
     import numpy as np
 
     from .infer import encode, read_calibration
 
-    q = ctx.onnx.quantize
     texts, _ = read_calibration(q.calibration, ctx.bundle.labels.names, limit=CALIBRATION_ROWS)
     tok_dir = ctx.up("tokenizer") / names.TOKENIZER_DIR
     rows = []
@@ -87,7 +116,7 @@ def _calibration_rows(ctx: RunContext, input_names: list[str]) -> list[Batch]:
     return rows
 
 
-def _quantize(ctx: RunContext, src: Path, dst: Path, large: bool) -> None:
+def _quantize(ctx: RunContext, q: Quantize, src: Path, dst: Path, large: bool) -> None:
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -98,20 +127,21 @@ def _quantize(ctx: RunContext, src: Path, dst: Path, large: bool) -> None:
 
     from .infer import ort_session
 
-    q = ctx.onnx.quantize
     weight_type = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[q.weight_type]
     op_types = list(q.op_types) if q.op_types else None
+    exclude = list(q.exclude_nodes) or None
     if q.mode == "dynamic":
         quantize_dynamic(src, dst, op_types_to_quantize=op_types, per_channel=q.per_channel,
                          reduce_range=q.reduce_range, weight_type=weight_type,
-                         use_external_data_format=large)
+                         nodes_to_exclude=exclude, use_external_data_format=large)
         return
     names = [i.name for i in ort_session(src).get_inputs()]
-    reader = _TextReader(_calibration_rows(ctx, names))
+    reader = _TextReader(_calibration_rows(ctx, q, names))
     quantize_static(src, dst, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
                     per_channel=q.per_channel, reduce_range=q.reduce_range,
                     activation_type=QuantType.QUInt8, weight_type=weight_type,
-                    calibrate_method=CalibrationMethod.MinMax, use_external_data_format=large)
+                    nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
+                    use_external_data_format=large)
 
 
 def _op_counts(path: Path) -> dict[str, int]:
@@ -124,6 +154,38 @@ def _op_counts(path: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def quantize_into(ctx: RunContext, q: Quantize, src: Path, out: Path) -> list[str]:
+    """Quantize `src` with `q` into directory `out` (the model and any external data); returns
+    the external data file names. A quantizer failure is one BuildError line."""
+    from .onnx import check_external_data
+
+    scratch = out / ".quantize"
+    scratch.mkdir()
+    dst = scratch / OUTPUT
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's "consider pre-processing" nag
+    try:
+        try:
+            _quantize(ctx, q, src, dst, large=False)
+        except ValueError as exc:  # the int8 protobuf itself is over 2 GB: external data
+            if "2GB" not in str(exc) and "2 GB" not in str(exc):
+                raise
+            _quantize(ctx, q, src, dst, large=True)
+    except BuildError:
+        raise
+    except Exception as exc:
+        raise BuildError(f"quantization ({q.mode}) failed: {type(exc).__name__}: "
+                         f"{str(exc)[:400]}; check backends.onnx.quantize "
+                         "(op_types, weight_type, exclude_nodes)") from None
+    finally:
+        logging.getLogger().setLevel(quiet)
+    data_files = check_external_data(dst)
+    for name in [OUTPUT, *data_files]:
+        shutil.move(str(scratch / name), str(out / name))
+    shutil.rmtree(scratch)
+    return data_files
+
+
 def run(ctx: RunContext) -> Report:
     from .onnx import MODEL, check_external_data
 
@@ -131,36 +193,26 @@ def run(ctx: RunContext) -> Report:
     src = ctx.up("onnx") / MODEL
     fp32_files = [MODEL, *check_external_data(src)]
     fp32_bytes = sum((src.parent / n).stat().st_size for n in fp32_files)
-    scratch = ctx.out / ".quantize"
-    scratch.mkdir()
-    dst = scratch / OUTPUT
-    ctx.log(f"int8:{ctx.bundle.name}: quantizing ({q.mode}, {q.weight_type}, "
-            f"per_channel={q.per_channel}, reduce_range={q.reduce_range})")
-    quiet = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's "consider pre-processing" nag
-    try:
-        try:
-            _quantize(ctx, src, dst, large=False)
-        except ValueError as exc:  # the int8 protobuf itself is over 2 GB: external data
-            if "2GB" not in str(exc) and "2 GB" not in str(exc):
-                raise
-            _quantize(ctx, src, dst, large=True)
-    except BuildError:
-        raise
-    except Exception as exc:
-        raise BuildError(f"quantization ({q.mode}) failed: {type(exc).__name__}: "
-                         f"{str(exc)[:400]}; check backends.onnx.quantize "
-                         "(op_types, weight_type)") from None
-    finally:
-        logging.getLogger().setLevel(quiet)
-    data_files = check_external_data(dst)
-    for name in [OUTPUT, *data_files]:
-        shutil.move(str(scratch / name), str(ctx.out / name))
-    shutil.rmtree(scratch)
+    auto: Report | None = None
+    if q.mode == "auto":
+        from .int8_search import run_search
+
+        q, auto = run_search(ctx, src, fp32_bytes)
+        data_files = check_external_data(ctx.out / OUTPUT)
+    else:
+        ctx.log(f"int8:{ctx.bundle.name}: quantizing ({q.mode}, {q.weight_type}, "
+                f"per_channel={q.per_channel}, reduce_range={q.reduce_range})")
+        data_files = quantize_into(ctx, q, src, ctx.out)
     size = sum((ctx.out / n).stat().st_size for n in [OUTPUT, *data_files])
     ops = _op_counts(ctx.out / OUTPUT)
     ctx.log(f"int8:{ctx.bundle.name}: {fp32_bytes / 1e6:.1f} MB -> {size / 1e6:.1f} MB")
-    return {"mode": q.mode, "weight_type": q.weight_type, "per_channel": q.per_channel,
-            "reduce_range": q.reduce_range, "op_types": list(q.op_types or ()),
-            "bytes": size, "fp32_bytes": fp32_bytes, "size_ratio": round(size / fp32_bytes, 4),
-            "external_data": data_files, "ops": ops}
+    report: Report = {"mode": q.mode, "weight_type": q.weight_type,
+                      "per_channel": q.per_channel, "reduce_range": q.reduce_range,
+                      "op_types": list(q.op_types or ()), "bytes": size,
+                      "fp32_bytes": fp32_bytes, "size_ratio": round(size / fp32_bytes, 4),
+                      "external_data": data_files, "ops": ops}
+    if q.exclude_nodes:
+        report["exclude_nodes"] = list(q.exclude_nodes)
+    if auto is not None:
+        report["auto"] = auto
+    return report

@@ -32,7 +32,7 @@ from ..model.files import BadFile, read_json
 from ..model.version import resolve
 from ..paths import Layout
 from ..resources import resource_bytes
-from . import engines, int8, kinds, labels, thresholds, tokenizer, weights
+from . import engines, int8, int8_auto, kinds, labels, thresholds, tokenizer, weights
 from .base import Report, RunContext, StagePlan, params, tool_versions
 from .card import chart_svg, front_matter, metrics_table, parity_table, prose
 
@@ -160,6 +160,8 @@ def model_card(ctx: RunContext, backend: str, version: str, reports: dict[str, R
         checks.append(f"- int8 vs PyTorch: decision flip rate {int8['decision_flip_rate']:.2%} "
                       f"(limit {limits['max_decision_flip_rate']:.2%}), top-label agreement "
                       f"{int8['top_label_agreement']:.2%}")
+        if parity.get("quantize"):  # quantize: auto: what it kept and every candidate's figures
+            checks.extend(int8_auto.card_lines(parity["quantize"]))
     for sm, gate in (reports.get("trtparity") or {}).get("engines", {}).items():
         checks.append(f"- TensorRT engine {sm} vs fp32 ONNX on {gate['rows']} calibration texts: "
                       f"max |logit diff| {gate['max_abs_logit_diff']:.3g}, decision flip rate "

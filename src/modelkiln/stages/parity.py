@@ -109,7 +109,12 @@ def int8_hint(report: Report, quantize: Quantize | None) -> str:
         lead = (f"{near} of {total} decisions sit within the int8 error (up to "
                 f"{int8.get('max_abs_score_diff', 0):.3g} in score) of their threshold, so at most "
                 f"{near} can flip; ")
-    tries = []
+    if quantize is not None and quantize.mode == "auto":  # the int8 stage scored it the same way
+        return (f"{lead}quantize: auto kept this model on the same rows and measure, so the "
+                "inputs changed under it: rebuild int8, or raise "
+                "backends.onnx.parity.max_decision_flip_rate")
+    tries = ["quantize: auto (a fixed list of settings, the smallest that passes is kept)"] \
+        if quantize is not None else []
     if quantize is None or not quantize.per_channel:
         tries.append("quantize.per_channel: true")
     if quantize is not None and quantize.reduce_range:
@@ -183,6 +188,9 @@ def run(ctx: RunContext) -> Report:
     int8 = ort_logits_per_text(ctx.up("int8") / OUTPUT, batch)
     report = compare(ref, fp32, int8, labels, cuts, b.source.task)
     report["limits"] = {"atol": p.atol, "max_decision_flip_rate": p.max_decision_flip_rate}
+    auto = ctx.up_stamp("int8")["report"].get("auto")
+    if auto:  # quantize: auto: the kept settings and every candidate's figures ship with the gate
+        report["quantize"] = auto
     failures = gate(report, p.atol, p.max_decision_flip_rate, ctx.onnx.quantize)
     report["gates"] = {g: "fail" if g in failures else "pass" for g in ("fp32", "int8")}
     report["passed"] = not failures
