@@ -259,7 +259,8 @@ def registry_list(args: argparse.Namespace) -> int:
     for e in entries:
         lock = "locked" if e.version_lock.locked else "unlocked"
         print(f"{e.name:28} {e.backend or '-':8} {e.version or '-':16} {lock:8} "
-              f"{_short(e.aggregate_sha256)} roles={','.join(e.roles) or '-'}")
+              f"{_short(e.aggregate_sha256)} roles={','.join(e.roles) or '-'} "
+              f"task={e.task or '-'}")
     return 0
 
 

@@ -83,7 +83,7 @@ def make_wordpiece(texts: list[str], out: Path, max_length: int = 256) -> PreTra
 
 def make_embedding_checkpoint(out: Path, *, seed: int = 11, hidden: int = 64, layers: int = 2,
                               steps: int = 60, pooling: str = "mean", normalize: bool = True,
-                              max_length: int = 128) -> list[str]:
+                              max_length: int = 128, lr: float = 2e-3) -> list[str]:
     """Write a trained tiny encoder (+ tokenizer, + sentence-transformers files) to `out`;
     returns held-out texts for calibration."""
     import torch
@@ -99,7 +99,7 @@ def make_embedding_checkpoint(out: Path, *, seed: int = 11, hidden: int = 64, la
              "max_position_embeddings": 256}
     config = BertConfig(**shape)
     classifier = BertForSequenceClassification(BertConfig(**shape, num_labels=len(MEMORY_TOPICS)))
-    opt = torch.optim.AdamW(classifier.parameters(), lr=2e-3)
+    opt = torch.optim.AdamW(classifier.parameters(), lr=lr)
     classifier.train()
     for step in range(steps):  # a few seconds: texts of one topic end up near each other
         batch = rows[(step * 32) % len(rows):][:32]

@@ -4,10 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from helpers import Project, make_project
 from task_specs import MEMORY_SPEC
 
+from helpers import Project, make_project
 
 
 @pytest.fixture(scope="session")

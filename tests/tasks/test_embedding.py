@@ -107,8 +107,9 @@ def test_validate_says_which_sections_a_task_needs(memory_inputs: Path, tmp_path
     with_labels = MEMORY_SPEC.format(name="memory") + \
         "labels: {order: memory/x.json, fields: memory/y.json}\n"
     done = _validate(project, with_labels)
-    assert done.returncode != 0
+    assert done.returncode != 0 and "feature-extraction has no labels" in done.stderr
     classifier = SPEC.format(name="memory").replace(
         "thresholds:\n  strategy: f1-optimal\n  default: 0.5\n  calibration: memory/calibration.jsonl\n", "")
     done = _validate(project, classifier)
     assert done.returncode != 0 and "thresholds" in done.stdout + done.stderr
+    assert "required when source.task is" in done.stderr

@@ -89,6 +89,15 @@ def embedding(c: Checker, data: Data, ckpt: Path | None) -> Embedding | None:
     e = data.get("embedding")
     if e is None:
         return None
+    if data["source"]["task"] != FEATURE_EXTRACTION:
+        c.fail(("embedding",), f"source.task {data['source']['task']} has no embedding section",
+               "the embedding section is for source.task: feature-extraction", at_key=True)
+        return None
+    for key in ("labels", "thresholds"):  # what only a classifier has: say so, not "ignored"
+        if key in data:
+            c.fail((key,), f"source.task {data['source']['task']} has no {key}",
+                   f"remove the {key} section: labels and thresholds are for the classifier "
+                   "tasks (multi-label-classification, single-label-classification)", at_key=True)
     st = _st_defaults(c, ckpt)
     cal = c.path(("embedding", "calibration"), e["calibration"], "file")
     p = e.get("parity", {})

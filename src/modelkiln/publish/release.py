@@ -31,6 +31,7 @@ from ..artifacts.gunzip import GzipCorrupt, GzipStream
 from ..artifacts.tarheaders import BadTar, TarReader
 from ..errors import PublishError
 from ..model.bundle import Bundle
+from ..model.kinds import task_capabilities
 from ..model.version import resolve
 from ..paths import Layout, registry_dir, store_root
 from ..registry import Artifacts, RegistryEntry, locked_entries, record_discovered, refuse_locked
@@ -157,7 +158,8 @@ def release(bundle: Bundle, backend: str, *, to: str | None = None, force: bool 
         entry = RegistryEntry(
             name=f"{bundle.name}-{backend}", backend=backend,
             description=bundle.description or None, roles=reg.roles,
-            capabilities=reg.capabilities,
+            capabilities=task_capabilities(bundle.source.task, reg.capabilities),
+            task=bundle.source.task,
             served_model_id=reg.served_id or f"{bundle.name}:{version}",
             metadata=dict(bundle.metadata), version=version,
             artifacts=Artifacts(store=str(stored.path) if stored else None,

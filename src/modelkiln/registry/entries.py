@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-STATIC = ("backend", "description", "roles", "capabilities", "served_model_id", "metadata")
+STATIC = ("backend", "description", "roles", "capabilities", "served_model_id", "metadata", "task",
+          "backend_config")
 DYNAMIC = ("version", "artifacts", "files", "aggregate_sha256", "version_lock")
 
 
@@ -71,6 +72,8 @@ class RegistryEntry:
     files: tuple[FileRecord, ...] = ()
     aggregate_sha256: str | None = None
     version_lock: VersionLock = field(default_factory=VersionLock)
+    task: str | None = None  # the spec's source.task: what the model does
+    backend_config: Mapping[str, Any] = field(default_factory=dict)  # e.g. a vLLM launch
 
     @property
     def installed(self) -> bool:
@@ -97,7 +100,7 @@ class RegistryEntry:
                 value = asdict(value) if value != VersionLock() else None
             elif isinstance(value, tuple):
                 value = list(value)
-            elif key == "metadata":
+            elif key in ("metadata", "backend_config"):
                 value = dict(value)
             if value not in (None, [], {}):
                 out[key] = value
@@ -121,6 +124,7 @@ class RegistryEntry:
             aggregate_sha256=data.get("aggregate_sha256"),
             version_lock=VersionLock(bool(lock.get("locked", False)), lock.get("expected_hash"),
                                      lock.get("last_verified")),
+            task=data.get("task"), backend_config=dict(data.get("backend_config") or {}),
         )
 
 
