@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 BIN = Path(sys.executable).parent
 SKIP = re.compile(r"^\*Not run by the README test: (.+)\.\*$")
-FENCE = re.compile(r"^```(\S*)\s*$")
+FENCE = re.compile(r"^\s*```(\S*)\s*$")  # a list item's block is indented
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,13 @@ def sh_blocks(text: str) -> list[Block]:
         if not m:
             i += 1
             continue
-        end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
+        end = next(j for j in range(i + 1, len(lines)) if lines[j].lstrip().startswith("```"))
         if m.group(1) == "sh":
             before = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
-            reason = SKIP.search(before)
-            out.append(Block(i + 1, "\n".join(lines[i + 1:end]), reason.group(1) if reason else None))
+            reason = SKIP.search(before.strip())
+            indent = len(lines[i]) - len(lines[i].lstrip())
+            body = "\n".join(x[indent:] for x in lines[i + 1:end])
+            out.append(Block(i + 1, body, reason.group(1) if reason else None))
         i = end + 1
     return out
 
@@ -71,9 +73,11 @@ def test_the_two_top_commands_come_first_and_ci_runs_the_second() -> None:
 
 def test_skip_markers_are_parsed() -> None:
     blocks = sh_blocks("x\n*Not run by the README test: needs a GPU.*\n```sh\nfalse\n```\n"
-                       "```sh\ntrue\n```\n```yaml\na: 1\n```\n")
+                       "```sh\ntrue\n```\n```yaml\na: 1\n```\n- item\n\n  *Not run by the README "
+                       "test: placeholders.*\n  ```sh\n  echo <x>\n  ```\n")
     assert [(b.line, b.text, b.skip) for b in blocks] == [(3, "false", "needs a GPU"),
-                                                          (6, "true", None)]
+                                                          (6, "true", None),
+                                                          (15, "echo <x>", "placeholders")]
 
 
 def _env(home: Path) -> dict[str, str]:
