@@ -166,12 +166,32 @@ def plan(specs: Sequence[str | Path] = (), skip: frozenset[str] = frozenset(),
             for t in plan_tasks(load_bundles(discover(specs)), skip, cache)]
 
 
+def plan_partial(specs: Sequence[str | Path] = (), skip: frozenset[str] = frozenset(),
+                 cache: CacheConfig | None = None) -> tuple[list[PlanRow], list[BrokenSpec]]:
+    """Like `plan`, but a spec that does not validate is returned beside the plan of every
+    other one instead of blanking it (`kiln plan` prints both and exits 3)."""
+    from .graph.planner import plan_tasks
+
+    bundles, broken = load_bundles_partial(discover(specs))
+    return [PlanRow(t.task, t.run, t.reasons, t.action, t.restore_bytes)
+            for t in plan_tasks(bundles, skip, cache)], broken
+
+
 def plan_markdown(specs: Sequence[str | Path] = (), skip: frozenset[str] = frozenset(),
-                  cache: CacheConfig | None = None, base: str | None = None) -> str:
-    """`kiln plan --markdown`: the plan as a pull-request comment, with deltas against `base`."""
+                  cache: CacheConfig | None = None,
+                  base: str | None = None) -> tuple[str, list[BrokenSpec]]:
+    """`kiln plan --markdown`: (the plan as a pull-request comment, with deltas against `base`
+    and the problems of the specs that do not validate at its top; those specs). A `base` git
+    does not know is a usage error (64)."""
     from .graph.review import plan_markdown as render
 
-    return render(load_bundles(discover(specs)), skip, cache, base)
+    paths = discover(specs)
+    if base is not None:
+        from .graph.changed import check_ref
+
+        check_ref(project_root(Path(paths[0])), base)
+    bundles, broken = load_bundles_partial(paths)
+    return render(bundles, skip, cache, base, broken), broken
 
 
 def changed(ref: str | None, specs: Sequence[str | Path] = (),

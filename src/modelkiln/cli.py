@@ -80,10 +80,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         else:  # stdout stays empty for a `for b in $(...)` loop; the note is for a person
             print(f"kiln: no bundle changed since {args.changed_since}", file=sys.stderr)
         return ExitCode.OK
-    if args.markdown:
-        print(api.plan_markdown(args.specs, _skip(args.skip), _cache(args), args.base), end="")
-        return ExitCode.OK
-    rows = api.plan(args.specs, _skip(args.skip), _cache(args))
+    if args.markdown:  # a spec that does not validate: at the top of the comment, exit 3
+        md, broken = api.plan_markdown(args.specs, _skip(args.skip), _cache(args), args.base)
+        print(md, end="")
+        return ExitCode.SPEC if broken else ExitCode.OK
+    rows, broken = api.plan_partial(args.specs, _skip(args.skip), _cache(args))
+    if broken:  # first, and on stderr: the plan of every other spec still follows (exit 3)
+        problems = [str(p) for spec in broken for p in spec.problems]
+        print(f"kiln: {len(broken)} spec{'s do' if len(broken) != 1 else ' does'} not validate "
+              "(not planned; the others are):\n" + "\n".join(problems), file=sys.stderr)
     if args.json:
         print(json.dumps([{"task": r.task, "run": r.run, "action": r.action,
                            "restore_bytes": r.restore_bytes, "reasons": list(r.reasons)}
@@ -102,7 +107,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         todo = sum(r.run for r in rows) - hits
         print(f"{todo} of {len(rows)} tasks would run" + (f", {hits} restored from the cache"
                                                          if hits else ""))
-    if args.check and any(r.run for r in rows):
+    if broken:
+        return ExitCode.SPEC
+    if args.check and any(r.run for r in rows):  # the summary's two counts, together
+        print(f"kiln: plan --check: {sum(r.run for r in rows)} tasks out of date here",
+              file=sys.stderr)
         return ExitCode.OUT_OF_DATE
     return ExitCode.OK
 

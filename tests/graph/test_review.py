@@ -72,7 +72,9 @@ def test_markdown_shows_cache_hits_spec_changes_and_deltas_against_the_base(
     md = kiln(runner, "plan", "--markdown", "--base", "origin/main", "--cache", cache)
     assert md.returncode == 0, md.stderr
     text = md.stdout
-    assert "Spec changes since base: `thresholds.default`: 0.5 → 0.45" in text
+    assert "- **Spec changes since base**: `thresholds.default`: 0.5 → 0.45" in text
+    # version 1.0.0 kept while main built it with other bytes: the merge would fail at publish
+    assert "> [!WARNING]" in text and "publish would refuse with exit 5" in text
     assert "| `weights:tiny` | cache hit |" in text
     assert "| `thresholds:tiny` | **run** | never built (no stamp)" in text
     assert f"base from cache index of {base[:10]}" in text

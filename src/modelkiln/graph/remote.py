@@ -188,12 +188,14 @@ def save_summary(cache: ActionCache, plan: StagePlan, root: Path,
     manifest = json.loads((plan.out_dir / names.MANIFEST).read_bytes())
     thresholds_plan = upstream.get("thresholds")
     cuts: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}  # per-label F1 and the like, for the review comment's chart
     if thresholds_plan is not None:
         try:
             cuts = json.loads((thresholds_plan.out_dir / names.THRESHOLDS).read_bytes())
+            metrics = json.loads((thresholds_plan.out_dir / names.THRESHOLD_METRICS).read_bytes())
         except (OSError, ValueError):
-            cuts = {}
+            pass
     summary = {"bundle": plan.bundle, "backend": plan.backend, "commit": commit,
-               "manifest": manifest, "thresholds": cuts}
+               "manifest": manifest, "thresholds": cuts, "metrics": metrics}
     cache.put_summary(index_key(plan.bundle, commit, plan.backend),
                       json.dumps(summary, sort_keys=True).encode())

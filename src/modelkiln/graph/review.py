@@ -1,8 +1,11 @@
 """`kiln plan --markdown`: what a spec change will do, written for a pull-request comment.
 
-Per bundle: the spec keys changed against the base ref, each task's fate (up to date, cache hit,
-run) and why, where the base branch's manifests were found, and the figures a reviewer weighs:
-per-label thresholds, parity figures, file sizes and digests, base against this change.
+At the top: every spec that does not validate (its problems; the others are planned in full),
+then a warning for each bundle whose version publish would refuse (graph.headline). Per bundle,
+headline first: version, which backends get new bytes, thresholds moved, parity and size, and the
+spec keys changed against the base ref; a chart of per-label thresholds and F1 with its numbers;
+then, folded in <details>, each task's fate (run and cache-hit rows one by one, up-to-date rows in
+one) and the figure tables: per-label thresholds, parity figures, file sizes and digests.
 
 This side's figures come from what is already here or in the cache: dist/ and build/ when the
 package is up to date, else the small manifest and thresholds blobs of cache hits (checked
@@ -22,8 +25,10 @@ from ..artifacts import names
 from ..artifacts.statefile import read_regular
 from ..cache import ActionCache, ActionRecord, CacheConfig
 from ..errors import KilnError
+from ..model import BrokenSpec
 from ..model.bundle import Bundle
 from . import basegit
+from .headline import chart, headline, version_warning
 from .mdsafe import code, text
 from .planner import HIT, OK, TaskPlan
 from .remote import index_key
@@ -32,14 +37,20 @@ Json = dict[str, Any]
 ICON = {OK: "up to date", HIT: "cache hit", "run": "**run**"}
 
 
-class Side:
-    """One side of a comparison: where it came from, its manifest and thresholds (if known)."""
+NO_BASE = "no base found"
 
-    def __init__(self, where: str, manifest: Json | None = None, thresholds: Json | None = None):
+
+class Side:
+    """One side of a comparison: where it came from, its manifest, thresholds and per-label
+    threshold metrics (threshold_metrics.json: label -> {f1, precision, ...}), where known."""
+
+    def __init__(self, where: str, manifest: Json | None = None, thresholds: Json | None = None,
+                 metrics: Json | None = None):
         self.where, self.manifest, self.thresholds = where, manifest, thresholds
+        self.metrics = metrics if _thresholds_ok(metrics) else None
         if not (_manifest_ok(manifest) and _thresholds_ok(thresholds)):
             self.where = f"{where} (ignored: its manifest or thresholds are malformed)"
-            self.manifest = self.thresholds = None
+            self.manifest = self.thresholds = self.metrics = None
 
 
 def _manifest_ok(manifest: Json | None) -> bool:
@@ -79,18 +90,23 @@ def this_side(bundle: Bundle, backend: str, tasks: dict[str, TaskPlan],
     layout = Layout(bundle.root)
     pkg, thr = tasks.get(f"package:{bundle.name}-{backend}"), tasks.get(f"thresholds:{bundle.name}")
     thresholds: Json | None = None
+    metrics: Json | None = None
     if thr is not None and thr.action == OK:
-        thresholds = _json(_read(layout.stage_dir(bundle.name, "thresholds") / names.THRESHOLDS))
+        where = layout.stage_dir(bundle.name, "thresholds")
+        thresholds = _json(_read(where / names.THRESHOLDS))
+        metrics = _json(_read(where / names.THRESHOLD_METRICS))
     elif thr is not None:
         thresholds = _blob_json(cache, records.get(thr.task), names.THRESHOLDS)
+        metrics = _blob_json(cache, records.get(thr.task), names.THRESHOLD_METRICS)
     if pkg is not None and pkg.action == OK:
         dist = layout.dist_dir(bundle.name, resolve(bundle.version, bundle.root), backend)
         return Side(code(dist.relative_to(bundle.root), table=False),
-                    _json(_read(dist / names.MANIFEST)), thresholds)
+                    _json(_read(dist / names.MANIFEST)), thresholds, metrics)
     if pkg is not None and pkg.action == HIT:
         return Side("the action cache", _blob_json(cache, records.get(pkg.task), names.MANIFEST),
-                    thresholds)
-    return Side("not built yet (figures appear once `kiln build` has run)", None, thresholds)
+                    thresholds, metrics)
+    return Side("not built yet (figures appear once `kiln build` has run)", None, thresholds,
+                metrics)
 
 
 def _read(path: Any) -> bytes | None:
@@ -114,24 +130,33 @@ def base_side(bundle: Bundle, backend: str, base: str | None, base_version: str 
             if summary is None or not isinstance(summary.get("manifest"), dict):
                 skipped = f"{where} (ignored: not a review summary)"
                 continue
-            found = Side(where, summary["manifest"], _dict_or_none(summary.get("thresholds")))
+            found = Side(where, summary["manifest"], _dict_or_none(summary.get("thresholds")),
+                         _dict_or_none(summary.get("metrics")))
             if found.manifest is not None:
                 return found
             skipped = found.where
     if base_version is not None:
-        from ..publish import render_destination
-        from ..publish.release import destination_template
-        from ..transport import read_small
-
-        try:
-            uri = render_destination(destination_template(bundle), name=bundle.name,
-                                     version=base_version, backend=backend) + names.MANIFEST
-            manifest = _json(read_small(uri, limit=16 << 20))
-        except KilnError:
-            manifest = None
+        where, manifest = published(bundle, base_version, backend)
         if manifest is not None:
-            return Side(f"published {code(uri, table=False)}", manifest)
-    return Side("no base found" + (f"; {skipped}" if skipped else ""))
+            return Side(where, manifest)
+    return Side(NO_BASE + (f"; {skipped}" if skipped else ""))
+
+
+def published(bundle: Bundle, version: str, backend: str) -> tuple[str, Json | None]:
+    """("published `URI`", its manifest) at the bundle's publish destination for `version`;
+    the manifest is None when there is none or it cannot be read here (no credentials)."""
+    from ..publish import render_destination
+    from ..publish.release import destination_template
+    from ..transport import read_small
+
+    uri = "?"
+    try:
+        uri = render_destination(destination_template(bundle), name=bundle.name,
+                                 version=version, backend=backend) + names.MANIFEST
+        manifest = _json(read_small(uri, limit=16 << 20))
+    except KilnError:
+        manifest = None
+    return f"published {code(uri, table=False)}", manifest
 
 
 def _fmt_size(n: object) -> str:
@@ -196,63 +221,113 @@ def source_lines(bundle: Bundle, base: str | None) -> list[str]:
 
 
 def render(bundles: Sequence[Bundle], tasks: Sequence[TaskPlan], records: dict[str, ActionRecord],
-           cache: ActionCache | None, cache_note: str, base: str | None) -> str:
+           cache: ActionCache | None, cache_note: str, base: str | None,
+           broken: Sequence[BrokenSpec] = ()) -> str:
+    """The comment: specs that do not validate first, then warnings (a version publish would
+    refuse), the counts, and one section per bundle (headline, chart, tasks folded)."""
     by_bundle: dict[str, list[TaskPlan]] = {}
     for t in tasks:
         by_bundle.setdefault(t.bundle, []).append(t)
     counts = {a: sum(t.action == a for t in tasks) for a in (OK, HIT, "run")}
-    out = ["## modelkiln plan", "",
-           f"{len(bundles)} bundle{'' if len(bundles) == 1 else 's'}: {counts['run']} tasks run, {counts[HIT]} cache hits, "
-           f"{counts[OK]} up to date. {text(cache_note)}"
-           + (f"; base {code(base, table=False)}" if base else ""), ""]
-    for bundle in bundles:
-        own = by_bundle.get(bundle.name, [])
-        out += _bundle_section(bundle, own, records, cache, base)
+    out = ["## modelkiln plan", ""]
+    if broken:
+        problems = [p for spec in broken for p in spec.problems]
+        out += [f"> [!CAUTION]\n> **{len(broken)} spec{'s do' if len(broken) != 1 else ' does'} "
+                "not validate**: not planned, and this check fails until fixed "
+                "(`kiln validate`).", ">"]
+        out += [f"> - {code(str(p), 400, table=False)}" for p in problems[:50]]
+        if len(problems) > 50:
+            out.append(f"> - and {len(problems) - 50} more")
+        out.append("")
+    sections = [_bundle_section(b, by_bundle.get(b.name, []), records, cache, base)
+                for b in bundles]
+    warnings = [w for _, ws in sections for w in ws]
+    if warnings:
+        out += ["> [!WARNING]", *(f"> {w}" + ("  " if i < len(warnings) - 1 else "")
+                                  for i, w in enumerate(warnings)), ""]
+    out += [f"{len(bundles)} bundle{'' if len(bundles) == 1 else 's'}: {counts['run']} tasks "
+            f"run, {counts[HIT]} cache hits, {counts[OK]} up to date. {text(cache_note)}"
+            + (f"; base {code(base, table=False)}" if base else ""), ""]
+    for lines, _ in sections:
+        out += lines
     return "\n".join(out).rstrip() + "\n"
 
 
 def _bundle_section(bundle: Bundle, own: list[TaskPlan], records: dict[str, ActionRecord],
-                    cache: ActionCache | None, base: str | None) -> list[str]:
+                    cache: ActionCache | None, base: str | None) -> tuple[list[str], list[str]]:
+    """(the bundle's lines, its warnings for the top of the comment)."""
+    from ..model.version import resolve
+
     changes, base_version = basegit.spec_changes(bundle, base) if base else (None, None)
+    version = resolve(bundle.version, bundle.root)
     busy = any(t.action != OK for t in own)
-    out = [f"### {text(bundle.name)} {text(bundle.version)}" + ("" if busy else " (nothing to do)"),
-           ""]
-    if changes is not None:
-        out += ["Spec changes since base: " + ("; ".join(changes) if changes else "none"), ""]
-    out += source_lines(bundle, base)  # remote sources moved to a new lock
-    out += ["| task | action | why |", "|---|---|---|"]
-    for t in own:
-        why = "; ".join(text(r) for r in t.reasons[:3]) or "-"
-        out.append(f"| {code(t.task)} | {ICON.get(t.action) or text(t.action)} | {why} |")
-    out.append("")
     tasks = {t.task: t for t in own}
+    sides: dict[str, tuple[Side, Side]] = {}
     for backend in bundle.backends:
-        if f"package:{bundle.name}-{backend}" not in tasks:
-            continue
-        old = base_side(bundle, backend, base, base_version, cache)
-        new = this_side(bundle, backend, tasks, records, cache)
-        out.append(f"**{text(backend)}**: base from {old.where}; this change from {new.where}.")
+        if f"package:{bundle.name}-{backend}" in tasks:
+            sides[backend] = (base_side(bundle, backend, base, base_version, cache),
+                              this_side(bundle, backend, tasks, records, cache))
+    rebuilt = [b for b in sides if tasks[f"package:{bundle.name}-{b}"].action == "run"]
+    warnings = []
+    for backend, (old, new) in sides.items():
+        where, pub = published(bundle, version, backend)
+        if pub is None and base_version == version and old.manifest is not None:
+            where, pub = f"the base ({old.where})", old.manifest  # main published these bytes
+        warn = version_warning(bundle.name, version, backend, pub, where, new,
+                               backend in rebuilt)
+        if warn:
+            warnings.append(warn)
+    out = [f"### {text(bundle.name)} {text(version)}" + ("" if busy else " (nothing to do)"), ""]
+    out += headline(version, base_version, sides, rebuilt)
+    if changes is not None:
+        out.append("- **Spec changes since base**: " + ("; ".join(changes) if changes else "none"))
+    out += source_lines(bundle, base)  # remote sources moved to a new lock
+    out.append("")
+    shown = next(((o, n) for o, n in sides.values() if o.thresholds or n.thresholds), None)
+    if shown is not None:
+        out += chart(bundle.name, *shown)
+    ok = [t for t in own if t.action == OK]
+    summary = ", ".join(f"{n} {what}" for n, what in (
+        (sum(t.action == "run" for t in own), "run"), (sum(t.action == HIT for t in own),
+                                                       "cache hits"), (len(ok), "up to date"))
+        if n)
+    out += ["<details>", f"<summary>{len(own)} tasks: {summary or 'none'}</summary>", "",
+            "| task | action | why |", "|---|---|---|"]
+    for t in own:
+        if t.action != OK:
+            why = "; ".join(text(r) for r in t.reasons[:3]) or "-"
+            out.append(f"| {code(t.task)} | {ICON.get(t.action) or text(t.action)} | {why} |")
+    if ok:  # up-to-date rows collapse into one
+        out.append(f"| {len(ok)} task{'s' if len(ok) != 1 else ''}: "
+                   f"{', '.join(code(t.task) for t in ok)} | up to date | - |")
+    out.append("")
+    for backend, (old, new) in sides.items():
+        where = old.where if old.where.startswith(NO_BASE) else f"base from {old.where}"
+        out.append(f"**{text(backend)}**: {where}; this change from {new.where}.")
         rows = deltas(old, new) if old.manifest or old.thresholds else []
         if rows:
             out += ["", "| what | base | this change |", "|---|---|---|", *rows]
         elif old.manifest and new.manifest:
             out.append("No differences in thresholds, parity figures, files or digests.")
         out.append("")
-    return out
+    out += ["</details>", ""]
+    return out, warnings
 
 
 def plan_markdown(bundles: Sequence[Bundle], skip: frozenset[str], config: CacheConfig | None,
-                  base: str | None) -> str:
-    """The whole comment: plan every task (records of hits kept), then render."""
+                  base: str | None, broken: Sequence[BrokenSpec] = ()) -> str:
+    """The whole comment: plan every healthy bundle (records of hits kept), then render, the
+    specs that do not validate at the top."""
     from ..cache import resolve
     from .execute import cache_for
     from .planner import plan_tasks
 
     if not bundles:
-        return "## modelkiln plan\n\nNo bundles.\n"
+        return render([], [], {}, None, "", base, broken) if broken else \
+            "## modelkiln plan\n\nNo bundles.\n"
     root = bundles[0].root
     config = config if config is not None else resolve(root)
     records: dict[str, ActionRecord] = {}
     tasks = plan_tasks(bundles, skip, config, records)
     return render(bundles, tasks, records, cache_for(config, root), config.describe().capitalize(),
-                  base)
+                  base, broken)
