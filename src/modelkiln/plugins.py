@@ -38,7 +38,7 @@ OWN = "modelkiln"
 MEMBERS: dict[str, tuple[str, ...]] = {
     STAGES: ("NAME", "DOC", "CODE_VERSION", "READS", "WRITES", "TOOLS", "PLATFORM", "plan", "run"),
     BACKENDS: ("NAME", "DOC", "STAGES", "PACKS"),
-    TRANSPORTS: ("SCHEMES", "open_location"),
+    TRANSPORTS: (),  # a capability (open_location, source_reader) is checked where it is used
 }
 
 

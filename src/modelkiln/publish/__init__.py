@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ..artifacts.digest import StatCache
 from ..errors import KilnError
-from ..transport import DEFAULT, TransferSettings, open_location, scheme_of
+from ..transport import DEFAULT, TransferSettings, open_location
+from ..transport.schemes import schemes, supports
 from .bundle import DistBundle, PublishResult
 from .protocol import publish
 
@@ -55,10 +56,11 @@ def publish_bundle(dist_dir: Path, destination: str, *, force: bool = False,
     transfers (part size, concurrency, retries, checksum). Raises ConflictError
     (exit 5) for different bytes under a published version, PublishError for transfer failures.
     """
-    scheme = scheme_of(destination)
-    if scheme not in ("s3", "file"):
+    if not supports(destination):  # s3://, file://, a path, or an installed transport's scheme
         raise KilnError(f"{destination}: unsupported publish destination; use "
-                        "s3://bucket/prefix/, file:///absolute/path/ or a directory path")
+                        "s3://bucket/prefix/, file:///absolute/path/, a directory path or the "
+                        f"scheme of an installed transport ({', '.join(schemes())}; "
+                        "`kiln plugins` lists them)")
     bundle = DistBundle.load(Path(dist_dir), cache)
     place = open_location(destination, settings or DEFAULT)
     return publish(bundle, place, force=force, progress=progress)

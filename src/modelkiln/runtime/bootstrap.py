@@ -34,6 +34,7 @@ from ..artifacts import names
 from ..artifacts.extract_limits import Limits
 from ..artifacts.install import refuse_too_many, unpack_checked
 from ..errors import KilnError, PublishError, SignatureError
+from ..transport.schemes import schemes, supports
 from . import engines
 from .versions import (
     VERSION,
@@ -103,8 +104,10 @@ def bootstrap(env: Mapping[str, str] | None = None, progress: transport.Progress
                         f".../{backend}/{mf.ARCHIVE} (s3:// or file://)")
     if uri.endswith("/"):
         uri += mf.ARCHIVE
-    if transport.scheme_of(uri) not in ("s3", "file"):
-        raise KilnError(f"{URI_ENV[backend]}={uri}: only s3:// and file:// are supported")
+    if not supports(uri):  # s3://, file:// or an installed transport's scheme
+        more = [f"{s}://" for s in schemes() if s not in ("s3", "file")]
+        raise KilnError(f"{URI_ENV[backend]}={uri}: only s3:// and file:// are supported"
+                        + (f", and the installed transports' {', '.join(more)}" if more else ""))
     full = full_verify(verify, env)
     limits = Limits.from_env(env)  # the host's ceilings, refused here if set to nonsense
     policy = signing.policy_from_env(env)  # REGISTRY_TRUSTED_KEYS: signed bundles only

@@ -57,8 +57,8 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the modelkiln package: the 
 # The light modelkiln install in the image: the runtime and every layer it may import (the build
 # graph, stages, publishers, spec parser and CLI stay out), so an edit to a build stage does not
 # change the serving image.
-RUNTIME_PARTS = ("__init__.py", "errors.py", "paths.py", "proc.py", "resources.py", "artifacts",
-                 "runtime", "signing", "store", "transport")
+RUNTIME_PARTS = ("__init__.py", "errors.py", "paths.py", "plugins.py", "proc.py", "resources.py",
+                 "artifacts", "runtime", "signing", "store", "transport")
 
 
 @cache

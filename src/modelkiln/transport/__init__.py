@@ -1,9 +1,11 @@
 """Moving bytes to and from s3:// and file:// locations: one retry policy, one progress callback.
 
-Publishing, the runtime bootstrap and (later) the remote cache and the OCI push all go through
-here, so every transfer retries, checks and reports progress the same way. `open_location` gives
-the `Location` (objects.py) for an s3:// prefix (`Bucket`) or a directory (`LocalDir`): the
-conditional writes, HEADs and checked reads a protocol is written against once.
+Publishing, the runtime bootstrap, the remote cache and the OCI push all go through here, so
+every transfer retries, checks and reports progress the same way. `open_location` gives the
+`Location` (objects.py) for an s3:// prefix (`Bucket`), a directory (`LocalDir`) or a plug-in
+scheme: the conditional writes, HEADs, checked reads and listings a protocol is written against
+once. Which module serves which scheme is decided in one place, `schemes` (entry-point group
+`modelkiln.transports`).
 """
 from __future__ import annotations
 
@@ -42,11 +44,11 @@ __all__ = ["ALWAYS", "DEFAULT", "IF_ABSENT", "Bucket", "Condition", "DigestMisma
 
 
 def open_location(uri: str, settings: TransferSettings = DEFAULT, client: Any = None) -> Location:
-    """The Location an s3://bucket/prefix/, file:///path/ or plain directory path names.
+    """The Location an s3://bucket/prefix/, file:///path/, plain directory path or a plug-in
+    transport's URI names (transport.schemes: the one registry of schemes).
 
     boto3 is imported (and a client made) only for s3://, and only when no `client` is given.
     """
-    if scheme_of(uri) == "s3":
-        bucket, prefix = parse_s3(uri)
-        return Bucket(bucket, prefix, settings, client)
-    return LocalDir(local_path(uri))
+    from .schemes import open_location as by_scheme
+
+    return by_scheme(uri, settings, client)

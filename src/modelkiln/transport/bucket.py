@@ -29,6 +29,7 @@ from .s3 import (
     transfer_config,
     with_retries,
 )
+from .uris import parse_s3
 
 T = TypeVar("T")
 SMALL_LIMIT = 64 << 20
@@ -134,6 +135,15 @@ class Bucket:
         download(self.uri(key), dest, size=size, sha256=sha256, progress=progress,
                  client=self.client, settings=self.settings)
 
+    def list_keys(self, prefix: str = "") -> list[str]:
+        def pages() -> list[str]:
+            keys: list[str] = []
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                keys.extend(o["Key"][len(self.prefix):] for o in page.get("Contents", []))
+            return keys
+        return sorted(self._call("LIST", prefix, pages))
+
     # ----------------------------------------------------------------------------- writing
     def put_bytes(self, key: str, data: bytes, condition: Condition = ALWAYS, *,
                   content_type: str = "application/json") -> ObjectInfo:
@@ -191,3 +201,10 @@ class Bucket:
     def clean_stale(self) -> None:
         """Nothing to do here: a bucket lifecycle rule (AbortIncompleteMultipartUpload) removes
         the parts of uploads a killed writer never completed."""
+
+
+def open_location(uri: str, settings: TransferSettings = DEFAULT, client: Any = None) -> Bucket:
+    """The transport registry's entry for s3:// URIs (transport.schemes); boto3 is imported
+    when the client is made, not before."""
+    name, prefix = parse_s3(uri)
+    return Bucket(name, prefix, settings, client)

@@ -10,12 +10,15 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..artifacts.digest import HashingWriter
 from ..errors import KilnError, PublishError
 from .s3 import DEFAULT, MIB, TransferSettings, s3_client, status_of, with_retries
 from .uris import local_path, parse_s3, scheme_of
+
+if TYPE_CHECKING:  # objects.py imports this module
+    from .objects import Location
 
 Progress = Callable[[int], None]
 
@@ -53,6 +56,9 @@ def read_small(uri: str, *, limit: int = 64 * MIB, client: Any = None,
     """
     if scheme_of(uri) == "file":
         return _read_local(local_path(uri), uri, limit, what)
+    if scheme_of(uri) != "s3":  # a plug-in scheme: through its Location
+        place, name = _plugin_place(uri, settings)
+        return place.get_small(name, limit)
     bucket, key = parse_s3(uri)
     if client is None:  # nobody paid for boto3 yet: try the stdlib-only signed GET first
         from .s3lite import get_small
@@ -93,6 +99,11 @@ def download(uri: str, dest: Path, *, size: int, sha256: str, progress: Progress
     that breaks is retried (per range, then whole); bytes that arrive intact but differ from the
     manifest are refused at once: re-downloading a corrupt object only repeats the corruption.
     """
+    if scheme_of(uri) not in ("file", "s3"):  # a plug-in scheme: through its Location
+        place, name = _plugin_place(uri, settings)
+        place.fetch(name, dest, size=size, sha256=sha256, progress=progress)
+        return
+
     def fetch_once() -> tuple[int, str]:
         with open(dest, "wb") as raw:
             writer = HashingWriter(raw)
@@ -126,6 +137,15 @@ def download(uri: str, dest: Path, *, size: int, sha256: str, progress: Progress
     if got != size or actual != sha256:
         dest.unlink(missing_ok=True)
         raise DigestMismatch(uri, size, got, sha256, actual)
+
+
+def _plugin_place(uri: str, settings: TransferSettings) -> tuple[Location, str]:
+    """(the Location of the URI's "directory", the object's name in it) for a scheme a plug-in
+    transport serves (transport.schemes); its `fetch` checks size and sha256 as `download` does."""
+    from .schemes import open_location
+
+    cut = uri.rfind("/") + 1
+    return open_location(uri[:cut], settings), uri[cut:]
 
 
 def _copy(src: Path, out: HashingWriter, progress: Progress | None) -> None:

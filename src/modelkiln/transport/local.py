@@ -27,6 +27,8 @@ from ..artifacts.extract import check_name
 from ..errors import KilnError, PublishError
 from .fetch import Progress, download
 from .objects import ALWAYS, Condition, ObjectInfo, PreconditionFailed
+from .s3 import DEFAULT, TransferSettings
+from .uris import local_path
 
 CHUNK = 256 << 10  # small reused-size pieces: multi-MiB ones page-fault on every allocation
 STALE_S = 3600.0  # temporary files older than this are a killed writer's debris
@@ -155,6 +157,13 @@ class LocalDir:
                 raise PreconditionFailed(self.uri(key), condition)
         os.replace(tmp, target)
 
+    def list_keys(self, prefix: str = "") -> list[str]:
+        base = self.root / prefix if prefix else self.root
+        with self._io("read", prefix):
+            found = [p.relative_to(self.root).as_posix() for p in base.rglob("*")
+                     if p.is_file() and not p.name.startswith(".")] if base.is_dir() else []
+        return sorted(found)
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         with self._io("write", key):
@@ -176,3 +185,8 @@ class LocalDir:
                 with contextlib.suppress(OSError):
                     if entry.is_file() and now - entry.lstat().st_mtime > older_than:
                         entry.unlink()
+
+
+def open_location(uri: str, settings: TransferSettings = DEFAULT) -> LocalDir:
+    """The transport registry's entry for file:// URIs and plain paths (transport.schemes)."""
+    return LocalDir(local_path(uri))

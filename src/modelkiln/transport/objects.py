@@ -115,6 +115,11 @@ class Location(Protocol):
         """Write a (large) file whose size and sha256 the caller checked; recorded with it."""
         ...
 
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Every key under `prefix` (a "directory" ending in '/', or "" for all), sorted; the
+        temporary files of writers in progress are left out."""
+        ...
+
     def delete(self, key: str) -> None:
         """Remove `key`; nothing happens when it is absent."""
         ...
