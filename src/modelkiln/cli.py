@@ -58,6 +58,8 @@ def _cache_uri(value: str) -> str:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Every spec that validates gets its `ok` line, then the problems of the others (exit 3)."""
+    if cli_review.wants(args):  # --format github / --schema-only (CI, pre-commit)
+        return cli_review.cmd_validate(args)
     bundles, broken = api.load_bundles_partial(api.discover(args.specs))
     for b in bundles:
         print(f"ok  {b.spec_path.name}: {b.name} {b.version} ({', '.join(b.backends)})")
@@ -253,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check specs against the schema and each other")
     v.add_argument("specs", nargs="*", help="spec files or directories (default: bundles/)")
+    cli_review.validate_options(v)
     v.set_defaults(func=cmd_validate)
 
     pl = sub.add_parser("plan", help="show what a build would run and why, without running it")

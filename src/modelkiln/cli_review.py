@@ -1,6 +1,11 @@
-"""`kiln changed` and `kiln schema`: the commands a CI workflow and an editor call.
+"""`kiln changed`, `kiln schema` and `kiln validate`'s CI forms: what a workflow, pre-commit and an
+editor call.
 
-Part of the CLI layer (it prints); cli.py registers these parsers. `kiln changed` prints the
+Part of the CLI layer (it prints); cli.py registers these parsers and `validate`'s options.
+`kiln validate --format github` prints each problem as a GitHub workflow command
+(`::error file=F,line=L,col=C::key: message`), which GitHub shows as an annotation on that spec
+line of the pull request; `--schema-only` checks YAML and the schema alone, reading no file a
+spec names (pre-commit.ci and LFS-less clones have no checkpoints). `kiln changed` prints the
 bundles a CI matrix must build as JSON on stdout (or, with `--shards N`, at most N legs) and the
 base it compared with on stderr; `kiln schema` writes the bundle JSON Schema where an editor finds
 it. The deciding is in graph/changed.py.
@@ -14,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import api
-from .errors import ExitCode, UsageError
+from .errors import ExitCode, Problem, SpecError, UsageError
 
 LAST_GOOD = "kiln-published"  # the tag the example workflow moves after a successful publish
 
@@ -58,7 +63,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
         sys.stdout.write(data.decode())
         return ExitCode.OK
     path = Path(args.path)
-    if path.is_dir():
+    if path.is_dir() or path.suffix != ".json":  # a directory (made when absent)
         path = path / "bundle.schema.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -66,6 +71,66 @@ def cmd_schema(args: argparse.Namespace) -> int:
           f"`# yaml-language-server: $schema={path.name}` (path relative to the spec)",
           file=sys.stderr)
     return ExitCode.OK
+
+
+def validate_options(v: argparse.ArgumentParser) -> None:
+    """`kiln validate`'s CI options (cli.py's parser calls this)."""
+    v.add_argument("--format", choices=("text", "github"), default="text",
+                   help="problem lines as text (default) or as GitHub annotations "
+                   "(::error file=...,line=...,col=...::key: message)")
+    v.add_argument("--schema-only", action="store_true",
+                   help="check YAML and the schema only: no checkpoint, label or other file a "
+                   "spec names is read (pre-commit, LFS-less clones)")
+
+
+def wants(args: argparse.Namespace) -> bool:
+    """Whether `kiln validate` is to be answered here (a CI form) rather than by cli.py."""
+    return bool(getattr(args, "schema_only", False)) or getattr(args, "format", "text") != "text"
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """`ok` lines for the specs that validate, then every problem (text or annotations), exit 3
+    when there is one."""
+    paths = api.discover(args.specs)
+    oks: list[str] = []
+    problems: list[Problem] = []
+    if args.schema_only:
+        from .spec import load_document
+
+        for path in paths:
+            try:
+                doc = load_document(path)
+            except SpecError as exc:
+                problems += exc.problems
+                continue
+            data = doc.data if isinstance(doc.data, dict) else {}
+            oks.append(f"ok  {path.name}: {data.get('name')} {data.get('version')} (schema)")
+    else:
+        bundles, broken = api.load_bundles_partial(paths)
+        oks = [f"ok  {b.spec_path.name}: {b.name} {b.version} ({', '.join(b.backends)})"
+               for b in bundles]
+        problems = [p for spec in broken for p in spec.problems]
+    for line in oks:
+        print(line)
+    if not problems:
+        return ExitCode.OK
+    if args.format == "github":
+        for p in sorted(set(problems)):
+            print(github_annotation(p))
+        return ExitCode.SPEC
+    raise SpecError(problems)
+
+
+def _escape(value: str, prop: bool = False) -> str:
+    """GitHub's workflow-command escaping: data escapes %, CR and LF; properties also : and ,."""
+    out = value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return out.replace(":", "%3A").replace(",", "%2C") if prop else out
+
+
+def github_annotation(p: Problem) -> str:
+    message = f"{p.key or '<document>'}: {p.message}" + (f" ({p.hint})" if p.hint else "")
+    return (f"::error file={_escape(p.file, True)},line={p.line},col={p.col},"
+            f"title={_escape('kiln validate', True)}::{_escape(message)}")
 
 
 def add_parsers(sub: Any) -> None:
@@ -104,5 +169,6 @@ def add_parsers(sub: Any) -> None:
         epilog="examples:\n  kiln schema schema/            # writes schema/bundle.schema.json\n"
         "  kiln schema > bundle.schema.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    sc.add_argument("path", nargs="?", help="file or directory to write (default: stdout)")
+    sc.add_argument("path", nargs="?", help="a .json file, or a directory to write "
+                    "bundle.schema.json into (default: stdout)")
     sc.set_defaults(func=cmd_schema)
