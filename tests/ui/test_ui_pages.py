@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -244,3 +245,57 @@ def test_the_command_documents_itself() -> None:
                           timeout=60, env={**os.environ})
     assert done.returncode == 0
     assert "--read-only" in done.stdout and "kiln ui --port 8800 --read-only" in done.stdout
+
+
+def test_compare_two_store_versions(serve: Callable[..., Server], browser: Any, site: Site,
+                                    shots: Path) -> None:
+    from modelkiln.store import ModelStore
+
+    store = ModelStore(site.store)
+    current = site.store / "tiny" / "versions" / "1.0.0"
+    with store.stage_new("tiny", "0.9.0") as tmp:  # an older version: alpha's cut differs
+        shutil.copytree(current / "bundle", tmp / "bundle")
+        thresholds = json.loads((tmp / "bundle" / "thresholds.json").read_text())
+        thresholds["alpha"] = 0.125
+        (tmp / "bundle" / "thresholds.json").write_text(json.dumps(thresholds))
+    store.finalize("tiny", "0.9.0", activate=False)
+    server = serve()
+    browser.get(server.url + "entry/tiny-pytorch")
+    versions = _text(browser, "versions")
+    assert "0.9.0" in versions and "1.0.0" in versions
+    browser.find_element(_by("LINK_TEXT"), "compare with this entry").click()
+    assert "tiny-pytorch%400.9.0" in browser.current_url or "tiny-pytorch@0.9.0" in browser.current_url
+    changed = [r.text for r in browser.find_elements(_by("CSS_SELECTOR"), "tr.differs")]
+    assert any(line.startswith("alpha 0.125") for line in changed), changed
+    assert any(line.startswith("thresholds.json") for line in changed), changed
+    assert not any(line.startswith("beta") for line in changed), changed
+    browser.save_screenshot(str(shots / "compare-versions.png"))
+
+
+def test_import_with_a_bad_field_writes_nothing(serve: Callable[..., Server], site: Site) -> None:
+    server = serve()
+    curated = site.registry / "model_registry.curated.json"
+    before = curated.read_bytes()
+    _, page = request(server.url + "entry/notes-pytorch")
+    token = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    status, _ = request(server.url + "entry/notes-pytorch/import",
+                        {"csrf": token, "backend": "Not+A+Backend", "roles": "notes"})
+    assert status == 303
+    _, page = request(server.url + "entry/notes-pytorch")
+    assert "exit 3 (spec)" in page and "model_registry.curated.json" in page
+    assert curated.read_bytes() == before
+    assert [p.name for p in site.registry.glob(".model_registry*.tmp")] == []
+    # importing an entry that is already curated is refused the same way (usage)
+    status, _ = request(server.url + "entry/tiny-pytorch/import", {"csrf": token})
+    _, page = request(server.url + "entry/tiny-pytorch")
+    assert "exit 64 (usage)" in page and curated.read_bytes() == before
+
+
+def test_a_broken_registry_is_a_page_not_a_traceback(serve: Callable[..., Server],
+                                                      site: Site) -> None:
+    server = serve()
+    (site.registry / "model_registry.curated.json").write_text('{"schema_version": 1, '
+                                                               '"entries": [{"name": 5}]}')
+    status, page = request(server.url)
+    assert status == 500
+    assert "model_registry.curated.json:1:" in page and "Traceback" not in page

@@ -22,7 +22,7 @@ from ..artifacts import names
 from ..artifacts.statefile import read_regular
 from ..errors import KilnError
 from ..registry import RegistryEntry
-from ..store import BUNDLE_DIR
+from ..store import BUNDLE_DIR, read_manifest
 from ..transport.uris import local_path, scheme_of, sibling
 
 SMALL = 16 << 20  # a manifest, thresholds or signature file is KiB; anything over is not one
@@ -145,9 +145,24 @@ def manifest_of(entry: RegistryEntry) -> tuple[Json | None, str]:
         if found is not None:
             return found, str(path)
     if entry.artifacts.store:
-        path = Path(entry.artifacts.store) / BUNDLE_DIR / names.MANIFEST
-        return _dict(_json(read_regular(path, SMALL))), str(path)
+        version = Path(entry.artifacts.store)
+        path = version / BUNDLE_DIR / names.MANIFEST
+        return _stored_files(_dict(_json(read_regular(path, SMALL))), version), str(path)
     return None, "no local copy (store or dist) on this machine"
+
+
+def _stored_files(manifest: Json | None, version: Path) -> Json | None:
+    """A store version's bundle manifest with its file list taken from the store's sealed
+    manifest: the sizes and digests the store recorded for what it holds."""
+    try:
+        sealed = read_manifest(version)
+    except KilnError:
+        return manifest
+    prefix = f"{BUNDLE_DIR}/"
+    files = [{"path": p[len(prefix):], "size": size, "sha256": digest}
+             for p, (size, digest) in sorted(sealed.files.items())
+             if p.startswith(prefix) and p != prefix + names.MANIFEST]
+    return {**(manifest or {}), "files": files}
 
 
 def signature_status(entry: RegistryEntry, manifest_bytes: bytes | None) -> str:
