@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the heavy libraries are imported inside the functions that use them
     from transformers import PreTrainedTokenizerFast
@@ -114,13 +114,93 @@ def make_embedding_checkpoint(out: Path, *, seed: int = 11, hidden: int = 64, la
     return [t for t, _ in topic_texts(MEMORY_TOPICS, 120, seed + 1)]
 
 
+VISION_LABELS = ("red", "green", "blue")
+
+
+def color_images(n: int, seed: int, size: int = 32) -> list[tuple[Any, int]]:
+    """(H x W x 3 uint8 array, label index): noise over one dominant colour channel, with a
+    random darker square so the pictures are not flat."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        label = int(rng.integers(len(VISION_LABELS)))
+        img = rng.integers(0, 110, (size, size, 3))
+        img[:, :, label] += rng.integers(80, 145)
+        x, y, w = (int(v) for v in rng.integers(0, size // 2, 3))
+        img[y:y + w + 4, x:x + w + 4] //= 2
+        out.append((np.clip(img, 0, 255).astype(np.uint8), label))
+    return out
+
+
+def make_vision_checkpoint(out: Path, *, seed: int = 21, hidden: int = 64, layers: int = 2,
+                           size: int = 32, steps: int = 25, lr: float = 1e-3) -> list[tuple[Any, int]]:
+    """Write a trained tiny ViT classifier and its image processor config to `out`; returns
+    held-out (image, label) pairs for calibration."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    config = ViTConfig(image_size=size, patch_size=8, num_channels=3, hidden_size=hidden,
+                       num_hidden_layers=layers, num_attention_heads=max(1, hidden // 32),
+                       intermediate_size=hidden * 2, num_labels=len(VISION_LABELS),
+                       id2label=dict(enumerate(VISION_LABELS)),
+                       label2id={lab: i for i, lab in enumerate(VISION_LABELS)},
+                       problem_type="single_label_classification")
+    model = ViTForImageClassification(config)
+    processor = ViTImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3,
+                                  image_std=[0.5] * 3)
+    data = color_images(400, seed, size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):
+        batch = data[(step * 32) % len(data):][:32]
+        pixels = processor([img for img, _ in batch], return_tensors="pt")["pixel_values"]
+        loss = model(pixel_values=pixels, labels=torch.tensor([y for _, y in batch])).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.save_pretrained(str(out), safe_serialization=True)
+    processor.save_pretrained(str(out))
+    return color_images(90, seed + 1, size)
+
+
+def write_images(directory: Path, pairs: list[tuple[Any, int]], calibration: Path) -> None:
+    """PNG files under `directory` and calibration rows naming them (relative to the file)."""
+    from PIL import Image
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (img, label) in enumerate(pairs):
+        path = directory / f"img-{i:03d}.png"
+        Image.fromarray(img).save(path, optimize=False)
+        rows.append({"image": str(path.relative_to(calibration.parent)),
+                     "labels": [VISION_LABELS[label]]})
+    calibration.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_label_files(directory: Path, labels: tuple[str, ...]) -> None:
+    _dump(directory / "label_order.json", list(labels))
+    _dump(directory / "registry_label_fields.json", {lab: {"field": "colour", "value": lab}
+                                                     for lab in labels})
+
+
 def write_texts(path: Path, texts: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
 
 
 def make_fleet_inputs(bundles: Path) -> None:
-    """Inputs of bundles/memory.yaml (sentence embeddings, ONNX int8)."""
+    """Inputs of bundles/memory.yaml (sentence embeddings) and bundles/vision.yaml (an image
+    classifier, calibration rows naming PNG files), both ONNX int8."""
     memory = bundles / "memory"
     texts = make_embedding_checkpoint(memory / "checkpoint")
     write_texts(memory / "calibration.jsonl", texts)
+    vision = bundles / "vision"
+    held_out = make_vision_checkpoint(vision / "checkpoint")
+    write_label_files(vision, VISION_LABELS)
+    write_images(vision / "images", held_out, vision / "calibration.jsonl")

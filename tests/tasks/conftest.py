@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from task_specs import MEMORY_SPEC
+from task_specs import MEMORY_SPEC, VISION_SPEC
 
 from helpers import Project, make_project
 
@@ -26,5 +26,21 @@ def memory_built(tmp_path_factory: pytest.TempPathFactory, memory_inputs: Path) 
     root = tmp_path_factory.mktemp("memory-proj")
     project = make_project(root, memory_inputs, name="memory", spec=MEMORY_SPEC)
     done = project.doit("build:memory")
+    assert done.code == 0, done.output
+    return project
+
+
+@pytest.fixture(scope="session")
+def vision_built(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """A seeded tiny ViT colour classifier, its image processor, 40 calibration PNGs, built."""
+    from modelkiln import demo_fleet
+
+    inputs = tmp_path_factory.mktemp("vision-inputs")
+    held_out = demo_fleet.make_vision_checkpoint(inputs / "checkpoint", steps=20)
+    demo_fleet.write_label_files(inputs, demo_fleet.VISION_LABELS)
+    demo_fleet.write_images(inputs / "images", held_out[:40], inputs / "calibration.jsonl")
+    project = make_project(tmp_path_factory.mktemp("vision-proj"), inputs, name="vision",
+                           spec=VISION_SPEC)
+    done = project.doit("build:vision")
     assert done.code == 0, done.output
     return project

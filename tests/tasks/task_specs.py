@@ -16,3 +16,25 @@ backends:
   onnx:
     quantize: {{mode: dynamic, weight_type: int8, per_channel: true}}
 """
+
+VISION_SPEC = """\
+apiVersion: modelkiln/v1
+kind: Bundle
+name: {name}
+version: "1.0.0"
+source:
+  checkpoint: {name}/checkpoint
+  task: image-classification
+labels:
+  order: {name}/label_order.json
+  fields: {name}/registry_label_fields.json
+thresholds:
+  strategy: fixed
+  default: 0.4
+  calibration: {name}/calibration.jsonl
+backends:
+  pytorch: {{}}
+  onnx:
+    quantize: {{mode: dynamic, weight_type: int8, per_channel: true}}
+    parity: {{atol: 1.0e-4, max_decision_flip_rate: 0.05}}
+"""

@@ -21,6 +21,7 @@ from ..stages import (
     embed_parity,
     engines,
     image,
+    image_processor,
     imagetest,
     int8,
     labels,
@@ -32,6 +33,7 @@ from ..stages import (
     tokenizer,
     trt,
     trtparity,
+    vision_parity,
     weights,
 )
 from ..stages import kinds
@@ -40,12 +42,14 @@ from ..stages.base import Stage, StagePlan
 BUILTIN_STAGES: dict[str, Stage] = {
     "weights": weights,
     "tokenizer": tokenizer,
+    "image_processor": image_processor,
     "labels": labels,
     "thresholds": thresholds,
     "onnx": onnx,
     "int8": int8,
     "parity": parity,
     "embed_parity": embed_parity,
+    "vision_parity": vision_parity,
     "smoke": smoke,
     "trt": trt,
     "engines": engines,

@@ -174,6 +174,7 @@ def to_bundle(doc: Document) -> m.Bundle:
     root = project_root(doc.path)
     c = _Checker(doc, root)
     source, head = inputs.source(c, data)
+    kinds.check(c, data)
     embedding = kinds.embedding(c, data, source.checkpoint if "checkpoint" in data["source"] else None)
     if embedding is not None:  # a kind of its own: no labels, no thresholds (the schema says so)
         labels = m.Labels(Path(), Path(), ())

@@ -18,12 +18,13 @@ from .checker import MISSING, Checker, Data
 
 CLASSIFIERS = ("multi-label-classification", "single-label-classification")
 FEATURE_EXTRACTION = "feature-extraction"
-KINDS = (FEATURE_EXTRACTION,)  # tasks with their own stage set (stages/kinds)
+IMAGE_CLASSIFICATION = "image-classification"
+KINDS = (FEATURE_EXTRACTION, IMAGE_CLASSIFICATION)  # tasks with their own stage set (stages/kinds)
 # the capability a registry entry gets from its task alone (callers `--require` it), beside the
 # spec's registry.capabilities
 TASK_CAPABILITIES = {"multi-label-classification": "multi-label",
                      "single-label-classification": "single-label",
-                     FEATURE_EXTRACTION: "embeddings"}
+                     FEATURE_EXTRACTION: "embeddings", IMAGE_CLASSIFICATION: "vision"}
 
 
 def task_capabilities(task: str, declared: tuple[str, ...]) -> tuple[str, ...]:
@@ -55,6 +56,28 @@ class Embedding:
 
 def is_classifier(task: str) -> bool:
     return task in CLASSIFIERS
+
+
+def check(c: Checker, data: Data) -> None:
+    """What a task kind cannot take yet, as spec problems: its int8 is plain dynamic
+    quantization (quantize: auto and static calibrate on texts through the classifiers' stages),
+    and an image classifier's thresholds are fixed (f1-optimal scores texts)."""
+    task = data["source"]["task"]
+    if task not in KINDS:
+        return
+    onnx = data["backends"].get("onnx")
+    q = onnx.get("quantize", "auto") if isinstance(onnx, dict) else None
+    if q is not None and (q == "auto" or (isinstance(q, dict) and q.get("mode", "dynamic") != "dynamic")):
+        c.fail(("backends", "onnx", "quantize"), f"source.task {task} takes dynamic quantization only",
+               "set backends.onnx.quantize: {mode: dynamic, weight_type: int8, per_channel: true}")
+    thresholds = data.get("thresholds")
+    if task == IMAGE_CLASSIFICATION and isinstance(thresholds, dict):
+        if thresholds.get("strategy") != "fixed":
+            c.fail(("thresholds", "strategy"), f"source.task {task} takes fixed thresholds only",
+                   "set thresholds.strategy: fixed (default and values)")
+        if "calibration" not in thresholds and onnx is not None:
+            c.fail(("thresholds",), "the ONNX gates need calibration images",
+                   'set thresholds.calibration: JSONL rows {"image": "a.png", "labels": [...]}')
 
 
 def _st_defaults(c: Checker, ckpt: Path | None) -> dict[str, Any]:

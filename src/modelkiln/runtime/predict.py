@@ -99,7 +99,9 @@ def load(bundle_dir: Path) -> Predictor:
     backend = sig.get("backend")
     max_length = int(sig.get("max_length") or 512)
     try:
-        if backend == "pytorch":
+        if sig.get("input") == "image":  # an image classifier: {"image": "<path on this host>"}
+            logits = _image_onnx(bundle_dir)
+        elif backend == "pytorch":
             logits = _torch(bundle_dir, max_length)
         elif (bundle_dir / names.ONNX_INT8).is_file():
             logits = _onnx(bundle_dir, max_length)
@@ -161,6 +163,47 @@ def _onnx(bundle_dir: Path, max_length: int, output: str = "logits") -> Callable
                  "token_type_ids": enc.type_ids}
         feed = {n: np.asarray([given[n]], dtype=np.int64) for n in wanted}
         return session.run([output], feed)[0][0]
+
+    return logits
+
+
+def _image_onnx(bundle_dir: Path) -> Callable[[str], Any]:
+    """An image classifier's int8 graph behind its preprocessor_config.json: resize (bilinear),
+    rescale and normalize as transformers' ViT-style processors do, channels first. Written here
+    (PIL + numpy) so the serving side needs no transformers."""
+    import numpy as np
+    import onnxruntime as ort
+    from PIL import Image
+
+    if not (bundle_dir / names.ONNX_INT8).is_file():
+        raise KilnError(f"{bundle_dir}: predict serves image classifiers from the ONNX bundle "
+                        f"({names.ONNX_INT8})")
+    cfg = _json_file(bundle_dir / "preprocessor_config.json")
+    size = cfg.get("size") or {}
+    shape = (int(size.get("width", 224)), int(size.get("height", 224)))
+    mean = np.asarray(cfg.get("image_mean", [0.5] * 3), dtype=np.float32)[:, None, None]
+    std = np.asarray(cfg.get("image_std", [0.5] * 3), dtype=np.float32)[:, None, None]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads()
+    session = ort.InferenceSession(str(bundle_dir / names.ONNX_INT8), options,
+                                   providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def logits(path: str) -> Any:
+        try:
+            with Image.open(path) as img:
+                rgb = img.convert("RGB")
+        except OSError as exc:
+            raise ValueError(f"cannot read image {path!r}: {exc}") from None
+        if cfg.get("do_resize", True) and rgb.size != shape:
+            rgb = rgb.resize(shape, Image.Resampling.BILINEAR)
+        x = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1)
+        if cfg.get("do_rescale", True):
+            x = x * float(cfg.get("rescale_factor", 1 / 255))
+        if cfg.get("do_normalize", True):
+            x = (x - mean) / std
+        return session.run(["logits"], {name: x[None].astype(np.float32)})[0][0]
 
     return logits
 

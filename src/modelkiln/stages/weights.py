@@ -129,7 +129,7 @@ def run(ctx: RunContext) -> Report:
 
     ckpt = ctx.bundle.source.checkpoint
     kind = kinds.kind_of(ctx.bundle)
-    config = read_config(ckpt / names.CONFIG, head=kind is None)
+    config = read_config(ckpt / names.CONFIG, head=kind is None or kind.head)
     state = load_state_dict(ckpt)
     dtype = ctx.bundle.source.dtype
     if dtype:

@@ -32,16 +32,21 @@ class Kind:
     reports: dict[str, tuple[str, ...]]  # backend -> stages whose report goes in the manifest
     signature: Callable[[RunContext], dict[str, Any]]
     card: Callable[[RunContext, str, str, dict[str, Report], dict[str, str]], str]
+    head: bool = False  # config.json carries a classification head (labels checked against it)
 
 
 def kind_of(bundle: Bundle) -> Kind | None:
     """The bundle's task kind, or None for the classifiers (the shared stages as they are)."""
-    from ...model.kinds import FEATURE_EXTRACTION
+    from ...model.kinds import FEATURE_EXTRACTION, IMAGE_CLASSIFICATION
 
     if bundle.source.task == FEATURE_EXTRACTION:
         from .embedding import KIND
 
         return KIND
+    if bundle.source.task == IMAGE_CLASSIFICATION:
+        from .vision import KIND as VISION
+
+        return VISION
     return None
 
 
