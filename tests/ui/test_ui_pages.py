@@ -299,3 +299,29 @@ def test_a_broken_registry_is_a_page_not_a_traceback(serve: Callable[..., Server
     status, page = request(server.url)
     assert status == 500
     assert "model_registry.curated.json:1:" in page and "Traceback" not in page
+
+
+def test_signature_status_and_provenance(serve: Callable[..., Server], browser: Any,
+                                         site: Site, tmp_path: Path) -> None:
+    def kiln(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "kiln"), *args], cwd=site.root, env=site.env,
+                              capture_output=True, text=True, timeout=120)
+
+    assert kiln("keygen", "--dir", str(tmp_path), "--name", "pub").returncode == 0
+    published = site.root / "published" / "tiny" / "1.0.0" / "pytorch"
+    signed = kiln("sign", "--key", str(tmp_path / "pub.key"), str(published))
+    assert signed.returncode == 0, signed.stderr
+    server = serve()  # no trusted keys: signed, not checked
+    browser.get(server.url)
+    cell = browser.find_element(_by("CSS_SELECTOR"), 'tr[data-name="tiny-pytorch"] td.signature')
+    assert cell.text.startswith("signed (not checked")
+    browser.get(server.url + "entry/tiny-pytorch")
+    assert "urn:modelkiln:builder:local" in _text(browser, "provenance")
+    trusted = serve(env={"REGISTRY_TRUSTED_KEYS": str(tmp_path / "pub.pub")})
+    browser.get(trusted.url)
+    cell = browser.find_element(_by("CSS_SELECTOR"), 'tr[data-name="tiny-pytorch"] td.signature')
+    assert cell.text.startswith("signed by ") and cell.text.endswith("(checked)")
+    browser.get(trusted.url + "entry/tiny-pytorch")
+    _click(browser, "verify")
+    log = _text(browser, "log")
+    assert "exit 0 (ok)" in log and "signed_by=" in log
