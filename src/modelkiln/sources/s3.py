@@ -13,6 +13,9 @@ The ranged download is our own (not s3transfer's) for two things it lacks: start
 from __future__ import annotations
 
 import base64
+import ctypes
+import functools
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -27,8 +30,38 @@ from .scheme import Ingest, Write
 from .uris import SourceUri
 
 PART = 8 << 20
-CONCURRENCY = 8  # ranged GETs in flight per file
+CONCURRENCY = 6  # ranged GETs in flight per file
 PIECE = 256 << 10
+# Parts fetched but not yet written, over every file this process streams at once: memory is at
+# most SLOTS x PART whatever the checkpoint's size or the number of files fetched in parallel
+# (awscli's default is 10 requests of 8 MiB).
+SLOTS = threading.BoundedSemaphore(12)
+
+
+@functools.cache
+def _return_freed_pieces() -> None:
+    """Have glibc map every piece (>= 128 KiB) on its own and unmap it when freed. By default it
+    raises that threshold after the first frees and serves later pieces from per-thread arenas,
+    which keep freed memory: peak RSS then grows with the number of GET threads, not with the
+    bytes in flight. Fixing the threshold keeps RSS at what is in flight. No-op off glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, PIECE // 2)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+_CLIENT_LOCK = threading.Lock()
+_CLIENT: list[Any] = []
+
+
+def _shared_client() -> Any:
+    """One boto3 client per process (they are thread-safe): each new one loads botocore's service
+    model again, tens of MiB, and fetch threads asking at once would each make one."""
+    with _CLIENT_LOCK:
+        if not _CLIENT:
+            _CLIENT.append(s3t.s3_client(s3t.TransferSettings(concurrency=16, checksum=None)))
+        return _CLIENT[0]
 
 
 def _key(src: SourceUri, path: str) -> str:
@@ -42,7 +75,7 @@ class S3Reader:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = s3t.s3_client(s3t.TransferSettings(concurrency=16, checksum=None))
+            self._client = _shared_client()
         return self._client
 
     def _objects(self, src: SourceUri) -> Iterator[tuple[str, str, int]]:
@@ -103,6 +136,7 @@ class S3Reader:
     def stream(self, src: SourceUri, f: LockedFile, offset: int, write: Write) -> None:
         from .fetch import drift
 
+        _return_freed_pieces()
         key = _key(src, f.path)
         pin = ({"VersionId": f.ref[8:]} if f.ref.startswith("version:")
                else {"IfMatch": f.ref[5:]} if f.ref.startswith("etag:") else {})
@@ -131,17 +165,32 @@ class S3Reader:
         ranges = iter([(o, min(PART, f.size - o)) for o in range(offset, f.size, PART)])
         with ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="kiln-get") as pool:
             window: deque[Future[list[bytes]]] = deque()
+
+            def submit() -> bool:
+                """Start the next range when one is left, holding a slot until it is written;
+                never blocks while this file has a range in flight (a slot frees when it lands)."""
+                if len(window) >= CONCURRENCY or not SLOTS.acquire(blocking=not window):
+                    return False
+                if (r := next(ranges, None)) is None:
+                    SLOTS.release()
+                    return False
+                window.append(pool.submit(get, *r))
+                return True
             try:
-                for r in ranges:
-                    window.append(pool.submit(get, *r))
-                    if len(window) >= 2 * CONCURRENCY:
-                        break
+                while submit():
+                    pass
                 while window:
-                    pieces = window.popleft().result()
-                    if (more := next(ranges, None)) is not None:
-                        window.append(pool.submit(get, *more))
+                    head = window.popleft()
+                    try:
+                        pieces = head.result()
+                    finally:
+                        SLOTS.release()  # (one part per file more while it is written)
                     for piece in pieces:
                         write(piece)
+                    del pieces
+                    while submit():
+                        pass
             finally:
                 for fut in window:
                     fut.cancel()
+                    SLOTS.release()
