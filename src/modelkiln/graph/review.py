@@ -277,7 +277,9 @@ def _bundle_section(bundle: Bundle, own: list[TaskPlan], records: dict[str, Acti
                                backend in rebuilt)
         if warn:
             warnings.append(warn)
-    out = [f"### {text(bundle.name)} {text(version)}" + ("" if busy else " (nothing to do)"), ""]
+    state = "" if busy else " (built; publish would refuse this version)" if warnings \
+        else " (nothing to do)"
+    out = [f"### {text(bundle.name)} {text(version)}{state}", ""]
     out += headline(version, base_version, sides, rebuilt)
     if changes is not None:
         out.append("- **Spec changes since base**: " + ("; ".join(changes) if changes else "none"))
