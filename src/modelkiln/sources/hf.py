@@ -71,3 +71,8 @@ def _read(path: Path, offset: int, write: Write) -> None:
         fh.seek(offset)
         while chunk := fh.read(CHUNK):
             write(chunk)
+
+
+def source_reader() -> HfReader:
+    """This scheme's reader, for the transport scheme registry (`hf+source`)."""
+    return HfReader()

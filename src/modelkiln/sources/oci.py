@@ -74,3 +74,8 @@ class OciReader:
             raise
         finally:
             reg.close()
+
+
+def source_reader() -> OciReader:
+    """This scheme's reader, for the transport scheme registry (`oci+source`)."""
+    return OciReader()

@@ -194,3 +194,8 @@ class S3Reader:
                 for fut in window:
                     fut.cancel()
                     SLOTS.release()
+
+
+def source_reader() -> S3Reader:
+    """This scheme's reader, for the transport scheme registry (`s3+source`)."""
+    return S3Reader()

@@ -4,14 +4,18 @@ A reader resolves a URI to a lock entry (listing, and hashing what the store giv
 and streams one locked file's bytes from an offset. Hashing, resuming, verifying and placing the
 bytes are the fetch cache's job (`fetch`), written once for every scheme.
 
-The table is local until the plug-in issue's transport scheme registry exists; a reader is then
-registered there under the same scheme name.
+Readers are found through the transport scheme registry (transport.schemes): an entry
+`<scheme>+source` in the modelkiln.transports entry-point group whose module has a
+`source_reader()` function. modelkiln's s3, oci and hf readers register there, as a third party's
+gs:// or az:// reader would.
 """
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
+from ..errors import KilnError
 from .lockfile import LockedFile, LockEntry
 from .uris import SourceUri
 
@@ -34,15 +38,19 @@ class Reader(Protocol):
 
 
 def reader(scheme: str) -> Reader:
-    """The reader for a scheme (imported on first use: boto3 and huggingface_hub stay unloaded
-    until a stage or `kiln lock` needs them)."""
-    if scheme == "s3":
-        from .s3 import S3Reader
-        return S3Reader()
-    if scheme == "oci":
-        from .oci import OciReader
-        return OciReader()
-    if scheme == "hf":
-        from .hf import HfReader
-        return HfReader()
-    raise KeyError(scheme)
+    """The reader for a scheme, from the transport scheme registry (`<scheme>+source` entries of
+    the modelkiln.transports group, where s3, oci and hf register like a third party's scheme).
+    The built-in three are also found without that metadata (an install whose entry points are
+    stale); their modules import boto3 or huggingface_hub only when a reader is used."""
+    from ..transport import schemes
+
+    try:
+        return cast(Reader, schemes.source_reader(scheme))
+    except KilnError:
+        if scheme not in _BUILTIN:
+            raise
+    module = importlib.import_module(_BUILTIN[scheme], __package__)
+    return cast(Reader, module.source_reader())
+
+
+_BUILTIN = {"s3": ".s3", "oci": ".oci", "hf": ".hf"}

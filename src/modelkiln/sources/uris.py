@@ -50,7 +50,8 @@ def scheme(text: str) -> str:
 
 
 def is_remote(text: str | None) -> bool:
-    return text is not None and scheme(text) in REMOTE
+    """Any URI but file://: s3, oci and hf built in, other schemes through a plug-in's reader."""
+    return text is not None and "://" in text and scheme(text) != "file"
 
 
 def parse(text: str) -> SourceUri:
@@ -75,8 +76,11 @@ def parse(text: str) -> SourceUri:
             raise BadSourceUri(text, "a Hugging Face source must be pinned by a full commit id",
                                "write hf://ORG/REPO@<40-hex commit>[/subfolder] (a branch can move)")
         return SourceUri(text, "hf", m["repo"], m["sub"] or "", m["rev"])
-    raise BadSourceUri(text, f"'{kind}://' is not a source scheme",
-                       "use s3://, oci://, hf://, file:// or a path relative to the spec")
+    if not re.fullmatch(r"[a-z][a-z0-9.+-]*", kind):
+        raise BadSourceUri(text, f"'{kind}://' is not a URI scheme",
+                           "use s3://, oci://, hf://, file:// or a path relative to the spec")
+    where, _, rest = text.split("://", 1)[1].partition("/")  # a plug-in's scheme: its reader parses
+    return SourceUri(text, kind, where, rest)
 
 
 def short(uri: str, keep: int = 1) -> str:
