@@ -120,3 +120,32 @@ def test_readme_block_runs(block: Block, request: pytest.FixtureRequest) -> None
                           env=_env(example / "home"), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (f"{block} exited {done.returncode}:\n{block.text}\n--- output\n"
                                   f"{done.stdout}\n{done.stderr}")
+
+
+def spec_example(text: str) -> str:
+    """The README's spec example: the first yaml block under "## Spec files"."""
+    section = text.split("\n## Spec files", 1)[1]
+    return section.split("```yaml\n", 1)[1].split("\n```", 1)[0] + "\n"
+
+
+@pytest.mark.slow
+def test_readme_spec_example_validates_without_warnings(request: pytest.FixtureRequest) -> None:
+    example: Path = request.getfixturevalue("example")
+    where = example / "readme-spec"
+    where.mkdir(exist_ok=True)
+    if not (where / "registry-v3").exists():  # the inputs it names, as beside bundles/
+        (where / "registry-v3").symlink_to(example / "bundles" / "registry-v3")
+    (where / "registry-v3.yaml").write_text(spec_example(README.read_text()))
+    done = subprocess.run([str(BIN / "kiln"), "validate", str(where / "registry-v3.yaml")],
+                          cwd=example, env=_env(example / "home"), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "warn" not in (done.stdout + done.stderr).lower(), done.stdout + done.stderr
+
+
+def test_readme_spec_example_asks_for_no_opset_the_exporter_warns_about() -> None:
+    import yaml
+
+    spec = yaml.safe_load(spec_example(README.read_text()))
+    opset = (spec["backends"].get("onnx") or {}).get("opset")
+    assert opset is None or opset >= 18, "the exporter's minimum opset is 18; lower ones warn"
