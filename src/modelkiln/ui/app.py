@@ -10,7 +10,6 @@ a CLI `lock` in another terminal shows on the next page load.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, abort, redirect, render_template, request, url_for
@@ -41,7 +40,7 @@ def create_app(registry_dir: str | None = None, *, read_only: bool = False,
         return {"csrf": guard.csrf, "read_only": read_only, "registry_dir": registry_dir}
 
     def entry_or_404(name: str) -> tuple[RegistryEntry, bool, bool]:
-        both = _layers(registry_dir)
+        both = layers(registry_dir)
         if name not in both.merged:
             abort(404, f"no registry entry named {name!r}")
         return both.merged[name], name in both.curated, name in both.discovered
@@ -50,7 +49,7 @@ def create_app(registry_dir: str | None = None, *, read_only: bool = False,
     def registry_page() -> str:
         role = request.args.get("role", "")
         capability = request.args.get("capability", "")
-        all_rows = _rows(registry_dir, actions.verdicts)
+        all_rows = rows(registry_dir, dict(actions.verdicts))
         shown = [r for r in all_rows if matches(r, role, capability)]
         roles = sorted({x for r in all_rows for x in r.entry.roles})
         caps = sorted({x for r in all_rows for x in r.entry.capabilities})
@@ -70,7 +69,7 @@ def create_app(registry_dir: str | None = None, *, read_only: bool = False,
     @app.get("/compare")
     def compare_page() -> str:
         a_ref, b_ref = request.args.get("a", ""), request.args.get("b", "")
-        both = _layers(registry_dir).merged
+        both = layers(registry_dir).merged
         sides = [_side(both, ref) for ref in (a_ref, b_ref)] if a_ref and b_ref else []
         if any(s is None for s in sides):
             abort(404, "name an entry (NAME) or a store version of it (NAME@VERSION) on each side")
@@ -121,14 +120,6 @@ def create_app(registry_dir: str | None = None, *, read_only: bool = False,
     return app
 
 
-def _layers(registry_dir: str | None) -> Any:
-    return layers(registry_dir)
-
-
-def _rows(registry_dir: str | None, verdicts: dict[str, str | None]) -> Any:
-    return rows(registry_dir, dict(verdicts))
-
-
 def _words(text: str) -> list[str]:
     return [w.strip() for w in text.replace("\n", ",").split(",") if w.strip()]
 
@@ -146,8 +137,3 @@ def _side(entries: dict[str, RegistryEntry], ref: str) -> tuple[str, bundles.Bun
         entry = replace(entry, artifacts=Artifacts(store=str(path)))
         return f"{name} @ {version}", bundles.view(entry)
     return f"{name} ({entry.version or 'no version'})", bundles.view(entry)
-
-
-def asset_dir() -> Path:
-    """Where the templates and the stylesheet live (packaged with the wheel)."""
-    return Path(__file__).parent
