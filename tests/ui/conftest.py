@@ -103,6 +103,8 @@ def serve(site: Site) -> Iterator[Callable[..., Server]]:
 def browser() -> Iterator[Any]:
     """Headless chromium from Debian's packages, through its own chromedriver (no download)."""
     paths = _browser_paths()
+    if paths is None and os.environ.get("CI") == "true":  # CI installs both (.ci/run)
+        pytest.fail("chromium and chromium-driver are missing; .ci/run installs them")
     if paths is None:
         pytest.skip("chromium and chromium-driver not installed (apt-get install chromium "
                     "chromium-driver)")

@@ -160,6 +160,7 @@ def test_import_moves_a_discovered_entry(serve: Callable[..., Server], browser: 
     roles = browser.find_element(_by("ID"), "import-roles")
     roles.clear()
     roles.send_keys("notes, review")
+    browser.find_element(_by("ID"), "import-metadata").send_keys('{"owner": "notes-team"}')
     _click(browser, "import")
     assert _text(browser, "layer") == "curated + discovered"
     assert browser.find_elements(_by("ID"), "import-form") == []
@@ -167,7 +168,7 @@ def test_import_moves_a_discovered_entry(serve: Callable[..., Server], browser: 
     entry = next(e for e in curated["entries"] if e["name"] == "notes-pytorch")
     assert entry == {"name": "notes-pytorch", "backend": "pytorch",
                      "description": "Notes classifier", "roles": ["notes", "review"],
-                     "capabilities": ["single-label"]}
+                     "capabilities": ["single-label"], "metadata": {"owner": "notes-team"}}
     assert curated["comment"] == "reviewed"  # the rest of the file is kept
     listed = subprocess.run([str(BIN / "kiln"), "registry", "list", "--json",
                              "--include-non-installed"], cwd=site.root, env=site.env,
@@ -285,6 +286,11 @@ def test_import_with_a_bad_field_writes_nothing(serve: Callable[..., Server], si
     assert "exit 3 (spec)" in page and "model_registry.curated.json" in page
     assert curated.read_bytes() == before
     assert [p.name for p in site.registry.glob(".model_registry*.tmp")] == []
+    status, _ = request(server.url + "entry/notes-pytorch/import",
+                        {"csrf": token, "metadata": "%5B1%5D"})  # a list, not an object
+    _, page = request(server.url + "entry/notes-pytorch")
+    assert "exit 64 (usage)" in page and "metadata: a JSON object is needed" in page
+    assert curated.read_bytes() == before
     # importing an entry that is already curated is refused the same way (usage)
     status, _ = request(server.url + "entry/tiny-pytorch/import", {"csrf": token})
     _, page = request(server.url + "entry/tiny-pytorch")

@@ -87,9 +87,11 @@ class Actions:
             return f"unlocked {unlock(name, registry_dir=self.registry_dir).name}"
         return self._run(name, f"kiln registry unlock {name}", call)
 
-    def import_entry(self, name: str, fields: StaticFields) -> LogLine:
+    def import_entry(self, name: str, fields: Callable[[], StaticFields]) -> LogLine:
+        """`fields` is read inside the logged call, so a field that cannot be parsed is a log
+        line with its exit status like any other refusal."""
         def call() -> str:
-            entry = import_discovered(name, fields, registry_dir=self.registry_dir)
+            entry = import_discovered(name, fields(), registry_dir=self.registry_dir)
             return (f"imported {entry.name} into the curated layer (static fields only: "
                     "review and commit model_registry.curated.json)")
         return self._run(name, f"import {name} into the curated layer", call)

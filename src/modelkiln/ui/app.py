@@ -9,13 +9,14 @@ a CLI `lock` in another terminal shows on the next page load.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
 from flask import Flask, abort, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from ..errors import KilnError
+from ..errors import KilnError, UsageError
 from ..registry import Artifacts, RegistryEntry, layers
 from ..registry.curate import StaticFields
 from . import bundle as bundles
@@ -105,12 +106,13 @@ def create_app(registry_dir: str | None = None, *, read_only: bool = False,
     def do_import(name: str) -> Response:
         entry_or_404(name)
         form = request.form
-        actions.import_entry(name, StaticFields(
+        actions.import_entry(name, lambda: StaticFields(
             backend=form.get("backend", "").strip() or None,
             description=form.get("description", "").strip() or None,
             roles=tuple(_words(form.get("roles", ""))),
             capabilities=tuple(_words(form.get("capabilities", ""))),
-            served_model_id=form.get("served_model_id", "").strip() or None))
+            served_model_id=form.get("served_model_id", "").strip() or None,
+            metadata=_metadata(form.get("metadata", ""))))
         return back(name)
 
     @app.errorhandler(KilnError)
@@ -118,6 +120,20 @@ def create_app(registry_dir: str | None = None, *, read_only: bool = False,
         return render_template("error.html", message=str(exc)), 500
 
     return app
+
+
+def _metadata(text: str) -> dict[str, Any]:
+    """The import form's metadata field: empty, or one JSON object (UsageError otherwise)."""
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"metadata: not JSON ({exc}); write an object such as "
+                         '{"owner": "ml-platform"}') from None
+    if not isinstance(value, dict):
+        raise UsageError('metadata: a JSON object is needed, such as {"owner": "ml-platform"}')
+    return value
 
 
 def _words(text: str) -> list[str]:
