@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, api, cli_admin, cli_lock, cli_review, cli_sign, cli_ui
+from . import __version__, api, cli_admin, cli_lock, cli_plugins, cli_review, cli_sign, cli_ui
 from .cache import CacheConfig
 from .errors import ExitCode, KilnError, SpecError
 
@@ -300,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_lock.add_parsers(sub)
     cli_review.add_parsers(sub)
     cli_ui.add_parsers(sub)
+    cli_plugins.add_parsers(sub)
     _image_parsers(sub)
     return p
 

@@ -37,7 +37,8 @@ OWN = "modelkiln"
 # backends.Backend, transport.schemes.Transport); mypy checks modelkiln's own against the Protocols.
 MEMBERS: dict[str, tuple[str, ...]] = {
     STAGES: ("NAME", "DOC", "CODE_VERSION", "READS", "WRITES", "TOOLS", "PLATFORM", "plan", "run"),
-    BACKENDS: ("NAME", "DOC", "STAGES", "PACKS"),
+    BACKENDS: ("NAME", "DOC", "STAGES", "PACKS", "REPORTS", "GRAPH", "TOOLS", "URI_ENV",
+               "MODEL_DIR", "EXPORTS", "IMAGE_PACKAGES"),
     TRANSPORTS: (),  # a capability (open_location, source_reader) is checked where it is used
 }
 

@@ -154,6 +154,7 @@ class Bundle:
     image: ImageSpec | None = None
     card: Card = Card()
     embedding: Embedding | None = None  # source.task feature-extraction (model/kinds.py)
+    plugin_backends: tuple[str, ...] = ()  # enabled backends installed plug-ins add (modelkiln.backends)
 
     def section(self, key: str) -> str:
         """Canonical JSON of one top-level spec section ('null' when absent)."""
@@ -163,7 +164,8 @@ class Bundle:
     def backends(self) -> tuple[str, ...]:
         """Enabled backends that produce a bundle, in a fixed order."""
         return tuple(b for b, on in (("pytorch", self.pytorch), ("onnx", self.onnx is not None),
-                                     ("tensorrt", self.tensorrt is not None)) if on)
+                                     ("tensorrt", self.tensorrt is not None)) if on) \
+            + self.plugin_backends
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,15 @@ def _thresholds(c: _Checker, data: Data, names: tuple[str, ...]) -> m.Thresholds
                         int(t.get("min_support", 1)), int(t.get("max_length", 128)))
 
 
+def _plugin_backends(data: Data) -> tuple[str, ...]:
+    """Enabled backends of installed plug-ins (the schema admits only installed ones), by name."""
+    from ..backends import plugin_names
+
+    listed = data["backends"]
+    return tuple(n for n in plugin_names()
+                 if n in listed and listed[n].get("enabled", True) is not False)
+
+
 def _onnx(c: _Checker, data: Data, default_cal: Path | None) -> m.Onnx | None:
     o = data["backends"].get("onnx")
     if o is None or not o.get("enabled", True):
@@ -186,9 +195,11 @@ def to_bundle(doc: Document) -> m.Bundle:
         if "pytorch" in data["backends"] else False
     onnx = _onnx(c, data, thresholds.calibration)
     tensorrt = _tensorrt(c, data, onnx, thresholds.max_length)
-    if not pytorch and onnx is None:
+    plugged = _plugin_backends(data)
+    if not pytorch and onnx is None and not plugged:
         c.fail(("backends",), "no backend is enabled", "enable backends.pytorch or backends.onnx")
-    publish = _publish(c, data, int(pytorch) + int(onnx is not None) + int(tensorrt is not None))
+    publish = _publish(c, data, int(pytorch) + int(onnx is not None) + int(tensorrt is not None)
+                       + len(plugged))
     image = _image(c, data, tuple(b for b, on in (("pytorch", pytorch), ("onnx", onnx)) if on))
     reg = data.get("registry", {})
     if c.problems:
@@ -197,6 +208,7 @@ def to_bundle(doc: Document) -> m.Bundle:
         name=data["name"], version=data["version"], description=data.get("description", ""),
         spec_path=c.spec, root=root, source=source, labels=labels,
         thresholds=thresholds, pytorch=pytorch, onnx=onnx, tensorrt=tensorrt, publish=publish,
+        plugin_backends=plugged,
         registry=m.RegistryInfo(tuple(reg.get("roles", ())), tuple(reg.get("capabilities", ())),
                                 reg.get("served_id")),
         metadata=tuple(sorted(data.get("metadata", {}).items())), card=_card(data),

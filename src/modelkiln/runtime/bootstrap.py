@@ -33,6 +33,7 @@ from ..artifacts import manifest as mf
 from ..artifacts import names
 from ..artifacts.extract_limits import Limits
 from ..artifacts.install import refuse_too_many, unpack_checked
+from ..backends import BUILTIN, BUILTIN_BACKENDS, backends
 from ..errors import KilnError, PublishError, SignatureError
 from ..transport.schemes import schemes, supports
 from . import engines
@@ -47,9 +48,8 @@ from .versions import (
     runtime_base,
 )
 
-BACKENDS = ("pytorch", "onnx", "tensorrt")
-URI_ENV = {"pytorch": "MODEL_BUNDLE_S3_URI_PYTORCH", "onnx": "MODEL_BUNDLE_S3_URI_ONNX",
-           "tensorrt": "MODEL_BUNDLE_S3_URI_TENSORRT"}
+BACKENDS = BUILTIN  # and installed plug-in backends: each names its variable (modelkiln.backends)
+URI_ENV = {n: b.URI_ENV for n, b in BUILTIN_BACKENDS.items()}
 
 
 @dataclass(frozen=True)
@@ -96,17 +96,19 @@ def bootstrap(env: Mapping[str, str] | None = None, progress: transport.Progress
     """
     env = os.environ if env is None else env
     backend = (env.get("MODEL_BACKEND") or "").strip().lower()
-    if backend not in BACKENDS:
-        raise KilnError(f"MODEL_BACKEND={backend!r}: set it to one of {', '.join(BACKENDS)}")
-    uri = (env.get(URI_ENV[backend]) or "").strip()
+    installed = backends()
+    if backend not in installed:
+        raise KilnError(f"MODEL_BACKEND={backend!r}: set it to one of {', '.join(installed)}")
+    uri_env = installed[backend].URI_ENV
+    uri = (env.get(uri_env) or "").strip()
     if not uri:
-        raise KilnError(f"{URI_ENV[backend]} is not set; point it at the published "
+        raise KilnError(f"{uri_env} is not set; point it at the published "
                         f".../{backend}/{mf.ARCHIVE} (s3:// or file://)")
     if uri.endswith("/"):
         uri += mf.ARCHIVE
     if not supports(uri):  # s3://, file:// or an installed transport's scheme
         more = [f"{s}://" for s in schemes() if s not in ("s3", "file")]
-        raise KilnError(f"{URI_ENV[backend]}={uri}: only s3:// and file:// are supported"
+        raise KilnError(f"{uri_env}={uri}: only s3:// and file:// are supported"
                         + (f", and the installed transports' {', '.join(more)}" if more else ""))
     full = full_verify(verify, env)
     limits = Limits.from_env(env)  # the host's ceilings, refused here if set to nonsense
@@ -134,7 +136,7 @@ def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: transpo
     size, sha = published["archive"]["size"], published["archive"]["sha256"]
     if published["backend"] != backend:
         raise KilnError(f"{manifest_uri}: a {published['backend']!r} bundle, but "
-                        f"MODEL_BACKEND={backend}; point {URI_ENV[backend]} at the {backend} "
+                        f"MODEL_BACKEND={backend}; point {backends()[backend].URI_ENV} at the {backend} "
                         "bundle")
     version = published["version"]
     if not VERSION.fullmatch(version):
@@ -201,14 +203,15 @@ def resolve_paths(root: Path, backend: str) -> dict[str, str]:
         else:
             missing.append(rel + ("/" if is_dir else ""))
 
-    if backend == "pytorch" or (root / names.CONFIG).is_file():
+    about = backends().get(backend)  # what this backend's runtime exports (modelkiln.backends)
+    if (about is not None and about.MODEL_DIR) or (root / names.CONFIG).is_file():
         need("REGISTRY_MODEL_DIR", names.CONFIG)
         if "REGISTRY_MODEL_DIR" in paths:
             paths["REGISTRY_MODEL_DIR"] = str(root)
             if not any(root.glob("*.safetensors")) and not any(root.glob("pytorch_model*.bin")):
                 missing.append(names.WEIGHTS)
-    if backend in ("onnx", "tensorrt"):  # tensorrt: the fallback where no engine matches
-        need("REGISTRY_ONNX_MODEL_PATH", names.ONNX_INT8)
+    for var, rel in about.EXPORTS if about is not None else ():
+        need(var, rel)  # onnx, tensorrt (its fallback where no engine matches): the int8 model
     need("REGISTRY_TOKENIZER_PATH", names.TOKENIZER_DIR, is_dir=True)
     need("REGISTRY_THRESHOLDS_PATH", names.THRESHOLDS)
     need("REGISTRY_LABEL_FIELDS_PATH", names.LABEL_FIELDS)

@@ -25,13 +25,36 @@ def schema_bytes(name: str) -> bytes:
 
 @cache
 def schema_digest(name: str) -> str:
-    """sha256 of the schema's bytes: part of every cached document's key."""
-    return sha256_bytes(schema_bytes(name))
+    """sha256 of the schema's bytes (and of the plug-in backends it admits, when there are any):
+    part of every cached document's key."""
+    extra = _plugin_backends() if name == "bundle" else {}
+    tail = json.dumps(sorted(extra.items())).encode() if extra else b""
+    return sha256_bytes(schema_bytes(name) + tail)
 
 
 def load_schema(name: str) -> dict[str, Any]:
-    """The schema as a fresh dict (callers may not share and mutate one copy)."""
+    """The schema as a fresh dict (callers may not share and mutate one copy). The bundle schema
+    admits, under `backends`, each installed plug-in backend (its SCHEMA, or any object)."""
     value = json.loads(schema_bytes(name))
     if not isinstance(value, dict):
         raise ValueError(f"schema {name} is not a JSON object")
+    if name == "bundle":
+        listed = value.get("properties", {}).get("backends", {}).get("properties")
+        if isinstance(listed, dict):
+            for backend, schema in _plugin_backends().items():
+                listed.setdefault(backend, json.loads(schema))
     return value
+
+
+def _plugin_backends() -> dict[str, str]:
+    """name -> the JSON Schema (as text) of each installed plug-in backend's spec section."""
+    from modelkiln.backends import backends, plugin_names
+
+    found = backends()
+    out = {}
+    for name in plugin_names():
+        own = getattr(found[name], "SCHEMA", None)
+        schema = own if isinstance(own, dict) else {
+            "description": f"{found[name].DOC} (plug-in backend)", "type": "object"}
+        out[name] = json.dumps(schema, sort_keys=True)
+    return out

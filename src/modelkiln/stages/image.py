@@ -58,7 +58,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the modelkiln package: the 
 # graph, stages, publishers, spec parser and CLI stay out), so an edit to a build stage does not
 # change the serving image.
 RUNTIME_PARTS = ("__init__.py", "errors.py", "paths.py", "plugins.py", "proc.py", "resources.py",
-                 "artifacts", "runtime", "signing", "store", "transport")
+                 "artifacts", "backends", "runtime", "signing", "store", "transport")
 
 
 @cache

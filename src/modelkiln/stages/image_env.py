@@ -33,6 +33,7 @@ from ..artifacts.oci import media
 from ..artifacts.oci.layers import Entry, Layer, write_layer
 from ..artifacts.oci.layout import OciLayout
 from ..artifacts.statefile import load_json
+from ..backends import BUILTIN_BACKENDS, backends
 from ..errors import BuildError, KilnError
 from ..model.bundle import Bundle, ImageSpec
 from ..paths import Layout
@@ -41,10 +42,16 @@ from ..proc import run as run_cmd
 ENV_DIR = "/opt/modelkiln/env"
 CODE_VERSION = "2"  # 2: bytecode compiled into the layer
 LOCK_SUFFIX = ".image.lock"
-DEFAULTS: dict[str, tuple[str, ...]] = {
-    "onnx": ("numpy", "onnxruntime", "tokenizers"),
-    "pytorch": ("numpy", "safetensors", "tokenizers", "torch", "transformers"),
-}
+# each backend names its serving environment's default requirements (modelkiln.backends)
+DEFAULTS: dict[str, tuple[str, ...]] = {n: b.IMAGE_PACKAGES for n, b in BUILTIN_BACKENDS.items()
+                                        if b.IMAGE_PACKAGES}
+
+
+def _defaults(backend: str) -> tuple[str, ...]:
+    found = backends().get(backend)
+    return tuple(found.IMAGE_PACKAGES) if found is not None else ()
+
+
 ARCH = {"amd64": "x86_64", "arm64": "aarch64"}
 
 
@@ -65,7 +72,7 @@ def requested(img: ImageSpec) -> list[str]:
     from .base import tool_versions
 
     wanted = {_name(d): f"{d}=={v}" if v != "absent" else d
-              for d, v in tool_versions(*DEFAULTS.get(img.backend, ())).items()}
+              for d, v in tool_versions(*_defaults(img.backend)).items()}
     for extra in img.packages:
         wanted[_name(extra)] = extra
     return sorted(wanted.values())

@@ -27,6 +27,8 @@ from ..artifacts import manifest as mf
 from ..artifacts import names
 from ..artifacts.digest import sha256_bytes, sha256_file
 from ..artifacts.tarball import write_tarball
+from ..backends import BUILTIN_BACKENDS, Packs
+from ..backends import backend as backend_of
 from ..model.bundle import Bundle
 from ..model.files import BadFile, read_json
 from ..model.version import resolve
@@ -47,22 +49,11 @@ CODE_VERSION = "7"  # 4: the manifest records the serving signature; 5: weights 
 # spread sample (artifacts.tarball); 6: the card lists the model's real inputs; 7: the card shows
 # per-label metrics, the parity table, the spec's card section and a chart (stages/card.py)
 CARD = names.MODEL_CARD
-# backend -> (stage, files taken from its output dir; None = all of them)
-CONTENTS: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
-    "pytorch": (("weights", None), ("tokenizer", None), ("labels", None), ("thresholds", None)),
-    "onnx": (("weights", None), ("tokenizer", None), ("labels", None), ("thresholds", None),
-             ("int8", None)),  # the int8 model and, past 2 GB, its external data file
-    # the ONNX bundle (the fallback where no engine matches) plus engines/sm<cc>/ of every
-    # architecture: this host's and other runners' (the engines stage gathers them)
-    "tensorrt": (("weights", None), ("tokenizer", None), ("labels", None), ("thresholds", None),
-                 ("int8", None), ("engines", ("engines/",))),
-}
-# backend -> stages whose stamp report goes into the manifest's `parity` section (gates, smoke test)
-REPORTS: dict[str, tuple[str, ...]] = {"pytorch": (), "onnx": ("parity", "smoke"),
-                                       "tensorrt": ("parity", "smoke", "engines", "trtparity")}
-# backend -> the stage whose report names the served graph's inputs for the card (none: the
-# PyTorch bundle's inputs are what its tokenizer produces)
-GRAPH: dict[str, str] = {"onnx": "onnx", "tensorrt": "onnx"}
+# What each backend packs, reports and records comes from the backend itself (modelkiln.backends):
+# CONTENTS / REPORTS / GRAPH are the built-ins' answers, kept for readers of this module.
+CONTENTS: dict[str, Packs] = {n: b.PACKS for n, b in BUILTIN_BACKENDS.items()}
+REPORTS: dict[str, tuple[str, ...]] = {n: b.REPORTS for n, b in BUILTIN_BACKENDS.items()}
+GRAPH: dict[str, str] = {n: b.GRAPH for n, b in BUILTIN_BACKENDS.items() if b.GRAPH}
 # transformers' tokenizers that produce no token_type_ids (their class's model_input_names), for a
 # tokenizer_config.json that names its class but not model_input_names; any other class gets
 # transformers' default (input_ids, token_type_ids, attention_mask)
@@ -70,12 +61,7 @@ _NO_TOKEN_TYPES = frozenset({"MPNetTokenizer", "RobertaTokenizer", "XLMRobertaTo
                              "DistilBertTokenizer", "CamembertTokenizer", "LongformerTokenizer",
                              "BartTokenizer", "GPT2Tokenizer", "T5Tokenizer"})
 _DEFAULT_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
-BACKEND_TOOLS = {
-    "pytorch": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors"),
-    "onnx": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors", "optimum",
-             "optimum-onnx", "onnx", "onnxruntime"),
-    "tensorrt": ("modelkiln", "torch", "transformers", "tokenizers", "safetensors",
-                 "optimum", "optimum-onnx", "onnx", "onnxruntime", "tensorrt")}
+BACKEND_TOOLS: dict[str, tuple[str, ...]] = {n: b.TOOLS for n, b in BUILTIN_BACKENDS.items()}
 
 
 _PACKED = {"weights": weights, "tokenizer": tokenizer, "labels": labels, "thresholds": thresholds,
@@ -129,7 +115,8 @@ def tokenizer_inputs(tokenizer_dir: Path) -> list[str]:
 def card_inputs(ctx: RunContext, backend: str) -> str:
     """The card's input sentence: the exported graph's inputs with dtype and shape (recorded by
     the onnx stage), or, for a PyTorch bundle, the tokenizer's model_input_names."""
-    graph = ctx.up_stamp(GRAPH[backend])["report"].get("graph_inputs") if backend in GRAPH else None
+    source = backend_of(backend).GRAPH
+    graph = ctx.up_stamp(source)["report"].get("graph_inputs") if source else None
     if graph:
         rows = "\n".join(f"| `{i['name']}` | {i['dtype']} | "
                          f"{' × '.join(str(d) for d in i['shape']) or 'scalar'} |" for i in graph)
@@ -196,7 +183,10 @@ def _source_inputs(bundle: Bundle, layout: Layout, backend: str,
     """Every source file the packed stages read: what the manifest's `inputs` record."""
     found: set[Path] = set()
     for stage, _wanted in _contents(bundle, backend):
-        plans = planned[stage] if stage in planned else _PACKED[stage].plan(bundle, layout)
+        if stage in planned:
+            plans = planned[stage]
+        else:  # package planned alone: the built-in stages it packs (a plug-in's has no inputs)
+            plans = _PACKED[stage].plan(bundle, layout) if stage in _PACKED else []
         for p in plans:
             found.update(p.inputs)
     return tuple(sorted(found))
@@ -209,7 +199,7 @@ def _card_digest() -> str:
 
 def tools_for(plan: StagePlan) -> tuple[str, ...]:
     """The distributions whose versions shape this backend's package (also in its manifest)."""
-    return BACKEND_TOOLS.get(plan.backend or "", ())
+    return tuple(backend_of(plan.backend).TOOLS) if plan.backend else ()
 
 
 def plan(bundle: Bundle, layout: Layout,
@@ -220,7 +210,7 @@ def plan(bundle: Bundle, layout: Layout,
     plans = []
     for backend in bundle.backends:
         stages = [s for s, _ in _contents(bundle, backend)] + list(_reports(bundle, backend)) + \
-            ([GRAPH[backend]] if backend in GRAPH else [])
+            ([g] if (g := backend_of(backend).GRAPH) else [])
         plans.append(StagePlan(
             task=f"package:{bundle.name}-{backend}", stage="package", bundle=bundle.name,
             doc=f"pack {bundle.name} {version} ({backend}) into bundle.tar.gz + manifest.json",
@@ -240,12 +230,12 @@ def plan(bundle: Bundle, layout: Layout,
 def _contents(bundle: Bundle, backend: str) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
     """What one backend's bundle packs: CONTENTS, or the task kind's own list (stages/kinds)."""
     kind = kinds.kind_of(bundle)
-    return kind.contents[backend] if kind else CONTENTS[backend]
+    return kind.contents[backend] if kind else backend_of(backend).PACKS
 
 
 def _reports(bundle: Bundle, backend: str) -> tuple[str, ...]:
     kind = kinds.kind_of(bundle)
-    return kind.reports[backend] if kind else REPORTS[backend]
+    return kind.reports[backend] if kind else backend_of(backend).REPORTS
 
 
 def serving_signature(ctx: RunContext) -> mf.Signature:
@@ -278,7 +268,7 @@ def run(ctx: RunContext) -> Report:
         inputs.update({k: v for k, v in stamp["inputs"].items() if not k.startswith("@")})
     reports = {stage: ctx.up_stamp(stage)["report"] for stage in _reports(ctx.bundle, backend)}
     version = ctx.plan.get("version") or ctx.bundle.version
-    tools = tool_versions(*BACKEND_TOOLS[backend])
+    tools = tool_versions(*backend_of(backend).TOOLS)
     card = ctx.out / ".model_card.md"
     kind = kinds.kind_of(ctx.bundle)
     card.write_text(kind.card(ctx, backend, version, reports, tools) if kind

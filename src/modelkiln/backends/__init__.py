@@ -1,0 +1,76 @@
+"""Backends: what each runtime a bundle is built for adds to the graph, packs, exports and needs.
+
+A backend is one module satisfying `Backend`, registered in the `modelkiln.backends` entry-point
+group (modelkiln's own pytorch, onnx and tensorrt register there like a third party's; see
+modelkiln.plugins). The package stage, the runtime bootstrap and the serving image ask the
+backend instead of comparing its name:
+
+    NAME, DOC        the key under `backends:` in a spec, and one line for `kiln plugins`
+    STAGES           the stages it adds to the graph (their tasks carry `backend=NAME`)
+    PACKS            (stage, files or None for all) packed into its bundle.tar.gz
+    REPORTS          stages whose stamp report goes into the manifest's `parity` section
+    GRAPH            the stage whose report names the served graph's inputs (None: the tokenizer's)
+    TOOLS            distributions whose versions shape (and are recorded in) its package
+    URI_ENV          the runtime's variable naming the published bundle (MODEL_BUNDLE_S3_URI_*)
+    MODEL_DIR        whether the runtime exports REGISTRY_MODEL_DIR (a transformers checkpoint)
+    EXPORTS          (REGISTRY_* variable, bundle path) the runtime exports, each required
+    IMAGE_PACKAGES   the serving image environment's default pip requirements
+
+A plug-in backend is enabled in a spec like a built-in one (`backends: {toy: {}}`); its section
+is plain data its stages read from `bundle.section("backends")`. Kept light: no heavy import, since
+the runtime (in the serving image too) reads this table.
+"""
+from __future__ import annotations
+
+from typing import Protocol, cast
+
+from .. import plugins
+from . import onnx, pytorch, tensorrt
+
+Packs = tuple[tuple[str, tuple[str, ...] | None], ...]
+
+
+class Backend(Protocol):
+    @property
+    def NAME(self) -> str: ...
+    @property
+    def DOC(self) -> str: ...
+    @property
+    def STAGES(self) -> tuple[str, ...]: ...
+    @property
+    def PACKS(self) -> Packs: ...
+    @property
+    def REPORTS(self) -> tuple[str, ...]: ...
+    @property
+    def GRAPH(self) -> str | None: ...
+    @property
+    def TOOLS(self) -> tuple[str, ...]: ...
+    @property
+    def URI_ENV(self) -> str: ...
+    @property
+    def MODEL_DIR(self) -> bool: ...
+    @property
+    def EXPORTS(self) -> tuple[tuple[str, str], ...]: ...
+    @property
+    def IMAGE_PACKAGES(self) -> tuple[str, ...]: ...
+
+
+BUILTIN_BACKENDS: dict[str, Backend] = {"pytorch": pytorch, "onnx": onnx, "tensorrt": tensorrt}
+BUILTIN = tuple(BUILTIN_BACKENDS)  # the order their bundles are listed and built in
+
+
+def backends() -> dict[str, Backend]:
+    """Every installed backend: the built-ins in their order, then plug-ins by name."""
+    found = {n: cast(Backend, b) for n, b in plugins.loaded(plugins.BACKENDS,
+                                                            BUILTIN_BACKENDS).items()}
+    return {n: found[n] for n in sorted(found, key=lambda n: (n not in BUILTIN, n))}
+
+
+def backend(name: str) -> Backend:
+    """The installed backend `name` (KeyError when none is)."""
+    return backends()[name]
+
+
+def plugin_names() -> tuple[str, ...]:
+    """Installed backends other than modelkiln's own."""
+    return tuple(n for n in backends() if n not in BUILTIN)
