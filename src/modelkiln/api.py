@@ -212,13 +212,15 @@ def changed(ref: str | None, specs: Sequence[str | Path] = (),
 
 def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int = 1,
           skip: frozenset[str] = frozenset(), to: str | None = None,
-          cache: CacheConfig | None = None) -> int:
+          cache: CacheConfig | None = None, force: bool = False, quiet: bool = False) -> int:
     """`kiln build`: run the doit graph for the given tasks (default: build every bundle).
+    `force`: rerun the given tasks (without tasks: every task of the bundles) whatever their
+    stamps say, running their stages rather than restoring them from the cache.
 
     Returns doit's exit status (0 ok, non-zero when a task failed; 2 when a remote source's
     bytes differ from its lock); doit reports progress itself.
     """
-    from .graph.tasks import run_doit
+    from .graph.tasks import ALL, run_doit
 
     bundles, broken = load_bundles_partial(discover(specs))
     if not bundles:
@@ -230,7 +232,7 @@ def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int
     state = Layout(bundles[0].root).state
     sources.drifted(state, clear=True)
     status = run_doit(bundles, list(tasks or [f"build:{b.name}" for b in bundles]), jobs, skip, to,
-                      cache, broken=broken)
+                      cache, broken=broken, force=(tuple(tasks) or ALL) if force else (), quiet=quiet)
     if status and sources.drifted(state):  # a remote source differs from its lock: exit 2
         return 2
     if broken and not tasks:  # the healthy bundles are built; the broken specs still fail the run
@@ -238,23 +240,91 @@ def build(specs: Sequence[str | Path] = (), tasks: Sequence[str] = (), jobs: int
     return status
 
 
+def clean(names: Sequence[str] = (), specs: Sequence[str | Path] = ()) -> list[tuple[str, list[Path]]]:
+    """`kiln clean [BUNDLE ...]`: remove what the build wrote for each bundle (build/<name>/,
+    dist/<name>/; default: every bundle of the specs and every one with something built), so the
+    next build runs every task. Names neither a spec nor the build knows are a usage error."""
+    import difflib
+
+    from .graph.clean import built_bundles, clean_bundle
+    from .graph.plans import plan_bundle
+
+    paths = discover(specs)
+    root = project_root(Path(paths[0])) if paths else project_root()
+    bundles, broken = load_bundles_partial(paths)
+    tasks = {b.name: [p.task for p in plan_bundle(b)] for b in bundles}
+    known = sorted({*tasks, *(b.name for b in broken if b.name), *built_bundles(root)})
+    for name in names:
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=3)
+            hint = f"did you mean {', '.join(near)}? " if near else ""
+            raise UsageError(f"clean {name}: no such bundle ({hint}the bundles are "
+                             f"{', '.join(known) or 'none'})")
+    return [(name, clean_bundle(root, name, tasks.get(name, ())))
+            for name in dict.fromkeys(names or known)]
+
+
 def publish(specs: Sequence[str | Path] = (), backends: Sequence[str] = (), *, to: str | None = None,
             force: bool = False, progress: Callable[[int], None] | None = None) -> list[Release]:
     """`kiln publish`: every built backend bundle of the specs to S3/file://, store and registry."""
     from .publish.release import refuse_locked_backends, release
 
+    _check_backends(backends)
     run: list[tuple[Bundle, tuple[str, ...]]] = []
     for bundle in load_bundles(discover(specs)):
         chosen = tuple(backends) or built_here(bundle)
+        if backends and not specs:  # every spec: `--backend onnx` means the bundles that have it
+            chosen = tuple(b for b in chosen if b in bundle.backends)
         for backend in chosen:
             if backend not in bundle.backends:
                 raise KilnError(f"{bundle.name}: backend {backend!r} is not enabled in "
                                 f"{bundle.spec_path.name} (enabled: {', '.join(bundle.backends)})")
-        run.append((bundle, chosen))
+        if chosen:
+            run.append((bundle, chosen))
+    if backends and not run:
+        raise KilnError(f"no spec enables {', '.join(backends)}; enable it under `backends:` "
+                        "or leave --backend out")
     for bundle, chosen in run:  # a locked entry refuses the whole run before its first upload
         refuse_locked_backends(bundle, chosen)
-    return [release(bundle, backend, to=to, force=force, progress=progress)
-            for bundle, chosen in run for backend in chosen]
+    out = []
+    for bundle, chosen in run:
+        for backend in chosen:
+            try:
+                out.append(release(bundle, backend, to=to, force=force, progress=progress))
+            except KilnError:
+                _buildable_here(bundle, backend)  # not built because this host cannot: say so
+                raise
+    return out
+
+
+def _check_backends(backends: Sequence[str]) -> None:
+    """A misspelt --backend is a usage error (64), like a misspelt --skip."""
+    import difflib
+
+    from .model.bundle import BACKENDS
+
+    for name in backends:
+        if name not in BACKENDS:
+            near = difflib.get_close_matches(name, BACKENDS, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise UsageError(f"--backend {name}: not a backend ({hint}the backends are "
+                             f"{', '.join(BACKENDS)})")
+
+
+def _buildable_here(bundle: Bundle, backend: str) -> None:
+    """KilnError when this host does not build `backend` (a tensorrt bundle without a GPU), for
+    a publish that failed: "build it first" would send the user to a build that skips it."""
+    from .graph.plans import plan_bundle, skipped
+
+    gone = skipped(plan_bundle(bundle))
+    task = f"package:{bundle.name}-{backend}"
+    while task in gone and gone[task].endswith(" is skipped here"):  # to the task that says why
+        task = gone[task][:-len(" is skipped here")]
+    why = f"{task}: {gone[task]}" if task in gone else None
+    if why is not None:
+        raise KilnError(f"{bundle.name}: this host does not build the {backend} bundle "
+                              f"({why}); publish it from a host that builds it, or leave "
+                              f"--backend {backend} out")
 
 
 def built_here(bundle: Bundle) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ Exit codes: `errors.ExitCode`, the one table (a KilnError carries its own; the C
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -61,6 +62,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if cli_review.wants(args):  # --format github / --schema-only (CI, pre-commit)
         return cli_review.cmd_validate(args)
     bundles, broken = api.load_bundles_partial(api.discover(args.specs))
+    if getattr(args, "json", False):  # every spec, healthy or not; exit 3 still says "not all"
+        print(json.dumps(
+            [{"spec": str(b.spec_path), "name": b.name, "version": b.version,
+              "backends": list(b.backends), "ok": True, "problems": []} for b in bundles]
+            + [{"spec": str(b.spec_path), "name": b.name or None, "ok": False,
+                "problems": [str(p) for p in b.problems]} for b in broken], indent=2))
+        return ExitCode.SPEC if broken else ExitCode.OK
     for b in bundles:
         print(f"ok  {b.spec_path.name}: {b.name} {b.version} ({', '.join(b.backends)})")
     if broken:
@@ -120,17 +128,38 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     failed = api.build(args.specs, args.task or (), args.jobs, _skip(args.skip),
-                       cache=_cache(args))
+                       cache=_cache(args), force=args.force, quiet=_level(args) < 0)
     if failed == ExitCode.DRIFT:  # a remote source's bytes differ from bundles/<name>.lock
         return ExitCode.DRIFT
     return ExitCode.FAILURE if failed else ExitCode.OK
 
 
+def cmd_clean(args: argparse.Namespace) -> int:
+    for name, removed in api.clean(args.bundles, args.specs):
+        print(f"{name}: " + (", ".join(f"removed {p}" for p in removed) or "nothing built"))
+    return ExitCode.OK
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """The script comes from shtab, which reads this parser: every subcommand and option added
+    later completes without a hand-kept list."""
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell), end="")
+    return ExitCode.OK
+
+
+def _level(args: argparse.Namespace) -> int:
+    """-v / -q as one number: above 0 says more, below 0 only errors."""
+    return int(getattr(args, "verbose", 0) or 0) - int(getattr(args, "quiet", 0) or 0)
+
+
 class _Progress:
     """Bytes moved, redrawn on one line on a terminal; silent in CI logs."""
 
-    def __init__(self, label: str):
-        self.label, self.done, self.live = label, 0, sys.stderr.isatty()
+    def __init__(self, label: str, args: argparse.Namespace | None = None):
+        quiet = args is not None and _level(args) < 0
+        self.label, self.done, self.live = label, 0, sys.stderr.isatty() and not quiet
 
     def __call__(self, n: int) -> None:
         self.done += n
@@ -144,12 +173,17 @@ class _Progress:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    progress = _Progress("publish")
+    progress = _Progress("publish", args)
     try:
         releases = api.publish(args.specs, args.backend or (), to=args.to, force=args.force,
                                progress=progress)
     finally:
         progress.close()
+    if args.json:  # the receipt: every field of every release, each digest pushed or recorded
+        import dataclasses
+
+        print(json.dumps([dataclasses.asdict(r) for r in releases], indent=2, default=str))
+        return ExitCode.OK
     for r in releases:
         remote = r.remote
         what = _sent(remote.unchanged, remote.forced, remote.replaced, remote.bytes_uploaded)
@@ -186,7 +220,7 @@ def _print_oci(oci: OciRelease, *, remote_is_artifact: bool) -> None:
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
-    progress = _Progress("download")
+    progress = _Progress("download", args)
     try:
         runtime = api.bootstrap(progress=progress)
     finally:
@@ -221,8 +255,9 @@ def _image_parsers(sub: Any) -> None:
     b = sub.add_parser("base", help="make a Debian base image with python3 from Debian's "
                        "packages (mmdebstrap, as root) as an OCI layout",
                        description="Runs mmdebstrap with the host's apt sources and writes the "
-                       "root filesystem as a one-layer OCI image layout in DIR. Example: "
-                       "kiln base bases/debian-bookworm-python3")
+                       "root filesystem as a one-layer OCI image layout in DIR.",
+                       epilog="examples:\n  kiln base bases/debian-bookworm-python3\n"
+                       "  kiln base bases/trixie --suite trixie --include python3,libgomp1")
     b.add_argument("dir", help="the OCI layout directory to write")
     b.add_argument("--suite", default="bookworm", help="Debian suite (default: bookworm)")
     b.add_argument("--force", action="store_true",
@@ -234,8 +269,9 @@ def _image_parsers(sub: Any) -> None:
     lk = sub.add_parser("image-lock", help="resolve each serving image's libraries into "
                         "bundles/<name>.image.lock (wheels with sha256)",
                         description="Asks pip (no install) for wheels of the image's Python and "
-                        "platform and writes them with their hashes beside the spec. Example: "
-                        "kiln image-lock bundles/registry-v3.yaml")
+                        "platform and writes them with their hashes beside the spec.",
+                        epilog="examples:\n  kiln image-lock\n  kiln image-lock "
+                        "bundles/registry-v3.yaml")
     lk.add_argument("specs", nargs="*", help="spec files or directories (default: bundles/)")
     lk.set_defaults(func=cmd_image_lock)
 
@@ -249,16 +285,31 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="kiln", description="Build, publish and serve ML model bundles from YAML specs.")
+    p = _Parser(prog="kiln", description="Build, publish and serve ML model bundles from YAML specs.",
+                epilog="examples:\n  kiln validate\n  kiln plan\n  kiln build\n"
+                "  kiln publish --to local\n  kiln <command> --help")
     p.add_argument("--version", action="version", version=f"modelkiln {__version__}")
+    _verbosity_args(p, 0)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    v = sub.add_parser("validate", help="check specs against the schema and each other")
+    v = sub.add_parser("validate", help="check specs against the schema and each other",
+                       description="Loads every spec, checks it against schema/bundle.schema.json "
+                       "and the files it names; prints `ok` for each spec that validates, then "
+                       "every problem of the others (exit 3).",
+                       epilog="examples:\n  kiln validate\n  kiln validate bundles/registry-v3.yaml"
+                       " --json")
     v.add_argument("specs", nargs="*", help="spec files or directories (default: bundles/)")
+    v.add_argument("--json", action="store_true", help="one JSON object per spec: ok, name, "
+                   "version, backends, problems")
     cli_review.validate_options(v)
     v.set_defaults(func=cmd_validate)
 
-    pl = sub.add_parser("plan", help="show what a build would run and why, without running it")
+    pl = sub.add_parser("plan", help="show what a build would run and why, without running it",
+                        description="Reads the stamps (and the action cache) and says, per task, "
+                        "whether it is up to date, would be restored from the cache, or would "
+                        "run and why. Nothing is built.",
+                        epilog="examples:\n  kiln plan\n  kiln plan --check   # exit 6 when "
+                        "anything would run (CI)\n  kiln plan --json --skip onnx")
     pl.add_argument("specs", nargs="*", help="spec files or directories (default: bundles/)")
     pl.add_argument("--json", action="store_true", help="machine-readable output")
     pl.add_argument("--check", action="store_true",
@@ -273,17 +324,37 @@ def build_parser() -> argparse.ArgumentParser:
     _cache_args(pl)
     pl.set_defaults(func=cmd_plan)
 
-    b = sub.add_parser("build", help="build bundles incrementally (the doit graph)")
+    b = sub.add_parser("build", help="build bundles incrementally (the doit graph)",
+                       description="Runs the doit task graph of the specs: each task reruns only "
+                       "when its stamp says an input, the spec section or an upstream output "
+                       "changed, or restores its outputs from the action cache.",
+                       epilog="examples:\n  kiln build\n  kiln build -t onnx:registry-v3 -j 2\n"
+                       "  kiln build --force -t thresholds:registry-v3   # rerun it whatever its "
+                       "stamp says\n  kiln build --skip onnx")
     b.add_argument("specs", nargs="*", help="spec files or directories (default: bundles/)")
-    b.add_argument("-t", "--task", action="append", help="run only these doit tasks")
-    b.add_argument("-j", "--jobs", type=_jobs, default=1, help="parallel processes (1 or more)")
+    b.add_argument("-t", "--task", action="append", help="run only these doit tasks (names, "
+                   "stages such as `onnx`, or `*` patterns; `doit list --all` lists them)")
+    b.add_argument("-j", "--jobs", type=_jobs, default=1,
+                   help="parallel processes, 1 or more (default: 1)")
+    b.add_argument("--force", action="store_true", help="rerun the -t tasks (without -t: every "
+                   "task) whatever their stamps say, running each stage instead of restoring it "
+                   "from the cache (like `doit -a`)")
     b.add_argument("--skip", action="append", metavar="BACKEND", help="leave a backend out (onnx)")
     _cache_args(b)
     b.set_defaults(func=cmd_build)
 
-    pb = sub.add_parser("publish", help="publish built bundles to S3/file://, the store, the registry")
+    pb = sub.add_parser("publish", help="publish built bundles to S3/file://, the store, the registry",
+                        description="Uploads each built backend bundle (tarball first, manifest "
+                        "last), installs it in the model store, pushes OCI artifacts and images "
+                        "where the spec says so, and records the result in the registry.",
+                        epilog="examples:\n  kiln publish --to local\n  kiln publish "
+                        "--backend onnx --to local   # the bundles that have an onnx backend\n"
+                        "  kiln publish bundles/registry-v3.yaml --json > receipt.json")
     pb.add_argument("specs", nargs="*", help="spec files or directories (default: bundles/)")
-    pb.add_argument("--backend", action="append", help="only this backend (repeatable)")
+    pb.add_argument("--backend", action="append", help="only this backend (repeatable); without "
+                    "specs, bundles that lack it are left out")
+    pb.add_argument("--json", action="store_true", help="print a JSON receipt: every release "
+                    "with each digest pushed or recorded")
     pb.add_argument("--to", help="destination template overriding the spec's publish.s3 "
                     "('local' = file://<project>/published/{name}/{version}/{backend}/)")
     pb.add_argument("--force", action="store_true",
@@ -291,7 +362,17 @@ def build_parser() -> argparse.ArgumentParser:
     pb.set_defaults(func=cmd_publish)
 
     bs = sub.add_parser("bootstrap", help="fetch, verify and unpack the bundle named by "
-                        "MODEL_BACKEND / MODEL_BUNDLE_S3_URI_*; print the REGISTRY_* paths")
+                        "MODEL_BACKEND / MODEL_BUNDLE_S3_URI_* / MODEL_BUNDLE_OCI_REF; print the "
+                        "REGISTRY_* paths",
+                        description="On a serving host: reads MODEL_BACKEND and the bundle's "
+                        "location (MODEL_BUNDLE_S3_URI_<BACKEND>, an s3:// or file:// URI, or "
+                        "MODEL_BUNDLE_OCI_REF[_<BACKEND>], an OCI artifact), fetches it, checks "
+                        "every digest (and the signature with REGISTRY_TRUSTED_KEYS), unpacks it "
+                        "and prints `export REGISTRY_*=...` lines for the serving app.",
+                        epilog="examples:\n  MODEL_BACKEND=onnx MODEL_BUNDLE_S3_URI_ONNX=s3://b/"
+                        "registry-v3/3.0.0/onnx/ eval \"$(kiln bootstrap)\"\n"
+                        "  MODEL_BACKEND=onnx MODEL_BUNDLE_OCI_REF=reg.example/models/"
+                        "registry-v3@sha256:... kiln bootstrap --json")
     bs.add_argument("--json", action="store_true", help="print a JSON report instead of exports")
     bs.set_defaults(func=cmd_bootstrap)
 
@@ -302,15 +383,64 @@ def build_parser() -> argparse.ArgumentParser:
     cli_ui.add_parsers(sub)
     cli_plugins.add_parsers(sub)
     _image_parsers(sub)
+    _tool_parsers(sub)
+    for leaf in leaf_parsers(p):  # -q/-v after the subcommand too (SUPPRESS keeps one before it)
+        if leaf is not p:
+            _verbosity_args(leaf, argparse.SUPPRESS)
     return p
+
+
+def _verbosity_args(p: argparse.ArgumentParser, default: Any) -> None:
+    p.add_argument("-q", "--quiet", action="count", default=default,
+                   help="only errors: no progress or summary lines (--json output still printed)")
+    p.add_argument("-v", "--verbose", action="count", default=default,
+                   help="say more (the action cache in use for plan and build)")
+
+
+def leaf_parsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """`p` and every (sub)subcommand parser under it, in the order they were added."""
+    out = [p]
+    for action in p._actions:  # argparse keeps subparsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases repeat a parser
+                out += leaf_parsers(child)
+    return out
+
+
+def _tool_parsers(sub: Any) -> None:
+    c = sub.add_parser("clean", help="remove what the build wrote for bundles (build/<name>/, "
+                       "dist/<name>/)",
+                       description="Removes each bundle's stage outputs and stamps (build/<name>/) "
+                       "and its packages and OCI layouts (dist/<name>/), so the next build runs "
+                       "every task. Published copies, the model store and the action cache are "
+                       "kept. `doit clean TASK` cleans one task the same way.",
+                       epilog="examples:\n  kiln clean registry-v3\n  kiln clean   # every bundle")
+    c.add_argument("bundles", nargs="*", metavar="BUNDLE",
+                   help="bundle names (default: every bundle of the specs and every one built)")
+    c.add_argument("--specs", action="append", default=[], metavar="SPEC",
+                   help="spec files or directories that name the bundles (default: bundles/)")
+    c.set_defaults(func=cmd_clean)
+
+    cp = sub.add_parser("completion", help="print a shell completion script for kiln",
+                        description="Prints a completion script generated from kiln's own "
+                        "parser (shtab), so every subcommand and option completes.",
+                        epilog="examples:\n  eval \"$(kiln completion bash)\"\n"
+                        "  kiln completion zsh > ~/.zfunc/_kiln")
+    cp.add_argument("shell", choices=("bash", "zsh", "tcsh"), help="the shell to complete in")
+    cp.set_defaults(func=cmd_completion)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    quiet = _level(args) < 0 and func is not cmd_build and not getattr(args, "json", False)
     try:
-        return func(args)
+        if _level(args) > 0 and hasattr(args, "cache_write"):  # plan, build
+            print(f"kiln: {_cache(args).describe()}", file=sys.stderr)
+        with contextlib.redirect_stdout(open(os.devnull, "w")) if quiet \
+                else contextlib.nullcontext():  # build: doit's reporter is told instead
+            return func(args)
     except KilnError as exc:
         print(f"kiln: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import difflib
 import json
 import sys
@@ -73,8 +74,21 @@ def _short(digest: str | None) -> str:
     return (digest or "-")[:12]
 
 
+def _json(value: Any) -> None:
+    """A result as JSON on stdout: dataclasses as objects, paths as strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    elif isinstance(value, list):
+        value = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type)
+                 else v for v in value]
+    print(json.dumps(value, indent=2, default=str))
+
+
 def store_list(args: argparse.Namespace) -> int:
     store = _store(args)
+    if not args.agent and args.json:
+        _json(sorted(store.agents()))
+        return 0
     if not args.agent:
         for name, alias in sorted(store.agents().items()):
             print(f"{name}" + (f" -> {alias} (legacy alias, read-only)" if alias else ""))
@@ -82,6 +96,9 @@ def store_list(args: argparse.Namespace) -> int:
     versions = store.list_versions(args.agent)
     if not versions:
         _no_agent(store, args.agent)
+    if args.json:
+        _json(versions)
+        return 0
     for v in versions:
         flags = " ".join(f for f, on in (("*current", v.current), ("pinned", v.pinned)) if on)
         print(f"{v.version:24} seq={v.seq} files={v.files} size={v.size} "
@@ -96,7 +113,10 @@ def store_current(args: argparse.Namespace) -> int:
         _no_agent(store, args.agent)
         raise KilnError(f"{args.agent}: no current version; publish one (`kiln publish SPEC`) "
                         f"or point current at one (`kiln store rollback {args.agent} VERSION`)")
-    print(path)
+    if args.json:
+        _json({"agent": args.agent, "path": str(path)})
+    else:
+        print(path)
     return 0
 
 
@@ -133,6 +153,9 @@ def store_repair(args: argparse.Namespace) -> int:
 
 def store_verify(args: argparse.Namespace) -> int:
     info = _store(args).verify(args.agent, args.version)
+    if args.json:
+        _json(info)
+        return 0
     print(f"ok {args.agent} {info.version} checksum={info.checksum} files={info.files} size={info.size}")
     return 0
 
@@ -268,6 +291,9 @@ def registry_select(args: argparse.Namespace) -> int:
     from .registry import select
 
     s = select(args.name, args.require or (), registry_dir=_registry(args))
+    if args.json:
+        _json(s)
+        return 0
     # key=value lines for a shell; a key the entry has no value for is left out, not printed
     # empty (`local=` read as "the current directory" by a script that cds there)
     for key in ("name", "backend", "version", "served_model_id", "store", "bundle", "local", "s3"):
@@ -282,6 +308,9 @@ def registry_verify(args: argparse.Namespace) -> int:
     from .registry import verify
 
     r = verify(args.name, registry_dir=_registry(args))
+    if args.json:
+        _json(r)
+        return 0
     note = " (hash recorded: first verify)" if r.recorded else ""
     if r.not_recorded:
         note = " (not recorded)"
@@ -322,33 +351,71 @@ class _Sub:
         return p
 
 
+def _doc(description: str, *examples: str) -> dict[str, str]:
+    """A subcommand's description= and its epilog= of examples (one per line)."""
+    return {"description": description,
+            "epilog": "examples:\n" + "\n".join(f"  {e}" for e in examples)}
+
+
+JSON_HELP = "print JSON instead of text"
+
+
 def add_parsers(sub: Any) -> None:
     """Register `store` and `registry` with their subcommands on the main parser."""
-    st = sub.add_parser("store", help="the atomic on-disk model store (MODEL_STORE_ROOT)")
+    st = sub.add_parser("store", help="the atomic on-disk model store (MODEL_STORE_ROOT)",
+                        **_doc("The model store that `kiln publish` installs versions into and "
+                               "serving hosts read: list, show the current version, roll back, "
+                               "verify, repair and prune.", "kiln store list",
+                               "kiln store --store-root /srv/models list registry"))
     st.add_argument("--store-root", help=STORE_ROOT_HELP)
     ss = _Sub(st.add_subparsers(dest="store_command", required=True, parser_class=type(st)),
               "--store-root", STORE_ROOT_HELP)
-    p = ss.add_parser("list", help="agents, or one agent's versions")
-    p.add_argument("agent", nargs="?")
+    agent = "the store's agent directory (the spec's publish.store.agent; `kiln store list`)"
+    p = ss.add_parser("list", help="agents, or one agent's versions",
+                      **_doc("Without AGENT: the agents in the store. With it: each version with "
+                             "its sequence, file count, size, checksum and flags.",
+                             "kiln store list", "kiln store list registry --json"))
+    p.add_argument("agent", nargs="?", help=f"list this agent's versions; {agent}")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=store_list)
+    docs = {"current": _doc("Prints the directory of the agent's current version (what a "
+                            "serving host loads).", "kiln store current registry",
+                            'cd "$(kiln store current registry)"'),
+            "rollback": _doc("Points current at an earlier version, atomically (default: the "
+                             "one before the current).", "kiln store rollback registry",
+                             "kiln store rollback registry 2.9.0"),
+            "verify": _doc("Re-hashes every file of a version against its sealed manifest; "
+                           "exit 2 naming the files that drifted.", "kiln store verify registry",
+                           "kiln store verify registry 3.0.0 --json")}
     for name, func, help_ in (("current", store_current, "path of the current version"),
                               ("rollback", store_rollback, "point current at an earlier version"),
                               ("verify", store_verify, "re-hash a version (exit 2 on drift)")):
-        p = ss.add_parser(name, help=help_)
-        p.add_argument("agent")
+        p = ss.add_parser(name, help=help_, **docs[name])
+        p.add_argument("agent", help=agent)
         if name != "current":
             p.add_argument("version", nargs="?", help="default: the current (verify) or previous (rollback)")
+        if name != "rollback":
+            p.add_argument("--json", action="store_true", help=JSON_HELP)
         p.set_defaults(func=func)
     p = ss.add_parser("prune", help="keep the newest N versions (never the current, a pinned "
-                      "or locked one, nor one the registry names)")
-    p.add_argument("agent")
-    p.add_argument("--keep", type=int, default=3)
+                      "or locked one, nor one the registry names)",
+                      **_doc("Removes the agent's oldest versions beyond the newest --keep; the "
+                             "current, pinned and locked versions and those a registry entry "
+                             "names are always kept.", "kiln store prune registry --keep 5"))
+    p.add_argument("agent", help=agent)
+    p.add_argument("--keep", type=int, default=3, help="how many of the newest versions to keep "
+                   "(default: 3)")
     p.add_argument("--registry-dir", help="registry whose entries protect their versions "
                    "(default: $KILN_REGISTRY_DIR, else ./configs)")
     p.set_defaults(func=store_prune)
     p = ss.add_parser("repair", help="restore a damaged version from the tarball it was "
-                      "published from (checked against its recorded sha256)")
-    p.add_argument("agent")
+                      "published from (checked against its recorded sha256)",
+                      **_doc("Verifies the version and, when it drifted, restores it from the "
+                             "first tarball (registry copy, dist/, published/ or --from) whose "
+                             "sha256 is the one its manifest sealed.",
+                             "kiln store repair registry",
+                             "kiln store repair registry 3.0.0 --from s3://models/registry-v3/"))
+    p.add_argument("agent", help=agent)
     p.add_argument("version", nargs="?", help="default: the current version")
     p.add_argument("--from", dest="source", metavar="PATH_OR_URI",
                    help="the bundle.tar.gz (or its directory / URI); default: the registry's "
@@ -356,25 +423,52 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--registry-dir", help=REGISTRY_DIR_HELP)
     p.set_defaults(func=store_repair)
 
-    rg = sub.add_parser("registry", help="the layered registry: list, select, verify, lock")
+    rg = sub.add_parser("registry", help="the layered registry: list, select, verify, lock",
+                        **_doc("The registry of published bundles (curated and discovered "
+                               "layers): list entries, select one for serving, verify its bytes, "
+                               "lock its hash.", "kiln registry list",
+                               "kiln registry --registry-dir configs select registry-v3-onnx"))
     rg.add_argument("--registry-dir", help=REGISTRY_DIR_HELP)
     rs = _Sub(rg.add_subparsers(dest="registry_command", required=True, parser_class=type(rg)),
               "--registry-dir", REGISTRY_DIR_HELP)
-    p = rs.add_parser("list", help="entries, by default only those installed here")
-    p.add_argument("--role")
-    p.add_argument("--include-non-installed", action="store_true")
-    p.add_argument("--json", action="store_true")
+    entry = "registry entry name (`kiln registry list` shows them)"
+    p = rs.add_parser("list", help="entries, by default only those installed here",
+                      **_doc("One line per entry: name, backend, version, lock state, aggregate "
+                             "hash and roles.", "kiln registry list",
+                             "kiln registry list --role triage --include-non-installed --json"))
+    p.add_argument("--role", help="only entries that have this role")
+    p.add_argument("--include-non-installed", action="store_true",
+                   help="also entries whose files are not on this host")
+    p.add_argument("--json", action="store_true", help="print the entries as JSON, each with "
+                   "`installed`")
     p.set_defaults(func=registry_list)
-    p = rs.add_parser("select", help="resolved paths and served model id (exit 4 if a capability is missing)")
-    p.add_argument("name")
-    p.add_argument("--require", action="append", metavar="CAPABILITY")
+    p = rs.add_parser("select", help="resolved paths and served model id (exit 4 if a capability is missing)",
+                      **_doc("Prints key=value lines (name, backend, version, served_model_id, "
+                             "store, bundle, local, s3, capabilities) for a shell; a key without "
+                             "a value is left out.", "kiln registry select registry-v3-onnx",
+                             "kiln registry select registry-v3-onnx --require onnx-int8 --json"))
+    p.add_argument("name", help=entry)
+    p.add_argument("--require", action="append", metavar="CAPABILITY",
+                   help="fail with exit 4 unless the entry has this capability (repeatable)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=registry_select)
-    for name, func, help_ in (("verify", registry_verify, "re-hash; exit 2 naming every changed file"),
-                              ("unlock", registry_unlock, "clear the version lock")):
-        p = rs.add_parser(name, help=help_)
-        p.add_argument("name")
+    for name, func, help_, doc in (
+            ("verify", registry_verify, "re-hash; exit 2 naming every changed file",
+             _doc("Re-hashes the entry's files against its recorded (or locked) aggregate hash "
+                  "and writes last_verified; exit 2 naming every changed file.",
+                  "kiln registry verify registry-v3-onnx", "kiln registry verify triage-v1-pytorch --json")),
+            ("unlock", registry_unlock, "clear the version lock",
+             _doc("Clears the entry's version lock, so a new publish may replace it.",
+                  "kiln registry unlock registry-v3-onnx"))):
+        p = rs.add_parser(name, help=help_, **doc)
+        p.add_argument("name", help=entry)
+        if name == "verify":
+            p.add_argument("--json", action="store_true", help=JSON_HELP)
         p.set_defaults(func=func)
-    p = rs.add_parser("lock", help="lock the entry's hash")
-    p.add_argument("name")
+    p = rs.add_parser("lock", help="lock the entry's hash",
+                      **_doc("Locks the entry to its expected hash: a publish or verify that "
+                             "finds other bytes exits 2.", "kiln registry lock registry-v3-onnx",
+                             "kiln registry lock registry-v3-onnx --set-expected"))
+    p.add_argument("name", help=entry)
     p.add_argument("--set-expected", action="store_true", help="accept the current bytes' hash")
     p.set_defaults(func=registry_lock)

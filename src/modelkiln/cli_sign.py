@@ -6,6 +6,7 @@ place of their own; exit codes follow cli.py's table (7: a signature was refused
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     prov = signing.verify_provenance(_read(prov_path, "provenance"), trusted, record,
                                      str(prov_path))
     commit = prov.source_commit[:12] if prov.source_commit else "no git revision"
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": True, "bundle": record.label, "key_id": record.key_id,
+                          "builder": prov.builder_id, "source_commit": prov.source_commit,
+                          "inputs": len(prov.inputs)}, indent=2))
+        return 0
     print(f"ok  {record.label}: signed by key {record.key_id[:16]}; provenance: builder "
           f"{prov.builder_id}, source {commit}, {len(prov.inputs)} inputs")
     return 0
@@ -76,13 +82,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any) -> None:
     """Register the signing commands on cli.py's subparsers."""
-    kg = sub.add_parser("keygen", help="write a P-256 signing key pair (private key mode 0600)")
+    kg = sub.add_parser("keygen", help="write a P-256 signing key pair (private key mode 0600)",
+                        description="Writes NAME.key (private, mode 0600) and NAME.pub in --dir "
+                        "and prints the key id and the variables that use them.",
+                        epilog="examples:\n  kiln keygen --dir keys --name publisher")
     kg.add_argument("--dir", default=".", help="where to write NAME.key and NAME.pub (default .)")
     kg.add_argument("--name", default="kiln-signing", help="file name stem (default kiln-signing)")
     kg.set_defaults(func=cmd_keygen)
 
     sg = sub.add_parser("sign", help="sign built bundles: bundle.sig + provenance.sigstore.json "
-                        "beside dist/<name>/<version>/<backend>/manifest.json")
+                        "beside dist/<name>/<version>/<backend>/manifest.json",
+                        description="Signs each built bundle's manifest (OpenSSF model-signing "
+                        "format, DSSE) and writes the signed SLSA provenance beside it; "
+                        "`kiln publish` publishes both.",
+                        epilog="examples:\n  KILN_SIGNING_KEY_FILE=keys/publisher.key kiln sign "
+                        "dist/registry-v3/3.0.0/onnx\n  kiln sign dist/*/*/* --key keys/publisher.key")
     sg.add_argument("dist", nargs="+", help="dist/<name>/<version>/<backend>/ directories")
     sg.add_argument("--key", help=f"private key file (default: ${signing.KEY_FILE_ENV} or "
                     f"${signing.KEY_ENV})")
@@ -91,12 +105,20 @@ def add_parsers(sub: Any) -> None:
     sg.set_defaults(func=cmd_sign)
 
     vs = sub.add_parser("verify-signature", help="verify a dist or published bundle directory's "
-                        "signature, tarball and provenance, offline")
+                        "signature, tarball and provenance, offline",
+                        description="Checks, without any network, that the manifest is signed by "
+                        "a trusted key, the tarball is the one signed and the provenance is "
+                        "signed and names this bundle (exit 7 when anything is refused).",
+                        epilog="examples:\n  kiln verify-signature dist/registry-v3/3.0.0/onnx "
+                        "--trusted-keys keys/publisher.pub\n  kiln verify-signature "
+                        "published/registry-v3/3.0.0/onnx --version 3.0.0 --json")
     vs.add_argument("path", help="directory holding manifest.json and bundle.sig")
     vs.add_argument("--trusted-keys", help=f"public key files or directories, '{os.pathsep}'-"
                     f"separated (default: ${signing.TRUSTED_ENV})")
     vs.add_argument("--name", help="refuse a signature for any other bundle name")
     vs.add_argument("--version", help="refuse a signature for any other version")
+    vs.add_argument("--json", action="store_true", help="print the verified bundle, key and "
+                    "provenance as JSON")
     vs.set_defaults(func=cmd_verify)
 
 

@@ -58,10 +58,11 @@ def test_missing_required_key(write: Write) -> None:
 def test_missing_key_hint_comes_from_the_schema_description(write: Write) -> None:
     text = edit("  checkpoint: ckpt\n", "").replace("  default: 0.5\n", "")
     assert problems(write("b.yaml", text)) == [
-        "b.yaml:5:1: source: missing required key 'checkpoint' (add checkpoint: Path to a Hugging Face style "
-        "checkpoint directory with config.json and the weights, relative to the spec file)",
+        "b.yaml:5:1: source: missing required key 'checkpoint' (add the 'checkpoint' key: Path to a "
+        "Hugging Face style checkpoint directory with config.json and the weights, relative to the "
+        "spec file)",
         "b.yaml:10:1: thresholds: missing required key 'default' "
-        "(add default: Threshold for labels without their own value, between 0 and 1)",
+        "(add the 'default' key: Threshold for labels without their own value, between 0 and 1)",
     ]
 
 

@@ -98,6 +98,7 @@ def plan_tasks(bundles: Sequence[Bundle], skip: frozenset[str] = frozenset(),
         handle = cache_for(cache, bundles[0].root)
         if handle is not None:
             _look_up(per_bundle, handle, stat)
+            _restate(per_bundle)
     stat.save()
     if records is not None:
         records.update({i.plan.task: i.record for items in per_bundle for i in items if i.record})
@@ -131,6 +132,17 @@ def _look_up(per_bundle: list[list[_Item]], cache: ActionCache, stat: StatCache)
             item.action, item.record = HIT, record
             item.reasons.append(f"cache hit: restores {len(record.outputs)} files, "
                                 f"{record.size:,} bytes (key {record.key[:12]})")
+
+
+def _restate(per_bundle: list[list[_Item]]) -> None:
+    """"upstream T will run" was written before the cache was asked; where T is a hit, it will
+    be restored, not run."""
+    for items in per_bundle:
+        hits = {i.plan.task for i in items if i.action == HIT}
+        for item in items:
+            item.reasons = [f"upstream {r[9:-9]} will be restored from the cache"
+                            if r.startswith("upstream ") and r.endswith(" will run")
+                            and r[9:-9] in hits else r for r in item.reasons]
 
 
 def _key(item: _Item, by_task: dict[str, _Item], stat: StatCache,

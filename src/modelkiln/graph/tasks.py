@@ -7,6 +7,7 @@ verification all follow one rule, and `kiln plan` can explain it without doit.
 """
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import os
 import sys
@@ -22,7 +23,7 @@ from ..model.bundle import BrokenSpec, Bundle
 from ..paths import Layout
 from ..stages.base import StagePlan
 from ..stages.engines import STAGE as ENGINES
-from . import unsaved
+from . import clean, unsaved
 from .depfile import usable
 from .plans import STAGES, plan_bundle, skipped, upstream_of
 from .state import status
@@ -32,6 +33,8 @@ if TYPE_CHECKING:  # a no-op build imports neither the cache nor the executor (~
     from ..cache import CacheConfig
 
 TaskDict = dict[str, Any]  # doit's own task-dict format
+ALL = ("*",)  # force every task (`kiln build --force` without -t, `doit -a`)
+DB_BACKEND = "kiln-stamps"  # graph.clean.StampDB, registered under doit.BACKEND in pyproject.toml
 
 # the one-line docs `doit list` shows: each stage's own DOC, plus the two groups the graph adds
 OTHER_DOCS = {
@@ -53,11 +56,13 @@ class Fresh:
     __signature__ = inspect.Signature()
 
     def __init__(self, plan: StagePlan, root: Path, state: Path, memo: BundleMemo,
-                 cache: CacheConfig | None = None):
+                 cache: CacheConfig | None = None, forced: bool = False):
         self.plan, self.root, self.state, self.memo, self.cache = plan, root, state, memo, cache
-        self.stamps = memo.stamps
+        self.stamps, self.forced = memo.stamps, forced
 
     def __call__(self) -> bool:
+        if self.forced:
+            return False
         if unsaved.pending(self.state, self.plan.task) and unsaved.may_save(self.cache, self.root):
             return False  # a killed run's record is owed to the cache: the action saves it
         if self.memo.holds():  # the bundle's verdict (graph.verdicts): what `status` asks first
@@ -72,14 +77,19 @@ class Fresh:
 
 
 def _action(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...],
-            cache: CacheConfig | None = None) -> Any:
-    """doit python-action: run the stage; a KilnError becomes a readable TaskFailed."""
+            cache: CacheConfig | None = None, forced: bool = False) -> Any:
+    """doit python-action: run the stage; a KilnError becomes a readable TaskFailed. A forced
+    task is forgotten first and runs its stage: a restore from the cache would not be a rebuild."""
     from doit.exceptions import TaskFailed
 
+    from ..cache import CacheConfig
     from .execute import execute
 
     work()
     try:
+        if forced:
+            clean.forget(plan.task, plan.stamp, Layout(bundle.root).state)
+            cache = CacheConfig(None, False, "--force")
         return execute(plan, bundle, upstream, cache)
     except KilnError as exc:
         return TaskFailed(f"{plan.task}: {exc}")
@@ -107,8 +117,20 @@ def _publish(bundle: Bundle, backends: tuple[str, ...], to: str | None) -> Any:
     return None
 
 
+def _clean(plan: StagePlan, state: Path) -> None:
+    """doit clean-action: forget the task and remove its outputs (graph.clean)."""
+    for path in clean.clean_task(plan, state):
+        print(f"removed {path}", file=sys.stderr)
+
+
+def forced(task: str, patterns: Sequence[str]) -> bool:
+    """Whether `task` is one `--force` names: a task, a stage (`onnx`) or a doit `*` pattern."""
+    return any(fnmatch.fnmatchcase(task, p) or task.split(":", 1)[0] == p for p in patterns)
+
+
 def task_dicts(bundles: list[Bundle], skip: frozenset[str] = frozenset(),
-               to: str | None = None, cache: CacheConfig | None = None) -> dict[str, list[TaskDict]]:
+               to: str | None = None, cache: CacheConfig | None = None,
+               force: Sequence[str] = ()) -> dict[str, list[TaskDict]]:
     """basename -> doit task dicts (one per bundle, or per bundle and backend)."""
     groups: dict[str, list[TaskDict]] = defaultdict(list)
     for bundle in bundles:
@@ -118,13 +140,16 @@ def task_dicts(bundles: list[Bundle], skip: frozenset[str] = frozenset(),
         stamps = {p.task: p.stamp for p in plans}
         state = Layout(bundle.root).state
         memo = BundleMemo(verdicts(state), bundle.name, bundle.root, plans, stamps)
+        clean.register(plans, state)
         for p in plans:
             basename, name = p.task.split(":", 1)
+            force_it = forced(p.task, force)
             groups[basename].append({
                 "name": name, "doc": p.doc,
-                "actions": [(_action, (p, bundle, upstream_of(p, plans), cache))],
+                "actions": [(_action, (p, bundle, upstream_of(p, plans), cache, force_it))],
+                "clean": [(_clean, (p, state))],
                 "task_dep": list(p.upstream),
-                "uptodate": [Fresh(p, bundle.root, state, memo, cache)],
+                "uptodate": [Fresh(p, bundle.root, state, memo, cache, force_it)],
                 "verbosity": 2,
             })
         packages = [p for p in plans if p.stage == "package"]
@@ -166,26 +191,72 @@ def add_broken(groups: dict[str, list[TaskDict]], broken: Sequence[BrokenSpec]) 
     for spec in broken:
         if not spec.name:
             continue
-        for basename in (*STAGES, "publish", "build"):
-            if basename in ("package", "image", "imagetest"):  # named per backend, which a broken spec lacks
-                continue
+        for basename, name in broken_names(spec):
             groups.setdefault(basename, []).append({
-                "name": spec.name, "doc": f"BROKEN SPEC {spec.spec_path.name}: run `kiln validate`",
+                "name": name, "doc": f"BROKEN SPEC {spec.spec_path.name}: run `kiln validate`",
                 "actions": [(_broken_action, (spec,))], "verbosity": 2})
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+_BASE_STAGES = ("weights", "tokenizer", "labels", "thresholds")
+_BACKEND_STAGES = {"onnx": ("onnx", "int8", "parity", "smoke"),
+                   "tensorrt": ("trt", "engines", "trtparity")}
+
+
+def broken_names(spec: BrokenSpec) -> list[tuple[str, str]]:
+    """(stage, name) of the tasks the spec would have if it validated, as far as its text says,
+    so `doit list` shows the same task set when a spec breaks: the stages of the backends it
+    enables that this host builds (`tensorrt` under `when: gpu-available` needs a GPU), a
+    `package:<name>-<backend>` each, the image tasks it asks for (a test under `test: auto`
+    needs a container engine). Stages of plug-ins and other task kinds are left out."""
+    from ..model.bundle import BACKENDS
+    from ..spec.loader import spec_data
+    from ..stages import trt
+    from ..stages.engine import engine_hint
+
+    data = spec_data(spec.spec_path) or {}
+    raw = _mapping(data.get("backends"))
+    on = {b: v if isinstance(v, dict) else {} for b, v in raw.items()
+          if b in BACKENDS and not (isinstance(v, dict) and v.get("enabled") is False)}
+    if "tensorrt" in on:
+        when = on["tensorrt"].get("when", "gpu-available")
+        if when == "never" or (when == "gpu-available" and trt.host_facts().unusable()):
+            del on["tensorrt"]
+    backends = [b for b in BACKENDS if b in on]
+    image = data.get("image") if isinstance(data.get("image"), dict) else None
+    publish = _mapping(data.get("publish"))
+    served = image.get("backend", "onnx") if image is not None else None
+    tested = image is not None and (image.get("test", "auto") == "required" or
+                                    (image.get("test", "auto") == "auto" and not engine_hint()))
+    per_backend = {
+        "package": backends,
+        "image": [b for b in backends if b == served or publish.get("oci") is not None],
+        "imagetest": [b for b in backends if b == served and tested],
+    }
+    out = [(stage, spec.name) for stage in _BASE_STAGES]
+    out += [(stage, spec.name) for b in backends for stage in _BACKEND_STAGES.get(b, ())]
+    out += [(stage, f"{spec.name}-{b}") for stage, bs in per_backend.items() for b in bs]
+    return out + [("publish", spec.name), ("build", spec.name)]
 
 
 def doit_namespace(bundles: list[Bundle], root: Path, skip: frozenset[str] = frozenset(),
                    to: str | None = None, cache: CacheConfig | None = None,
-                   broken: Sequence[BrokenSpec] = ()) -> dict[str, Any]:
-    """What dodo.py exposes: DOIT_CONFIG plus one `task_<stage>` generator per stage."""
+                   broken: Sequence[BrokenSpec] = (),
+                   force: Sequence[str] | None = None) -> dict[str, Any]:
+    """What dodo.py exposes: DOIT_CONFIG plus one `task_<stage>` generator per stage. `force`:
+    the tasks to rerun whatever their stamps say; None reads doit's command line (`-a`)."""
     state = Layout(root).state
     state.mkdir(parents=True, exist_ok=True)
     namespace: dict[str, Any] = {"DOIT_CONFIG": {
-        "backend": "sqlite3", "dep_file": str(usable(state / "doit.sqlite3")),
+        "backend": DB_BACKEND, "dep_file": str(usable(state / "doit.sqlite3")),
         "default_tasks": ["build"], "verbosity": 2,
     }}
     with held_until_work():
-        groups = task_dicts(bundles, skip, to, cache)
+        groups = task_dicts(bundles, skip, to, cache,
+                            always_execute() if force is None else force)
         add_broken(groups, broken)
         verdicts(state)
     for basename in (*STAGES, "publish", "build"):
@@ -196,14 +267,19 @@ def doit_namespace(bundles: list[Bundle], root: Path, skip: frozenset[str] = fro
 
 def run_doit(bundles: list[Bundle], tasks: list[str], jobs: int = 1,
              skip: frozenset[str] = frozenset(), to: str | None = None,
-             cache: CacheConfig | None = None, broken: Sequence[BrokenSpec] = ()) -> int:
-    """Run doit over the bundles' task graph; returns doit's exit status (non-zero: a task failed)."""
+             cache: CacheConfig | None = None, broken: Sequence[BrokenSpec] = (),
+             force: Sequence[str] = (), quiet: bool = False) -> int:
+    """Run doit over the bundles' task graph; returns doit's exit status (non-zero: a task
+    failed). `force`: tasks (names, stages or patterns; ALL) rerun whatever their stamps say.
+    `quiet`: a line per task that ran, the tasks' own output only when one fails."""
     from doit.cmd_base import ModuleTaskLoader
     from doit.doit_cmd import DoitMain
 
     try:
-        namespace = doit_namespace(bundles, bundles[0].root, skip, to, cache, broken)
+        namespace = doit_namespace(bundles, bundles[0].root, skip, to, cache, broken, force)
         args = ["run"] + (["-n", str(jobs), "-P", "process"] if jobs > 1 else [])
+        if quiet:
+            args += ["--verbosity", "0", "--reporter", "executed-only"]
         status: int = DoitMain(ModuleTaskLoader(namespace)).run(args + tasks)
     finally:
         release()
@@ -214,6 +290,14 @@ def _doit_var(name: str, argv: list[str] | None) -> list[str]:
     """Values of `name=value` words on doit's command line (doit's own `get_var` convention)."""
     argv = sys.argv if argv is None else argv
     return [a.split("=", 1)[1] for a in argv if a.startswith(f"{name}=")]
+
+
+def always_execute(argv: list[str] | None = None) -> Sequence[str]:
+    """ALL when doit's own command line asks to run every selected task (`doit -a`,
+    `doit run --always-execute`), else nothing: doit then skips the uptodate checks, and the
+    actions must not find the stamps up to date either."""
+    argv = sys.argv[1:] if argv is None else argv
+    return ALL if any(a in ("-a", "--always-execute") for a in argv) else ()
 
 
 def skipped_backends(argv: list[str] | None = None) -> frozenset[str]:

@@ -12,6 +12,7 @@ import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from modelkiln.artifacts.digest import StatCache
 from modelkiln.errors import Problem, SpecError, display_path
@@ -130,11 +131,18 @@ def spec_name(path: Path) -> str | None:
     """The `name:` a spec gives its bundle, read as leniently as possible (the spec may be invalid
     in any other way), or None when it has no usable one. Lets a broken spec's tasks keep the name
     a user types (`doit build:<name>`) so they fail with the spec's problems, not 'no such task'."""
+    data = spec_data(path)
+    name = data.get("name") if data is not None else None
+    return name if isinstance(name, str) and _NAME.match(name) else None
+
+
+def spec_data(path: Path) -> dict[str, Any] | None:
+    """A spec's top-level mapping, parsed without validating it (None when it cannot be read or
+    is not a mapping): what a broken spec's placeholder tasks are named from."""
     from modelkiln.spec.parse import parse_bytes
 
     raw, refusal = read_spec_bytes(path)
     if raw is None or refusal is not None:
         return None
     data = parse_bytes(raw).data
-    name = data.get("name") if isinstance(data, dict) else None
-    return name if isinstance(name, str) and _NAME.match(name) else None
+    return data if isinstance(data, dict) else None

@@ -100,8 +100,8 @@ def _required(doc: SpecDocument, path: KeyPath, error: Any, root: Schema) -> lis
                 hint = f"add {key}: one of {', '.join(map(str, sub['enum']))}"
             elif "const" in sub:
                 hint = f"add {key}: {sub['const']}"
-            elif "description" in sub:
-                hint = f"add {key}: {_sentence(sub['description'])}"
+            elif "description" in sub:  # what the key is, not a value to write after it
+                hint = f"add the '{key}' key: {_sentence(sub['description'])}"
             else:
                 hint = f"add {key}"
         problems.append(doc.problem(path, f"missing required key '{key}'", hint, at_key=True))
@@ -113,11 +113,25 @@ def _then_condition(error: Any, root: Schema) -> str:
     node: Any = root
     for step in error.absolute_schema_path:
         if step == "then" and isinstance(node, dict) and "if" in node:
-            parts = [f"{key} is {describe(sub['const'])}"
-                     for key, sub in node["if"].get("properties", {}).items() if "const" in sub]
-            return " and ".join(parts) or "the condition in the schema holds"
+            return " and ".join(_if_words(node["if"])) or "the condition in the schema holds"
         node = node[step]
     return ""
+
+
+def _if_words(node: Any, prefix: str = "") -> list[str]:
+    """An `if` schema's `const`/`enum` conditions as words, nested keys dotted: "source.task is
+    one of 'a', 'b'"."""
+    parts: list[str] = []
+    for key, sub in node.get("properties", {}).items() if isinstance(node, dict) else ():
+        if not isinstance(sub, dict):
+            continue
+        if "const" in sub:
+            parts.append(f"{prefix}{key} is {describe(sub['const'])}")
+        elif "enum" in sub:
+            parts.append(f"{prefix}{key} is one of {', '.join(map(describe, sub['enum']))}")
+        else:
+            parts += _if_words(sub, f"{prefix}{key}.")
+    return parts
 
 
 def _type(doc: SpecDocument, path: KeyPath, error: Any, root: Schema) -> list[Problem]:
