@@ -189,6 +189,68 @@ def write_label_files(directory: Path, labels: tuple[str, ...]) -> None:
                                                      for lab in labels})
 
 
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+                 "{% if add_generation_prompt %}<s>assistant:{% endif %}")
+
+
+def make_word_tokenizer(texts: list[str], out: Path) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer for the decoder (<s> ... </s>, a chat template), saved as a fast
+    tokenizer; deterministic (the vocabulary is the sorted corpus words)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "assistant:", "user:"]
+    words = sorted({w for t in texts for w in t.lower().split()} - set(specials))
+    vocab = {w: i for i, w in enumerate(specials + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
+                                   bos_token="<s>", eos_token="</s>", chat_template=CHAT_TEMPLATE,
+                                   model_input_names=["input_ids", "attention_mask"],
+                                   model_max_length=256)
+    fast.save_pretrained(str(out))
+    return fast
+
+
+def make_generation_checkpoint(out: Path, *, seed: int = 31, hidden: int = 64, layers: int = 2,
+                               steps: int = 40, lr: float = 3e-3,
+                               shard: str = "100KB") -> list[str]:
+    """Write a trained tiny Llama-style decoder (sharded safetensors, tokenizer with a chat
+    template, generation_config.json) to `out`; returns held-out prompts."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [t for t, _ in topic_texts(MEMORY_TOPICS, 600, seed)]
+    tok = make_word_tokenizer(rows, out)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):  # seconds: next words follow the synthetic topics' habits
+        batch = rows[(step * 32) % len(rows):][:32]
+        enc = tok(batch, padding=True, return_tensors="pt")
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        loss = model(**enc, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, do_sample=False, max_new_tokens=16)
+    model.save_pretrained(str(out), safe_serialization=True, max_shard_size=shard)
+    prompts = [" ".join(t.split()[:3]) for t, _ in topic_texts(MEMORY_TOPICS, 40, seed + 1)]
+    return prompts
+
+
 def write_texts(path: Path, texts: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
@@ -204,3 +266,7 @@ def make_fleet_inputs(bundles: Path) -> None:
     held_out = make_vision_checkpoint(vision / "checkpoint")
     write_label_files(vision, VISION_LABELS)
     write_images(vision / "images", held_out, vision / "calibration.jsonl")
+    analyst = bundles / "analyst"
+    prompts = make_generation_checkpoint(analyst / "checkpoint")
+    (analyst / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n"
+                                                   for p in prompts[:24]))

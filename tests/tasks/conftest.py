@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from task_specs import MEMORY_SPEC, VISION_SPEC
+from task_specs import ANALYST_SPEC, MEMORY_SPEC, VISION_SPEC
 
 from helpers import Project, make_project
 
@@ -42,5 +42,23 @@ def vision_built(tmp_path_factory: pytest.TempPathFactory) -> Project:
     project = make_project(tmp_path_factory.mktemp("vision-proj"), inputs, name="vision",
                            spec=VISION_SPEC)
     done = project.doit("build:vision")
+    assert done.code == 0, done.output
+    return project
+
+
+@pytest.fixture(scope="session")
+def analyst_built(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """A seeded tiny Llama-style decoder in four safetensors shards, built."""
+    import json
+
+    from modelkiln import demo_fleet
+
+    inputs = tmp_path_factory.mktemp("analyst-inputs")
+    prompts = demo_fleet.make_generation_checkpoint(inputs / "checkpoint", steps=30)
+    (inputs / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n"
+                                                  for p in prompts[:16]))
+    project = make_project(tmp_path_factory.mktemp("analyst-proj"), inputs, name="analyst",
+                           spec=ANALYST_SPEC)
+    done = project.doit("build:analyst")
     assert done.code == 0, done.output
     return project

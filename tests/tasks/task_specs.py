@@ -38,3 +38,26 @@ backends:
     quantize: {{mode: dynamic, weight_type: int8, per_channel: true}}
     parity: {{atol: 1.0e-4, max_decision_flip_rate: 0.05}}
 """
+
+ANALYST_SPEC = """\
+apiVersion: modelkiln/v1
+kind: Bundle
+name: {name}
+version: "1.0.0"
+source:
+  checkpoint: {name}/checkpoint
+  task: text-generation
+generation:
+  calibration: {name}/prompts.jsonl
+  steps: 6
+  parity: {{min_agreement: 0.9, max_first_logit_diff: 1.0}}
+  serving: {{served_model_id: analyst, launch_args: [--max-model-len, "256"]}}
+backends:
+  pytorch: {{}}
+  onnx:
+    quantize: {{mode: dynamic, weight_type: int8, per_channel: true, exclude_nodes: [/lm_head/MatMul]}}
+publish:
+  store: {{root: "${{MODEL_STORE_ROOT}}", agent: "analyst-{{backend}}"}}
+registry:
+  roles: [analyst]
+"""

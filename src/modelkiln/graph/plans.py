@@ -20,6 +20,7 @@ from ..paths import Layout
 from ..stages import (
     embed_parity,
     engines,
+    gen_parity,
     image,
     image_processor,
     imagetest,
@@ -50,6 +51,7 @@ BUILTIN_STAGES: dict[str, Stage] = {
     "parity": parity,
     "embed_parity": embed_parity,
     "vision_parity": vision_parity,
+    "gen_parity": gen_parity,
     "smoke": smoke,
     "trt": trt,
     "engines": engines,

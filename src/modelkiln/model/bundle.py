@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import Problem
-from .kinds import Embedding
+from .kinds import Embedding, Generation
 
 BACKENDS = ("pytorch", "onnx", "tensorrt")
 
@@ -154,6 +154,7 @@ class Bundle:
     image: ImageSpec | None = None
     card: Card = Card()
     embedding: Embedding | None = None  # source.task feature-extraction (model/kinds.py)
+    generation: Generation | None = None  # source.task text-generation
     plugin_backends: tuple[str, ...] = ()  # enabled backends installed plug-ins add (modelkiln.backends)
 
     def section(self, key: str) -> str:

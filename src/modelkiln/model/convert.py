@@ -185,9 +185,11 @@ def to_bundle(doc: Document) -> m.Bundle:
     source, head = inputs.source(c, data)
     kinds.check(c, data)
     embedding = kinds.embedding(c, data, source.checkpoint if "checkpoint" in data["source"] else None)
-    if embedding is not None:  # a kind of its own: no labels, no thresholds (the schema says so)
+    generation = kinds.generation(c, data)
+    own = embedding or generation
+    if own is not None:  # a kind of its own: no labels, no thresholds (the schema says so)
         labels = m.Labels(Path(), Path(), ())
-        thresholds = m.Thresholds("fixed", 0.5, (), embedding.calibration, 1, embedding.max_length)
+        thresholds = m.Thresholds("fixed", 0.5, (), own.calibration, 1, own.max_length)
     else:
         labels = inputs.labels(c, data, head)
         thresholds = _thresholds(c, data, labels.names)
@@ -214,7 +216,7 @@ def to_bundle(doc: Document) -> m.Bundle:
         metadata=tuple(sorted(data.get("metadata", {}).items())), card=_card(data),
         sections=tuple(sorted((k, json.dumps(v, sort_keys=True, separators=(",", ":")))
                               for k, v in data.items())),
-        image=image, embedding=embedding,
+        image=image, embedding=embedding, generation=generation,
     )
 
 

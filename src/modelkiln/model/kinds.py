@@ -19,12 +19,14 @@ from .checker import MISSING, Checker, Data
 CLASSIFIERS = ("multi-label-classification", "single-label-classification")
 FEATURE_EXTRACTION = "feature-extraction"
 IMAGE_CLASSIFICATION = "image-classification"
-KINDS = (FEATURE_EXTRACTION, IMAGE_CLASSIFICATION)  # tasks with their own stage set (stages/kinds)
+TEXT_GENERATION = "text-generation"
+KINDS = (FEATURE_EXTRACTION, IMAGE_CLASSIFICATION, TEXT_GENERATION)  # tasks with their own stage set (stages/kinds)
 # the capability a registry entry gets from its task alone (callers `--require` it), beside the
 # spec's registry.capabilities
 TASK_CAPABILITIES = {"multi-label-classification": "multi-label",
                      "single-label-classification": "single-label",
-                     FEATURE_EXTRACTION: "embeddings", IMAGE_CLASSIFICATION: "vision"}
+                     FEATURE_EXTRACTION: "embeddings", IMAGE_CLASSIFICATION: "vision",
+                     TEXT_GENERATION: "chat"}
 
 
 def task_capabilities(task: str, declared: tuple[str, ...]) -> tuple[str, ...]:
@@ -52,6 +54,44 @@ class Embedding:
     calibration: Path
     parity: EmbeddingParity
     dimension: int  # hidden size from config.json (0 when it could not be read)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The `generation:` section of a text-generation (decoder LLM) spec."""
+
+    calibration: Path  # JSONL rows {"prompt": ...}
+    steps: int  # greedy steps compared per prompt
+    min_agreement: float  # int8: share of greedy steps that pick PyTorch's token
+    max_first_logit_diff: float  # int8: largest |logit difference| on the first step
+    max_length: int
+    served_model_id: str | None  # what a vLLM server answers to
+    launch_args: tuple[str, ...]  # vLLM launch arguments recorded in the registry entry
+
+
+def generation(c: Checker, data: Data) -> Generation | None:
+    g = data.get("generation")
+    if g is None:
+        return None
+    if data["source"]["task"] != TEXT_GENERATION:
+        c.fail(("generation",), f"source.task {data['source']['task']} has no generation section",
+               "the generation section is for source.task: text-generation", at_key=True)
+        return None
+    for key in ("labels", "thresholds"):
+        if key in data:
+            c.fail((key,), f"source.task {TEXT_GENERATION} has no {key}",
+                   f"remove the {key} section (classifiers only)", at_key=True)
+    if "tensorrt" in data["backends"]:
+        c.fail(("backends", "tensorrt"), "no TensorRT engine for text-generation here: an LLM "
+               "engine is built by TensorRT-LLM (trtllm-build from the checkpoint, with the "
+               "KV-cache, paged attention and in-flight batching plug-ins), which modelkiln's "
+               "engine stage does not drive", "remove backends.tensorrt; serve the safetensors "
+               "with vLLM (generation.serving) or the int8 ONNX model")
+    p, s = g.get("parity", {}), g.get("serving", {})
+    cal = c.path(("generation", "calibration"), g["calibration"], "file")
+    return Generation(cal or Path(), int(g.get("steps", 8)), float(p.get("min_agreement", 0.95)),
+                      float(p.get("max_first_logit_diff", 1.0)), int(g.get("max_length", 128)),
+                      s.get("served_model_id"), tuple(s.get("launch_args", ())))
 
 
 def is_classifier(task: str) -> bool:

@@ -37,6 +37,7 @@ from ..paths import Layout, registry_dir, store_root
 from ..registry import Artifacts, RegistryEntry, locked_entries, record_discovered, refuse_locked
 from ..registry.measure import measure
 from ..signing import sign_if_configured
+from ..stages.kinds import backend_config as kind_backend_config
 from ..store import BUNDLE_DIR, ModelStore
 from ..store.manifest import checksum
 from . import PublishResult, publish_bundle, render_destination
@@ -160,6 +161,7 @@ def release(bundle: Bundle, backend: str, *, to: str | None = None, force: bool 
             description=bundle.description or None, roles=reg.roles,
             capabilities=task_capabilities(bundle.source.task, reg.capabilities),
             task=bundle.source.task,
+            backend_config=kind_backend_config(bundle, reg.served_id or f"{bundle.name}:{version}"),
             served_model_id=reg.served_id or f"{bundle.name}:{version}",
             metadata=dict(bundle.metadata), version=version,
             artifacts=Artifacts(store=str(stored.path) if stored else None,

@@ -22,7 +22,7 @@ PLATFORM: str | None = None
 CODE_VERSION = "1"
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
          "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
-         "tokenizer.model")
+         "tokenizer.model", "chat_template.jinja")
 
 
 def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:

@@ -130,6 +130,9 @@ def run(ctx: RunContext) -> Report:
     ckpt = ctx.bundle.source.checkpoint
     kind = kinds.kind_of(ctx.bundle)
     config = read_config(ckpt / names.CONFIG, head=kind is None or kind.head)
+    if kind is not None and kind.keep_shards and not ctx.bundle.source.dtype and \
+            (ckpt / names.WEIGHTS_INDEX).is_file():
+        return _keep_shards(ctx, ckpt, config)
     state = load_state_dict(ckpt)
     dtype = ctx.bundle.source.dtype
     if dtype:
@@ -141,6 +144,26 @@ def run(ctx: RunContext) -> Report:
     _check_loads(ctx.out, len(state), ckpt, kind.auto_class if kind else None)
     ctx.log(f"weights:{ctx.bundle.name}: {len(state)} tensors -> model.safetensors")
     return {"tensors": len(state), "dtype": dtype or "as stored"}
+
+
+def _keep_shards(ctx: RunContext, ckpt: Path, config: dict[str, Any]) -> Report:
+    """A sharded safetensors checkpoint of a kind that serves it sharded (a decoder LLM that
+    vLLM loads shard by shard): each shard's header checked, shards, index and
+    generation_config.json copied as they are, and the whole checked to load."""
+    import shutil
+
+    shards = shard_files(ckpt, names.WEIGHTS, names.WEIGHTS_INDEX)
+    for shard in shards:
+        check_header(shard)
+        shutil.copyfile(shard, ctx.out / shard.name)
+    shutil.copyfile(ckpt / names.WEIGHTS_INDEX, ctx.out / names.WEIGHTS_INDEX)
+    if (ckpt / "generation_config.json").is_file():
+        shutil.copyfile(ckpt / "generation_config.json", ctx.out / "generation_config.json")
+    (ctx.out / names.CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    kind = kinds.kind_of(ctx.bundle)
+    _check_loads(ctx.out, 0, ckpt, kind.auto_class if kind else None)
+    ctx.log(f"weights:{ctx.bundle.name}: {len(shards)} safetensors shards kept as they are")
+    return {"shards": len(shards), "dtype": "as stored"}
 
 
 def _check_loads(out: Path, count: int, source: Path, auto_class: str | None = None) -> None:

@@ -33,16 +33,21 @@ class Kind:
     signature: Callable[[RunContext], dict[str, Any]]
     card: Callable[[RunContext, str, str, dict[str, Report], dict[str, str]], str]
     head: bool = False  # config.json carries a classification head (labels checked against it)
+    keep_shards: bool = False  # ship a sharded safetensors checkpoint sharded
 
 
 def kind_of(bundle: Bundle) -> Kind | None:
     """The bundle's task kind, or None for the classifiers (the shared stages as they are)."""
-    from ...model.kinds import FEATURE_EXTRACTION, IMAGE_CLASSIFICATION
+    from ...model.kinds import FEATURE_EXTRACTION, IMAGE_CLASSIFICATION, TEXT_GENERATION
 
     if bundle.source.task == FEATURE_EXTRACTION:
         from .embedding import KIND
 
         return KIND
+    if bundle.source.task == TEXT_GENERATION:
+        from .generation import KIND as GENERATION
+
+        return GENERATION
     if bundle.source.task == IMAGE_CLASSIFICATION:
         from .vision import KIND as VISION
 
@@ -54,3 +59,12 @@ def planned(bundle: Bundle, stage: str) -> bool:
     """Whether a shared stage takes part in this bundle's graph."""
     kind = kind_of(bundle)
     return kind is None or stage not in kind.drops
+
+
+def backend_config(bundle: Bundle, served_model_id: str) -> dict[str, Any]:
+    """What a registry entry records for its serving backend ({} when the kind records none)."""
+    if bundle.generation is None:
+        return {}
+    from .generation import backend_config as vllm
+
+    return vllm(bundle, served_model_id)
