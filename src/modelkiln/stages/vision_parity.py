@@ -54,7 +54,8 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
 def read_images(path: Path, labels: tuple[str, ...], limit: int | None) -> tuple[list[Path], Any]:
     """Image paths (checked to stay beside the calibration file) and the label index per row."""
     base = path.parent.resolve()
-    images, truth = [], []
+    images: list[Path] = []
+    truth: list[list[int]] = []
     with open(path, "rb") as fh:
         for number, raw in enumerate(fh, 1):
             if limit is not None and len(images) >= limit:
