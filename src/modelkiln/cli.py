@@ -22,8 +22,22 @@ if TYPE_CHECKING:
     from .publish.oci import OciRelease
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Descriptions are wrapped; a text with line breaks (an epilog's examples, one per line)
+    keeps them."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on a usage error, which is our hash-drift code: use 64 (EX_USAGE)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
