@@ -87,3 +87,32 @@ def test_source_changed_after_lock_is_drift_and_nothing_is_built(
     assert "model.safetensors" in out and "hash drift" in out and "kiln lock" in out
     assert not (p.root / "build/tiny/weights").exists()
     assert not p.dist().exists()
+
+
+def test_two_builds_sharing_a_fetch_cache_fetch_the_source_once(
+        tmp_path: Path, tiny_inputs: Path, s3: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+    import subprocess
+
+    from helpers import BIN
+
+    monkeypatch.setenv("KILN_SOURCE_CACHE", str(tmp_path / "shared-cache"))
+    projects = []
+    for name in ("one", "two"):
+        p = make_project(tmp_path / name, tiny_inputs, spec=SPEC)
+        p.edit("checkpoint: tiny/checkpoint", f"checkpoint: {s3.uri('run-1/')}")  # type: ignore[attr-defined]
+        projects.append(p)
+    upload(s3, projects[0].inputs / "checkpoint", "run-1/")
+    for p in projects:  # each locks against its own cache, so the shared one starts empty
+        done = subprocess.run([str(BIN / "kiln"), "lock", "tiny"], cwd=p.root, capture_output=True,
+                              text=True, env={**os.environ, "KILN_SOURCE_CACHE": str(p.root / "lc")})
+        assert done.returncode == 0, done.stderr
+    runs = [subprocess.Popen([str(BIN / "doit"), "weights:tiny", "tokenizer:tiny"], cwd=p.root,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for p in projects]
+    outs = [r.communicate(timeout=600)[0] for r in runs]
+    assert all(r.returncode == 0 for r in runs), outs
+    moved = sum(int(m.replace(",", "")) for out in outs
+                for m in re.findall(r"sources: ([\d,]+) bytes moved", out))
+    blobs = sum(b.stat().st_size for b in (tmp_path / "shared-cache/blobs").glob("*/*"))
+    assert blobs > 0 and moved == blobs  # each file both builds read crossed the network once

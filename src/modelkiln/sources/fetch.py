@@ -107,6 +107,8 @@ def ensure(entries: Iterable[LockEntry], wanted: dict[str, list[LockedFile]] | N
         with ThreadPoolExecutor(jobs(), thread_name_prefix="kiln-src") as pool:
             moved = sum(pool.map(lambda ef: fetch_file(cache, readers[ef[0].uri], ef[0].uri, ef[1]),
                                  missing))
+        if log:  # less than asked when another process fetched some of them meanwhile
+            log(f"sources: {moved:,} bytes moved over the network")
         cache.evict({f.sha256 for _e, f in todo})
     for e, f in todo:
         cache.touch(f.sha256)
