@@ -105,12 +105,15 @@ def test_a_rebuild_after_auto_is_a_noop(auto_built: Project, tmp_path: Path) -> 
     project = Project(copy, auto_built.name)
     run = project.doit("build:tiny")
     assert run.code == 0 and run.executed == set(), run.output
-    # a thresholds-only edit reruns the search (its measure is at the shipped thresholds) but
-    # never the export
-    project.edit("  default: 0.5\n", "  default: 0.5\n  min_support: 2\n")
+    # a thresholds edit reruns the search (its measure is at the shipped thresholds), never the
+    # export; the memo's logits make it arithmetic: at most the new pick is quantized
+    project.edit("  strategy: f1-optimal\n", "  strategy: fixed\n")
     run = project.doit("build:tiny")
     assert run.code == 0, run.output
-    assert "onnx:tiny" not in run.executed and "thresholds:tiny" in run.executed, run.output
+    assert "onnx:tiny" not in run.executed, run.output
+    assert {"thresholds:tiny", "int8:tiny"} <= run.executed, run.output
+    assert run.output.count("int8:tiny: quantizing ") <= 1, run.output
+    assert "int8:tiny: candidate default: " in run.output  # every candidate scored again
 
 
 @pytest.mark.slow
@@ -217,3 +220,24 @@ def test_auto_is_the_default_and_explicit_settings_plan_as_before(tmp_path: Path
     assert "exclude_nodes" in plan("  onnx:\n    quantize: {exclude_nodes: [a]}\n")[2]
     mode, _, message = plan("  onnx:\n    quantize: fast\n")
     assert mode == "error" and "backends.onnx.quantize" in message and "auto" in message
+
+
+def test_a_damaged_memo_entry_is_a_miss(tmp_path: Path) -> None:
+    import numpy as np
+
+    from modelkiln.stages.int8_search import _Memo
+
+    memo = _Memo(tmp_path / "memo")
+    assert memo.load("cand-a.npy") is None and memo.load("cand-a.json") is None
+    memo.save("cand-a.npy", np.arange(6, dtype=np.float32).reshape(2, 3))
+    memo.save("cand-a.json", 1234)
+    assert memo.load("cand-a.npy").tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert memo.load("cand-a.json") == 1234
+    whole = (tmp_path / "memo" / "cand-a.npy").read_bytes()
+    (tmp_path / "memo" / "cand-a.npy").write_bytes(whole[:-5])  # cut short
+    assert memo.load("cand-a.npy") is None
+    (tmp_path / "memo" / "cand-a.npy").write_bytes(b"not an array")
+    assert memo.load("cand-a.npy") is None
+    (tmp_path / "memo" / "cand-a.json").write_bytes(b"{")
+    assert memo.load("cand-a.json") is None
+    assert memo.key(a=1, b=[2]) == memo.key(b=[2], a=1) != memo.key(a=1, b=[3])

@@ -21,6 +21,7 @@ when the figures still allow it); nothing else does.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,16 @@ def quantize_into(ctx: RunContext, q: Quantize, src: Path, out: Path) -> list[st
     scratch = out / ".quantize"
     scratch.mkdir()
     dst = scratch / OUTPUT
+    # the quantizer writes a shape-inferred copy beside its input: give it a linked input here,
+    # never the onnx stage's own directory (another task may be reading it)
+    linked = scratch / "input"
+    linked.mkdir()
+    for name in [src.name, *check_external_data(src)]:
+        try:
+            os.link(src.parent / name, linked / name)
+        except OSError:  # another file system: a copy
+            shutil.copyfile(src.parent / name, linked / name)
+    src = linked / src.name
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer's "consider pre-processing" nag
     try:

@@ -234,45 +234,34 @@ def card_lines(record: Report) -> list[str]:
     return lines
 
 
-def search(cands: list[Candidate], quantize: Callable[[Quantize, Path], None],
-           score: Callable[[Path], Report], keep_nodes: Callable[[Quantize, str, Path | None], list[str]],
-           scratch: Path, fp32_bytes: int, limit: float, log: Callable[[str], None]
-           ) -> tuple[Path | None, list[Report], Quantize | None]:
-    """Quantize and score every candidate; return (the kept model's directory or None, every
-    candidate's record, the kept or else the best candidate's settings)."""
-    import shutil
-
+def search(cands: list[Candidate], evaluate: Callable[[Quantize], tuple[int, Report]],
+           keep_nodes: Callable[[Quantize, str], list[str]], fp32_bytes: int, limit: float,
+           log: Callable[[str], None]) -> tuple[list[Report], Quantize | None]:
+    """Score every candidate (`evaluate` quantizes or recalls it: its size and parity figures);
+    return every candidate's record (the kept one marked `chosen`) and the kept settings, or
+    when none passes, the best one's (lowest flip rate, then smallest)."""
     results: list[Report] = []
-    dirs: list[Path | None] = []
     settings: list[Quantize | None] = []
-    reference: Path | None = None  # the reduce-range model, for the drift analysis
-    for i, cand in enumerate(cands):
+    for cand in cands:
         q = cand.settings
         if cand.keep:
-            q = replace(q, exclude_nodes=tuple(keep_nodes(q, cand.keep, reference)))
+            q = replace(q, exclude_nodes=tuple(keep_nodes(q, cand.keep)))
         record: Report = {"name": cand.name, "settings": settings_record(q)}
         same = next((r["name"] for r, s in zip(results, settings, strict=True) if s == q), None)
-        if same is not None or (cand.keep and not q.exclude_nodes):
-            record["skipped"] = f"no {cand.keep} nodes that this mode quantizes" \
-                if cand.keep and not q.exclude_nodes else f"same settings as {same}"
+        skip = f"no {cand.keep} nodes that this mode quantizes" if cand.keep and \
+            not q.exclude_nodes else f"same settings as {same}" if same else ""
+        if not skip:
+            log(f"candidate {cand.name}: {spec_text(q)}")
+            try:
+                size, figures = evaluate(q)
+            except BuildError as exc:
+                skip = f"quantization failed: {exc}"[:300]
+        if skip:
+            record["skipped"] = skip
+            log(f"candidate {cand.name}: skipped ({skip})")
             results.append(record)
-            dirs.append(None)
             settings.append(None)
             continue
-        out = scratch / f"c{i}"
-        out.mkdir()
-        log(f"candidate {cand.name}: {spec_text(q)}")
-        try:
-            quantize(q, out)
-        except BuildError as exc:
-            record["skipped"] = f"quantization failed: {exc}"[:300]
-            results.append(record)
-            dirs.append(None)
-            settings.append(None)
-            shutil.rmtree(out)
-            continue
-        size = sum(p.stat().st_size for p in out.iterdir())
-        figures = score(out)
         int8 = figures["int8"]
         record.update(bytes=size, size_ratio=round(size / fp32_bytes, 4),
                       decision_flip_rate=int8["decision_flip_rate"],
@@ -283,15 +272,12 @@ def search(cands: list[Candidate], quantize: Callable[[Quantize, Path], None],
         log(f"candidate {cand.name}: {size / 1e6:.1f} MB, flip rate "
             f"{int8['decision_flip_rate']:.2%} ({'pass' if record['passed'] else 'fail'})")
         results.append(record)
-        dirs.append(out)
         settings.append(q)
-        if cand.name == "reduce-range":
-            reference = out
     kept = choose(results, fp32_bytes)
     if kept is None:
         scored = [i for i, r in enumerate(results) if "decision_flip_rate" in r]
         best = min(scored, key=lambda i: (results[i]["decision_flip_rate"], results[i]["bytes"]),
                    default=None)
-        return None, results, settings[best] if best is not None else None
+        return results, settings[best] if best is not None else None
     results[kept]["chosen"] = True
-    return dirs[kept], results, settings[kept]
+    return results, settings[kept]
