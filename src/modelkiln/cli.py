@@ -134,7 +134,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if broken:
         return ExitCode.SPEC
     if args.check and any(r.run for r in rows):  # the summary's two counts, together
-        print(f"kiln: plan --check: {sum(r.run for r in rows)} tasks out of date here",
+        stale = sum(r.run for r in rows)
+        print(f"kiln: plan --check: {stale} task{'s' if stale != 1 else ''} out of date here",
               file=sys.stderr)
         return ExitCode.OUT_OF_DATE
     return ExitCode.OK
