@@ -170,6 +170,9 @@ def chart(name: str, old: SideLike, new: SideLike) -> list[str]:
     for i, label in enumerate(labels):
         out.append(f"| {code(label)} | " + " | ".join(
             f"{values[i]:.4f}" if values[i] is not None else "-" for _, values, _ in series) + " |")
+    if any(v is None for _, values, _ in series for v in values):
+        out += ["", "`-`: no figure on that side (an F1 is missing where a label kept the default "
+                "threshold); the chart draws it at 0."]
     a, b = flip_rate(old), flip_rate(new)
     if a is not None or b is not None:
         out += ["", "```mermaid", "xychart-beta",
