@@ -101,3 +101,23 @@ def test_headline_chart_folded_tasks_and_the_version_warning(
     repo.edit('version: "1.0.0"', 'version: "1.1.0"')
     bumped = kiln(repo.root, "plan", "--markdown", "--base", "HEAD", "--cache", cache).stdout
     assert "[!WARNING]" not in bumped and "- **Version** 1.1.0 (base 1.0.0)" in bumped
+
+
+def test_a_hostile_label_stays_inside_the_chart_and_its_table_cell() -> None:
+    from modelkiln.graph.headline import chart
+    from modelkiln.graph.review import Side
+
+    label = '"]\n```\n# heading <img src=x> @team |'
+    base = Side("base", None, {label: 0.5, "ok": 0.5}, {label: {"f1": 0.8}})
+    change = Side("this", None, {label: 0.25, "ok": 0.5}, {label: {"f1": 0.7}})
+    lines = chart("tiny", base, change)
+    fence = lines.index("```", 1)
+    inside = lines[:fence]
+    assert all("\n" not in ln and "`" not in ln[3:] for ln in inside[1:])
+    axis = next(ln for ln in inside if ln.lstrip().startswith("x-axis"))
+    assert axis.count('"') == 4  # two labels, each one quoted string
+    row = next(ln for ln in lines[fence:] if "heading" in ln)
+    # a code span fenced by more backticks than it holds (inert: no HTML, no heading), with
+    # its `|` escaped so the cell stays one cell
+    assert row.startswith("| ````") and row.count(" | ") == 4 and "\\|" in row
+    assert lines.count("```") == 1 and lines.count("```mermaid") == 1
