@@ -301,8 +301,9 @@ def _check_backends(backends: Sequence[str]) -> None:
     """A misspelt --backend is a usage error (64), like a misspelt --skip."""
     import difflib
 
-    from .model.bundle import BACKENDS
+    from .backends import backends as installed
 
+    BACKENDS = tuple(installed())  # modelkiln's own and installed plug-ins'
     for name in backends:
         if name not in BACKENDS:
             near = difflib.get_close_matches(name, BACKENDS, n=1)

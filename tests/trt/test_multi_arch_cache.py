@@ -233,10 +233,10 @@ def test_an_unreachable_cache_never_drops_engines_for_good(
         tmp_path: Path, tiny_inputs: Path, fake_host: Use, fake_builder: Callable[[str], None],
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from modelkiln.cache import storage
-    from modelkiln.graph import execute
+    from modelkiln.graph import handles
 
     def new_process() -> None:  # a cache that failed stays off for the rest of its process
-        monkeypatch.setattr(execute, "_CACHES", {})
+        monkeypatch.setattr(handles, "_CACHES", {})
 
     uri = (tmp_path / "shared-cache").as_uri()
     fake_builder("10.3.0")

@@ -14,36 +14,22 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 from .. import sources
 from ..artifacts.atomic import staged_dir, sweep_leftovers, write_bytes
 from ..artifacts.digest import StatCache, canonical_json, sha256_file, stat_cache
-from ..cache import ActionCache, CacheConfig, open_cache, resolve
+from ..cache import ActionCache, CacheConfig
 from ..errors import BuildError, KilnError
 from ..model.bundle import Bundle
 from ..paths import Layout
 from ..stages.base import RunContext, StagePlan
 from . import gather, remote, unsaved
+from .handles import cache_for, log
 from .locks import task_lock
 from .plans import STAGES
 from .state import drop_stamp, read_stamp, snapshot, stamp_for, status, walk_outputs
-
-_CACHES: dict[CacheConfig, ActionCache | None] = {}
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def cache_for(config: CacheConfig | None, root: Path) -> ActionCache | None:
-    """This process's cache handle (one per configuration; None when the cache is off)."""
-    config = config if config is not None else resolve(root)
-    if config not in _CACHES:
-        _CACHES[config] = open_cache(config, log)
-    return _CACHES[config]
 
 
 def execute(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...],

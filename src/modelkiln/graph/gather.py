@@ -48,6 +48,7 @@ from ..errors import KilnError
 from ..paths import Layout
 from ..stages.base import StagePlan
 from ..stages.engines import FOREIGN, LEFT_OUT, STAGE
+from .handles import cache_for
 from .state import read_stamp
 
 PARAM = "other_runners"
@@ -106,8 +107,6 @@ def settle_here(plan: StagePlan, stamps: Mapping[str, Path], config: CacheConfig
     stamp = read_stamp(stamps[task]) if task in stamps and task not in set(pending) else None
     if stamp is None:
         return plan
-    from .execute import cache_for  # execute imports this module
-
     return settle(plan, stamp.get("report"), cache_for(config, root))
 
 

@@ -93,7 +93,7 @@ def plan_tasks(bundles: Sequence[Bundle], skip: frozenset[str] = frozenset(),
                 items.append(_Item(p, bundle, stamps, RUN if st.run else OK, list(st.reasons)))
             per_bundle.append(items)
     if any(i.action == RUN for items in per_bundle for i in items):  # else nothing to look up
-        from .execute import cache_for
+        from .handles import cache_for
 
         handle = cache_for(cache, bundles[0].root)
         if handle is not None:

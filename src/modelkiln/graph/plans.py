@@ -14,8 +14,9 @@ import difflib
 from typing import cast
 
 from .. import plugins, sources
+from ..backends import backends
 from ..errors import UsageError
-from ..model.bundle import BACKENDS, Bundle
+from ..model.bundle import Bundle
 from ..paths import Layout
 from ..stages import (
     embed_parity,
@@ -25,6 +26,7 @@ from ..stages import (
     image_processor,
     imagetest,
     int8,
+    kinds,
     labels,
     onnx,
     package,
@@ -37,7 +39,6 @@ from ..stages import (
     vision_parity,
     weights,
 )
-from ..stages import kinds
 from ..stages.base import Stage, StagePlan
 
 BUILTIN_STAGES: dict[str, Stage] = {
@@ -116,11 +117,12 @@ def plan_bundle(bundle: Bundle, skip: frozenset[str] = frozenset()) -> list[Stag
 def check_skip(skip: frozenset[str]) -> None:
     """A misspelt backend (`--skip onxx`, `skip=onxx`, KILN_SKIP) would skip nothing and build
     what the user meant to leave out: a usage error, checked where every planner reads it."""
-    for name in sorted(skip - set(BACKENDS)):
-        near = difflib.get_close_matches(name, BACKENDS, n=1)
+    names = tuple(backends())  # modelkiln's own and installed plug-ins'
+    for name in sorted(skip - set(names)):
+        near = difflib.get_close_matches(name, names, n=1)
         hint = f"did you mean {near[0]!r}? " if near else ""
         raise UsageError(f"skip {name!r}: not a backend ({hint}the backends are "
-                         f"{', '.join(BACKENDS)})")
+                         f"{', '.join(names)})")
 
 
 def skipped(plans: list[StagePlan]) -> dict[str, str]:

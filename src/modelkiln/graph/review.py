@@ -321,7 +321,7 @@ def plan_markdown(bundles: Sequence[Bundle], skip: frozenset[str], config: Cache
     """The whole comment: plan every healthy bundle (records of hits kept), then render, the
     specs that do not validate at the top."""
     from ..cache import resolve
-    from .execute import cache_for
+    from .handles import cache_for
     from .planner import plan_tasks
 
     if not bundles:

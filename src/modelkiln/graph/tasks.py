@@ -100,7 +100,7 @@ def _publish(bundle: Bundle, backends: tuple[str, ...], to: str | None) -> Any:
     from doit.exceptions import TaskFailed
 
     from ..publish.release import refuse_locked_backends, release
-    from .execute import log
+    from .handles import log
 
     work()
     try:

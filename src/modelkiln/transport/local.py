@@ -102,7 +102,8 @@ class LocalDir:
 
     def fetch(self, key: str, dest: Path, *, size: int, sha256: str,
               progress: Progress | None = None) -> None:
-        download(self.uri(key), dest, size=size, sha256=sha256, progress=progress)
+        # by path, not self.uri(key): a subclass may name its objects with a scheme of its own
+        download(self._path(key).as_uri(), dest, size=size, sha256=sha256, progress=progress)
 
     def put_bytes(self, key: str, data: bytes, condition: Condition = ALWAYS, *,
                   content_type: str = "application/json") -> ObjectInfo:

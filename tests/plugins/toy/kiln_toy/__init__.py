@@ -1,0 +1,1 @@
+"""kiln-toy: a modelkiln backend (`toy`), its stage (`toystamp`) and a scheme (`toymem://`)."""
