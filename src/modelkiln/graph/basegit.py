@@ -1,7 +1,7 @@
 """What git says about a base ref: changed paths, the base's version of a spec, its ancestors.
 
-Used by `kiln plan --changed-since REF` (the bundles a CI matrix must build) and by the review
-markdown (the spec keys a change touches). A bundle counts as changed when its spec file, any
+Used by `kiln changed` / `kiln plan --changed-since REF` (graph/changed.py decides the bundles a
+CI matrix must build) and by the review markdown (the spec keys a change touches). A bundle counts as changed when its spec file, any
 input file a task of it lists, or anything under its checkpoint or tokenizer directory differs
 between REF and the working tree (untracked files included): a new shard or a deleted file in a
 checkpoint counts even though no task of the new plan names it.
@@ -12,7 +12,6 @@ import functools
 import json
 import subprocess
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,19 +73,6 @@ def bundle_paths(bundle: Bundle) -> tuple[set[Path], tuple[Path, ...]]:
         files.update(p.resolve() for p in plan.inputs)
     dirs = (bundle.source.checkpoint.resolve(), bundle.source.tokenizer.resolve())
     return files, dirs
-
-
-def changed_bundles(bundles: Sequence[Bundle], ref: str) -> list[str]:
-    """Names of the bundles whose spec or inputs changed since `ref` (sorted; may be empty)."""
-    if not bundles:
-        return []
-    changed = changed_paths(bundles[0].root, ref)
-    out = []
-    for bundle in bundles:
-        files, dirs = bundle_paths(bundle)
-        if files & changed or any(d in p.parents for p in changed for d in dirs):
-            out.append(bundle.name)
-    return sorted(out)
 
 
 def ancestors(root: Path, ref: str, count: int = ANCESTORS) -> list[str]:
