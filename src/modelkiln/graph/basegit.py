@@ -1,10 +1,11 @@
 """What git says about a base ref: changed paths, the base's version of a spec, its ancestors.
 
 Used by `kiln changed` / `kiln plan --changed-since REF` (graph/changed.py decides the bundles a
-CI matrix must build) and by the review markdown (the spec keys a change touches). A bundle counts as changed when its spec file, any
-input file a task of it lists, or anything under its checkpoint or tokenizer directory differs
-between REF and the working tree (untracked files included): a new shard or a deleted file in a
-checkpoint counts even though no task of the new plan names it.
+CI matrix must build) and by the review markdown (the spec keys a change touches). A bundle
+counts as changed when its spec file, any input file a task of it lists, or anything under its
+checkpoint or tokenizer directory differs between REF and the working tree (untracked files
+included): a new shard or a deleted file in a checkpoint counts even though no task of the new
+plan names it.
 """
 from __future__ import annotations
 
