@@ -26,7 +26,8 @@ from .base import RunContext
 PIPELINE_TAGS = {"multi-label-classification": "text-classification",
                  "single-label-classification": "text-classification",
                  "feature-extraction": "feature-extraction",
-                 "token-classification": "token-classification"}
+                 "token-classification": "token-classification",
+                 "image-classification": "image-classification"}
 # backend -> the library a Hugging Face reader loads the bundle's model with
 LIBRARIES = {"pytorch": "transformers", "onnx": "onnx", "tensorrt": "tensorrt"}
 DEFAULT_LICENSE = "unknown"  # Hugging Face's value for "not stated"; the spec's card.license sets it

@@ -45,9 +45,10 @@ READS: tuple[str, ...] = ("weights", "tokenizer", "labels", "thresholds", "onnx"
 WRITES: tuple[str, ...] | None = (names.ARCHIVE, names.MANIFEST)
 TOOLS: tuple[str, ...] = ()  # per backend: tools_for(plan)
 PLATFORM: str | None = None
-CODE_VERSION = "7"  # 4: the manifest records the serving signature; 5: weights stored by a
+CODE_VERSION = "8"  # 4: the manifest records the serving signature; 5: weights stored by a
 # spread sample (artifacts.tarball); 6: the card lists the model's real inputs; 7: the card shows
-# per-label metrics, the parity table, the spec's card section and a chart (stages/card.py)
+# per-label metrics, the parity table, the spec's card section and a chart (stages/card.py);
+# 8: a task kind's card opens with the front matter too
 CARD = names.MODEL_CARD
 # What each backend packs, reports and records comes from the backend itself (modelkiln.backends):
 # CONTENTS / REPORTS / GRAPH are the built-ins' answers, kept for readers of this module.
@@ -271,8 +272,10 @@ def run(ctx: RunContext) -> Report:
     tools = tool_versions(*backend_of(backend).TOOLS)
     card = ctx.out / ".model_card.md"
     kind = kinds.kind_of(ctx.bundle)
-    card.write_text(kind.card(ctx, backend, version, reports, tools) if kind
-                    else model_card(ctx, backend, version, reports, tools))
+    text = kind.card(ctx, backend, version, reports, tools) if kind \
+        else model_card(ctx, backend, version, reports, tools)
+    # every card opens with the Hugging Face front matter, a task kind's own card included
+    card.write_text(text if text.startswith("---\n") else f"{front_matter(ctx.bundle, backend)}\n{text}")
     members.append((CARD, card))
     files.append({"path": CARD, "size": card.stat().st_size, "sha256": sha256_file(card)})
     chart = ctx.out / ".model_card_chart.svg"
