@@ -251,6 +251,62 @@ def make_generation_checkpoint(out: Path, *, seed: int = 31, hidden: int = 64, l
     return prompts
 
 
+NER_LABELS = ("O", "B-PROC", "I-PROC", "B-DRUG", "I-DRUG")
+
+
+def tagged_texts(n: int, seed: int) -> list[tuple[str, list[str]]]:
+    """(text, one BIO tag per word): filler words with a two-word procedure (bronchoscopy0..3
+    twice) and a one- or two-word drug (sedation0..3) placed at random."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = [(rng.choice(FILLER), "O") for _ in range(rng.randint(3, 7))]
+        proc = [(f"bronchoscopy{rng.randrange(4)}", "B-PROC"),
+                (f"bronchoscopy{rng.randrange(4)}", "I-PROC")]
+        drug = [(f"sedation{rng.randrange(4)}", "B-DRUG")]
+        if rng.random() < 0.5:
+            drug.append((f"sedation{rng.randrange(4)}", "I-DRUG"))
+        for phrase in (proc, drug):
+            at = rng.randrange(len(words) + 1)
+            words[at:at] = phrase
+        rows.append((" ".join(w for w, _ in words), [tag for _, tag in words]))
+    return rows
+
+
+def make_ner_checkpoint(out: Path, *, seed: int = 41, hidden: int = 64, layers: int = 2,
+                        steps: int = 120, lr: float = 2e-3) -> list[str]:
+    """Write a trained tiny BERT tagger (BIO labels) and its tokenizer; returns held-out texts."""
+    import torch
+    from transformers import BertConfig, BertForTokenClassification
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = tagged_texts(400, seed)
+    tok = make_wordpiece([t for t, _ in rows], out)
+    index = {lab: i for i, lab in enumerate(NER_LABELS)}
+    model = BertForTokenClassification(BertConfig(
+        vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 32), intermediate_size=hidden * 4,
+        max_position_embeddings=256, num_labels=len(NER_LABELS),
+        id2label=dict(enumerate(NER_LABELS)), label2id=index))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):
+        batch = rows[(step * 32) % len(rows):][:32]
+        enc = tok([t for t, _ in batch], padding=True, return_tensors="pt")
+        labels = torch.full(enc["input_ids"].shape, -100)
+        for i, (_, tags) in enumerate(batch):  # one token per word: the vocabulary is the words
+            labels[i, 1:len(tags) + 1] = torch.tensor([index[t] for t in tags])
+        loss = model(**enc, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.save_pretrained(str(out), safe_serialization=True)
+    return [t for t, _ in tagged_texts(80, seed + 1)]
+
+
 def write_texts(path: Path, texts: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
@@ -266,6 +322,11 @@ def make_fleet_inputs(bundles: Path) -> None:
     held_out = make_vision_checkpoint(vision / "checkpoint")
     write_label_files(vision, VISION_LABELS)
     write_images(vision / "images", held_out, vision / "calibration.jsonl")
+    tagger = bundles / "tagger"
+    write_texts(tagger / "calibration.jsonl", make_ner_checkpoint(tagger / "checkpoint"))
+    _dump(tagger / "label_order.json", list(NER_LABELS))
+    _dump(tagger / "registry_label_fields.json", {lab: {"entity": lab[2:] or "none"}
+                                                  for lab in NER_LABELS})
     analyst = bundles / "analyst"
     prompts = make_generation_checkpoint(analyst / "checkpoint")
     (analyst / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n"

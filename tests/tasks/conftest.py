@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from task_specs import ANALYST_SPEC, MEMORY_SPEC, VISION_SPEC
+from task_specs import ANALYST_SPEC, MEMORY_SPEC, TAGGER_SPEC, VISION_SPEC
 
 from helpers import Project, make_project
 
@@ -60,5 +60,25 @@ def analyst_built(tmp_path_factory: pytest.TempPathFactory) -> Project:
     project = make_project(tmp_path_factory.mktemp("analyst-proj"), inputs, name="analyst",
                            spec=ANALYST_SPEC)
     done = project.doit("build:analyst")
+    assert done.code == 0, done.output
+    return project
+
+
+@pytest.fixture(scope="session")
+def tagger_built(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """A seeded tiny BERT BIO tagger (procedures, drugs) and 40 calibration texts, built."""
+    import json
+
+    from modelkiln import demo_fleet
+
+    inputs = tmp_path_factory.mktemp("tagger-inputs")
+    texts = demo_fleet.make_ner_checkpoint(inputs / "checkpoint")
+    demo_fleet.write_texts(inputs / "calibration.jsonl", texts[:40])
+    (inputs / "label_order.json").write_text(json.dumps(list(demo_fleet.NER_LABELS)))
+    (inputs / "registry_label_fields.json").write_text(json.dumps(
+        {lab: {"entity": lab[2:] or "none"} for lab in demo_fleet.NER_LABELS}))
+    project = make_project(tmp_path_factory.mktemp("tagger-proj"), inputs, name="tagger",
+                           spec=TAGGER_SPEC)
+    done = project.doit("build:tagger")
     assert done.code == 0, done.output
     return project

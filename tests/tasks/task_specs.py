@@ -61,3 +61,24 @@ publish:
 registry:
   roles: [analyst]
 """
+
+TAGGER_SPEC = """\
+apiVersion: modelkiln/v1
+kind: Bundle
+name: {name}
+version: "1.0.0"
+source:
+  checkpoint: {name}/checkpoint
+  task: token-classification
+labels:
+  order: {name}/label_order.json
+  fields: {name}/registry_label_fields.json
+entities:
+  calibration: {name}/calibration.jsonl
+  parity: {{min_agreement: 0.85}}
+backends:
+  pytorch: {{}}
+  onnx:
+    quantize: {{mode: dynamic, weight_type: int8, per_channel: true}}
+    parity: {{atol: 1.0e-4}}
+"""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import Problem
-from .kinds import Embedding, Generation
+from .kinds import Embedding, Entities, Generation
 
 BACKENDS = ("pytorch", "onnx", "tensorrt")
 
@@ -155,6 +155,7 @@ class Bundle:
     card: Card = Card()
     embedding: Embedding | None = None  # source.task feature-extraction (model/kinds.py)
     generation: Generation | None = None  # source.task text-generation
+    entities: Entities | None = None  # source.task token-classification
     plugin_backends: tuple[str, ...] = ()  # enabled backends installed plug-ins add (modelkiln.backends)
 
     def section(self, key: str) -> str:

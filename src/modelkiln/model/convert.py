@@ -187,9 +187,15 @@ def to_bundle(doc: Document) -> m.Bundle:
     embedding = kinds.embedding(c, data, source.checkpoint if "checkpoint" in data["source"] else None)
     generation = kinds.generation(c, data)
     own = embedding or generation
+    ner = None
     if own is not None:  # a kind of its own: no labels, no thresholds (the schema says so)
         labels = m.Labels(Path(), Path(), ())
         thresholds = m.Thresholds("fixed", 0.5, (), own.calibration, 1, own.max_length)
+    elif data["source"]["task"] == kinds.TOKEN_CLASSIFICATION:  # labels, and no thresholds
+        labels = inputs.labels(c, data, head)
+        ner = kinds.entities(c, data, labels.names)
+        thresholds = m.Thresholds("fixed", 0.5, (), ner.calibration if ner else None, 1,
+                                  ner.max_length if ner else 128)
     else:
         labels = inputs.labels(c, data, head)
         thresholds = _thresholds(c, data, labels.names)
@@ -216,7 +222,7 @@ def to_bundle(doc: Document) -> m.Bundle:
         metadata=tuple(sorted(data.get("metadata", {}).items())), card=_card(data),
         sections=tuple(sorted((k, json.dumps(v, sort_keys=True, separators=(",", ":")))
                               for k, v in data.items())),
-        image=image, embedding=embedding, generation=generation,
+        image=image, embedding=embedding, generation=generation, entities=ner,
     )
 
 

@@ -20,13 +20,14 @@ CLASSIFIERS = ("multi-label-classification", "single-label-classification")
 FEATURE_EXTRACTION = "feature-extraction"
 IMAGE_CLASSIFICATION = "image-classification"
 TEXT_GENERATION = "text-generation"
-KINDS = (FEATURE_EXTRACTION, IMAGE_CLASSIFICATION, TEXT_GENERATION)  # tasks with their own stage set (stages/kinds)
+TOKEN_CLASSIFICATION = "token-classification"
+KINDS = (FEATURE_EXTRACTION, IMAGE_CLASSIFICATION, TEXT_GENERATION, TOKEN_CLASSIFICATION)  # tasks with their own stage set (stages/kinds)
 # the capability a registry entry gets from its task alone (callers `--require` it), beside the
 # spec's registry.capabilities
 TASK_CAPABILITIES = {"multi-label-classification": "multi-label",
                      "single-label-classification": "single-label",
                      FEATURE_EXTRACTION: "embeddings", IMAGE_CLASSIFICATION: "vision",
-                     TEXT_GENERATION: "chat"}
+                     TEXT_GENERATION: "chat", TOKEN_CLASSIFICATION: "entities"}
 
 
 def task_capabilities(task: str, declared: tuple[str, ...]) -> tuple[str, ...]:
@@ -92,6 +93,40 @@ def generation(c: Checker, data: Data) -> Generation | None:
     return Generation(cal or Path(), int(g.get("steps", 8)), float(p.get("min_agreement", 0.95)),
                       float(p.get("max_first_logit_diff", 1.0)), int(g.get("max_length", 128)),
                       s.get("served_model_id"), tuple(s.get("launch_args", ())))
+
+
+@dataclass(frozen=True)
+class Entities:
+    """The `entities:` section of a token-classification (NER) spec."""
+
+    calibration: Path  # JSONL rows {"text": ...}
+    aggregation: str  # simple: B-X then I-X tokens make one X span
+    max_length: int
+    min_agreement: float  # int8: the worst label's entity agreement (span + label) with PyTorch
+
+
+def entities(c: Checker, data: Data, names: tuple[str, ...]) -> Entities | None:
+    """The `entities:` section; the label order must be a BIO scheme (O, B-X, I-X, ...)."""
+    e = data.get("entities")
+    if e is None:
+        return None
+    if data["source"]["task"] != TOKEN_CLASSIFICATION:
+        c.fail(("entities",), f"source.task {data['source']['task']} has no entities section",
+               "the entities section is for source.task: token-classification", at_key=True)
+        return None
+    if "thresholds" in data:
+        c.fail(("thresholds",), f"source.task {TOKEN_CLASSIFICATION} has no thresholds",
+               "remove the thresholds section (entities are the argmax tag per token)", at_key=True)
+    bad = [n for n in names if n != "O" and not (n[:2] in ("B-", "I-") and len(n) > 2)]
+    missing = sorted({f"B-{n[2:]}" for n in names if n.startswith("I-")} - set(names))
+    if names and ("O" not in names or bad or missing):
+        c.fail(("labels", "order"), f"not a BIO label order (odd: {bad or '-'}, I- without B-: "
+               f"{missing or '-'}, O present: {'O' in names})",
+               'list "O" and a B-X, I-X pair per entity type, in the model\'s output order')
+    cal = c.path(("entities", "calibration"), e["calibration"], "file")
+    return Entities(cal or Path(), str(e.get("aggregation", "simple")),
+                    int(e.get("max_length", 128)),
+                    float(e.get("parity", {}).get("min_agreement", 0.9)))
 
 
 def is_classifier(task: str) -> bool:

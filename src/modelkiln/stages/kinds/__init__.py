@@ -38,12 +38,21 @@ class Kind:
 
 def kind_of(bundle: Bundle) -> Kind | None:
     """The bundle's task kind, or None for the classifiers (the shared stages as they are)."""
-    from ...model.kinds import FEATURE_EXTRACTION, IMAGE_CLASSIFICATION, TEXT_GENERATION
+    from ...model.kinds import (
+        FEATURE_EXTRACTION,
+        IMAGE_CLASSIFICATION,
+        TEXT_GENERATION,
+        TOKEN_CLASSIFICATION,
+    )
 
     if bundle.source.task == FEATURE_EXTRACTION:
         from .embedding import KIND
 
         return KIND
+    if bundle.source.task == TOKEN_CLASSIFICATION:
+        from .ner import KIND as NER
+
+        return NER
     if bundle.source.task == TEXT_GENERATION:
         from .generation import KIND as GENERATION
 
