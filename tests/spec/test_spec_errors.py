@@ -56,14 +56,22 @@ def test_missing_required_key(write: Write) -> None:
 
 
 def test_missing_key_hint_comes_from_the_schema_description(write: Write) -> None:
+    """The hint names the key and says what it is (the description's first sentence), not
+    `add checkpoint: <description>`, which reads as if the description were the value."""
+    from modelkiln.spec import load_schema
+    from modelkiln.spec.validate import _sentence
+
+    props = load_schema("bundle")["properties"]
+    what = {key: _sentence(props[section]["properties"][key]["description"])
+            for section, key in (("source", "checkpoint"), ("thresholds", "default"))}
     text = edit("  checkpoint: ckpt\n", "").replace("  default: 0.5\n", "")
     assert problems(write("b.yaml", text)) == [
-        "b.yaml:5:1: source: missing required key 'checkpoint' (add the 'checkpoint' key: Path to a "
-        "Hugging Face style checkpoint directory with config.json and the weights, relative to the "
-        "spec file)",
-        "b.yaml:10:1: thresholds: missing required key 'default' "
-        "(add the 'default' key: Threshold for labels without their own value, between 0 and 1)",
+        f"b.yaml:5:1: source: missing required key 'checkpoint' (add the 'checkpoint' key: "
+        f"{what['checkpoint']})",
+        f"b.yaml:10:1: thresholds: missing required key 'default' (add the 'default' key: "
+        f"{what['default']})",
     ]
+    assert what["default"] == "Threshold for labels without their own value, between 0 and 1"
 
 
 def test_bad_enum_and_bounds(write: Write) -> None:
