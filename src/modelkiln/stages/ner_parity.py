@@ -96,7 +96,10 @@ def run(ctx: RunContext) -> Report:
     tok = AutoTokenizer.from_pretrained(str(ctx.up("tokenizer") / names.TOKENIZER_DIR))
     model = AutoModelForTokenClassification.from_pretrained(str(ctx.up("weights"))).eval()
     fp32_s, int8_s = ort_session(ctx.up("onnx") / MODEL), ort_session(ctx.up("int8") / INT8)
-    ref, fp32, int8, diff = [], [], [], 0.0
+    ref: list[set[Span]] = []
+    fp32: list[set[Span]] = []
+    int8: list[set[Span]] = []
+    diff = 0.0
     for text in texts:
         enc = tok(text, truncation=True, max_length=e.max_length, return_offsets_mapping=True,
                   return_special_tokens_mask=True)
