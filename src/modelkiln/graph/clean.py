@@ -30,6 +30,18 @@ from . import unsaved
 from .state import drop_stamp
 
 KNOWN: dict[str, tuple[Path, Path]] = {}
+# Whether doit's `remove(task)` means "forget": set for `doit forget` / `doit clean` only. doit
+# also calls it for every task that fails or whose upstream failed; dropping those stamps would
+# cost the early cutoff (a task whose upstream is rebuilt to the same bytes stays done).
+FORGETTING = {"on": False}
+
+
+def doit_command(argv: list[str]) -> str:
+    """doit's subcommand in its argv (`run` when none is named: `doit`, `doit -a TASK`)."""
+    commands = ("auto", "clean", "dumpdb", "forget", "help", "ignore", "info", "list", "reset-dep",
+                "run", "strace", "tabcompletion")
+    words = [a for a in argv if not a.startswith("-") and "=" not in a]
+    return words[0] if words and words[0] in commands else "run"
 
 
 def register(plans: Iterable[StagePlan], state: Path) -> None:

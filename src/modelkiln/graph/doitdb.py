@@ -10,14 +10,14 @@ from typing import Any
 
 from doit.dependency import SqliteDB
 
-from .clean import KNOWN, forget
+from .clean import FORGETTING, KNOWN, forget
 
 
 class StampDB(SqliteDB):  # type: ignore[misc]  # doit ships no type hints
     """doit's sqlite3 database, but forgetting a task also drops its stamp (graph.clean).
 
-    doit also calls `remove` for a task that failed; its stamp is already gone by then (a task's
-    stamp is dropped before it runs), so that costs nothing."""
+    doit also calls `remove` for a task that failed or whose upstream failed: only under
+    `doit forget` / `doit clean` (graph.clean.FORGETTING) does it drop the stamp."""
 
     desc = "sqlite3, and forgetting a task drops its modelkiln stamp"
 
@@ -26,7 +26,7 @@ class StampDB(SqliteDB):  # type: ignore[misc]  # doit ships no type hints
 
     def remove(self, task_id: str) -> None:
         super().remove(task_id)
-        if task_id in KNOWN:
+        if FORGETTING["on"] and task_id in KNOWN:
             forget(task_id, *KNOWN[task_id])
 
     def remove_all(self) -> None:
