@@ -254,6 +254,8 @@ def doit_namespace(bundles: list[Bundle], root: Path, skip: frozenset[str] = fro
         "backend": DB_BACKEND, "dep_file": str(usable(state / "doit.sqlite3")),
         "default_tasks": ["build"], "verbosity": 2,
     }}
+    if force is None:  # doit's own command line (dodo.py)
+        clean.FORGETTING["on"] = clean.doit_command(sys.argv[1:]) in ("forget", "clean")
     with held_until_work():
         groups = task_dicts(bundles, skip, to, cache,
                             always_execute() if force is None else force)
