@@ -42,10 +42,14 @@ def test_unlocked_remote_source_is_a_spec_error_naming_kiln_lock(
 def test_lock_build_noop_and_plan_without_network(
         tmp_path: Path, tiny_inputs: Path, s3: object, monkeypatch: pytest.MonkeyPatch) -> None:
     p = remote_project(tmp_path, tiny_inputs, s3, monkeypatch)
+    cal = p.inputs / "calibration.jsonl"  # one object, not a prefix: a file source
+    s3.client.put_object(Bucket=s3.bucket, Key=f"{s3.prefix}data/cal.jsonl", Body=cal.read_bytes())  # type: ignore[attr-defined]
+    p.edit("calibration: tiny/calibration.jsonl", f"calibration: {s3.uri('data/cal.jsonl')}")  # type: ignore[attr-defined]
     locked = p.kiln("lock", "tiny")
     assert locked.returncode == 0, locked.stderr
     lock = json.loads((p.root / "bundles/tiny.lock").read_text())
-    (entry,) = lock["sources"]
+    entry, single = sorted(lock["sources"], key=lambda e: e["uri"] != s3.uri("run-1/"))  # type: ignore[attr-defined]
+    assert [f["path"] for f in single["files"]] == ["cal.jsonl"]
     assert entry["uri"] == s3.uri("run-1/")  # type: ignore[attr-defined]
     names = {f["path"] for f in entry["files"]}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
@@ -55,7 +59,7 @@ def test_lock_build_noop_and_plan_without_network(
 
     built = p.doit("build:tiny")
     assert built.code == 0, built.output
-    assert {"weights:tiny", "tokenizer:tiny"} <= built.executed
+    assert {"weights:tiny", "tokenizer:tiny", "thresholds:tiny"} <= built.executed
     noop = p.doit("build:tiny")
     assert noop.code == 0 and not noop.executed, noop.output
 
