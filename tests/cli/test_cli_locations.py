@@ -123,3 +123,27 @@ def test_the_drift_hint_names_the_entry(world: dict[str, Path]) -> None:
     assert f"`kiln registry lock {NAME} --set-expected`" in done.stderr
     assert "NAME" not in done.stderr
     assert "`kiln store repair registry 3.0.0`" in done.stderr
+
+
+def test_read_commands_answer_in_json(world: dict[str, Path]) -> None:
+    """--json on the store and registry read commands: the same facts as the text lines."""
+    store, configs, cwd = str(world["store"]), str(world["configs"]), world["cwd"]
+
+    def js(*args: str) -> object:
+        done = kiln(*args, "--json", cwd=cwd)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    assert js("store", "list", "--store-root", store) == ["registry"]
+    versions = js("store", "list", "registry", "--store-root", store)
+    assert isinstance(versions, list) and versions[0]["version"] == "3.0.0"
+    assert versions[0]["current"] is True and versions[0]["checksum"]
+    assert js("store", "current", "registry", "--store-root", store) == {
+        "agent": "registry", "path": str(world["version"])}
+    verified = js("store", "verify", "registry", "--store-root", store)
+    assert isinstance(verified, dict) and verified["checksum"] == versions[0]["checksum"]
+    selected = js("registry", "select", NAME, "--registry-dir", configs)
+    assert isinstance(selected, dict) and selected["store"] == str(world["version"])
+    assert selected["local"] is None  # JSON says "no value" as null, not as an empty string
+    checked = js("registry", "verify", NAME, "--registry-dir", configs)
+    assert isinstance(checked, dict) and checked["name"] == NAME and checked["aggregate_sha256"]
