@@ -3,6 +3,7 @@ problems of the broken one, `plan --changed-since` prints nothing when nothing c
 `verify-signature --version` refusal says what was asked for, a drift hint names the entry."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -38,6 +39,10 @@ def test_validate_prints_ok_for_every_healthy_spec_then_the_problems(project: Pr
         "kiln: 1 problem found:",
         "bundles/broken.yaml:5:10: version: expected string, got 1 (put the value in quotes to "
         "keep it as text)"]
+    done = kiln("validate", "--json", cwd=project.root)
+    assert done.returncode == 3, done.stderr
+    assert [(r["name"], r["ok"], len(r["problems"])) for r in json.loads(done.stdout)] == [
+        ("tiny", True, 0), ("broken", False, 1)]
 
 
 def test_changed_since_with_nothing_changed_prints_nothing(project: Project) -> None:
@@ -69,6 +74,10 @@ def test_verify_signature_says_which_version_was_asked_for(tmp_path: Path) -> No
     assert done.returncode == 7 and "but name 'other' was asked for" in done.stderr
     done = kiln("verify-signature", str(dist), *trusted, "--version", "3.0.0", cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.startswith("ok  registry-v3 3.0.0"), done.stderr
+    done = kiln("verify-signature", str(dist), *trusted, "--json", cwd=tmp_path)
+    report = json.loads(done.stdout)
+    assert report["ok"] is True and report["bundle"].startswith("registry-v3 3.0.0")
+    assert report["key_id"]
 
 
 def test_the_default_drift_hint_names_the_entry() -> None:
