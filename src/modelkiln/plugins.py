@@ -150,7 +150,7 @@ def _load(entry: _Entry, taken: set[str]) -> Plugin:
         obj = entry.obj if entry.obj is not None else _load_value(entry.value)
     except Exception as exc:  # any failure of third-party code is one line, never a traceback
         return _replace(base, problem=f"cannot load {entry.value}: {_one_line(exc)}")
-    absent = [m for m in MEMBERS[entry.group] if not hasattr(obj, m)]
+    absent = [m for m in MEMBERS.get(entry.group, ()) if not hasattr(obj, m)]
     if absent:
         return _replace(base, problem=f"{entry.value} lacks {', '.join(absent)} (see the "
                                       f"{entry.group} protocol in the README)")

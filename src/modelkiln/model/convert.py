@@ -117,9 +117,20 @@ def _publish(c: _Checker, data: Data, backends: int) -> m.Publish:
     if target and backends > 1 and "{backend}" not in target.agent:
         c.fail(("publish", "store", "agent"), f"{backends} backends would share the store agent "
                f"'{target.agent}'", f"use agent: \"{target.agent}-{{backend}}\"")
-    s3 = pub.get("s3")
+    key = "to" if "to" in pub else "s3"  # publish.to: the scheme-neutral name of publish.s3
+    if "to" in pub and "s3" in pub:
+        c.fail(("publish", "to"), "publish.to and publish.s3 both name the destination",
+               "keep publish.to (publish.s3 is its older name) and remove publish.s3")
+    s3 = pub.get(key)
+    if s3 and key == "to":
+        from ..transport.schemes import schemes, supports
+
+        if not supports(s3):
+            c.fail(("publish", "to"), f"{s3.split('://', 1)[0]}:// is not an installed "
+                   "transport", f"use one of {', '.join(f'{x}://' for x in schemes())} "
+                   "(`kiln plugins` lists them), or install the plug-in that adds it")
     if s3 and backends > 1 and "{backend}" not in s3:
-        c.fail(("publish", "s3"), f"{backends} backends would publish to the same prefix",
+        c.fail(("publish", key), f"{backends} backends would publish to the same prefix",
                "put {backend} in the destination, e.g. s3://bucket/models/{version}/{backend}/")
     oci = pub.get("oci")
     if oci and backends > 1 and "{backend}" not in oci:
