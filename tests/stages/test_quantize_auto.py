@@ -213,6 +213,13 @@ def test_auto_is_the_default_and_explicit_settings_plan_as_before(tmp_path: Path
 
     mode, upstream, params = plan("  onnx: {}\n")
     assert mode == "auto" and "thresholds:tiny" in upstream and '"mode":"auto"' in params
+    # other task kinds have no decisions at thresholds to search on: the old default
+    from dataclasses import replace
+
+    bundle = load_bundles([spec])[0]
+    other = replace(bundle, source=replace(bundle.source, task="feature-extraction"))
+    assert int8.settings(other).mode == "dynamic" and int8.settings(other).per_channel
+    assert int8.plan(other, Layout(project.root))[0].upstream == ("onnx:tiny",)
     assert plan("  onnx:\n    quantize: auto\n")[:2] == (mode, upstream)
     mode, upstream, params = plan("  onnx:\n    quantize: {mode: dynamic}\n")
     assert mode == "dynamic" and upstream == ("onnx:tiny",)

@@ -23,10 +23,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..artifacts import names
+from ..artifacts.decisions import MULTI_LABEL, SINGLE_LABEL
 from ..errors import BuildError
 from ..model.bundle import Bundle, Quantize
 from ..paths import Layout
@@ -45,10 +47,20 @@ CALIBRATION_ROWS = 256  # static mode: activation ranges from at most this many 
 CALIBRATION_BATCH = 8  # padded batches, as served: the attention-mask path sees its real range
 
 
+def settings(bundle: Bundle) -> Quantize:
+    """The settings this stage uses: the spec's. `auto` searches only for classifiers, whose
+    parity gate measures decisions at thresholds; other task kinds get the old default."""
+    assert bundle.onnx is not None
+    q = bundle.onnx.quantize
+    if q.mode == "auto" and bundle.source.task not in (MULTI_LABEL, SINGLE_LABEL):
+        return replace(q, mode="dynamic", per_channel=True, reduce_range=False, op_types=None)
+    return q
+
+
 def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
     if bundle.onnx is None:
         return []
-    q = bundle.onnx.quantize
+    q = settings(bundle)
     if q.mode == "auto":
         return [_auto_plan(bundle, layout)]
     static = q.mode == "static"
@@ -200,7 +212,7 @@ def quantize_into(ctx: RunContext, q: Quantize, src: Path, out: Path) -> list[st
 def run(ctx: RunContext) -> Report:
     from .onnx import MODEL, check_external_data
 
-    q = ctx.onnx.quantize
+    q = settings(ctx.bundle)
     src = ctx.up("onnx") / MODEL
     fp32_files = [MODEL, *check_external_data(src)]
     fp32_bytes = sum((src.parent / n).stat().st_size for n in fp32_files)
