@@ -15,7 +15,8 @@ Rows, each an example model and a larger one made the same way: `memory` (BERT h
 layers) and `memory-large` (hidden 384, 6 layers: all-MiniLM-L6-v2's shape on the synthetic
 vocabulary); `vision` (ViT 32 px, hidden 64, 2 layers) and `vision-large` (96 px, patch 8,
 hidden 384, 6 layers); `analyst` (Llama hidden 64, 2 layers) and `analyst-large` (hidden 512, 8
-layers). For text-generation the timed run is one prefill pass over the prompt (empty past).
+layers); `tagger` (BERT hidden 64, 2 layers) and `tagger-large` (hidden 384, 6 layers). For
+text-generation the timed run is one prefill pass over the prompt (empty past).
 """
 from __future__ import annotations
 
@@ -79,14 +80,29 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "vision": ("image-classification", {}),
     "vision-large": ("image-classification", {"hidden": 384, "layers": 6, "size": 96,
                                               "steps": 15, "lr": 2e-4}),
+    "tagger": ("token-classification", {}),
+    "tagger-large": ("token-classification", {"hidden": 384, "layers": 6, "steps": 60, "lr": 2e-4}),
     "analyst": ("text-generation", {}),
     "analyst-large": ("text-generation", {"hidden": 512, "layers": 8, "steps": 40, "lr": 5e-4,
                                           "shard": "20MB"}),
 }
+NER_SPEC = """\
+apiVersion: modelkiln/v1
+kind: Bundle
+name: {name}
+version: "1.0.0"
+source: {{checkpoint: {name}/checkpoint, task: token-classification}}
+labels: {{order: {name}/label_order.json, fields: {name}/registry_label_fields.json}}
+entities: {{calibration: {name}/calibration.jsonl, parity: {{min_agreement: 0}}}}  # report
+backends:
+  onnx:
+    quantize: {{mode: dynamic, weight_type: int8, per_channel: true}}
+    parity: {{atol: 1.0}}
+"""
 SPECS = {"feature-extraction": EMBED_SPEC, "image-classification": VISION_SPEC,
-         "text-generation": GEN_SPEC}
+         "text-generation": GEN_SPEC, "token-classification": NER_SPEC}
 GATES = {"feature-extraction": "embed_parity", "image-classification": "vision_parity",
-         "text-generation": "gen_parity"}
+         "text-generation": "gen_parity", "token-classification": "ner_parity"}
 
 
 def build(root: Path, name: str, task: str, make: dict[str, Any]) -> None:
@@ -101,6 +117,12 @@ def build(root: Path, name: str, task: str, make: dict[str, Any]) -> None:
             held_out = demo_fleet.make_vision_checkpoint(inputs / "checkpoint", **make)
             demo_fleet.write_label_files(inputs, demo_fleet.VISION_LABELS)
             demo_fleet.write_images(inputs / "images", held_out[:60], inputs / "calibration.jsonl")
+        elif task == "token-classification":
+            texts = demo_fleet.make_ner_checkpoint(inputs / "checkpoint", **make)
+            demo_fleet.write_texts(inputs / "calibration.jsonl", texts)
+            (inputs / "label_order.json").write_text(json.dumps(list(demo_fleet.NER_LABELS)))
+            (inputs / "registry_label_fields.json").write_text(json.dumps(
+                {lab: {"entity": lab[2:] or "none"} for lab in demo_fleet.NER_LABELS}))
         else:
             prompts = demo_fleet.make_generation_checkpoint(inputs / "checkpoint", **make)
             (inputs / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n"
@@ -169,6 +191,11 @@ def gate_text(task: str, gate: dict[str, Any]) -> str:
         return (f"int8 top-1 agreement {gate['int8']['top_label_agreement']:.1%}, flips "
                 f"{gate['int8']['decision_flip_rate']:.2%}; fp32 max logit diff "
                 f"{gate['fp32']['max_abs_logit_diff']:.2g} ({gate['rows']} images)")
+    if task == "token-classification":
+        worst = min(gate["int8"]["per_label"].values())
+        return (f"int8 entity agreement {gate['int8']['agreement']:.1%} (worst label "
+                f"{worst:.1%}); fp32 {gate['fp32']['agreement']:.0%} ({gate['rows']} texts, "
+                f"{gate['int8']['entities']} entities)")
     return (f"int8 greedy agreement {gate['int8']['agreement']:.1%}, first-step logit diff "
             f"{gate['int8']['first_logit_diff']:.3g}; fp32 {gate['fp32']['agreement']:.0%} "
             f"({gate['rows']} prompts x {gate['steps']} steps)")

@@ -42,7 +42,8 @@ def test_unknown_key_with_did_you_mean_points_at_the_key(write: Write) -> None:
         "b.yaml:16:5: backends.onnx.opsett: unknown key 'opsett' (did you mean 'opset'?)",
         "b.yaml:18:1: backend: unknown key 'backend' (did you mean 'backends'?)",
         "b.yaml:19:1: licence: unknown key 'licence' (allowed keys: apiVersion, backends, card, description, "
-        "image, kind, labels, metadata, name, publish, registry, source, thresholds, version)",
+        "embedding, entities, generation, image, kind, labels, metadata, name, publish, registry, "
+        "source, thresholds, version)",
     ]
 
 
@@ -51,7 +52,8 @@ def test_missing_required_key(write: Write) -> None:
     assert problems(write("b.yaml", text)) == [
         "b.yaml:1:1: <document>: missing required key 'kind' (add kind: Bundle)",
         "b.yaml:4:1: source: missing required key 'task' "
-        "(add task: one of multi-label-classification, single-label-classification)",
+        "(add task: one of multi-label-classification, single-label-classification, "
+        "feature-extraction, image-classification, text-generation, token-classification)",
     ]
 
 
