@@ -134,16 +134,17 @@ def is_classifier(task: str) -> bool:
 
 
 def check(c: Checker, data: Data) -> None:
-    """What a task kind cannot take yet, as spec problems: its int8 is plain dynamic
-    quantization (quantize: auto and static calibrate on texts through the classifiers' stages),
-    and an image classifier's thresholds are fixed (f1-optimal scores texts)."""
+    """What a task kind cannot take yet, as spec problems: static quantization (it calibrates on
+    texts through the classifiers' stages; `quantize: auto` is the plain dynamic default for a
+    kind, stages/int8.py), and an image classifier's f1-optimal thresholds (they score texts)."""
     task = data["source"]["task"]
     if task not in KINDS:
         return
     onnx = data["backends"].get("onnx")
     q = onnx.get("quantize", "auto") if isinstance(onnx, dict) else None
-    if q is not None and (q == "auto" or (isinstance(q, dict) and q.get("mode", "dynamic") != "dynamic")):
-        c.fail(("backends", "onnx", "quantize"), f"source.task {task} takes dynamic quantization only",
+    if isinstance(q, dict) and q.get("mode", "dynamic") == "static":  # auto is dynamic here
+        c.fail(("backends", "onnx", "quantize", "mode"), f"source.task {task} takes dynamic "
+               "quantization only (static calibrates on the classifiers' texts)",
                "set backends.onnx.quantize: {mode: dynamic, weight_type: int8, per_channel: true}")
     thresholds = data.get("thresholds")
     if task == IMAGE_CLASSIFICATION and isinstance(thresholds, dict):
