@@ -63,9 +63,11 @@ def _jobs(value: str) -> int:
 def _cache_uri(value: str) -> str:
     """`--cache`: checked as the option is read, so a wrong scheme is a usage error (64)."""
     from .cache.config import OFF
+    from .transport.schemes import supports
     from .transport.uris import scheme_of
 
-    if value.strip().lower() not in OFF and scheme_of(value) not in ("s3", "file"):
+    if value.strip().lower() not in OFF and scheme_of(value) not in ("s3", "file") \
+            and not supports(value):  # or an installed transport's scheme (kiln plugins)
         raise argparse.ArgumentTypeError(f"{value!r} is not s3://bucket/prefix, file:///path "
                                          "or 'off'")
     return value

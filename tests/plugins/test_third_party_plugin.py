@@ -128,3 +128,30 @@ def test_publish_to_its_scheme(project: Project, tmp_path: Path) -> None:
     again = run(project, "kiln", "publish", "--backend", "toy", "--to",
                 "toymem://shelf/{name}/{version}/{backend}/", env=env)
     assert again.returncode == 0 and "unchanged" in again.stdout + again.stderr
+
+
+def test_the_action_cache_on_its_scheme(project: Project, tmp_path: Path) -> None:
+    """A plug-in scheme serves KILN_CACHE_URI too: a trusted build saves its records there, and a
+    clean checkout restores its tasks from them (the toy stage's among them)."""
+    env = {**os.environ, "KILN_TOYMEM_DIR": str(tmp_path / "toymem"),
+           "KILN_CACHE_URI": "toymem://cache/ci", "KILN_CACHE_WRITE": "1"}
+    shutil.rmtree(project.root / "build", ignore_errors=True)
+    shutil.rmtree(project.root / "dist", ignore_errors=True)
+    shutil.rmtree(project.root / ".kiln", ignore_errors=True)
+
+    def doit() -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([str(BIN / "doit"), "build:tiny"], cwd=project.root, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0 and "Traceback" not in done.stdout + done.stderr, \
+            done.stdout + done.stderr
+        return done
+
+    saved = doit()
+    assert "toystamp:tiny: saved to cache" in saved.stdout + saved.stderr
+    assert (tmp_path / "toymem" / "cache" / "ci").is_dir()
+    for kept in ("build", "dist", ".kiln"):
+        shutil.rmtree(project.root / kept)
+    restored = doit()
+    out = restored.stdout + restored.stderr
+    assert "toystamp:tiny: restored from cache" in out and "weights:tiny: restored from cache" in out
+    assert (project.root / "build" / "tiny" / "toystamp" / "toy.txt").read_text().startswith("hey")

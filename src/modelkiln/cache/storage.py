@@ -31,7 +31,8 @@ from ..transport.uris import parse_s3, scheme_of
 from .localdir import LocalStorage
 from .protocol import CHUNK, Mismatch, Storage, Unusable, check
 
-__all__ = ["LocalStorage", "Mismatch", "S3Storage", "Storage", "Unusable", "open_storage"]
+__all__ = ["LocalStorage", "LocationStorage", "Mismatch", "S3Storage", "Storage", "Unusable",
+           "open_storage"]
 
 SMALL = 8 << 20  # below this a blob is one GET; above it, parallel ranged GETs
 LIST_PAGE = 1000  # keys per ListObjectsV2 page (S3's maximum)
@@ -182,9 +183,66 @@ class S3Storage:
         return sorted(result)
 
 
+class LocationStorage:
+    """A cache on an installed plug-in transport's scheme, through its `Location` (the one
+    registry of schemes, transport.schemes). Its fetch checks size and sha256 like the others, a
+    mismatch or a missing blob is `Mismatch` (a miss), and records are written if absent (first
+    writer wins) with the Location's conditional write."""
+
+    def __init__(self, uri: str):
+        from ..transport import open_location
+
+        self.uri = uri
+        self.place = open_location(uri if uri.endswith("/") else uri + "/")
+
+    def size(self, key: str) -> int | None:
+        info = self.place.head(key)
+        return info.size if info is not None else None
+
+    def read(self, key: str, limit: int) -> bytes | None:
+        size = self.size(key)
+        if size is None:
+            return None
+        if size > limit:
+            raise Unusable(f"{key}: larger than {limit} bytes")
+        return self.place.get_small(key, limit)
+
+    def fetch(self, key: str, dest: Path, size: int, sha256: str) -> None:
+        from ..transport import DigestMismatch
+
+        if self.size(key) is None:
+            raise Mismatch(f"{key}: missing from the cache")
+        try:
+            self.place.fetch(key, dest, size=size, sha256=sha256)
+        except DigestMismatch as exc:
+            raise Mismatch(str(exc)) from None
+
+    def put_file(self, key: str, path: Path) -> None:
+        from ..artifacts.digest import sha256_file
+
+        self.place.upload_file(key, path, size=path.stat().st_size, sha256=sha256_file(path))
+
+    def put(self, key: str, data: bytes) -> None:
+        self.place.put_bytes(key, data, content_type="application/octet-stream")
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        from ..transport import IF_ABSENT, PreconditionFailed
+
+        try:
+            self.place.put_bytes(key, data, IF_ABSENT)
+        except PreconditionFailed:
+            return False  # another writer's record is there: it wins
+        return True
+
+    def list_keys(self, prefix: str) -> list[str]:
+        return self.place.list_keys(prefix)
+
+
 def open_storage(uri: str) -> Storage:
     if scheme_of(uri) == "s3":
         return S3Storage(uri)
+    if scheme_of(uri) != "file":  # an installed transport's scheme
+        return LocationStorage(uri)
     storage = LocalStorage(uri)
     with contextlib.suppress(OSError):
         storage.root.mkdir(parents=True, exist_ok=True)
