@@ -223,8 +223,10 @@ def main() -> int:
                     f"{l32:.0f} ({ref32 / l32:.2f}x) | "
                     f"{', '.join(n.rsplit('/', 2)[-2] for n in s['exclude_nodes']) or '-'} |")
     shutil.rmtree(scratch)
-    print(f"model: BERT-base shape, {n_params / 1e6:.1f}M parameters, {args.train_steps} training "
-          f"steps ({t_make:.0f} s incl. tokenizer); weights+thresholds+onnx {t_before:.0f} s")
+    trained = "head fitted on pooled features" if args.head_only else \
+        f"{args.train_steps} training steps"
+    print(f"model: BERT-base shape, {n_params / 1e6:.1f}M parameters, {trained} "
+          f"({t_make:.0f} s incl. tokenizer); weights+thresholds+onnx {t_before:.0f} s")
     print(f"CPU: {record['cpu_class']}, {args.threads} threads; {record['rows']} parity rows, "
           f"gate {record['max_decision_flip_rate']:.2%}")
     print(f"quantize: auto search (doit int8:bench, wall): {t_search:.0f} s; picked: "
