@@ -47,7 +47,7 @@ def _size(side: SideLike) -> int | None:
 
 
 def flip_rate(side: SideLike) -> float | None:
-    value = _dig(side.manifest, "parity", "parity", "int8", "decision_flip_rate")
+    value = _dig(side.manifest, "parity", "int8", "decision_flip_rate")
     return float(value) if isinstance(value, int | float) else None
 
 
