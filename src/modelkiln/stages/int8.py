@@ -175,15 +175,18 @@ def quantize_into(ctx: RunContext, q: Quantize, src: Path, out: Path) -> list[st
     scratch = out / ".quantize"
     scratch.mkdir()
     dst = scratch / OUTPUT
-    # the quantizer writes a shape-inferred copy beside its input: give it a linked input here,
-    # never the onnx stage's own directory (another task may be reading it)
+    # the quantizer writes a shape-inferred copy beside its input: give it an input here, never
+    # the onnx stage's own directory (another task may be reading it). The graph is hard-linked;
+    # external data is copied, because onnx refuses to load a data file with several links (its
+    # guard against hardlink attacks)
     linked = scratch / "input"
     linked.mkdir()
-    for name in [src.name, *check_external_data(src)]:
-        try:
-            os.link(src.parent / name, linked / name)
-        except OSError:  # another file system: a copy
-            shutil.copyfile(src.parent / name, linked / name)
+    try:
+        os.link(src, linked / src.name)
+    except OSError:  # another file system: a copy
+        shutil.copyfile(src, linked / src.name)
+    for name in check_external_data(src):
+        shutil.copyfile(src.parent / name, linked / name)
     src = linked / src.name
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer's "consider pre-processing" nag
