@@ -7,6 +7,11 @@ maximum sequence length) and answers each input line with
 
     {"labels": [labels that are on, in label order], "scores": {label: score}}
 
+(other task kinds: an embedding bundle `{"embedding": [...]}`; a NER tagger `{"entities":
+[{"entity", "start", "end", "text", "score"}]}` grouped by the manifest's aggregation; a decoder
+LLM reads `{"prompt": ..., "max_new_tokens": N}` and answers `{"text", "tokens", "finish"}` by
+greedy decoding; an image classifier reads `{"image": PATH}`)
+
 Scores and decisions come from artifacts/decisions.py, the rule the thresholds stage and the
 parity gates use, so an answer here is the answer the build gated. Texts run one at a time, as
 the int8 parity gate runs them (dynamic quantization scales activations per input, so batching
@@ -45,8 +50,12 @@ class Predictor:
     input_field: str
     labels: tuple[str, ...]
     cuts: dict[str, float]
-    logits: Callable[[str], Any]
+    logits: Callable[..., Any]  # str -> logits row (a Generator: prompt, steps -> tokens)
     vector: Any = field(default=None, compare=False)  # cut_vector(...), made once per load
+
+    def answer_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Answer one request object (its input field already checked to be a string)."""
+        return self.answer(str(row[self.input_field]))
 
     def answer(self, text: str) -> dict[str, Any]:
         import numpy as np
@@ -64,6 +73,100 @@ class Embedder(Predictor):
 
     def answer(self, text: str) -> dict[str, Any]:
         return {"embedding": [float(x) for x in self.logits(text)]}
+
+
+@dataclass(frozen=True)
+class Tagger(Predictor):
+    """A NER tagger (task token-classification): `logits(text)` gives the per-token logits and
+    the tokenizers Encoding (offsets, special tokens, word ids); the answer is the entities
+    grouped from the argmax BIO tags by the manifest's aggregation strategy:
+    {"entities": [{"entity", "start", "end", "text", "score"}]}."""
+
+    aggregation: str = "simple"
+
+    def answer(self, text: str) -> dict[str, Any]:
+        rows, enc = self.logits(text)
+        return {"entities": entities(text, self.labels, rows, enc.offsets,
+                                     enc.special_tokens_mask, enc.word_ids, self.aggregation)}
+
+
+@dataclass(frozen=True)
+class Generator(Predictor):
+    """A decoder LLM (task text-generation): {"prompt": str, "max_new_tokens": int (optional)}
+    answers {"text": the continuation, "tokens": [ids], "finish": "eos" | "length"}; `logits`
+    is the decoding function (prompt, max_new_tokens) -> (tokens, finish, text)."""
+
+    max_new_tokens: int = 20
+
+    def answer_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        steps = row.get("max_new_tokens", self.max_new_tokens)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError('"max_new_tokens" must be a whole number, 0 or more')
+        tokens, finish, text = self.logits(str(row[self.input_field]), steps)
+        return {"text": text, "tokens": tokens, "finish": finish}
+
+    def answer(self, text: str) -> dict[str, Any]:
+        return self.answer_row({self.input_field: text})
+
+
+AGGREGATIONS = ("simple", "first")
+
+
+def entities(text: str, labels: tuple[str, ...], rows: Any, offsets: list[tuple[int, int]],
+             special: list[int], word_ids: list[int | None], aggregation: str) -> list[dict[str, Any]]:
+    """Per-token logits -> entities, as transformers' token-classification pipeline groups them
+    (written here so serving needs no transformers; tests check it against the pipeline).
+
+    "simple": each token keeps its argmax tag and softmax score. "first": the tokens of one word
+    (the tokenizer's word ids) take the tag of the word's first token, with that token's score.
+    Then a B-X unit, or an X unit after a unit of another type, opens an X entity and I-X units
+    extend it; O closes it; special tokens are skipped. An entity's score is its units' mean."""
+    import numpy as np
+
+    if aggregation not in AGGREGATIONS:
+        raise KilnError(f"aggregation {aggregation!r}: predict knows {', '.join(AGGREGATIONS)}")
+    z = np.asarray(rows, dtype=np.float64)
+    probs = np.exp(z - z.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    units: list[tuple[str, float, int, int]] = []  # tag, score, start, end
+    last_word: int | None = None
+    for i, (start, end) in enumerate(offsets):
+        if special[i]:
+            last_word = None
+            continue
+        word = word_ids[i]
+        if aggregation == "first" and word is not None and word == last_word and units:
+            tag, score, first, _ = units[-1]
+            units[-1] = (tag, score, first, end)
+            continue
+        last_word = word
+        best = int(probs[i].argmax())
+        units.append((labels[best], float(probs[i][best]), start, end))
+    found: list[dict[str, Any]] = []
+    scores_: list[float] = []
+
+    def close() -> None:
+        if found and scores_:
+            found[-1]["score"] = float(np.mean(scores_))
+            found[-1]["text"] = text[found[-1]["start"]:found[-1]["end"]]
+        scores_.clear()
+
+    current: str | None = None
+    for tag, score, start, end in units:
+        bi, kind = (tag[:2], tag[2:]) if tag.startswith(("B-", "I-")) else ("I-", tag)
+        if kind == "O":
+            close()
+            current = None
+        elif bi == "I-" and current == kind:
+            found[-1]["end"] = end
+            scores_.append(score)
+        else:
+            close()
+            found.append({"entity": kind, "start": start, "end": end})
+            scores_.append(score)
+            current = kind
+    close()
+    return found
 
 
 def _json_file(path: Path) -> Any:
@@ -92,6 +195,10 @@ def load(bundle_dir: Path) -> Predictor:
     embedding = sig.get("embedding")
     if isinstance(embedding, dict):
         return _embedder(bundle_dir, sig, embedding)
+    if sig.get("task") == "token-classification":
+        return _tagger(bundle_dir, sig)
+    if sig.get("task") == "text-generation":
+        return _generator(bundle_dir, sig)
     labels = _json_file(bundle_dir / names.LABEL_ORDER)
     cuts = _json_file(bundle_dir / names.THRESHOLDS)
     if not isinstance(labels, list) or not isinstance(cuts, dict):
@@ -136,6 +243,143 @@ def _embedder(bundle_dir: Path, sig: dict[str, Any], embedding: dict[str, Any]) 
         raise KilnError(f"predict needs onnxruntime and tokenizers, and {exc.name} is not "
                         "installed; pip install them beside modelkiln") from None
     return Embedder(str(sig.get("task")), str(sig.get("input", "text")), (), {}, vector)
+
+
+def _session(model: Path) -> Any:
+    """An onnxruntime CPU session with $REGISTRY_PREDICT_THREADS intra-op threads (default 1)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+def _tagger(bundle_dir: Path, sig: dict[str, Any]) -> Predictor:
+    """A NER bundle: its int8 graph, label order (BIO) and the manifest's aggregation."""
+    labels = sig.get("labels")
+    if not isinstance(labels, list) or not labels:
+        labels = _json_file(bundle_dir / names.LABEL_ORDER)
+    aggregation = str((sig.get("entities") or {}).get("aggregation", "simple"))
+    if aggregation not in AGGREGATIONS:
+        raise KilnError(f"{bundle_dir / names.MANIFEST}: signature.entities.aggregation "
+                        f"{aggregation!r}; predict knows {', '.join(AGGREGATIONS)}")
+    if not (bundle_dir / names.ONNX_INT8).is_file():
+        raise KilnError(f"{bundle_dir}: a NER bundle without {names.ONNX_INT8}; predict tags "
+                        "entities from the ONNX bundle")
+    try:
+        import numpy as np
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(bundle_dir / names.TOKENIZER_DIR / "tokenizer.json"))
+        session = _session(bundle_dir / names.ONNX_INT8)
+    except ImportError as exc:
+        raise KilnError(f"predict needs onnxruntime and tokenizers, and {exc.name} is not "
+                        "installed; pip install them beside modelkiln") from None
+    tok.enable_truncation(int(sig.get("max_length") or 512))
+    tok.no_padding()
+    wanted = [i.name for i in session.get_inputs()]
+
+    def tag(text: str) -> Any:
+        enc = tok.encode(text)
+        given = {"input_ids": enc.ids, "attention_mask": enc.attention_mask,
+                 "token_type_ids": enc.type_ids}
+        feed = {n: np.asarray([given[n]], dtype=np.int64) for n in wanted}
+        return session.run(["logits"], feed)[0][0], enc
+
+    return Tagger(str(sig.get("task")), str(sig.get("input", "text")),
+                  tuple(str(x) for x in labels), {}, tag, aggregation=aggregation)
+
+
+def _generator(bundle_dir: Path, sig: dict[str, Any]) -> Predictor:
+    """A decoder LLM bundle: greedy decoding with its ONNX graph (the int8 one it ships).
+
+    The graph is optimum's `text-generation-with-past` export: the first step reads the prompt
+    with an empty past, and every later step feeds only the new token and the previous step's
+    present key/values back as the past. A graph without past_key_values inputs is run on the
+    full sequence at every step instead (same tokens, quadratic work): the graphs the
+    generation kind exports today are of that sort (optimum's monolith export drops the past
+    inputs and keeps only the present outputs), so shipped bundles decode that way. Decoding stops at
+    generation_config.json's eos_token_id(s) or after max_new_tokens (a request field; its
+    default is generation_config.json's max_new_tokens, else 20). The prompt is encoded as is,
+    with the tokenizer's special tokens (no chat template: a chat client applies
+    chat_template.jinja before sending). Hand-written because optimum's ORTModelForCausalLM
+    would bring torch and transformers into the serving side."""
+    model = bundle_dir / names.ONNX_INT8
+    if not model.is_file():
+        raise KilnError(f"{bundle_dir}: a text-generation bundle without {names.ONNX_INT8}; "
+                        "predict generates from the ONNX bundle")
+    gen_path = bundle_dir / "generation_config.json"
+    gen = _json_file(gen_path) if gen_path.is_file() else {}
+    config = _json_file(bundle_dir / names.CONFIG)
+    eos_raw = gen.get("eos_token_id", config.get("eos_token_id"))
+    eos = {int(x) for x in (eos_raw if isinstance(eos_raw, list) else [eos_raw])
+           if x is not None}
+    default_steps = int(gen.get("max_new_tokens") or 20)
+    try:
+        import numpy as np
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(bundle_dir / names.TOKENIZER_DIR / "tokenizer.json"))
+        session = _session(model)
+    except ImportError as exc:
+        raise KilnError(f"predict needs onnxruntime and tokenizers, and {exc.name} is not "
+                        "installed; pip install them beside modelkiln") from None
+    tok.enable_truncation(int(sig.get("max_length") or 512))
+    tok.no_padding()
+    heads = int(config.get("num_key_value_heads") or config["num_attention_heads"])
+    head_dim = int(config.get("head_dim")
+                   or config["hidden_size"] // config["num_attention_heads"])
+    inputs = [i.name for i in session.get_inputs()]
+    past = [n for n in inputs if n.startswith("past_key_values")]
+    outputs = [o.name for o in session.get_outputs()]
+    unknown = [n for n in inputs if n not in ("input_ids", "attention_mask", "position_ids")
+               and n not in past]
+    if unknown or "logits" not in outputs:
+        raise KilnError(f"{model}: a generation graph with inputs {inputs} and outputs "
+                        f"{outputs[:3]}...; predict expects input_ids, attention_mask, "
+                        "position_ids, past_key_values.* and logits")
+    present = {n: n.replace("past_key_values", "present", 1) for n in past}
+
+    def step(ids: list[int], start: int, cache: dict[str, Any]) -> Any:
+        """Logits of the last position, reading `ids` from position `start` on."""
+        total = start + len(ids)
+        feed: dict[str, Any] = {}
+        for n in inputs:
+            if n == "input_ids":
+                feed[n] = np.asarray([ids], dtype=np.int64)
+            elif n == "attention_mask":
+                feed[n] = np.ones((1, total), dtype=np.int64)
+            elif n == "position_ids":
+                feed[n] = np.arange(start, total, dtype=np.int64)[None]
+            else:
+                feed[n] = cache.get(n, np.zeros((1, heads, 0, head_dim), dtype=np.float32))
+        got = dict(zip(outputs, session.run(outputs, feed), strict=True))
+        for n in past:
+            cache[n] = got[present[n]]
+        return got["logits"][0, -1]
+
+    def generate(prompt: str, steps: int) -> tuple[list[int], str, str]:
+        seq = list(tok.encode(prompt).ids)
+        cache: dict[str, Any] = {}
+        new: list[int] = []
+        finish = "length"
+        while len(new) < steps:
+            if past and new:
+                logits = step(seq[-1:], len(seq) - 1, cache)
+            else:
+                logits = step(seq, 0, cache)
+            token = int(np.asarray(logits).argmax())
+            if token in eos:
+                finish = "eos"
+                break
+            new.append(token)
+            seq.append(token)
+        return new, finish, tok.decode(new, skip_special_tokens=True)
+
+    return Generator(str(sig.get("task")), str(sig.get("input", "prompt")), (), {}, generate,
+                     max_new_tokens=default_steps)
 
 
 def _onnx(bundle_dir: Path, max_length: int, output: str = "logits") -> Callable[[str], Any]:
@@ -237,6 +481,11 @@ def _torch(bundle_dir: Path, max_length: int) -> Callable[[str], Any]:
     return logits
 
 
+def _row(line: str, field: str) -> dict[str, Any]:
+    _text(line, field)
+    return dict(json.loads(line))
+
+
 def _text(line: str, field: str) -> str:
     if len(line) > MAX_LINE:
         raise ValueError(f"longer than {MAX_LINE} characters")
@@ -260,7 +509,7 @@ def answer_lines(predictor: Predictor, lines: Iterable[tuple[str, bool]], out: T
     for number, (line, waiting) in enumerate(lines, 1):
         if line.strip():
             try:
-                reply: dict[str, Any] = predictor.answer(_text(line, predictor.input_field))
+                reply: dict[str, Any] = predictor.answer_row(_row(line, predictor.input_field))
             except ValueError as exc:
                 refused += 1
                 reply = {"error": f"line {number}: {exc}"}
