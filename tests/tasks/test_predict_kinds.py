@@ -126,13 +126,14 @@ def test_predict_refuses_an_unknown_aggregation(tagger_built: Project, tmp_path:
     assert "Traceback" not in done.stderr
 
 
-def _torch_greedy(project: Project, prompts: list[str], steps: int) -> list[list[int]]:
+def _torch_greedy(project: Project, prompts: list[str], steps: int,
+                  weights: Path | None = None) -> list[list[int]]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     build = project.root / "build" / project.name
     tok = AutoTokenizer.from_pretrained(str(build / "tokenizer" / "tokenizer"))
-    model = AutoModelForCausalLM.from_pretrained(str(build / "weights"),
+    model = AutoModelForCausalLM.from_pretrained(str(weights or build / "weights"),
                                                  dtype=torch.float32).eval()
     eos = model.generation_config.eos_token_id
     out = []
@@ -170,15 +171,21 @@ def test_predict_decodes_through_a_kv_cache_graph(analyst_built: Project,
                                                   tmp_path: Path) -> None:
     """The shipped export (monolith) takes no past_key_values, so predict rereads the sequence
     each step; a with-past graph (optimum's default export, past inputs kept) is decoded with
-    the cache fed back, to the same tokens as PyTorch."""
+    the cache fed back, to the same tokens as PyTorch. The model is the analyst's config with
+    seeded random weights (initializer_range 0.3): the trained one barely looks back, so wrong
+    positions or a lost cache would still give its tokens."""
     import onnxruntime as ort
     import torch
     from optimum.exporters.onnx import onnx_export_from_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     weights = analyst_built.root / "build" / "analyst" / "weights"
-    model = AutoModelForCausalLM.from_pretrained(str(weights), dtype=torch.float32,
-                                                 attn_implementation="eager").eval()
+    config = AutoConfig.from_pretrained(str(weights), initializer_range=0.3)
+    torch.manual_seed(7)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32,
+                                             attn_implementation="eager").eval()
+    model.generation_config = AutoModelForCausalLM.from_pretrained(str(weights)).generation_config
+    model.save_pretrained(str(tmp_path / "random"))
     onnx_export_from_model(model, output=tmp_path / "past", task="text-generation-with-past",
                            do_validation=False, no_post_process=True)
     graph = tmp_path / "past" / "model.onnx"
@@ -188,7 +195,9 @@ def test_predict_decodes_through_a_kv_cache_graph(analyst_built: Project,
     shutil.copy(graph, bundle / "registry_model_int8.onnx")
     prompts = _prompts(analyst_built, 8)
     got = _predict(bundle, [{"prompt": p, "max_new_tokens": 10} for p in prompts])
-    assert [a["tokens"] for a in got] == _torch_greedy(analyst_built, prompts, 10)
+    want = _torch_greedy(analyst_built, prompts, 10, tmp_path / "random")
+    assert [a["tokens"] for a in got] == want
+    assert sum(len(w) for w in want) >= 40 and len({tuple(w) for w in want}) > 1
 
 
 def test_predict_int8_generation_agrees_as_the_gate_measures(analyst_built: Project,
