@@ -251,3 +251,18 @@ def test_first_aggregation_takes_each_words_first_token() -> None:
     assert [(e["entity"], e["start"], e["end"]) for e in simple] == \
         [("DRUG", 5, 7), ("PROC", 7, 10), ("PROC", 10, 12)]
     assert abs(first[0]["score"] - float(np.exp(8) / (np.exp(8) + 4))) < 1e-9
+
+
+def test_predict_loads_no_torch(tagger_built: Project, analyst_built: Project,
+                                tmp_path: Path) -> None:
+    """Serving a tagger or a generator brings in neither torch nor transformers."""
+    tagger = _bundle(tagger_built, tmp_path / "tagger", fp32=False)
+    analyst = _bundle(analyst_built, tmp_path / "analyst", fp32=False)
+    code = ("import sys\nfrom pathlib import Path\nfrom modelkiln.runtime import predict\n"
+            f"print(predict.load(Path({str(tagger)!r})).answer('x y'))\n"
+            f"print(predict.load(Path({str(analyst)!r})).answer('a b'))\n"
+            "assert not {'torch', 'transformers'} & set(sys.modules), sorted(sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "entities" in done.stdout and "tokens" in done.stdout
