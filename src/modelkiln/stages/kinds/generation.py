@@ -55,7 +55,8 @@ def signature(ctx: RunContext) -> dict[str, Any]:
     g = spec(ctx.bundle)
     return {"task": ctx.bundle.source.task, "input": "prompt", "max_length": g.max_length,
             "labels": [], "score": "none", "decision": "greedy decoding (generation_config.json)",
-            "output": {"text": "the generated continuation"},
+            "output": {"text": "the generated continuation", "tokens": "its token ids",
+                       "finish": "eos or length"},
             "generation": {"steps_gated": g.steps, "chat_template": True}}
 
 

@@ -41,7 +41,7 @@ def signature(ctx: RunContext) -> dict[str, Any]:
     return {"task": ctx.bundle.source.task, "input": "text",
             "max_length": e.max_length if e else 128, "labels": [str(x) for x in order],
             "score": "argmax per token", "decision": "BIO tags -> entities (simple aggregation)",
-            "output": {"entities": "[{label, start, end, text}] character spans"},
+            "output": {"entities": "[{entity, start, end, text, score}] character spans"},
             "entities": {"scheme": "BIO", "aggregation": e.aggregation if e else "simple"}}
 
 
