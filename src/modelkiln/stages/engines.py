@@ -36,7 +36,7 @@ from .base import Report, RunContext, StagePlan, params, stage_plan
 NAME = "engines"
 DOC = "this host's TensorRT engine plus the same model's engines from other runners (cache)"
 READS: tuple[str, ...] = ("trt",)
-WRITES: tuple[str, ...] | None = ("engines/sm*/*", "parity/sm*/*", "left_out.json")
+WRITES: tuple[str, ...] | None = ("engines/sm*/*", "parity/sm*/*", "[l]eft_out.json")  # [l]: optional
 PLATFORM: str | None = None
 CODE_VERSION = "1"
 TOOLS: tuple[str, ...] = ()
