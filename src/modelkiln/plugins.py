@@ -36,7 +36,8 @@ OWN = "modelkiln"
 # What each group's objects must offer (the runtime shape of its Protocol: stages.base.Stage,
 # backends.Backend, transport.schemes.Transport); mypy checks modelkiln's own against the Protocols.
 MEMBERS: dict[str, tuple[str, ...]] = {
-    STAGES: ("NAME", "DOC", "CODE_VERSION", "READS", "WRITES", "TOOLS", "PLATFORM", "plan", "run"),
+    STAGES: ("NAME", "DOC", "CODE_VERSION", "READS", "WRITES", "OPTIONAL", "TOOLS", "PLATFORM",
+             "plan", "run"),
     BACKENDS: ("NAME", "DOC", "STAGES", "PACKS", "REPORTS", "GRAPH", "TOOLS", "URI_ENV",
                "MODEL_DIR", "EXPORTS", "IMAGE_PACKAGES"),
     TRANSPORTS: (),  # a capability (open_location, source_reader) is checked where it is used

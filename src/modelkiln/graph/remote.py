@@ -11,9 +11,9 @@ A record is restored only for the task it was written for (`expected`): its task
 that its own key material digests to, and the outputs the stage declares (the exact
 files where a stage's names are fixed, the tokenizer's from its inputs, the ONNX stages' model
 plus the external data their report names, patterns for engines and image layouts): each stage's
-`WRITES` (stages.base.Stage: names, `*` matching within one path segment; a name without a glob
-character is required, one with `*`, `?` or `[` is allowed), None where it is decided here or
-unchecked. A writer does not save a record a reader would refuse.
+`WRITES` and `OPTIONAL` (stages.base.Stage: names, or patterns matching within one path segment;
+a name in WRITES is required, a WRITES pattern and everything in OPTIONAL is allowed), None where
+it is decided here or unchecked. A writer does not save a record a reader would refuse.
 """
 from __future__ import annotations
 
@@ -79,9 +79,10 @@ def declared(plan: StagePlan, report: Mapping[str, Any]) -> tuple[set[str], tupl
         return {ONNX_MODEL[plan.stage], *data}, ()
     stage = STAGES.get(plan.stage)
     own = stage.WRITES if stage is not None else None
-    if own is None:
+    if stage is None or own is None:
         return None
-    return {n for n in own if not _GLOB & set(n)}, tuple(n for n in own if _GLOB & set(n))
+    required = {n for n in own if not _GLOB & set(n)}
+    return required, (*(n for n in own if n not in required), *stage.OPTIONAL)
 
 
 _GLOB = frozenset("*?[")

@@ -4,9 +4,11 @@ A stage is one module that satisfies `Stage` (mypy checks every module the graph
     NAME, DOC                              its task basename and the one line `doit list` shows
     CODE_VERSION: str                      bump it when the stage's output for the same inputs changes
     READS: tuple[str, ...]                 the stages whose outputs it may read (ordering of plug-ins)
-    WRITES: tuple[str, ...] | None         the outputs a cached record may hold (glob patterns within
-                                           one path segment; a plain name is required, so an optional
-                                           file is written as a pattern: "[D]ockerfile"); None: unchecked
+    WRITES: tuple[str, ...] | None         the outputs every run writes, so a cached record must hold
+                                           them: names, or patterns (`*`, `?`, `[...]` within one path
+                                           segment, matching any number of files); None: unchecked
+    OPTIONAL: tuple[str, ...]              outputs a run may leave out (names or patterns): a record
+                                           may hold them and need not ("Dockerfile"); () for most
     TOOLS: tuple[str, ...]                 distributions whose versions shape its output (cache key)
     PLATFORM: str | None                   "cpu-int8" | "gpu" | None: the machine class it depends on
     plan(bundle, layout) -> list[StagePlan] pure: no file reads beyond listing, no heavy imports
@@ -161,6 +163,8 @@ class Stage(Protocol):
     def READS(self) -> tuple[str, ...]: ...
     @property
     def WRITES(self) -> tuple[str, ...] | None: ...
+    @property
+    def OPTIONAL(self) -> tuple[str, ...]: ...
     @property
     def TOOLS(self) -> tuple[str, ...]: ...
     @property

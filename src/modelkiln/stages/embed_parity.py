@@ -32,6 +32,7 @@ NAME = "embed_parity"
 DOC = "gate a sentence-embedding bundle: cosine and top-k retrieval of fp32/int8 ONNX vs PyTorch"
 READS: tuple[str, ...] = ("weights", "tokenizer", "onnx", "int8")
 WRITES: tuple[str, ...] | None = (REPORT,)
+OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
 TOOLS: tuple[str, ...] = ("torch", "transformers", "tokenizers", "onnxruntime")
 PLATFORM: str | None = None
 CODE_VERSION = "1"

@@ -36,7 +36,8 @@ from .base import Report, RunContext, StagePlan, params, stage_plan
 NAME = "engines"
 DOC = "this host's TensorRT engine plus the same model's engines from other runners (cache)"
 READS: tuple[str, ...] = ("trt",)
-WRITES: tuple[str, ...] | None = ("engines/sm*/*", "parity/sm*/*", "[l]eft_out.json")  # [l]: optional
+WRITES: tuple[str, ...] | None = ("engines/sm*/*", "parity/sm*/*")
+OPTIONAL: tuple[str, ...] = ("left_out.json",)  # only when an index engine was refused
 PLATFORM: str | None = None
 CODE_VERSION = "1"
 TOOLS: tuple[str, ...] = ()

@@ -27,6 +27,7 @@ NAME = "gen_parity"
 DOC = "gate a decoder LLM: greedy next-token agreement and first-step logits of ONNX vs PyTorch"
 READS: tuple[str, ...] = ("weights", "tokenizer", "onnx", "int8")
 WRITES: tuple[str, ...] | None = (REPORT,)
+OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
 TOOLS: tuple[str, ...] = ("torch", "transformers", "tokenizers", "onnxruntime")
 PLATFORM: str | None = None
 CODE_VERSION = "1"

@@ -46,7 +46,8 @@ from .image_env import lock_path
 NAME = "image"
 DOC = "OCI model artifact and serving image per backend (an OCI layout under dist/)"
 READS: tuple[str, ...] = ("package",)
-WRITES: tuple[str, ...] | None = ("oci-layout", "index.json", "blobs/sha256/*", "[D]ockerfile")  # [D]: optional
+WRITES: tuple[str, ...] | None = ("oci-layout", "index.json", "blobs/sha256/*")
+OPTIONAL: tuple[str, ...] = ("Dockerfile",)  # only when the image is built from one
 TOOLS: tuple[str, ...] = ()
 PLATFORM: str | None = None
 CODE_VERSION = "3"  # 2: the environment layer, a required base, `predict` in the entrypoint;

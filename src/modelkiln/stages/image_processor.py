@@ -18,6 +18,7 @@ NAME = "image_processor"
 DOC = "copy and check an image classifier's image processor config"
 READS: tuple[str, ...] = ()
 WRITES: tuple[str, ...] | None = (FILE,)
+OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
 TOOLS: tuple[str, ...] = ("transformers",)
 PLATFORM: str | None = None
 CODE_VERSION = "1"

@@ -47,6 +47,7 @@ PLATFORM: str | None = None
 CODE_VERSION = "1"
 REPORT = "imagetest.json"
 WRITES: tuple[str, ...] | None = (REPORT,)  # what a restored action record may hold
+OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
 DEFAULT_ATOL = 1e-4
 DEFAULT_ROWS = 200
 

@@ -39,6 +39,7 @@ NAME = "int8"
 DOC = "quantize the ONNX model to int8 with onnxruntime"
 READS: tuple[str, ...] = ("onnx", "tokenizer", "weights", "labels", "thresholds")  # auto: all
 WRITES: tuple[str, ...] | None = None  # the model plus the external data its report names (graph.remote.declared)
+OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
 TOOLS: tuple[str, ...] = ("onnx", "onnxruntime", "numpy", "torch", "transformers")  # auto
 PLATFORM: str | None = "cpu-int8"
 CODE_VERSION = "1"

@@ -18,6 +18,7 @@ NAME = "labels"
 DOC = "write label order and registry label fields, checked against the model head"
 READS: tuple[str, ...] = ("weights",)
 WRITES: tuple[str, ...] | None = (names.LABEL_ORDER, names.LABEL_FIELDS)
+OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
 TOOLS: tuple[str, ...] = ()
 PLATFORM: str | None = None
 CODE_VERSION = "1"

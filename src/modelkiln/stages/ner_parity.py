@@ -23,6 +23,7 @@ NAME = "ner_parity"
 DOC = "gate a NER tagger: entity-level agreement (span + label) of ONNX with PyTorch, per label"
 READS: tuple[str, ...] = ("weights", "tokenizer", "labels", "onnx", "int8")
 WRITES: tuple[str, ...] | None = (REPORT,)
+OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
 TOOLS: tuple[str, ...] = ("torch", "transformers", "tokenizers", "onnxruntime")
 PLATFORM: str | None = None
 CODE_VERSION = "1"

@@ -30,6 +30,7 @@ NAME = "onnx"
 DOC = "export to ONNX (fp32) with dynamic batch and sequence axes"
 READS: tuple[str, ...] = ("weights",)
 WRITES: tuple[str, ...] | None = None  # the model plus the external data its report names (graph.remote.declared)
+OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
 TOOLS: tuple[str, ...] = ("torch", "transformers", "optimum", "optimum-onnx", "onnx")
 PLATFORM: str | None = None
 CODE_VERSION = "2"  # 2: the report records the graph's inputs (name, dtype, shape) for the card

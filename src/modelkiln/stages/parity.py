@@ -34,6 +34,7 @@ NAME = "parity"
 DOC = "parity gates: fp32 ONNX vs PyTorch logits, int8 decision flips"
 READS: tuple[str, ...] = ("weights", "tokenizer", "labels", "thresholds", "onnx", "int8")
 WRITES: tuple[str, ...] | None = ("parity.json", "parity.md")
+OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
 TOOLS: tuple[str, ...] = ("onnxruntime", "torch", "transformers", "numpy")
 PLATFORM: str | None = "cpu-int8"
 CODE_VERSION = "2"  # 2: single-label decisions are the top label only (decisions.py)

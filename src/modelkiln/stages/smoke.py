@@ -26,6 +26,7 @@ NAME = "smoke"
 DOC = "load the ONNX bundle as a consumer would and run a sample"
 READS: tuple[str, ...] = ("tokenizer", "labels", "thresholds", "int8")
 WRITES: tuple[str, ...] | None = ("smoke.json",)
+OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
 TOOLS: tuple[str, ...] = ("onnxruntime", "tokenizers", "transformers")
 PLATFORM: str | None = "cpu-int8"
 CODE_VERSION = "2"  # 2: single-label decisions are the top label only (decisions.py)

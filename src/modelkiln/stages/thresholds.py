@@ -29,6 +29,7 @@ NAME = "thresholds"
 DOC = "choose per-label decision thresholds (fixed or calibrated)"
 READS: tuple[str, ...] = ("weights", "tokenizer", "labels")
 WRITES: tuple[str, ...] | None = (names.THRESHOLDS, names.THRESHOLD_METRICS)
+OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
 TOOLS: tuple[str, ...] = ("numpy", "torch", "transformers", "tokenizers")
 PLATFORM: str | None = None
 CODE_VERSION = "2"  # 2: single-label floors; no silent always-positive cut

@@ -17,6 +17,7 @@ NAME = "tokenizer"
 DOC = "copy tokenizers and check they load as fast tokenizers"
 READS: tuple[str, ...] = ()
 WRITES: tuple[str, ...] | None = None  # its inputs' names under tokenizer/ (graph.remote.declared)
+OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
 TOOLS: tuple[str, ...] = ("tokenizers", "transformers")
 PLATFORM: str | None = None
 CODE_VERSION = "1"

@@ -37,6 +37,7 @@ NAME = "trt"
 DOC = "build a TensorRT engine for this host's GPU from the ONNX model (skipped without one)"
 READS: tuple[str, ...] = ("onnx", "int8", "tokenizer")
 WRITES: tuple[str, ...] | None = ("engines/sm*/*", "parity/sm*/*")
+OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
 PLATFORM: str | None = None  # its own class: platform_class(plan)
 CODE_VERSION = "1"
 TOOLS: tuple[str, ...] = ("onnx", "onnxruntime", "numpy", "tokenizers", "transformers")

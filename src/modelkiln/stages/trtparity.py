@@ -28,6 +28,7 @@ NAME = "trtparity"
 DOC = "parity gates: TensorRT engine logits and decision flips vs the fp32 ONNX model"
 READS: tuple[str, ...] = ("engines", "labels", "thresholds")
 WRITES: tuple[str, ...] | None = ("trt_parity.json", "trt_parity.md")
+OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
 PLATFORM: str | None = None
 CODE_VERSION = "2"  # 2: single-label decisions are the top label only (decisions.py)
 TOOLS: tuple[str, ...] = ("numpy",)

@@ -30,6 +30,7 @@ NAME = "vision_parity"
 DOC = "gate an image classifier: fp32 logits and int8 decisions vs PyTorch on calibration images"
 READS: tuple[str, ...] = ("weights", "image_processor", "labels", "thresholds", "onnx", "int8")
 WRITES: tuple[str, ...] | None = (REPORT,)
+OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
 TOOLS: tuple[str, ...] = ("torch", "transformers", "onnxruntime", "pillow")
 PLATFORM: str | None = None
 CODE_VERSION = "1"

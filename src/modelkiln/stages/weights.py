@@ -28,6 +28,7 @@ NAME = "weights"
 DOC = "convert checkpoints to safetensors and check they load"
 READS: tuple[str, ...] = ()
 WRITES: tuple[str, ...] | None = (names.CONFIG, names.WEIGHTS)
+OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
 TOOLS: tuple[str, ...] = ("torch", "safetensors", "transformers")
 PLATFORM: str | None = None
 CODE_VERSION = "1"

@@ -14,6 +14,7 @@ DOC = "write toy.txt for the toy backend"
 CODE_VERSION = "1"
 READS: tuple[str, ...] = ("labels",)
 WRITES: tuple[str, ...] | None = ("toy.txt",)
+OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
 TOOLS: tuple[str, ...] = ()
 PLATFORM: str | None = None
 
