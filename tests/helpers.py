@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,3 +99,10 @@ def make_project(root: Path, inputs: Path, name: str = "tiny", spec: str = SPEC)
     shutil.copytree(inputs, root / "bundles" / name, copy_function=shutil.copy2)
     (root / "bundles" / f"{name}.yaml").write_text(spec.format(name=name))
     return Project(root, name)
+
+
+def member_bytes(tar: tarfile.TarFile, member: str | tarfile.TarInfo) -> bytes:
+    """The bytes of a regular file in `tar` (extractfile answers None only for non-files)."""
+    reader = tar.extractfile(member)
+    assert reader is not None, f"{member} is not a regular file"
+    return reader.read()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import BIN, Project, make_project
+from helpers import BIN, Project, make_project, member_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def test_bundle_layout_and_manifest(built: Project) -> None:
     dist = built.dist()
     with tarfile.open(dist / "bundle.tar.gz") as tar:
         names = set(tar.getnames())
-        inner = json.loads(tar.extractfile("manifest.json").read())
+        inner = json.loads(member_bytes(tar, "manifest.json"))
     assert {"config.json", "model.safetensors", "tokenizer/tokenizer.json", "thresholds.json", "model_card.md",
             "label_order.json", "registry_label_fields.json", "manifest.json"} <= names
     published = json.loads((dist / "manifest.json").read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,8 +56,8 @@ def test_hostile_file_paths_from_a_cached_manifest(path: str) -> None:
     ({"files": [7]}, None),
     ({"archive": ["not", "an", "object"]}, None),
 ])
-def test_malformed_cached_records_are_ignored_with_a_note(manifest: dict, thresholds: object
-                                                          ) -> None:
+def test_malformed_cached_records_are_ignored_with_a_note(manifest: dict[str, Any],
+                                                          thresholds: object) -> None:
     side = Side("cache index of abc", manifest, thresholds)  # type: ignore[arg-type]
     assert side.manifest is None and "ignored" in side.where
     assert deltas(side, Side("this", {"files": []})) == []

@@ -12,7 +12,7 @@ from modelkiln.stages.package import _checks
 
 
 def _manifest(flips: float, diff: float) -> dict[str, Any]:
-    reports = {"parity": {"int8": {"decision_flip_rate": flips, "top_label_agreement": 1.0},
+    reports: dict[str, dict[str, Any]] = {"parity": {"int8": {"decision_flip_rate": flips, "top_label_agreement": 1.0},
                           "fp32": {"max_abs_logit_diff": diff}},
                "smoke": {"ok": True}}
     return {"files": [], "archive": {}, "parity": _checks(reports)}

@@ -14,10 +14,10 @@ from modelkiln.stages.infer import ort_logits, ort_session
 from modelkiln.stages.onnx import check_external_data
 
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import ModelProto, TensorProto, helper, numpy_helper  # noqa: E402
 
 
-def _model(weight: np.ndarray):
+def _model(weight: np.ndarray) -> ModelProto:
     """logits = input_ids(float) @ W: one MatMul whose weight is an initializer named W."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])
@@ -43,7 +43,7 @@ def weight() -> np.ndarray:
     return np.arange(8, dtype=np.float32).reshape(4, 2)
 
 
-def test_bare_external_data_file_is_accepted_and_loads(tmp_path: Path, weight) -> None:
+def test_bare_external_data_file_is_accepted_and_loads(tmp_path: Path, weight: np.ndarray) -> None:
     path = tmp_path / "model.onnx"
     onnx.save(_model(weight), str(path), save_as_external_data=True, location="model.onnx_data",
               size_threshold=0)
@@ -54,7 +54,7 @@ def test_bare_external_data_file_is_accepted_and_loads(tmp_path: Path, weight) -
     np.testing.assert_allclose(out, x @ weight)
 
 
-def test_inline_model_has_no_external_data(tmp_path: Path, weight) -> None:
+def test_inline_model_has_no_external_data(tmp_path: Path, weight: np.ndarray) -> None:
     path = tmp_path / "model.onnx"
     onnx.save(_model(weight), str(path))
     assert check_external_data(path) == []
@@ -70,7 +70,8 @@ def test_inline_model_has_no_external_data(tmp_path: Path, weight) -> None:
     ("", "empty location"),
     ("missing.bin", "no such regular file"),
 ])
-def test_escaping_locations_are_refused(tmp_path: Path, weight, location: str, why: str) -> None:
+def test_escaping_locations_are_refused(tmp_path: Path, weight: np.ndarray, location: str,
+                                        why: str) -> None:
     model_dir = tmp_path / "bundle"
     model_dir.mkdir()
     (tmp_path / "outside.bin").write_bytes(weight.tobytes())  # a real file the escape would hit
@@ -87,7 +88,7 @@ def test_escaping_locations_are_refused(tmp_path: Path, weight, location: str, w
         ort_logits(path, {"x": np.ones((1, 4), dtype=np.float32)})
 
 
-def test_symlinked_data_file_is_refused(tmp_path: Path, weight) -> None:
+def test_symlinked_data_file_is_refused(tmp_path: Path, weight: np.ndarray) -> None:
     (tmp_path / "secret.bin").write_bytes(weight.tobytes())
     model_dir = tmp_path / "bundle"
     model_dir.mkdir()
@@ -99,7 +100,7 @@ def test_symlinked_data_file_is_refused(tmp_path: Path, weight) -> None:
         check_external_data(path)
 
 
-def test_tensor_inside_a_constant_node_is_checked(tmp_path: Path, weight) -> None:
+def test_tensor_inside_a_constant_node_is_checked(tmp_path: Path, weight: np.ndarray) -> None:
     """External data can hide in a Constant node's tensor attribute, not only in initializers."""
     const = numpy_helper.from_array(weight, "c")
     const.ClearField("raw_data")

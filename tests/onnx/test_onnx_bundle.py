@@ -7,12 +7,13 @@ import os
 import shutil
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import onnx_reference
 import pytest
 
-from helpers import Project
+import onnx_reference
+from helpers import Project, member_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -27,15 +28,17 @@ def would_run(project: Project, *args: str) -> set[str]:
     return {row["task"] for row in json.loads(done.stdout) if row["run"]}
 
 
-def stamp(project: Project, stage: str) -> dict:
-    return json.loads((project.root / "build/tiny/.stamps" / f"{stage}.json").read_text())
+def stamp(project: Project, stage: str) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(
+        (project.root / "build/tiny/.stamps" / f"{stage}.json").read_text())
+    return record
 
 
 def test_onnx_bundle_contents_and_manifest(onnx_built: Project) -> None:
     dist = onnx_built.dist("onnx")
     with tarfile.open(dist / "bundle.tar.gz") as tar:
         names = set(tar.getnames())
-        model = tar.extractfile("registry_model_int8.onnx").read()
+        model = member_bytes(tar, "registry_model_int8.onnx")
     assert {"registry_model_int8.onnx", "config.json", "model.safetensors", "thresholds.json",
             "label_order.json", "registry_label_fields.json", "tokenizer/tokenizer.json",
             "manifest.json"} <= names

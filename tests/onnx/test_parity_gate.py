@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx_reference
 import pytest
+from numpy.typing import ArrayLike, NDArray
 
+import onnx_reference
 from helpers import Project
 from modelkiln.model.bundle import Quantize
 from modelkiln.stages.parity import compare, gate, markdown
@@ -15,8 +16,8 @@ LABELS = ("a", "b", "c")
 CUTS = {"a": 0.5, "b": 0.5, "c": 0.5}
 
 
-def _logit(p):
-    p = np.asarray(p, dtype=np.float64)
+def _logit(probs: ArrayLike) -> NDArray[np.float32]:
+    p = np.asarray(probs, dtype=np.float64)
     return np.log(p / (1 - p)).astype(np.float32)
 
 

@@ -63,5 +63,5 @@ def test_smoke_card_and_signature_state_the_rule(built: Project) -> None:
     parity = manifest["parity"]["int8"]
     assert parity["decision_flip_rate"] <= 0.2
     with __import__("tarfile").open(built.dist("onnx") / "bundle.tar.gz") as tar:
-        card = tar.extractfile("model_card.md").read().decode()  # type: ignore[union-attr]
+        card = tar.extractfile("model_card.md").read().decode()
     assert "exactly one label, the top-scoring one" in card

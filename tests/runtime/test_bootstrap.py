@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from distfactory import make_dist
+from helpers import member_bytes
 from modelkiln import transport
 from modelkiln.artifacts import manifest as mf
 from modelkiln.artifacts.extract import UnsafeArchive
@@ -138,17 +139,16 @@ def test_hostile_bundle_is_refused_even_with_a_matching_digest(tmp_path: Path) -
     import tarfile
     archive = dist / mf.ARCHIVE
     with tarfile.open(archive) as src:
-        members = [(m, src.extractfile(m).read() if m.isfile() else None) for m in src]
+        members = [(m, member_bytes(src, m) if m.isfile() else None) for m in src]
     with gzip.open(archive, "wb") as gz, tarfile.open(fileobj=gz, mode="w|") as out:
         for m, data in members:
             out.addfile(m, io.BytesIO(data) if data is not None else None)
         link = tarfile.TarInfo("tokenizer/evil")
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         out.addfile(link)
-    published = mf.load(dist / mf.MANIFEST)
     from modelkiln.artifacts.digest import sha256_file
-    published["archive"] = {"path": mf.ARCHIVE, "size": archive.stat().st_size,
-                            "sha256": sha256_file(archive)}
+    published = mf.with_archive(mf.load(dist / mf.MANIFEST), archive.stat().st_size,
+                                sha256_file(archive))
     (dist / mf.MANIFEST).write_bytes(mf.dumps(published))
     uri = publish_bundle(dist, str(tmp_path / "bucket")).archive_uri
     with pytest.raises(UnsafeArchive, match="symlink"):
@@ -173,7 +173,7 @@ def test_inner_manifest_must_match_the_published_one(tmp_path: Path) -> None:
     ({"MODEL_BACKEND": "pytorch", "MODEL_BUNDLE_S3_URI_PYTORCH": "https://x/bundle.tar.gz"},
      "only s3:// and file://"),
 ])
-def test_bad_environment_says_what_to_set(tmp_path: Path, env: dict, match: str) -> None:
+def test_bad_environment_says_what_to_set(tmp_path: Path, env: dict[str, str], match: str) -> None:
     with pytest.raises(KilnError, match=match):
         bootstrap({**env, "REGISTRY_RUNTIME_DIR": str(tmp_path)})
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tarfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from modelkiln.artifacts.extract_limits import Budget, Limits
 from modelkiln.errors import KilnError
 
 
-def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], *,
+def _tar(path: Path, members: Sequence[tuple[tarfile.TarInfo, bytes | None]], *,
          fmt: int = tarfile.PAX_FORMAT, level: int = 6) -> Path:
     """A gzip tarball holding exactly `members` (data None: no payload)."""
     with gzip.open(path, "wb", compresslevel=level) as gz, \
@@ -51,7 +52,8 @@ class _Zeros(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # type: ignore[override]
+    # io hands readinto a memoryview; typeshed's WriteableBuffer has no slice assignment
+    def readinto(self, b: memoryview) -> int:  # type: ignore[override]
         n = min(len(b), self.left)
         b[:n] = bytes(n)
         self.left -= n
@@ -60,7 +62,7 @@ class _Zeros(io.RawIOBase):
 
 OUTSIDE = f"/tmp/kiln-evil-{uuid.uuid4().hex}"
 
-HOSTILE: dict[str, list] = {
+HOSTILE: dict[str, list[tuple[tarfile.TarInfo, bytes | None]]] = {
     "absolute path": [_file(OUTSIDE)],
     "dot-dot": [_file("../evil")],
     "dot-dot inside": [_file("tokenizer/../../evil")],
