@@ -39,7 +39,8 @@ MEMBERS: dict[str, tuple[str, ...]] = {
     STAGES: ("NAME", "DOC", "CODE_VERSION", "READS", "WRITES", "OPTIONAL", "TOOLS", "PLATFORM",
              "plan", "run"),
     BACKENDS: ("NAME", "DOC", "STAGES", "PACKS", "REPORTS", "GRAPH", "TOOLS", "URI_ENV",
-               "MODEL_DIR", "EXPORTS", "IMAGE_PACKAGES"),
+               "MODEL_DIR", "EXPORTS", "IMAGE_PACKAGES", "NEEDS", "LIBRARY", "MODEL_FILE",
+               "FORMAT", "ENGINES", "enabled", "needs_gpu"),
     TRANSPORTS: (),  # a capability (open_location, source_reader) is checked where it is used
 }
 

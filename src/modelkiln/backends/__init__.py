@@ -14,7 +14,19 @@ backend instead of comparing its name:
     URI_ENV          the runtime's variable naming the published bundle (MODEL_BUNDLE_S3_URI_*)
     MODEL_DIR        whether the runtime exports REGISTRY_MODEL_DIR (a transformers checkpoint)
     EXPORTS          (REGISTRY_* variable, bundle path) the runtime exports, each required
-    IMAGE_PACKAGES   the serving image environment's default pip requirements
+    IMAGE_PACKAGES   the serving image environment's default pip requirements (empty: no image
+                     serves it; the image is built for a backend that names some)
+    NEEDS            backends it is built from: enabling it without them is a spec error, and
+                     skipping one of them (`--skip`) skips it too
+    LIBRARY          the library a model card reader loads its model with (`library_name`)
+    MODEL_FILE       the bundle file the model card names as its model
+    FORMAT           the model format an OCI model artifact's config records
+    ENGINES          whether the runtime picks one of the bundle's engines/sm<cc>/ for the host
+    enabled(section) whether its spec section turns it on (`enabled: false` turns any off)
+    needs_gpu(section)  whether, with this section, it is built only where a GPU is usable
+
+Where the serving app's model is a transformers checkpoint (MODEL_DIR), `predict` runs it with
+torch; otherwise it runs the bundle's int8 ONNX model.
 
 A plug-in backend is enabled in a spec like a built-in one (`backends: {toy: {}}`); its section
 is plain data its stages read from `bundle.section("backends")`. Kept light: no heavy import, since
@@ -22,7 +34,8 @@ the runtime (in the serving image too) reads this table.
 """
 from __future__ import annotations
 
-from typing import Protocol, cast
+from collections.abc import Mapping
+from typing import Any, Protocol, cast
 
 from .. import plugins
 from . import onnx, pytorch, tensorrt
@@ -53,10 +66,23 @@ class Backend(Protocol):
     def EXPORTS(self) -> tuple[tuple[str, str], ...]: ...
     @property
     def IMAGE_PACKAGES(self) -> tuple[str, ...]: ...
+    @property
+    def NEEDS(self) -> tuple[str, ...]: ...
+    @property
+    def LIBRARY(self) -> str: ...
+    @property
+    def MODEL_FILE(self) -> str: ...
+    @property
+    def FORMAT(self) -> str: ...
+    @property
+    def ENGINES(self) -> bool: ...
+    def enabled(self, section: Mapping[str, Any], /) -> bool: ...
+    def needs_gpu(self, section: Mapping[str, Any], /) -> bool: ...
 
 
 BUILTIN_BACKENDS: dict[str, Backend] = {"pytorch": pytorch, "onnx": onnx, "tensorrt": tensorrt}
 BUILTIN = tuple(BUILTIN_BACKENDS)  # the order their bundles are listed and built in
+IMAGE_DEFAULT = onnx.NAME  # the backend `image:` serves when it names none (the schema's default)
 
 
 def backends() -> dict[str, Backend]:
@@ -74,3 +100,18 @@ def backend(name: str) -> Backend:
 def plugin_names() -> tuple[str, ...]:
     """Installed backends other than modelkiln's own."""
     return tuple(n for n in backends() if n not in BUILTIN)
+
+
+def needed_by(names: frozenset[str]) -> frozenset[str]:
+    """`names` and every installed backend built from one of them, however indirectly (what
+    skipping `names` skips)."""
+    found, out = backends(), set(names)
+    while more := {n for n, b in found.items() if n not in out and set(b.NEEDS) & out}:
+        out |= more
+    return frozenset(out)
+
+
+def image_servable(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Those of `names` a serving image can be built for (their IMAGE_PACKAGES say what it needs)."""
+    found = backends()
+    return tuple(n for n in names if n in found and found[n].IMAGE_PACKAGES)

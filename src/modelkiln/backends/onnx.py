@@ -1,6 +1,9 @@
 """The ONNX backend: the int8 ONNX model beside the PyTorch files, gated by parity and smoke."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ..artifacts import names
 
 NAME = "onnx"
@@ -17,3 +20,17 @@ URI_ENV = "MODEL_BUNDLE_S3_URI_ONNX"
 MODEL_DIR = False
 EXPORTS: tuple[tuple[str, str], ...] = (("REGISTRY_ONNX_MODEL_PATH", names.ONNX_INT8),)
 IMAGE_PACKAGES: tuple[str, ...] = ("numpy", "onnxruntime", "tokenizers")
+NEEDS: tuple[str, ...] = ()
+LIBRARY = "onnx"
+MODEL_FILE = names.ONNX_INT8
+FORMAT = "onnx"
+ENGINES = False
+
+
+def enabled(section: Mapping[str, Any], /) -> bool:
+    """On unless its section says `enabled: false`."""
+    return section.get("enabled", True) is not False
+
+
+def needs_gpu(section: Mapping[str, Any], /) -> bool:
+    return False

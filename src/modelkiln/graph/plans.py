@@ -14,7 +14,7 @@ import difflib
 from typing import cast
 
 from .. import plugins, sources
-from ..backends import backends
+from ..backends import backends, needed_by
 from ..errors import UsageError
 from ..model.bundle import Bundle
 from ..paths import Layout
@@ -99,8 +99,7 @@ def plan_bundle(bundle: Bundle, skip: frozenset[str] = frozenset()) -> list[Stag
     check_skip(skip)
     sources.pins.register_lock(bundle.spec_path)  # remote inputs: local paths, locked digests
     layout = Layout(bundle.root)
-    if "onnx" in skip:  # TensorRT engines are built from the ONNX model
-        skip = skip | {"tensorrt"}
+    skip = needed_by(skip)  # a backend built from a skipped one (tensorrt from onnx) goes too
     plans: list[StagePlan] = []
     by_stage: dict[str, list[StagePlan]] = {}
     for name, stage in STAGES.items():

@@ -202,42 +202,38 @@ def _mapping(value: object) -> dict[str, Any]:
 
 
 _BASE_STAGES = ("weights", "tokenizer", "labels", "thresholds")
-_BACKEND_STAGES = {"onnx": ("onnx", "int8", "parity", "smoke"),
-                   "tensorrt": ("trt", "engines", "trtparity")}
 
 
 def broken_names(spec: BrokenSpec) -> list[tuple[str, str]]:
     """(stage, name) of the tasks the spec would have if it validated, as far as its text says,
-    so `doit list` shows the same task set when a spec breaks: the stages of the backends it
-    enables that this host builds (`tensorrt` under `when: gpu-available` needs a GPU), a
-    `package:<name>-<backend>` each, the image tasks it asks for (a test under `test: auto`
-    needs a container engine). Stages of plug-ins and other task kinds are left out."""
-    from ..model.bundle import BACKENDS
+    so `doit list` shows the same task set when a spec breaks: the stages (STAGES) of the
+    backends it enables that this host builds (one that `needs_gpu` under its section needs a
+    usable GPU), a `package:<name>-<backend>` each, the image tasks it asks for (a test under
+    `test: auto` needs a container engine). Stages of other task kinds are left out."""
+    from ..backends import IMAGE_DEFAULT, backends
     from ..spec.loader import spec_data
     from ..stages import trt
     from ..stages.engine import engine_hint
 
     data = spec_data(spec.spec_path) or {}
     raw = _mapping(data.get("backends"))
-    on = {b: v if isinstance(v, dict) else {} for b, v in raw.items()
-          if b in BACKENDS and not (isinstance(v, dict) and v.get("enabled") is False)}
-    if "tensorrt" in on:
-        when = on["tensorrt"].get("when", "gpu-available")
-        if when == "never" or (when == "gpu-available" and trt.host_facts().unusable()):
-            del on["tensorrt"]
-    backends = [b for b in BACKENDS if b in on]
+    installed = backends()
+    on = {b: _mapping(raw[b]) for b in installed if b in raw}
+    on = {b: v for b, v in on.items() if installed[b].enabled(v)
+          and not (installed[b].needs_gpu(v) and trt.host_facts().unusable())}
+    backends_on = list(on)
     image = data.get("image") if isinstance(data.get("image"), dict) else None
     publish = _mapping(data.get("publish"))
-    served = image.get("backend", "onnx") if image is not None else None
+    served = image.get("backend", IMAGE_DEFAULT) if image is not None else None
     tested = image is not None and (image.get("test", "auto") == "required" or
                                     (image.get("test", "auto") == "auto" and not engine_hint()))
     per_backend = {
-        "package": backends,
-        "image": [b for b in backends if b == served or publish.get("oci") is not None],
-        "imagetest": [b for b in backends if b == served and tested],
+        "package": backends_on,
+        "image": [b for b in backends_on if b == served or publish.get("oci") is not None],
+        "imagetest": [b for b in backends_on if b == served and tested],
     }
     out = [(stage, spec.name) for stage in _BASE_STAGES]
-    out += [(stage, spec.name) for b in backends for stage in _BACKEND_STAGES.get(b, ())]
+    out += [(stage, spec.name) for b in backends_on for stage in installed[b].STAGES]
     out += [(stage, f"{spec.name}-{b}") for stage, bs in per_backend.items() for b in bs]
     return out + [("publish", spec.name), ("build", spec.name)]
 

@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..backends import BUILTIN, IMAGE_DEFAULT, backends, image_servable
 from ..errors import SpecError
 from ..paths import project_root
 from . import bundle as m
@@ -33,18 +34,24 @@ def _thresholds(c: _Checker, data: Data, names: tuple[str, ...]) -> m.Thresholds
                         int(t.get("min_support", 1)), int(t.get("max_length", 128)))
 
 
-def _plugin_backends(data: Data) -> tuple[str, ...]:
-    """Enabled backends of installed plug-ins (the schema admits only installed ones), by name."""
-    from ..backends import plugin_names
+def _enabled(c: _Checker, data: Data) -> dict[str, Data]:
+    """name -> spec section of each enabled backend (each installed backend's `enabled` says
+    whether its section turns it on; the schema admits installed ones only), in their order;
+    one built from another (NEEDS) that is not enabled is a problem."""
+    installed, listed = backends(), data["backends"]
+    on = {n: listed[n] for n, b in installed.items() if n in listed and b.enabled(listed[n])}
+    for name in on:
+        for need in installed[name].NEEDS:
+            if need not in on:
+                c.fail(("backends", name), f"the {name} backend is built from the {need} "
+                       f"backend's model, and backends.{need} is not enabled",
+                       f"enable backends.{need}, or disable backends.{name}")
+    return on
 
-    listed = data["backends"]
-    return tuple(n for n in plugin_names()
-                 if n in listed and listed[n].get("enabled", True) is not False)
 
-
-def _onnx(c: _Checker, data: Data, default_cal: Path | None) -> m.Onnx | None:
-    o = data["backends"].get("onnx")
-    if o is None or not o.get("enabled", True):
+def _onnx(c: _Checker, o: Data | None, default_cal: Path | None) -> m.Onnx | None:
+    """The onnx backend's typed section (None: not enabled)."""
+    if o is None:
         return None
     q, p = o.get("quantize", "auto"), o.get("parity", {})
     if q == "auto":  # no settings given: the int8 stage searches its fixed list (int8_auto)
@@ -66,14 +73,12 @@ def _onnx(c: _Checker, data: Data, default_cal: Path | None) -> m.Onnx | None:
     return m.Onnx(int(opset) if opset is not None else None, quant, parity)
 
 
-def _tensorrt(c: _Checker, data: Data, onnx: m.Onnx | None,
+def _tensorrt(c: _Checker, t: Data | None, onnx: m.Onnx | None,
               max_length: int) -> m.TensorRT | None:
-    t = data["backends"].get("tensorrt")
-    if t is None or not t.get("enabled", True) or t.get("when") == "never":
+    """The tensorrt backend's typed section (None: not enabled; its NEEDS are checked by
+    `_enabled`)."""
+    if t is None:
         return None
-    if onnx is None:
-        c.fail(("backends", "tensorrt"), "TensorRT engines are built from the ONNX model",
-               "enable backends.onnx, or disable backends.tensorrt")
     precision = t.get("precision", "fp16")
     if precision == "int8" and onnx is not None and onnx.quantize.mode != "static":
         c.fail(("backends", "tensorrt", "precision"), "int8 engines are built from a static Q/DQ "
@@ -177,7 +182,7 @@ def _image(c: _Checker, data: Data, enabled: tuple[str, ...]) -> m.ImageSpec | N
     img = data.get("image")
     if img is None:
         return None
-    backend = img.get("backend", "onnx")
+    backend = img.get("backend", IMAGE_DEFAULT)
     if backend not in enabled:
         c.fail(("image", "backend"), f"the image serves the {backend} bundle, but that backend is "
                "not enabled", f"set image.backend to one of: {', '.join(enabled) or 'none'}")
@@ -210,16 +215,16 @@ def to_bundle(doc: Document) -> m.Bundle:
     else:
         labels = inputs.labels(c, data, head)
         thresholds = _thresholds(c, data, labels.names)
-    pytorch = bool(data["backends"].get("pytorch", {}).get("enabled", True)) \
-        if "pytorch" in data["backends"] else False
-    onnx = _onnx(c, data, thresholds.calibration)
-    tensorrt = _tensorrt(c, data, onnx, thresholds.max_length)
-    plugged = _plugin_backends(data)
-    if not pytorch and onnx is None and not plugged:
+    on = _enabled(c, data)
+    # the built-ins' typed sections (model.bundle); a plug-in's section stays plain data
+    pytorch = on.get("pytorch") is not None
+    onnx = _onnx(c, on.get("onnx"), thresholds.calibration)
+    tensorrt = _tensorrt(c, on.get("tensorrt"), onnx, thresholds.max_length)
+    plugged = tuple(n for n in on if n not in BUILTIN)
+    if not on:
         c.fail(("backends",), "no backend is enabled", "enable backends.pytorch or backends.onnx")
-    publish = _publish(c, data, int(pytorch) + int(onnx is not None) + int(tensorrt is not None)
-                       + len(plugged))
-    image = _image(c, data, tuple(b for b, on in (("pytorch", pytorch), ("onnx", onnx)) if on))
+    publish = _publish(c, data, len(on))
+    image = _image(c, data, image_servable(tuple(on)))
     reg = data.get("registry", {})
     if c.problems:
         raise SpecError(c.problems)

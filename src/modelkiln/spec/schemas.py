@@ -29,6 +29,8 @@ def schema_digest(name: str) -> str:
     part of every cached document's key."""
     extra = _plugin_backends() if name == "bundle" else {}
     tail = json.dumps(sorted(extra.items())).encode() if extra else b""
+    served = _plugin_images() if name == "bundle" else ()
+    tail += json.dumps(served).encode() if served else b""
     return sha256_bytes(schema_bytes(name) + tail)
 
 
@@ -43,7 +45,17 @@ def load_schema(name: str) -> dict[str, Any]:
         if isinstance(listed, dict):
             for backend, schema in _plugin_backends().items():
                 listed.setdefault(backend, json.loads(schema))
+        image = value.get("properties", {}).get("image", {}).get("properties", {}).get("backend")
+        if isinstance(image, dict) and isinstance(image.get("enum"), list):
+            image["enum"] += [b for b in _plugin_images() if b not in image["enum"]]
     return value
+
+
+def _plugin_images() -> tuple[str, ...]:
+    """Installed plug-in backends a serving image can be built for (they name IMAGE_PACKAGES)."""
+    from modelkiln.backends import image_servable, plugin_names
+
+    return image_servable(plugin_names())
 
 
 def _plugin_backends() -> dict[str, str]:
