@@ -19,6 +19,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from ..artifacts import names
+from ..backends import backends
 from ..model.bundle import Bundle
 from .base import RunContext
 
@@ -28,9 +29,19 @@ PIPELINE_TAGS = {"multi-label-classification": "text-classification",
                  "feature-extraction": "feature-extraction",
                  "token-classification": "token-classification",
                  "image-classification": "image-classification"}
-# backend -> the library a Hugging Face reader loads the bundle's model with
-LIBRARIES = {"pytorch": "transformers", "onnx": "onnx", "tensorrt": "tensorrt"}
 DEFAULT_LICENSE = "unknown"  # Hugging Face's value for "not stated"; the spec's card.license sets it
+
+
+def library(backend: str) -> str:
+    """The library a Hugging Face reader loads the backend's model with (its LIBRARY)."""
+    about = backends().get(backend)
+    return about.LIBRARY if about is not None else backend
+
+
+def model_file(backend: str) -> str:
+    """The bundle file the card names as the backend's model (its MODEL_FILE)."""
+    about = backends().get(backend)
+    return about.MODEL_FILE if about is not None else names.WEIGHTS
 
 
 def front_matter(bundle: Bundle, backend: str) -> str:
@@ -40,7 +51,7 @@ def front_matter(bundle: Bundle, backend: str) -> str:
     lines = ["---",
              f"license: {json.dumps(bundle.card.license or DEFAULT_LICENSE)}",
              f"pipeline_tag: {json.dumps(PIPELINE_TAGS.get(task, 'text-classification'))}",
-             f"library_name: {json.dumps(LIBRARIES.get(backend, backend))}",
+             f"library_name: {json.dumps(library(backend))}",
              f"tags: [{', '.join(json.dumps(t) for t in dict.fromkeys(tags))}]",
              f"model_name: {json.dumps(bundle.name)}",
              "---"]

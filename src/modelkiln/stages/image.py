@@ -30,6 +30,7 @@ from ..artifacts.oci import media
 from ..artifacts.oci.build import BundleFile, model_artifact
 from ..artifacts.oci.layout import OciLayout
 from ..artifacts.oci.media import IMAGE_TAG, MODEL_TAG
+from ..backends import backends
 from ..errors import BuildError
 from ..model.bundle import Bundle
 from ..model.version import resolve
@@ -199,7 +200,8 @@ def oci_annotations(ctx: RunContext, version: str, backend: str, bundle_manifest
 def run(ctx: RunContext) -> dict[str, Any]:
     from . import image_parts as parts
 
-    backend = ctx.plan.backend or "pytorch"
+    backend = ctx.plan.backend
+    assert backend is not None, "image plans one task per backend"
     version = ctx.plan.get("version") or ctx.bundle.version
     dist = ctx.up("package")
     files, inner = bundle_files(dist)
@@ -209,7 +211,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     bundle_digest = "sha256:" + sha256_bytes(inner)
     notes = oci_annotations(ctx, version, backend, bundle_digest, MODEL_TAG)
     artifact = model_artifact(lay, files, name=ctx.bundle.name, version=version, backend=backend,
-                              description=ctx.bundle.description, annotations=notes)
+                              description=ctx.bundle.description, annotations=notes,
+                              model_format=backends()[backend].FORMAT)
     refs = [_tagged(artifact, MODEL_TAG)]
     report: dict[str, Any] = {"version": version, "bundle_manifest": bundle_digest,
                               "artifact_digest": artifact.digest}

@@ -22,6 +22,7 @@ from ..artifacts.oci import media
 from ..artifacts.oci.build import BundleFile, image_config, is_weight
 from ..artifacts.oci.layers import Entry, Layer, write_layer
 from ..artifacts.oci.layout import OciLayout
+from ..backends import backends
 from ..model.bundle import ImageSpec
 from ..resources import resource_bytes
 from .base import RunContext
@@ -54,12 +55,13 @@ def reuse_blob(ctx: RunContext, prev: OciLayout, lay: OciLayout, digest: str, si
 def env_for(backend: str, version: str, files: list[BundleFile]) -> dict[str, str]:
     """The environment `kiln bootstrap` would export, pointing into the baked-in bundle."""
     paths = {f.path for f in files}
+    about = backends()[backend]  # what its runtime exports (modelkiln.backends), as bootstrap does
     env = {"MODEL_BACKEND": backend, "REGISTRY_MODEL_VERSION": version,
            "REGISTRY_BUNDLE_DIR": BUNDLE_DIR, "PYTHONPATH": PYTHONPATH}
-    if backend == "pytorch" or names.CONFIG in paths:
+    if about.MODEL_DIR or names.CONFIG in paths:
         env["REGISTRY_MODEL_DIR"] = BUNDLE_DIR
-    if backend == "onnx":
-        env["REGISTRY_ONNX_MODEL_PATH"] = f"{BUNDLE_DIR}/{names.ONNX_INT8}"
+    for var, rel in about.EXPORTS:
+        env[var] = f"{BUNDLE_DIR}/{rel}"
     env["REGISTRY_TOKENIZER_PATH"] = f"{BUNDLE_DIR}/{names.TOKENIZER_DIR}"
     env["REGISTRY_THRESHOLDS_PATH"] = f"{BUNDLE_DIR}/{names.THRESHOLDS}"
     env["REGISTRY_LABEL_FIELDS_PATH"] = f"{BUNDLE_DIR}/{names.LABEL_FIELDS}"

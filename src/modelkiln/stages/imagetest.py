@@ -140,7 +140,8 @@ def _answers(stdout: str) -> list[dict[str, Any]]:
 def run(ctx: RunContext) -> Report:
     from . import engine
 
-    backend = ctx.plan.backend or "onnx"
+    backend = ctx.plan.backend
+    assert backend is not None, "imagetest plans one task for the image's backend"
     layout_dir = ctx.up("image")
     dist = ctx.up("package")
     digest = ctx.up_stamp("image")["report"].get("image_digest")

@@ -36,7 +36,7 @@ from ..paths import Layout
 from ..resources import resource_bytes
 from . import engines, int8, int8_auto, kinds, labels, thresholds, tokenizer, weights
 from .base import Report, RunContext, StagePlan, params, tool_versions
-from .card import chart_svg, front_matter, metrics_table, parity_table, prose
+from .card import chart_svg, front_matter, metrics_table, model_file, parity_table, prose
 
 NAME = "package"
 DOC = "pack bundle.tar.gz and manifest.json per backend"
@@ -171,7 +171,7 @@ def model_card(ctx: RunContext, backend: str, version: str, reports: dict[str, R
         labels=metrics_table(order, cuts, metrics, fields), parity=parity_table(parity, order),
         name=b.name, version=version, backend=backend, description=b.description or "",
         task=b.source.task, max_length=b.thresholds.max_length,
-        model_file=names.ONNX_INT8 if backend in ("onnx", "tensorrt") else names.WEIGHTS,
+        model_file=model_file(backend),
         strategy=b.thresholds.strategy, default=b.thresholds.default,
         metadata=", ".join(f"{k}: {v}" for k, v in b.metadata) or "-",
         score="sigmoid of each logit" if multi else "softmax over the labels",
@@ -255,7 +255,8 @@ def serving_signature(ctx: RunContext) -> mf.Signature:
 
 
 def run(ctx: RunContext) -> Report:
-    backend = ctx.plan.backend or "pytorch"
+    backend = ctx.plan.backend
+    assert backend is not None, "package plans one task per backend"
     members: list[tuple[str, Path]] = []
     files: list[mf.FileEntry] = []
     inputs: dict[str, str] = {}

@@ -18,7 +18,6 @@ from .. import names
 from . import media
 from .layout import OciLayout
 
-FORMATS = {"pytorch": "safetensors", "onnx": "onnx"}
 EPOCH = "1970-01-01T00:00:00Z"
 WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx_data", ".onnx.data", ".bin")
 
@@ -49,10 +48,11 @@ def is_weight(path: str) -> bool:
 
 
 def model_artifact(layout: OciLayout, files: list[BundleFile], *, name: str, version: str,
-                   backend: str, description: str,
-                   annotations: dict[str, str]) -> media.Descriptor:
+                   backend: str, description: str, annotations: dict[str, str],
+                   model_format: str | None = None) -> media.Descriptor:
     """Write the artifact's config and manifest (its file blobs must already be in `layout`);
-    return the manifest's descriptor."""
+    return the manifest's descriptor. `model_format`: what the config records as the model's
+    format (the backend's FORMAT; its name when not given)."""
     ordered = sorted(files, key=lambda f: f.path)
     layers = [media.Descriptor(file_media_type(f.path), f.digest, f.size,
                                ((media.FILEPATH, f.path),)) for f in ordered]
@@ -61,7 +61,7 @@ def model_artifact(layout: OciLayout, files: list[BundleFile], *, name: str, ver
         about["description"] = description
     if annotations.get(media.REVISION):
         about["revision"] = annotations[media.REVISION]
-    config = {"descriptor": about, "config": {"format": FORMATS.get(backend, backend)},
+    config = {"descriptor": about, "config": {"format": model_format or backend},
               "modelfs": {"type": "layers", "diffIds": [f.digest for f in ordered]}}
     config_desc = layout.put_bytes(media.canonical(config), media.MODEL_CONFIG)
     data = media.manifest_bytes(config_desc, layers, annotations, media.MODEL_ARTIFACT)
