@@ -33,7 +33,7 @@ from ..artifacts import manifest as mf
 from ..artifacts import names
 from ..artifacts.extract_limits import Limits
 from ..artifacts.install import refuse_too_many, unpack_checked
-from ..backends import BUILTIN, BUILTIN_BACKENDS, backends
+from ..backends import backends
 from ..errors import KilnError, PublishError, SignatureError
 from ..transport.schemes import schemes, supports
 from . import engines
@@ -47,9 +47,6 @@ from .versions import (
     point_current,
     runtime_base,
 )
-
-BACKENDS = BUILTIN  # and installed plug-in backends: each names its variable (modelkiln.backends)
-URI_ENV = {n: b.URI_ENV for n, b in BUILTIN_BACKENDS.items()}
 
 
 @dataclass(frozen=True)
@@ -156,7 +153,7 @@ def _bootstrap(backend: str, uri: str, base: Path, full: bool, progress: transpo
         downloaded = True
     paths = resolve_paths(slot.directory, backend)
     engine = None
-    if backend == "tensorrt":  # an engine only where its key matches this host, else ONNX
+    if backends()[backend].ENGINES:  # an engine only where its key matches this host, else ONNX
         engine = engines.choose(slot.directory, env=env)
         if engine.path is not None:
             paths = {**paths, "REGISTRY_TRT_ENGINE_PATH": str(engine.path)}

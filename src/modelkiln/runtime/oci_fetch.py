@@ -39,12 +39,13 @@ from .. import signing, transport
 from ..artifacts import manifest as mf
 from ..artifacts.extract_limits import Limits
 from ..artifacts.oci import media
+from ..backends import backends
 from ..errors import KilnError, PublishError
 from ..transport.oci import Reference, Registry
 from ..transport.oci_bounds import Deadline, loads_object, seconds_from_env
 from ..transport.oci_pull import descriptor, descriptors
 from . import oci_signature
-from .bootstrap import BACKENDS, URI_ENV, Runtime, resolve_paths
+from .bootstrap import Runtime, resolve_paths
 from .bootstrap import bootstrap as tarball_bootstrap
 from .versions import (
     VERSION,
@@ -74,7 +75,8 @@ def bootstrap(env: Mapping[str, str] | None = None,
     env = os.environ if env is None else env
     backend = (env.get("MODEL_BACKEND") or "").strip().lower()
     ref = (env.get(oci_env(backend)) or env.get(OCI_ENV) or "").strip()
-    if backend not in BACKENDS or not ref or (env.get(URI_ENV[backend]) or "").strip():
+    installed = backends()  # modelkiln's own and installed plug-ins' (modelkiln.backends)
+    if backend not in installed or not ref or (env.get(installed[backend].URI_ENV) or "").strip():
         return tarball_bootstrap(env, progress, verify=verify, settings=settings)
     policy = signing.policy_from_env(env)  # REGISTRY_TRUSTED_KEYS: signed artifacts only
     full = full_verify(verify, env)

@@ -36,6 +36,7 @@ from typing import Any, TextIO
 
 from ..artifacts import names
 from ..artifacts.decisions import cut_vector, decide, scores
+from ..backends import backends
 from ..errors import KilnError
 
 MAX_LINE = 1 << 20  # a longer input line is refused, not read into a tokenizer
@@ -208,7 +209,7 @@ def load(bundle_dir: Path) -> Predictor:
     try:
         if sig.get("input") == "image":  # an image classifier: {"image": "<path on this host>"}
             logits = _image_onnx(bundle_dir)
-        elif backend == "pytorch":
+        elif _serves_checkpoint(str(backend)):
             logits = _torch(bundle_dir, max_length)
         elif (bundle_dir / names.ONNX_INT8).is_file():
             logits = _onnx(bundle_dir, max_length)
@@ -229,6 +230,13 @@ def load(bundle_dir: Path) -> Predictor:
         raise KilnError(f"{bundle_dir}: {exc}") from None
     return Predictor(str(sig.get("task")), str(sig.get("input", "text")), order, floats,
                      logits, vector)
+
+
+def _serves_checkpoint(backend: str) -> bool:
+    """Whether the backend's model is its transformers checkpoint (MODEL_DIR: run with torch),
+    not the bundle's int8 ONNX model."""
+    about = backends().get(backend)
+    return about is not None and about.MODEL_DIR
 
 
 def _embedder(bundle_dir: Path, sig: dict[str, Any], embedding: dict[str, Any]) -> Predictor:
