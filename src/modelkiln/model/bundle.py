@@ -12,8 +12,6 @@ from pathlib import Path
 from ..errors import Problem
 from .kinds import Embedding, Entities, Generation
 
-BACKENDS = ("pytorch", "onnx", "tensorrt")
-
 
 @dataclass(frozen=True)
 class Source:
@@ -156,7 +154,7 @@ class Bundle:
     embedding: Embedding | None = None  # source.task feature-extraction (model/kinds.py)
     generation: Generation | None = None  # source.task text-generation
     entities: Entities | None = None  # source.task token-classification
-    plugin_backends: tuple[str, ...] = ()  # enabled backends installed plug-ins add (modelkiln.backends)
+    enabled: tuple[str, ...] = ()  # enabled backends, modelkiln's and plug-ins' (modelkiln.backends)
 
     def section(self, key: str) -> str:
         """Canonical JSON of one top-level spec section ('null' when absent)."""
@@ -164,10 +162,9 @@ class Bundle:
 
     @property
     def backends(self) -> tuple[str, ...]:
-        """Enabled backends that produce a bundle, in a fixed order."""
-        return tuple(b for b, on in (("pytorch", self.pytorch), ("onnx", self.onnx is not None),
-                                     ("tensorrt", self.tensorrt is not None)) if on) \
-            + self.plugin_backends
+        """Enabled backends that produce a bundle, in a fixed order (the built-ins', then
+        plug-ins' by name); the built-ins among them also have their typed section above."""
+        return self.enabled
 
 
 @dataclass(frozen=True)

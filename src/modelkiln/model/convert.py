@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..backends import BUILTIN, IMAGE_DEFAULT, backends, image_servable
+from ..backends import IMAGE_DEFAULT, backends, image_servable
 from ..errors import SpecError
 from ..paths import project_root
 from . import bundle as m
@@ -220,7 +220,6 @@ def to_bundle(doc: Document) -> m.Bundle:
     pytorch = on.get("pytorch") is not None
     onnx = _onnx(c, on.get("onnx"), thresholds.calibration)
     tensorrt = _tensorrt(c, on.get("tensorrt"), onnx, thresholds.max_length)
-    plugged = tuple(n for n in on if n not in BUILTIN)
     if not on:
         c.fail(("backends",), "no backend is enabled", "enable backends.pytorch or backends.onnx")
     publish = _publish(c, data, len(on))
@@ -232,7 +231,7 @@ def to_bundle(doc: Document) -> m.Bundle:
         name=data["name"], version=data["version"], description=data.get("description", ""),
         spec_path=c.spec, root=root, source=source, labels=labels,
         thresholds=thresholds, pytorch=pytorch, onnx=onnx, tensorrt=tensorrt, publish=publish,
-        plugin_backends=plugged,
+        enabled=tuple(on),
         registry=m.RegistryInfo(tuple(reg.get("roles", ())), tuple(reg.get("capabilities", ())),
                                 reg.get("served_id")),
         metadata=tuple(sorted(data.get("metadata", {}).items())), card=_card(data),
