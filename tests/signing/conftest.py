@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from signkit import KeyPair
 
 from modelkiln import signing
+from signing.signkit import KeyPair
 
 
 @pytest.fixture

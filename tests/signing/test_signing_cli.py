@@ -6,10 +6,9 @@ import stat
 import subprocess
 from pathlib import Path
 
-from signkit import PYTHON
-
 from distfactory import make_dist
 from modelkiln.artifacts import names
+from signing.signkit import PYTHON
 
 
 def _kiln(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:

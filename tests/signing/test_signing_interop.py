@@ -12,9 +12,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from signkit import PYTHON, KeyPair, offline_cmd, offline_env, signed_dist
 
 from modelkiln.artifacts import names
+from signing.signkit import PYTHON, KeyPair, offline_cmd, offline_env, signed_dist
 
 pytest.importorskip("model_signing", reason="the reference verifier is in the test extra")
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from signkit import KeyPair
 
 from modelkiln import signing
 from modelkiln.errors import KilnError, SignatureError
+from signing.signkit import KeyPair
 
 
 def test_keygen_writes_a_0600_private_key_and_a_public_key(tmp_path: Path) -> None:

@@ -9,13 +9,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from signkit import KeyPair
 
 from modelkiln import __version__, signing
 from modelkiln.artifacts import manifest as mf
 from modelkiln.artifacts import names
 from modelkiln.artifacts.tarball import write_tarball
 from modelkiln.errors import SignatureError
+from signing.signkit import KeyPair
 
 INPUTS = {"bundles/registry-v3/checkpoint/model.safetensors": "a" * 64,
           "bundles/registry-v3/calibration.jsonl": "b" * 64}

@@ -11,7 +11,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from signkit import PYTHON, KeyPair, offline_cmd, offline_env, signed_dist
 
 from distfactory import make_dist
 from modelkiln import signing
@@ -19,6 +18,7 @@ from modelkiln.artifacts import names
 from modelkiln.errors import SignatureError
 from modelkiln.publish import publish_bundle
 from modelkiln.runtime import bootstrap
+from signing.signkit import PYTHON, KeyPair, offline_cmd, offline_env, signed_dist
 
 
 def _env(uri: str, runtime: Path, key: KeyPair | None, **extra: str) -> dict[str, str]:

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-from signkit import KeyPair, signed_dist
 
 from distfactory import make_dist
 from modelkiln import registry as R
@@ -13,6 +12,7 @@ from modelkiln.artifacts import names
 from modelkiln.errors import SignatureError
 from modelkiln.publish import publish_bundle
 from modelkiln.publish.store import publish_to_store
+from signing.signkit import KeyPair, signed_dist
 
 NAME = "registry-v3-pytorch"
 

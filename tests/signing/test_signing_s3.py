@@ -5,12 +5,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from signkit import KeyPair, signed_dist
 
 from modelkiln.artifacts import names
 from modelkiln.errors import SignatureError
 from modelkiln.publish import publish_bundle
 from modelkiln.runtime import bootstrap
+from signing.signkit import KeyPair, signed_dist
 
 pytestmark = pytest.mark.s3
 

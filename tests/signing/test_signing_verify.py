@@ -8,12 +8,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from signkit import KeyPair, signed_dist
 
 from modelkiln import signing
 from modelkiln.artifacts import names
 from modelkiln.artifacts.digest import sha256_file
 from modelkiln.errors import ExitCode, SignatureError
+from signing.signkit import KeyPair, signed_dist
 
 
 def _read(dist: Path) -> tuple[bytes, bytes]:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from signkit import PYTHON, KeyPair, signed_dist
 
 from distfactory import make_dist
 from modelkiln import signing
@@ -25,6 +24,7 @@ from modelkiln.errors import SignatureError
 from modelkiln.publish import publish_bundle
 from modelkiln.runtime import bootstrap
 from ociregistry import DockerRegistry
+from signing.signkit import PYTHON, KeyPair, signed_dist
 
 # A real secp112r1 public key (made with `openssl ecparam -name secp112r1`): a curve OpenSSL
 # knows and `cryptography` does not load.

@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from spec_helpers import Write
+
+from spec.spec_helpers import Write
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from modelkiln.spec import load_schema
 MAPS = {("thresholds", "values"), ("metadata",)}
 
 
-def _objects(schema: dict[str, Any], path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], dict]]:
+def _objects(schema: dict[str, Any], path: tuple[str, ...] = ()
+             ) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
     yield path, schema
     for name, sub in schema.get("properties", {}).items():
         yield from _objects(sub, path + (name,))

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from spec_fuzz import case, make_project, outcome
+
+from spec.spec_fuzz import case, make_project, outcome
 
 
 @pytest.fixture(scope="module")

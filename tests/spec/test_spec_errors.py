@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from spec_helpers import BASE, Write, edit
 
 from modelkiln.errors import SpecError
 from modelkiln.spec import load_document, load_documents
+from spec.spec_helpers import BASE, Write, edit
 
 
 def problems(*paths: Path) -> list[str]:

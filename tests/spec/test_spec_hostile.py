@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from spec_helpers import BASE, Write, edit
 
 from helpers import BIN
 from modelkiln.errors import SpecError
 from modelkiln.spec import load_document, load_documents
+from spec.spec_helpers import BASE, Write, edit
 
 
 def lines(*paths: Path) -> list[str]:

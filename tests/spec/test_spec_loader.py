@@ -8,12 +8,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from spec_helpers import BASE, Write, edit
 
 import modelkiln.spec.parse as parse_module
 from modelkiln.artifacts.digest import StatCache
 from modelkiln.errors import Problem, SpecError
 from modelkiln.spec import SpecDocument, key_text, load_document, load_documents, load_schema
+from spec.spec_helpers import BASE, Write, edit
 
 NESTED = edit("opset: 17", "opset: 17\n    quantize: {mode: static, op_types: [MatMul, Gemm]}\n"
               "    parity:\n      atol: 1e-4\n  tensorrt:\n    profiles:\n      - ignored")
