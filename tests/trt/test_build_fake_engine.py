@@ -11,8 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_plan_trt import TRT_SPEC
-from trt_hosts import A100, H200, NO_GPU
 
 from helpers import make_project
 from modelkiln import api
@@ -20,6 +18,8 @@ from modelkiln.artifacts.engine_key import HostFacts
 from modelkiln.errors import BuildError
 from modelkiln.runtime.engines import choose
 from modelkiln.stages import trt
+from trt.test_plan_trt import TRT_SPEC
+from trt.trt_hosts import A100, H200, NO_GPU
 
 pytestmark = pytest.mark.slow
 Use = Callable[[HostFacts], None]
@@ -101,9 +101,8 @@ def test_fake_engine_build(tmp_path: Path, tiny_inputs: Path, fake_host: Use,
 
 
 def test_merge_refuses_mixed_families_and_two_engines_for_one_gpu(tmp_path: Path) -> None:
-    from test_engine_key import key
-
     from modelkiln.artifacts import engine_key as ek
+    from trt.test_engine_key import key
 
     def engine_set(name: str, **changes: object) -> Path:
         k = key(**changes)

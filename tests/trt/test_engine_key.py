@@ -5,13 +5,14 @@ import dataclasses
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from trt_hosts import A100, GPU_NO_TRT, H200, NO_GPU
 
 from modelkiln.artifacts import engine_key as ek
 from modelkiln.errors import KilnError
+from trt.trt_hosts import A100, GPU_NO_TRT, H200, NO_GPU
 
 
 def key(**changes: object) -> ek.EngineKey:
@@ -91,7 +92,7 @@ def _fake_smi(bindir: Path, body: str) -> None:
 
 
 @pytest.fixture
-def path_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def path_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     bindir = tmp_path / "bin"
     bindir.mkdir()
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}/usr/bin:/bin")

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 import onnx
+from modelkiln.artifacts.engine_key import Profiles
 from modelkiln.stages.onnx_lint import lint
 from onnx import TensorProto, helper, numpy_helper
 
-PROFILES = {"batch": {"min": 1, "opt": 8, "max": 32}, "sequence": {"min": 1, "opt": 64, "max": 64}}
+PROFILES: Profiles = {"batch": {"min": 1, "opt": 8, "max": 32}, "sequence": {"min": 1, "opt": 64, "max": 64}}
 
 
 def _model(nodes: list[onnx.NodeProto], inits: list[TensorProto], opset: int = 17,
@@ -30,9 +31,10 @@ def _save(model: onnx.ModelProto, tmp_path: Path, **kw: object) -> Path:
     return path
 
 
-def _fp32(tmp_path: Path, **kw: object) -> Path:
+def _fp32(tmp_path: Path, *, opset: int = 17, batch: int | str = "batch") -> Path:
     w = numpy_helper.from_array(np.ones((1,), np.float32), "w")
-    return _save(_model([helper.make_node("Mul", ["x", "w"], ["y"])], [w], **kw), tmp_path)
+    return _save(_model([helper.make_node("Mul", ["x", "w"], ["y"])], [w], opset=opset,
+                        batch=batch), tmp_path)
 
 
 def test_plain_fp32_model_passes(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from trt_hosts import A100, H200, NO_GPU
 
 from helpers import SPEC, make_project
 from modelkiln import api, cli
@@ -18,6 +17,7 @@ from modelkiln.graph.plans import plan_bundle
 from modelkiln.paths import Layout
 from modelkiln.stages import trt
 from modelkiln.stages.base import RunContext
+from trt.trt_hosts import A100, H200, NO_GPU
 
 TRT_SPEC = SPEC + """\
   onnx:
