@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 
 def find_weed() -> str | None:
@@ -50,7 +51,7 @@ class SeaweedFS:
     def __init__(self, weed: str, root: Path):
         self.weed, self.root = weed, root
         self.port = 0
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -88,7 +89,7 @@ class SeaweedFS:
         except Exception:
             return False
 
-    def client(self):
+    def client(self) -> Any:  # a boto3 S3 client; boto3 ships no types (as in src's s3_client)
         import boto3
         from botocore.config import Config
         return boto3.session.Session().client(

@@ -96,7 +96,7 @@ class Hostile(ThreadingHTTPServer):
 
     @property
     def host(self) -> str:
-        return f"{self.server_address[0]}:{self.server_address[1]}"
+        return f"{self.server_address[0]!s}:{self.server_address[1]}"
 
     def start(self) -> Hostile:
         self._thread.start()
@@ -301,8 +301,8 @@ def shapes() -> dict[str, tuple[bytes, dict[str, bytes]]]:
         return json.dumps(doc).encode(), blobs
 
     deep = b"[" * 100_000 + b"]" * 100_000
-    inner_deep = dict(zip(("manifest", "blobs"), artifact(ONNX_FILES), strict=True))
-    doc = json.loads(inner_deep["manifest"])  # the bundle manifest layer swapped for `deep`
+    inner_manifest, _ = artifact(ONNX_FILES)
+    doc = json.loads(inner_manifest)  # the bundle manifest layer swapped for `deep`
     old = next(d for d in doc["layers"] if d["annotations"][FILEPATH] == "manifest.json")
     old.update(digest=sha(deep), size=len(deep))
     doc["annotations"][BUNDLE_MANIFEST] = sha(deep)

@@ -11,13 +11,17 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from hostile_registry import CASES, Case, Hostile, current, run_case, serve, setup, tls_drip
 
 from modelkiln.errors import KilnError, PublishError
 from modelkiln.runtime import bootstrap
 from modelkiln.transport.oci import Registry
+from oci.hostile_registry import CASES, Case, Hostile, current, run_case, serve, setup, tls_drip
+
+if TYPE_CHECKING:  # what pytest.param returns; pytest names the type only in _pytest
+    from _pytest.mark import ParameterSet
 
 SLACK_S = 60.0  # the child's subprocess timeout: generous, it only turns a hang into a failure
 RSS_MIB = 128.0
@@ -31,7 +35,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hostile,
         yield srv, setup(srv, root), root
 
 
-def _cases(*names: str) -> list[pytest.param]:
+def _cases(*names: str) -> list[ParameterSet]:
     return [pytest.param(c, id=c.name) for c in CASES if c.name.split(" ", 1)[1] in names]
 
 
@@ -126,14 +130,14 @@ def test_a_dripped_tls_handshake_ends_at_the_deadline(monkeypatch: pytest.Monkey
 
 
 def _token_auth(srv: Hostile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                **registry: bool) -> str:
+                insecure: bool | None = None) -> str:
     """The Authorization header `srv`'s token endpoint got when a Registry for `srv.host`
     (holding docker-config credentials for it) answered its Bearer challenge."""
     secret = base64.b64encode(b"ann:s3cret").decode()
     (tmp_path / "config.json").write_text(json.dumps({"auths": {srv.host: {"auth": secret}}}))
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
     srv.fault, srv.seen[:] = "bearer", []
-    reg = Registry(srv.host, **registry)
+    reg = Registry(srv.host, insecure=insecure)
     try:
         reg.ping()
     finally:

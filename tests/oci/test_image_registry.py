@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,8 +47,9 @@ def _layout(p: Project) -> OciLayout:
     return OciLayout(p.root / "dist" / "tiny" / "1.0.0" / "oci" / "pytorch")
 
 
-def _manifest(lay: OciLayout, tag: str) -> dict:
-    return json.loads(lay.read_blob(lay.find(tag)))
+def _manifest(lay: OciLayout, tag: str) -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads(lay.read_blob(lay.find(tag)))
+    return manifest
 
 
 @pytest.fixture(scope="module")

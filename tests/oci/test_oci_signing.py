@@ -94,7 +94,7 @@ def published(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Keys],
               oci_registry: DockerRegistry) -> dict[str, tuple[Path, Path, str]]:
     """3.0.0 and 3.1.0 signed by the publisher, 2.0.0 unsigned; each pushed to models/sig:V."""
     root = tmp_path_factory.mktemp("signed")
-    out = {}
+    out: dict[str, tuple[Path, Path, str]] = {}
     for version, key in (("3.0.0", keys["publisher"]), ("3.1.0", keys["publisher"]),
                          ("2.0.0", None)):
         lay, dist = artifact_layout(root, version, key, seed=len(out))
@@ -309,7 +309,7 @@ class ReferrersRegistry(Registry):
         super().__init__(host)
         self.listing = listing
 
-    def request(self, method: str, path: str, **kw: Any) -> Any:  # type: ignore[override]
+    def request(self, method: str, path: str, **kw: Any) -> Any:
         if "/referrers/" in path:
             body = json.dumps({"schemaVersion": 2, "mediaType": media.INDEX,
                                "manifests": self.listing}).encode()
