@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_checks import SPEC, project, safetensors_bytes
 
+from model.test_checks import SPEC, project, safetensors_bytes
 from modelkiln import api
 from modelkiln.errors import SpecError
+from modelkiln.model import Bundle, to_bundle
 from modelkiln.model import cache as bundle_cache
 from modelkiln.model.codec import decode_bundle, encode
 
@@ -30,7 +31,7 @@ M = Path("bundles/m")
 def conversions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the specs converted for real (cache misses) from here on."""
     seen: list[str] = []
-    real = bundle_cache.to_bundle
+    real = to_bundle  # the converter model.cache calls (imported there from model.convert)
 
     def counting(doc: Any) -> Any:
         seen.append(doc.path.name)
@@ -44,7 +45,7 @@ def settle() -> None:
     time.sleep(0.15)  # past the 100 ms in which a file's stat may not show a second write
 
 
-def load(root: Path) -> list[api.Bundle]:
+def load(root: Path) -> list[Bundle]:
     return api.load_bundles(api.discover([root / "bundles"]))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from helpers import BIN
@@ -40,8 +41,9 @@ backends:
 {extra}"""
 
 
-def project(tmp_path: Path, head=("a", "b"), order=("a", "b"), fields=("a", "b"),
-            ckpt="m/ckpt", values="", extra="", name="x") -> Path:
+def project(tmp_path: Path, head: Sequence[str] = ("a", "b"), order: Sequence[str] = ("a", "b"),
+            fields: Sequence[str] = ("a", "b"), ckpt: str = "m/ckpt", values: str = "",
+            extra: str = "", name: str = "x") -> Path:
     (tmp_path / "pyproject.toml").write_text("")
     m = tmp_path / "bundles" / "m"
     (m / "ckpt").mkdir(parents=True, exist_ok=True)

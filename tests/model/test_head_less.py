@@ -12,8 +12,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_checks import project
-from test_inputs import only
+
+from model.test_checks import project
+from model.test_inputs import only
 
 M = Path("bundles/m")
 

@@ -12,9 +12,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_checks import project, safetensors_bytes
 
 from helpers import BIN
+from model.test_checks import project, safetensors_bytes
 from modelkiln import api
 from modelkiln.errors import KilnError, SpecError
 

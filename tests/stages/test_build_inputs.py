@@ -7,11 +7,11 @@ import struct
 from pathlib import Path
 
 import pytest
-from input_corpus import CASES, judge
 
 from helpers import LABELS, make_project
 from modelkiln.errors import BuildError
 from modelkiln.stages.infer import read_calibration
+from stages.input_corpus import CASES, judge
 
 GOOD = '{"text": "left knee", "labels": ["alpha"]}\n'
 

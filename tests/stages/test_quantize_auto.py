@@ -12,12 +12,13 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
-import int8_models
 import pytest
 
 from helpers import LABELS, SPEC, Project, make_inputs, make_project
 from modelkiln.stages import int8_auto
+from stages import int8_models
 
 AUTO_SPEC = SPEC + """\
   onnx:
@@ -56,8 +57,10 @@ def auto_built(tmp_path_factory: pytest.TempPathFactory) -> Project:
     return project
 
 
-def _stamp(project: Project, stage: str) -> dict:
-    return json.loads((project.root / "build" / "tiny" / ".stamps" / f"{stage}.json").read_text())
+def _stamp(project: Project, stage: str) -> dict[str, Any]:
+    stamp: dict[str, Any] = json.loads(
+        (project.root / "build" / "tiny" / ".stamps" / f"{stage}.json").read_text())
+    return stamp
 
 
 def _int8_digest(project: Project) -> str:
@@ -157,7 +160,7 @@ def test_when_nothing_passes_the_build_fails_with_what_to_write(tmp_path: Path) 
 
 # --- without a model ------------------------------------------------------------------------
 
-def _rec(name: str, size: int, rate: float | None, limit: float = 0.01) -> dict:
+def _rec(name: str, size: int, rate: float | None, limit: float = 0.01) -> dict[str, Any]:
     if rate is None:
         return {"name": name, "skipped": "same settings as default"}
     return {"name": name, "bytes": size, "decision_flip_rate": rate, "passed": rate <= limit,
@@ -238,7 +241,9 @@ def test_a_damaged_memo_entry_is_a_miss(tmp_path: Path) -> None:
     assert memo.load("cand-a.npy") is None and memo.load("cand-a.json") is None
     memo.save("cand-a.npy", np.arange(6, dtype=np.float32).reshape(2, 3))
     memo.save("cand-a.json", 1234)
-    assert memo.load("cand-a.npy").tolist() == [[0, 1, 2], [3, 4, 5]]
+    loaded = memo.load("cand-a.npy")
+    assert loaded is not None
+    assert loaded.tolist() == [[0, 1, 2], [3, 4, 5]]
     assert memo.load("cand-a.json") == 1234
     whole = (tmp_path / "memo" / "cand-a.npy").read_bytes()
     (tmp_path / "memo" / "cand-a.npy").write_bytes(whole[:-5])  # cut short
