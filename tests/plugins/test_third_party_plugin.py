@@ -21,6 +21,9 @@ from pathlib import Path
 import pytest
 
 from helpers import BIN, SPEC, Project, make_project
+from modelkiln.artifacts.oci import media
+from modelkiln.artifacts.oci.layout import OciLayout
+from ociregistry import DockerRegistry
 
 HERE = Path(__file__).parent
 SRC = HERE.parents[1] / "src" / "modelkiln"
@@ -155,3 +158,95 @@ def test_the_action_cache_on_its_scheme(project: Project, tmp_path: Path) -> Non
     out = restored.stdout + restored.stderr
     assert "toystamp:tiny: restored from cache" in out and "weights:tiny: restored from cache" in out
     assert (project.root / "build" / "tiny" / "toystamp" / "toy.txt").read_text().startswith("hey")
+
+
+IMAGE = """\
+image:
+  repository: {host}/models/toy
+  base: {base}
+  backend: toy
+  libraries: base     # the synthetic base stands in for one that carries them
+  test: off
+"""
+
+
+@pytest.fixture(scope="module")
+def imaged(toy_installed: Path, tmp_path_factory: pytest.TempPathFactory, tiny_inputs: Path,
+           oci_registry: DockerRegistry, base_ref: str) -> Project:
+    """The toy bundle built with a serving image for the toy backend."""
+    spec = SPEC.replace("  pytorch: {{}}\n", "  pytorch: {{}}\n  toy: {{greeting: hi}}\n") \
+        + IMAGE.replace("{host}", oci_registry.host).replace("{base}", base_ref)
+    p = make_project(tmp_path_factory.mktemp("toyimage") / "proj", tiny_inputs, spec=spec)
+    built = p.doit("build:tiny", timeout=900)
+    assert built.code == 0, built.output
+    assert {"toystamp:tiny", "package:tiny-toy", "image:tiny-toy"} <= built.executed
+    return p
+
+
+def _exports(project: Project, env: dict[str, str]) -> dict[str, str]:
+    done = run(project, "kiln", "bootstrap", "--json", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    exports: dict[str, str] = json.loads(done.stdout)["exports"]
+    return exports
+
+
+def test_the_backend_module_brings_its_file_variable_and_image_needs(
+        imaged: Project, oci_registry: DockerRegistry, tmp_path: Path) -> None:
+    """What modelkiln packs, exports and bakes for `toy` comes from kiln_toy/backend.py alone
+    (src/modelkiln names none of it: test_nothing_in_modelkiln_names_the_plugin)."""
+    stamp = "hi tiny: "
+    # packed: its PACKS put toy.txt in its bundle; the card names MODEL_FILE and LIBRARY
+    with tarfile.open(imaged.dist("toy") / "bundle.tar.gz") as tar:
+        assert "toy.txt" in tar.getnames()
+        card = tar.extractfile("model_card.md")
+        assert card is not None
+        text = card.read().decode()
+    assert 'library_name: "kiln-toy"' in text and "| model file | toy.txt |" in text, text[:600]
+    # the serving image: its environment points at the file (EXPORTS) and the checkpoint
+    # (MODEL_DIR); the model artifact's config records its FORMAT
+    lay = OciLayout(imaged.root / "dist" / "tiny" / "1.0.0" / "oci" / "toy")
+    image = json.loads(lay.read_blob(lay.find("image")))
+    env = dict(e.split("=", 1) for e in json.loads(lay.read_blob(media.Descriptor(
+        image["config"]["mediaType"], image["config"]["digest"], image["config"]["size"])))
+        ["config"]["Env"])
+    assert env["REGISTRY_TOY_STAMP_PATH"] == "/opt/model/toy.txt", env
+    assert env["REGISTRY_MODEL_DIR"] == "/opt/model" and env["MODEL_BACKEND"] == "toy"
+    model = json.loads(lay.read_blob(lay.find("model")))
+    config = json.loads(lay.read_blob(media.Descriptor(
+        model["config"]["mediaType"], model["config"]["digest"], model["config"]["size"])))
+    assert config["config"]["format"] == "toystamp"
+    # the runtime: `kiln bootstrap` exports its variable (URI_ENV in, EXPORTS out), from a
+    # tarball and from an OCI artifact alike
+    shelf = tmp_path / "shelf"
+    done = run(imaged, "kiln", "publish", "--backend", "toy", "--to",
+               f"file://{shelf}/{{name}}/{{version}}/{{backend}}/")
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = _exports(imaged, {"MODEL_BACKEND": "toy", "REGISTRY_RUNTIME_DIR": str(tmp_path / "rt1"),
+                            "MODEL_BUNDLE_S3_URI_TOY": f"file://{shelf}/tiny/1.0.0/toy/"})
+    assert Path(got["REGISTRY_TOY_STAMP_PATH"]).read_text().startswith(stamp), got
+    assert (Path(got["REGISTRY_MODEL_DIR"]) / "config.json").is_file()
+    ref = f"{oci_registry.host}/models/toy-model:1.0.0-toy"
+    done = run(imaged, "kiln", "publish", "--backend", "toy", "--to", f"oci://{ref}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = _exports(imaged, {"MODEL_BACKEND": "toy", "REGISTRY_RUNTIME_DIR": str(tmp_path / "rt2"),
+                            "MODEL_BUNDLE_OCI_REF_TOY": ref})
+    assert Path(got["REGISTRY_TOY_STAMP_PATH"]).read_text().startswith(stamp), got
+    # the image's needs: its IMAGE_PACKAGES, at this build's versions, are what the image's
+    # environment lock must hold (a lock resolved for something else is refused, naming them)
+    imaged.edit("libraries: base", "libraries: lock")
+    (imaged.root / "bundles" / "tiny.image.lock").write_text("# resolved for something else\n")
+    refused = imaged.doit("image:tiny-toy")
+    assert refused.code != 0
+    asked = refused.output.split("resolved for other requirements than the spec asks (", 1)[1]
+    assert "kiln-toy==0.1.0" in asked and "transformers==" in asked, refused.output
+
+
+def test_a_backend_built_from_another_goes_when_that_one_is_skipped(project: Project) -> None:
+    """Its NEEDS (pytorch): `--skip pytorch` leaves it out too, as `--skip onnx` does tensorrt."""
+    done = run(project, "kiln", "plan", "--json", "--skip", "pytorch")
+    assert done.returncode == 0, done.stderr
+    tasks = {t["task"] for t in json.loads(done.stdout)}
+    assert "toystamp:tiny" not in tasks and "package:tiny-toy" not in tasks, tasks
+    assert "package:tiny-pytorch" not in tasks and "weights:tiny" in tasks
+    kept = {t["task"] for t in json.loads(run(project, "kiln", "plan", "--json").stdout)}
+    assert {"toystamp:tiny", "package:tiny-toy"} <= kept
