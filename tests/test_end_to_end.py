@@ -26,7 +26,7 @@ def test_build_publish_verify_bootstrap(tmp_path: Path, tiny_inputs: Path) -> No
     store = tmp_path / "store"
     env = {**os.environ, "MODEL_STORE_ROOT": str(store)}
 
-    def kiln(*args: str, extra: dict | None = None) -> subprocess.CompletedProcess[str]:
+    def kiln(*args: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(BIN / "kiln"), *args], cwd=project.root, capture_output=True,
                               text=True, timeout=300, env={**env, **(extra or {})})
 

@@ -29,7 +29,7 @@ def test_error_leaves_carry_codes_from_the_table() -> None:
 def test_usage_error_exits_with_the_usage_code(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["no-such-command"])
-    assert info.value.code == ExitCode.USAGE == 64
+    assert info.value.code == ExitCode.USAGE and ExitCode.USAGE.value == 64
     assert "kiln: error:" in capsys.readouterr().err
 
 
@@ -38,4 +38,4 @@ def test_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "cmd_validate", interrupted)
-    assert cli.main(["validate"]) == ExitCode.INTERRUPTED == 130
+    assert cli.main(["validate"]) == ExitCode.INTERRUPTED and ExitCode.INTERRUPTED.value == 130

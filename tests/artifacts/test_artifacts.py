@@ -29,7 +29,7 @@ def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
     p = tmp_path / "f"
     data = os.urandom(3 * (1 << 20) + 17)
     p.write_bytes(data)
-    seen = []
+    seen: list[int] = []
     assert sha256_file(p, seen.append) == hashlib.sha256(data).hexdigest()
     assert sum(seen) == len(data)
 

@@ -12,7 +12,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -42,7 +42,7 @@ def place_dists(root: Path, version: str, seed: int) -> None:
         shutil.copytree(made, target)
 
 
-def entries(root: Path) -> dict[str, dict[str, object]]:
+def entries(root: Path) -> dict[str, dict[str, Any]]:
     data = json.loads((root / "configs" / "model_registry.discovered.json").read_text())
     return {e["name"]: e for e in data["entries"]}
 

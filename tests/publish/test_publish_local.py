@@ -10,7 +10,7 @@ from distfactory import make_dist
 from modelkiln.artifacts import manifest as mf
 from modelkiln.errors import ConflictError, KilnError, PublishError
 from modelkiln.publish import DistBundle, protocol, publish_bundle, render_destination
-from modelkiln.transport import LocalDir
+from modelkiln.transport import IF_ABSENT, LocalDir
 
 
 def _files(d: Path) -> dict[str, bytes]:
@@ -62,8 +62,8 @@ def test_different_bytes_conflict_and_force_replaces(tmp_path: Path) -> None:
     with pytest.raises(ConflictError) as err:
         publish_bundle(second, str(dest))
     assert err.value.exit_code == 5
-    assert err.value.existing == mf.load(first / mf.MANIFEST)["archive"]["sha256"]
-    assert err.value.new == mf.load(second / mf.MANIFEST)["archive"]["sha256"]
+    assert err.value.existing == mf.load_published(first / mf.MANIFEST)["archive"]["sha256"]
+    assert err.value.new == mf.load_published(second / mf.MANIFEST)["archive"]["sha256"]
     assert _files(dest) == old
     result = publish_bundle(second, str(dest), force=True)
     assert result.forced and result.replaced == err.value.existing
@@ -113,7 +113,7 @@ def test_racing_publisher_loses_at_the_commit_point(tmp_path: Path) -> None:
     dest.mkdir()
     (dest / mf.MANIFEST).write_bytes((first / mf.MANIFEST).read_bytes())
     with pytest.raises(ConflictError):
-        protocol._commit(run, protocol.IF_ABSENT)
+        protocol._commit(run, IF_ABSENT)
     assert (dest / mf.MANIFEST).read_bytes() == (first / mf.MANIFEST).read_bytes()
     assert [p.name for p in dest.iterdir()] == [mf.MANIFEST]  # no temp file left behind
 

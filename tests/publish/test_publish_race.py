@@ -115,7 +115,8 @@ def test_racing_publishers_to_s3(s3: Any, dists: list[Path]) -> None:
     failures = []
 
     def get(key: str) -> bytes:
-        return s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"].read()
+        data: bytes = s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"].read()
+        return data
 
     try:
         for r in range(ROUNDS_S3):

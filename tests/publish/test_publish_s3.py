@@ -15,7 +15,7 @@ from distfactory import make_dist
 from modelkiln import transport
 from modelkiln.artifacts import manifest as mf
 from modelkiln.errors import ConflictError, PublishError
-from modelkiln.publish import DistBundle, TransferSettings, protocol, publish_bundle
+from modelkiln.publish import DistBundle, PublishResult, TransferSettings, protocol, publish_bundle
 from modelkiln.transport import bucket as bucket_mod
 from s3server import CuttingProxy
 
@@ -57,14 +57,16 @@ def _at(uri: str, settings: TransferSettings = MULTIPART, client: Any = None) ->
     return transport.open_location(uri, settings, client)
 
 
-def _publish(dist: Path, uri: str, settings: TransferSettings = MULTIPART, **kw: Any):
+def _publish(dist: Path, uri: str, settings: TransferSettings = MULTIPART,
+             **kw: Any) -> tuple[PublishResult, Recorder]:
     client, rec = _client(settings)
     result = protocol.publish(DistBundle.load(dist), _at(uri, settings, client), **kw)
     return result, rec
 
 
 def _get(s3: Any, name: str) -> bytes:
-    return s3.client.get_object(Bucket=s3.bucket, Key=s3.prefix + name)["Body"].read()
+    data: bytes = s3.client.get_object(Bucket=s3.bucket, Key=s3.prefix + name)["Body"].read()
+    return data
 
 
 def _exists(s3: Any, name: str) -> bool:
@@ -211,17 +213,15 @@ class _Refuse:
 
 
 def _refusing_publish(dist: Path, uri: str, hook: _Refuse) -> Any:
-    original = bucket_mod.s3_client
+    original = transport.s3_client  # the function transport.bucket imported
 
     def patched(settings: TransferSettings = transport.DEFAULT) -> Any:
         client = original(settings)
         client.meta.events.register("before-send.s3", hook)
         return client
-    bucket_mod.s3_client = patched  # the fallback builds a new client: hook that one too
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bucket_mod, "s3_client", patched)  # the fallback builds a new client: hook it
         return protocol.publish(DistBundle.load(dist), _at(uri))
-    finally:
-        bucket_mod.s3_client = original
 
 
 @pytest.mark.parametrize("size", [1000, BIG])

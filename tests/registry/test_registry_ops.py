@@ -6,7 +6,9 @@ import json
 import multiprocessing
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import pytest
@@ -59,7 +61,8 @@ def test_list_filters(world: dict[str, Path]) -> None:
 def test_select_resolves_paths_or_raises_capability_error(world: dict[str, Path]) -> None:
     sel = R.select(NAME, ["int8", "multi-label"], registry_dir=world["configs"])
     assert sel.store == world["version"] and sel.bundle == world["version"] / "bundle"
-    assert sel.served_model_id == "registry-v3" and sel.s3.startswith("s3://")
+    assert sel.served_model_id == "registry-v3" and sel.s3 is not None
+    assert sel.s3.startswith("s3://")
     with pytest.raises(CapabilityError) as err:
         R.select(NAME, ["int8", "vision", "gpu"], registry_dir=world["configs"])
     assert err.value.exit_code == 4 and err.value.missing == ["vision", "gpu"]
@@ -102,16 +105,27 @@ def _edit_store_manifest(v: Path) -> str:
     return "manifest.json"
 
 
-def _append(path: Path) -> None:
-    with open(path, "ab") as f:
+def _truncate(v: Path) -> str:
+    os.truncate(v / "bundle/config.json", 3)
+    return "bundle/config.json"
+
+
+def _append(v: Path) -> str:
+    with open(v / "bundle/thresholds.json", "ab") as f:
         f.write(b"\n")
+    return "bundle/thresholds.json"
 
 
-MUTATIONS = {
+def _delete(v: Path) -> str:
+    (v / "bundle/label_order.json").unlink()
+    return "bundle/label_order.json"
+
+
+MUTATIONS: dict[str, Callable[[Path], str]] = {
     "flip": _flip,
-    "truncate": lambda v: (os.truncate(v / "bundle/config.json", 3), "bundle/config.json")[1],
-    "append": lambda v: (_append(v / "bundle/thresholds.json"), "bundle/thresholds.json")[1],
-    "delete": lambda v: ((v / "bundle/label_order.json").unlink(), "bundle/label_order.json")[1],
+    "truncate": _truncate,
+    "append": _append,
+    "delete": _delete,
     "add": lambda v: ((v / "bundle/new.txt").write_bytes(b""), "bundle/new.txt")[1],
     "symlink": _to_symlink,
     "store-manifest": _edit_store_manifest,
@@ -212,7 +226,7 @@ def test_a_locked_entry_is_not_replaced_by_other_bytes(world: dict[str, Path]) -
     assert recorded.version_lock.last_verified is None
 
 
-def _record(barrier, configs: Path, i: int, dist: Path) -> None:
+def _record(barrier: Barrier, configs: Path, i: int, dist: Path) -> None:
     barrier.wait()
     R.record_discovered(R.RegistryEntry(f"m{i}", backend="onnx",
                                         artifacts=R.Artifacts(local=str(dist))),
