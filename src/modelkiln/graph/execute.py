@@ -21,7 +21,7 @@ from .. import sources
 from ..artifacts.atomic import staged_dir, sweep_leftovers, write_bytes
 from ..artifacts.digest import StatCache, canonical_json, sha256_file, stat_cache
 from ..cache import ActionCache, CacheConfig
-from ..errors import BuildError, KilnError
+from ..errors import BuildError, DriftError, KilnError
 from ..model.bundle import Bundle
 from ..paths import Layout
 from ..stages.base import RunContext, StagePlan
@@ -33,8 +33,9 @@ from .state import drop_stamp, read_stamp, snapshot, stamp_for, status, walk_out
 
 
 def execute(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...],
-            cache_config: CacheConfig | None = None) -> dict[str, Any]:
-    """Build `plan`'s outputs; returns a small report (doit stores it as task values)."""
+            cache_config: CacheConfig | None = None) -> Any:
+    """Build `plan`'s outputs; returns a small report (doit stores it as task values), or doit's
+    TaskError when a remote source drifted from its lock (`_drifted`)."""
     layout = Layout(bundle.root)
     stat = stat_cache(layout.state)
     stamps = {p.task: p.stamp for p in upstream}
@@ -59,7 +60,10 @@ def execute(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...],
                 gather.index(cache, plan, record, log)
                 return {"outputs": len(digests), "restored": True}
         plan = gather.fetch(plan, cache, layout, stat, log)
-        sources.ensure_inputs(plan.inputs, log, layout.state)  # remote files the stage reads
+        try:
+            sources.ensure_inputs(plan.inputs, log, layout.state)  # remote files the stage reads
+        except DriftError as exc:  # doit's "error" status (2), not a failed task's 1: plain
+            return _drifted(plan, exc)  # `doit build` exits 2 on drift like `kiln build`
         outputs, report = _run(plan, bundle, layout, upstream, stat)
         saving = remote.record_for(plan, keyed[0], keyed[1], outputs, report, log) \
             if cache is not None and keyed is not None and cache.write else None
@@ -71,6 +75,16 @@ def execute(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...],
                 log(f"{plan.task}: saved to cache (key {saving.key[:12]})")
             _after_save(cache, plan, bundle, upstream, saving.key)
         return {"outputs": len(outputs)}
+
+
+def _drifted(plan: StagePlan, exc: DriftError) -> Any:
+    """A remote source differs from its lock: doit's TaskError, which makes doit exit 2 (its
+    "error while executing a task"; a TaskFailed exits 1). doit also exits 2 for an action that
+    raised an unexpected exception, so 2 from plain doit says "drift or a crash" while
+    `kiln build` exits 2 only on drift (its drift mark, api.build)."""
+    from doit.exceptions import TaskError
+
+    return TaskError(f"{plan.task}: {exc}")
 
 
 def _up_to_date(plan: StagePlan, bundle: Bundle, upstream: tuple[StagePlan, ...],

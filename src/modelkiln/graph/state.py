@@ -89,8 +89,13 @@ def rel_to(path: Path, root: Path) -> str:
     """How stamps and cache keys name a file: modelkiln's own files by their path inside the
     package, wherever it is installed (one venv serving two clones has it inside one project
     and outside the other: a relative name in one, an absolute one in the other, so one image
-    got two keys); other files relative to the project when inside it."""
+    got two keys); a remote source's file by its URI and path (`source:URI#PATH`), wherever the
+    fetch cache is (a moved cache or another runner's must neither rerun nor miss the task);
+    other files relative to the project when inside it."""
     text, base = str(path), str(root)
+    pinned = sources.pins.find(text)
+    if pinned is not None:
+        return f"source:{pinned[0].uri}#{pinned[1].path}"
     if text.startswith(_PACKAGE + os.sep):
         return PACKAGE_PREFIX + text[len(_PACKAGE) + 1:].replace(os.sep, "/")
     if text.startswith(base + os.sep):  # the common case, without pathlib's parsing

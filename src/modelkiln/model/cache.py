@@ -6,7 +6,9 @@ what it was made from:
 - the spec file's sha256 (through the shared `StatCache`: an untouched spec is not even read),
 - `salt`: the caller's name for how the spec text became data (schema and loader versions),
 - the digest of this package's own source (an edited check is a miss, not a stale pass),
-- the project root the conversion found, and
+- the project root the conversion found,
+- the fetch cache's root (a remote source's path is a tree in it: a converted bundle must not
+  keep pointing into a cache that moved or that this process no longer uses), and
 - every filesystem observation the checks made (`model.observe`): each path's realpath, and each
   file's stat signature (mode, device, inode, size, mtime_ns, ctime_ns).
 A lookup is a hit only when all of them come out the same now; anything else is a miss and the
@@ -29,6 +31,7 @@ from .. import __version__
 from ..artifacts.digest import RACY_NS, StatCache, sha256_bytes
 from ..artifacts.statefile import load_json
 from ..paths import project_root
+from ..sources.cache import root_dir as fetch_root
 from .bundle import Bundle
 from .checker import Document
 from .codec import decode_bundle, encode
@@ -58,6 +61,7 @@ class BundleCache:
     def __init__(self, state_dir: Path, stats: StatCache, salt: str):
         self.dir = state_dir / "bundles"
         self.stats, self.salt = stats, salt
+        self.sources = str(fetch_root())
         self.recheck = Recheck()  # one per load: files may change between two loads
         self._roots: dict[str, Path] = {}
         self.hits = 0
@@ -87,7 +91,8 @@ class BundleCache:
             entry = load_json(self._entry_path(spec))
             if not (isinstance(entry, dict) and entry.get("format") == FORMAT
                     and entry.get("spec") == spec and entry.get("salt") == self.salt
-                    and entry.get("code") == code_digest()):
+                    and entry.get("code") == code_digest()
+                    and entry.get("sources") == self.sources):
                 return None
             seen = Observations(dict(entry["resolved"]), dict(entry["stats"]))
             if entry.get("sha256") != self.spec_digest(spec) or not self.recheck.holds(seen):
@@ -106,7 +111,7 @@ class BundleCache:
         if seen.changed or not _settled(seen) or self.spec_digest(spec) != raw_digest:
             return  # something moved while it was checked: next time converts again
         entry = {"format": FORMAT, "spec": spec, "salt": self.salt, "code": code_digest(),
-                 "sha256": raw_digest, "resolved": seen.resolved, "stats": seen.stats,
+                 "sources": self.sources, "sha256": raw_digest, "resolved": seen.resolved, "stats": seen.stats,
                  "bundle": encode(bundle)}
         target = self._entry_path(spec)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")

@@ -19,12 +19,12 @@ _DIRS: dict[str, set[str]] = {}
 
 
 def register(entries: Iterable[LockEntry], cache: FetchCache | None = None) -> None:
-    """Make `entries`' tree files known to `digest`, `listing` and `find` in this process."""
+    """Make `entries`' tree files known to `digest`, `listing` and `find` in this process. A file
+    registered before (a tree shared by two sources, or an edited lock read again) now answers
+    with the entry given here: the latest lock read wins."""
     cache = cache or FetchCache()
     for entry in entries:
         root = cache.tree_dir(entry)
-        if str(root) in _DIRS:
-            continue
         _DIRS.setdefault(str(root), set())
         for f in entry.files:
             path = root / f.path
@@ -59,15 +59,24 @@ def entries_of(paths: Iterable[Path]) -> dict[str, list[LockedFile]]:
 
 
 def register_lock(spec: Path) -> None:
-    """Register the entries of the lock beside `spec`, when there is one (read once per process).
-    A lock that cannot be read registers nothing here: validation reports it."""
+    """Register the entries of the lock beside `spec`, when there is one. The lock is read again
+    only when its stat signature (inode, size, mtime_ns, ctime_ns) or the fetch cache's root
+    changed, so a long-running process (kiln ui) sees an edited lock and a plan of many bundles
+    reads each lock once. A lock that cannot be read registers nothing here: validation reports it."""
+    from .cache import root_dir
     from .lockfile import BadLock, lock_path, read
 
     path = lock_path(spec)
+    try:
+        st = os.stat(path)
+        seen: tuple[object, ...] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                    str(root_dir()))
+    except OSError:
+        seen = ("absent",)
     key = os.fspath(path)
-    if key in _LOCKS:
+    if _LOCKS.get(key) == seen:
         return
-    _LOCKS.add(key)
+    _LOCKS[key] = seen
     try:
         found = read(path)
     except BadLock:
@@ -76,4 +85,4 @@ def register_lock(spec: Path) -> None:
         register(found.values())
 
 
-_LOCKS: set[str] = set()
+_LOCKS: dict[str, tuple[object, ...]] = {}
