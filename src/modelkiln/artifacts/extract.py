@@ -114,7 +114,8 @@ def _prepare(dest: Path) -> None:
 def safe_extract(archive: Path, dest: Path, max_bytes: int | None = None, *,
                  sizes: Mapping[str, int | None] | None = None,
                  sha256s: Mapping[str, str] | None = None, durable: bool = True,
-                 limits: Limits | None = None) -> list[str]:
+                 limits: Limits | None = None, reuse: Mapping[str, Path] | None = None
+                 ) -> list[str]:
     """Unpack the gzip tarball `archive` into the empty directory `dest`; return its files, sorted.
 
     `limits` are the host's ceilings (default: `Limits.from_env()`, the KILN_EXTRACT_* variables);
@@ -122,7 +123,10 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int | None = None, *,
     every file the archive may hold with its exact size (None: any size up to 16 MiB); anything
     unlisted or of another size is refused. `sha256s`, when given, is checked as each listed file
     is written (hashed on the way through, never read back). `durable` fsyncs every file and
-    directory so a later commit marker can be trusted.
+    directory so a later commit marker can be trusted. `reuse` maps a member's name to an
+    existing file the caller vouches has that member's bytes (the model store: a shard the
+    previous version holds, checked against its sha256): it is hard-linked in, its bytes in the
+    archive skipped, not written again; where the link fails it is written as usual.
     Raises UnsafeArchive (a KilnError) naming the member and why; `dest` is left empty then.
     """
     archive, dest = Path(archive), Path(dest)
@@ -132,14 +136,14 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int | None = None, *,
         declared = None if sizes is None else sum(
             UNKNOWN_SIZE_CAP if s is None else s for s in sizes.values())
         budget = Budget.of(limits, archive.stat().st_size, declared=declared, caller=max_bytes)
-        return _extract(archive, dest, budget, sizes, sha256s or {}, durable)
+        return _extract(archive, dest, budget, sizes, sha256s or {}, durable, reuse or {})
     except BaseException:
         _empty(dest)
         raise
 
 
 def _extract(archive: Path, dest: Path, budget: Budget, sizes: Mapping[str, int | None] | None,
-             sha256s: Mapping[str, str], durable: bool) -> list[str]:
+             sha256s: Mapping[str, str], durable: bool, reuse: Mapping[str, Path]) -> list[str]:
     tree = _Tree()
     current = "<archive>"
     try:
@@ -157,6 +161,9 @@ def _extract(archive: Path, dest: Path, budget: Budget, sizes: Mapping[str, int 
                     continue
                 tree.files.add(member.name)
                 tree.total += member.size
+                if member.name in reuse and _link(reuse[member.name], dest / member.name):
+                    current = "<end of archive>"
+                    continue  # the reader skips the member's bytes on its way to the next one
                 digest = _write(reader, member, dest, archive, durable)
                 expected = sha256s.get(member.name)
                 if expected is not None and digest != expected:
@@ -241,6 +248,15 @@ def _make_parents(dest: Path, name: str, tree: _Tree) -> None:
         if parent not in tree.made:
             os.mkdir(dest / parent, 0o755)
             tree.made.add(parent)
+
+
+def _link(source: Path, target: Path) -> bool:
+    """Hard-link a file the caller vouches for into place; False where links do not work here."""
+    try:
+        os.link(source, target)
+    except OSError:
+        return False
+    return True
 
 
 def _write(reader: TarReader, member: Member, dest: Path, archive: Path, durable: bool) -> str:

@@ -16,6 +16,7 @@ writing (and fsyncing) that many files.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import PublishError
@@ -29,12 +30,14 @@ class BundleMismatch(PublishError):
 
 
 def unpack_checked(archive: Path, dest: Path, published: mf.PublishedManifest, *,
-                   fix: str, durable: bool = True, limits: Limits | None = None) -> list[str]:
+                   fix: str, durable: bool = True, limits: Limits | None = None,
+                   reuse: Mapping[str, Path] | None = None) -> list[str]:
     """Unpack `archive` into the empty directory `dest` and prove it is `published`'s bundle.
 
     The caller has already checked the archive's own size and sha256 against `published`.
     `fix` ends every mismatch message (what the reader should do: rebuild, re-publish).
     `durable` fsyncs every file and directory; `limits` are the host's extraction ceilings.
+    `reuse`: files already holding a member's bytes, hard-linked instead of written (safe_extract).
     Returns the unpacked files, sorted. Raises BundleMismatch for bytes or a manifest that differ
     from `published`, UnsafeArchive for anything else safe_extract refuses; `dest` is left empty
     (or, after a manifest mismatch, holding what the caller must discard).
@@ -45,7 +48,7 @@ def unpack_checked(archive: Path, dest: Path, published: mf.PublishedManifest, *
     sizes[mf.MANIFEST] = None  # the bundle's own manifest: compared whole below
     try:
         unpacked = safe_extract(archive, dest, sizes=sizes, durable=durable, limits=limits,
-                                sha256s={f["path"]: f["sha256"] for f in files})
+                                sha256s={f["path"]: f["sha256"] for f in files}, reuse=reuse)
     except UnsafeArchive as exc:
         if not exc.why.startswith("sha256"):
             raise

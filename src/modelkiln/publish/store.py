@@ -11,6 +11,13 @@ and the bundle must keep its own `manifest.json` under that name (the runtime an
 read it there). Flattening would force renaming one of them; keeping `bundle.tar.gz` instead of
 unpacking would double the disk and leave readers to unpack. A serving process points
 `REGISTRY_*_PATH` at `<get_current(agent)>/bundle`.
+
+Large files are shared between versions: a bundle file of at least `REUSE_MIN` bytes whose sha256
+one of the agent's newest versions already holds (a shard that did not change between two
+versions of a sharded checkpoint) is hard-linked from there instead of unpacked again; its bytes
+in the tarball are skipped. The old copy is checked against its recorded sha256 first (through the
+project's stat cache, so a file it already vouches for is not read again), and versions are never
+written in place (repair swaps a fresh copy in), so a shared inode stays what both manifests say.
 """
 from __future__ import annotations
 
@@ -22,11 +29,14 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from ..artifacts import manifest as mf
-from ..artifacts.digest import StatCache
+from ..artifacts.digest import StatCache, sha256_file
 from ..artifacts.install import unpack_checked
-from ..errors import DriftError, FileChange, PublishError
-from ..store import BUNDLE_DIR, BundleRecord, ModelStore, diff, scan, stat_key
+from ..errors import DriftError, FileChange, KilnError, PublishError
+from ..store import BUNDLE_DIR, BundleRecord, ModelStore, diff, read_manifest, scan, stat_key
 from .bundle import DistBundle
+
+REUSE_MIN = 16 << 10  # below this, writing a file costs no more than vouching for an old one
+REUSE_VERSIONS = 4  # how many of the agent's newest versions are looked in for shared files
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,8 @@ def publish_to_store(dist_dir: Path, root: Path | str | None, agent: str, versio
         # Every listed file is hashed as it is written and checked against the manifest, and the
         # bundle's own manifest.json must equal the published one. Each file is fsynced as it is
         # written, while the next one is being unpacked, so finalize's flush finds them clean.
-        unpack_checked(dist.archive, tmp / BUNDLE_DIR, published, durable=True,
+        reuse = reusable(store, agent, published["files"], cache)
+        unpack_checked(dist.archive, tmp / BUNDLE_DIR, published, durable=True, reuse=reuse,
                        fix=f"the dist directory {dist_dir} is damaged, rebuild the bundle")
         tree = scan(tmp)
         inner_rel = f"{BUNDLE_DIR}/{mf.MANIFEST}"
@@ -95,8 +106,43 @@ def publish_to_store(dist_dir: Path, root: Path | str | None, agent: str, versio
     source = BundleRecord(dist.name, dist.version, dist.backend, dist.sha256,
                           published.get("aggregate_sha256"))
     info = store.finalize(agent, version, metadata, activate=activate, bundle=source, known=known)
+    if cache is not None and not info.noop:  # the next version vouches for these without reading
+        for rel, (size, digest) in expected.items():
+            if size >= REUSE_MIN:
+                cache.remember(info.path / rel, digest)
+        cache.save()
     return StoreResult(agent, version, info.path, info.path / BUNDLE_DIR, info.checksum or "",
                        dist.sha256, info.noop, info.current)
+
+
+def reusable(store: ModelStore, agent: str, files: list[mf.FileEntry],
+             cache: StatCache | None) -> dict[str, Path]:
+    """Bundle path -> a file of one of the agent's newest versions holding exactly its bytes."""
+    wanted: dict[str, list[str]] = {}
+    for f in files:
+        if f["size"] >= REUSE_MIN:
+            wanted.setdefault(f["sha256"], []).append(f["path"])
+    found: dict[str, Path] = {}
+    for info in reversed(store.list_versions(agent)[-REUSE_VERSIONS:]):
+        if not wanted:
+            break
+        try:
+            old = read_manifest(info.path)
+        except KilnError:
+            continue  # a damaged version lends nothing
+        for rel, (size, digest) in sorted(old.files.items()):
+            paths = wanted.get(digest)
+            src = info.path / rel
+            if not paths or not rel.startswith(BUNDLE_DIR + "/"):
+                continue
+            try:
+                ok = src.stat().st_size == size and (
+                    cache.digest(src) if cache is not None else sha256_file(src)) == digest
+            except OSError:
+                ok = False
+            if ok:
+                found.update((p, src) for p in wanted.pop(digest))
+    return found
 
 
 def _already_there(store: ModelStore, agent: str, version: str, archive_sha: str,

@@ -1,9 +1,14 @@
-"""weights: a Hugging Face checkpoint directory -> `config.json` + one `model.safetensors`.
+"""weights: a Hugging Face checkpoint directory -> `config.json` + safetensors weights.
 
-Accepts a single or sharded safetensors checkpoint and `pytorch_model.bin` (single or sharded).
-Pickles are read only with `torch.load(weights_only=True)`, which refuses any global outside
-torch's tensor allow-list: a pickle that tries to run code fails before anything runs. Weights
-leave the build only as safetensors.
+A sharded safetensors checkpoint (model-0000i-of-0000N.safetensors + model.safetensors.index.json)
+stays sharded: each shard's header is checked, the shard is hard-linked from this stage's previous
+output when its bytes are unchanged, else cloned or copied (cast tensor by tensor when the spec
+asks for a dtype), and the set is checked against its architecture on the meta device
+(stages/shards.py). Memory stays flat whatever the model's size, and a one-shard change writes one
+shard. A single `model.safetensors` and `pytorch_model.bin` (single or sharded) become one
+`model.safetensors` as before. Pickles are read only with `torch.load(weights_only=True)`, which
+refuses any global outside torch's tensor allow-list: a pickle that tries to run code fails before
+anything runs. Weights leave the build only as safetensors.
 """
 from __future__ import annotations
 
@@ -27,11 +32,12 @@ StateDict = dict[str, Any]  # parameter name -> torch.Tensor (torch is imported 
 NAME = "weights"
 DOC = "convert checkpoints to safetensors and check they load"
 READS: tuple[str, ...] = ()
-WRITES: tuple[str, ...] | None = (names.CONFIG, names.WEIGHTS)
-OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
+WRITES: tuple[str, ...] | None = (names.CONFIG, "model*.safetensors")  # one file, or the shards
+# a sharded checkpoint's index (it stays sharded); generation_config.json where a kind ships it
+OPTIONAL: tuple[str, ...] = (names.WEIGHTS_INDEX, "generation_config.json")
 TOOLS: tuple[str, ...] = ("torch", "safetensors", "transformers")
 PLATFORM: str | None = None
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: sharded safetensors stay sharded (were merged into one file)
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
@@ -131,8 +137,7 @@ def run(ctx: RunContext) -> Report:
     ckpt = ctx.bundle.source.checkpoint
     kind = kinds.kind_of(ctx.bundle)
     config = read_config(ckpt / names.CONFIG, head=kind is None or kind.head)
-    if kind is not None and kind.keep_shards and not ctx.bundle.source.dtype and \
-            (ckpt / names.WEIGHTS_INDEX).is_file():
+    if (ckpt / names.WEIGHTS_INDEX).is_file() and not (ckpt / names.WEIGHTS).is_file():
         return _keep_shards(ctx, ckpt, config)
     state = load_state_dict(ckpt)
     dtype = ctx.bundle.source.dtype
@@ -148,23 +153,47 @@ def run(ctx: RunContext) -> Report:
 
 
 def _keep_shards(ctx: RunContext, ckpt: Path, config: dict[str, Any]) -> Report:
-    """A sharded safetensors checkpoint of a kind that serves it sharded (a decoder LLM that
-    vLLM loads shard by shard): each shard's header checked, shards, index and
-    generation_config.json copied as they are, and the whole checked to load."""
-    import shutil
+    """A sharded safetensors checkpoint, shipped sharded (see the module doc): per shard, the
+    header checked, then linked from the previous output, cloned, copied or cast; the index
+    copied (its total_size recomputed after a cast); the whole checked against config.json."""
+    from . import shards as sh
 
-    shards = shard_files(ckpt, names.WEIGHTS, names.WEIGHTS_INDEX)
-    for shard in shards:
-        check_header(shard)
-        shutil.copyfile(shard, ctx.out / shard.name)
-    shutil.copyfile(ckpt / names.WEIGHTS_INDEX, ctx.out / names.WEIGHTS_INDEX)
-    if (ckpt / "generation_config.json").is_file():
-        shutil.copyfile(ckpt / "generation_config.json", ctx.out / "generation_config.json")
-    (ctx.out / names.CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    found = _shards(ckpt, names.WEIGHTS, names.WEIGHTS_INDEX)
+    for shard in found:
+        try:
+            check_header(shard)
+        except BadFile as exc:
+            raise exc.build_error() from None
+    tensors = sh.tensor_shapes(found)
+    sh.check_index(ckpt / names.WEIGHTS_INDEX, tensors)
+    dtype = ctx.bundle.source.dtype
+    how: dict[str, int] = {}
+    if dtype:
+        total = sum(sh.cast_shard(s, ctx.out / s.name, dtype) for s in found)
+        index = json.loads((ckpt / names.WEIGHTS_INDEX).read_bytes())
+        index.setdefault("metadata", {})["total_size"] = total
+        (ctx.out / names.WEIGHTS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True)
+                                                   + "\n")
+        config["torch_dtype"] = dtype
+        tensors = sh.tensor_shapes(ctx.out / s.name for s in found)
+        how["cast"] = len(found)
+    else:
+        for shard in found:
+            way = sh.place(shard, ctx.out / shard.name, ctx.plan.out_dir / shard.name, ctx.cache)
+            how[way] = how.get(way, 0) + 1
+        sh.place(ckpt / names.WEIGHTS_INDEX, ctx.out / names.WEIGHTS_INDEX, None, ctx.cache)
     kind = kinds.kind_of(ctx.bundle)
-    _check_loads(ctx.out, 0, ckpt, kind.auto_class if kind else None)
-    ctx.log(f"weights:{ctx.bundle.name}: {len(shards)} safetensors shards kept as they are")
-    return {"shards": len(shards), "dtype": "as stored"}
+    if kind is not None and kind.keep_shards and (ckpt / "generation_config.json").is_file():
+        sh.place(ckpt / "generation_config.json", ctx.out / "generation_config.json", None,
+                 ctx.cache)
+    (ctx.out / names.CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    auto = kind.auto_class if kind else None
+    checked = sh.check_keys(ctx.out, tensors, auto,
+                            lambda: _check_loads(ctx.out, len(tensors), ckpt, auto))
+    ctx.log(f"weights:{ctx.bundle.name}: {len(found)} safetensors shards kept sharded ("
+            + ", ".join(f"{n} {k}" for k, n in sorted(how.items())) + ")")
+    return {"shards": len(found), "tensors": len(tensors), "dtype": dtype or "as stored",
+            "placed": dict(sorted(how.items())), "checked": checked}
 
 
 def _check_loads(out: Path, count: int, source: Path, auto_class: str | None = None) -> None:
