@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from store_helpers import AGENT
 
 from distfactory import make_dist
 from helpers import BIN
 from modelkiln import registry as R
 from modelkiln.publish import publish_bundle
 from modelkiln.publish.store import publish_to_store
+from store.store_helpers import AGENT
 
 if TYPE_CHECKING:  # the root conftest's type; `import conftest` at run time finds another
     from conftest import S3Place

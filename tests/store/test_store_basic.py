@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
-from store_helpers import debris
 
 from modelkiln.artifacts.digest import aggregate, sha256_file
 from modelkiln.errors import ConflictError, StoreError
-from modelkiln.store import ModelStore
+from modelkiln.store import ModelStore, VersionInfo
+from store.store_helpers import debris
 
 
 def put(store: ModelStore, version: str, files: dict[str, bytes], agent: str = "scout",
-        **kw: object):
+        metadata: Mapping[str, Any] | None = None) -> VersionInfo:
     with store.stage_new(agent, version) as tmp:
         for rel, data in files.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_bytes(data)
-    return store.finalize(agent, version, **kw)
+    return store.finalize(agent, version, metadata)
 
 
 def test_seed_quick_start_layout_and_manifest(tmp_path: Path) -> None:

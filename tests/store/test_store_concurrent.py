@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import multiprocessing
 import traceback
+from collections.abc import Callable, Sequence
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
-
-from store_helpers import AGENT, debris
 
 from distfactory import make_dist
 from modelkiln.errors import ConflictError
 from modelkiln.publish.store import publish_to_store
 from modelkiln.store import ModelStore
+from store.store_helpers import AGENT, debris
 
 CTX = multiprocessing.get_context("fork")
+Result = tuple[str, str, str, str | None]  # tag, version, outcome, archive sha256 / payload
 
 
-def _publisher(barrier, results, tag: str, dist: Path, root: Path, version: str) -> None:
+def _publisher(barrier: Barrier, results: Queue[Result], tag: str, dist: Path, root: Path, version: str) -> None:
     barrier.wait()
     try:
         r = publish_to_store(dist, root, AGENT, version, {"tag": tag})
@@ -28,7 +31,7 @@ def _publisher(barrier, results, tag: str, dist: Path, root: Path, version: str)
         results.put((tag, version, "error: " + traceback.format_exc(), None))
 
 
-def _raw_writer(barrier, results, tag: str, root: Path, payload: bytes) -> None:
+def _raw_writer(barrier: Barrier, results: Queue[Result], tag: str, root: Path, payload: bytes) -> None:
     barrier.wait()
     try:
         store = ModelStore(root)
@@ -42,9 +45,9 @@ def _raw_writer(barrier, results, tag: str, root: Path, payload: bytes) -> None:
         results.put((tag, "raw", "error: " + traceback.format_exc(), None))
 
 
-def _run(jobs: list[tuple]) -> list[tuple]:
+def _run(jobs: Sequence[tuple[Callable[..., None], *tuple[object, ...]]]) -> list[Result]:
     barrier = CTX.Barrier(len(jobs))
-    results = CTX.Queue()
+    results: Queue[Result] = CTX.Queue()
     procs = [CTX.Process(target=fn, args=(barrier, results, *args)) for fn, *args in jobs]
     for p in procs:
         p.start()
@@ -80,7 +83,8 @@ def test_concurrent_publishers(tmp_path: Path) -> None:
     assert len({i.seq for i in infos}) == len(infos)  # finalizes were serialized
     for info in infos:
         store.verify(AGENT, info.version)
-    assert next(i for i in infos if i.version == "3.0.0").bundle.archive_sha256 == winner
+    won = next(i for i in infos if i.version == "3.0.0").bundle
+    assert won is not None and won.archive_sha256 == winner
     assert store.current_version(AGENT) in {i.version for i in infos}
     assert debris(root / AGENT) == []
 

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from store_helpers import AGENT, copy_store, debris, fork_run, killed
 
 from distfactory import make_dist
 from modelkiln.publish.store import publish_to_store
 from modelkiln.store import ModelStore
+from store.store_helpers import AGENT, copy_store, debris, fork_run, killed
 
 STEPS = ("rename", "replace", "fsync", "symlink", "unlink")
 
@@ -30,7 +30,7 @@ def _instrument(kill_at: int, when: str, counter: list[int]) -> None:
     for name in STEPS:
         real = getattr(os, name)
 
-        def wrapper(*args: object, _real: Callable = real, **kwargs: object) -> object:
+        def wrapper(*args: object, _real: Callable[..., object] = real, **kwargs: object) -> object:
             counter[0] += 1
             if when == "before" and counter[0] == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)

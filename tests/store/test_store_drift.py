@@ -8,14 +8,15 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from store_helpers import AGENT, copy_store
 
 from distfactory import make_dist
 from modelkiln.errors import DriftError
 from modelkiln.publish.store import publish_to_store
 from modelkiln.store import ModelStore
+from store.store_helpers import AGENT, copy_store
 
 VERSION = "1.0.0"
 WEIGHTS = "bundle/model.safetensors"
@@ -95,7 +96,7 @@ def _dir_to_symlink(v: Path) -> str:
     return "bundle/tokenizer"
 
 
-def _edit_store_manifest(change: Callable[[dict], None]) -> Callable[[Path], str]:
+def _edit_store_manifest(change: Callable[[dict[str, Any]], None]) -> Callable[[Path], str]:
     def mutate(v: Path) -> str:
         data = json.loads((v / "manifest.json").read_bytes())
         change(data)
@@ -104,15 +105,15 @@ def _edit_store_manifest(change: Callable[[dict], None]) -> Callable[[Path], str
     return mutate
 
 
-def _set(key: str, value: object) -> Callable[[dict], None]:
+def _set(key: str, value: object) -> Callable[[dict[str, Any]], None]:
     return lambda d: d.__setitem__(key, value)
 
 
-def _rehash_row(d: dict) -> None:
+def _rehash_row(d: dict[str, Any]) -> None:
     d["files"][0]["sha256"] = "0" * 64
 
 
-def _drop_row(d: dict) -> None:
+def _drop_row(d: dict[str, Any]) -> None:
     d["files"].pop()
 
 

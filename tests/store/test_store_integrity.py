@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from store_helpers import AGENT, fork_run, killed
 
 from distfactory import make_dist
 from helpers import BIN
@@ -19,6 +18,7 @@ from modelkiln import registry as R
 from modelkiln.errors import DriftError, KilnError, StoreError
 from modelkiln.publish.store import publish_to_store
 from modelkiln.store import ModelStore
+from store.store_helpers import AGENT, fork_run, killed
 
 NAME = "registry-v3-pytorch"
 WEIGHTS = "bundle/model.safetensors"
@@ -165,7 +165,7 @@ def test_repair_killed_at_every_rename_converges(world: dict[str, Path], tmp_pat
 
         def child(root: Path = root, k: int = k) -> None:
             if not exchange:
-                repair_mod._exchange = lambda a, b: False  # type: ignore[assignment]
+                repair_mod._exchange = lambda a, b: False
             real, count = os.rename, [0]
 
             def rename(*args: object) -> None:

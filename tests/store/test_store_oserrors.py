@@ -11,9 +11,9 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
-from store_helpers import AGENT
 
 from distfactory import make_dist
 from helpers import BIN
@@ -21,6 +21,7 @@ from modelkiln import registry as R
 from modelkiln.errors import KilnError
 from modelkiln.publish.store import publish_to_store
 from modelkiln.store import ModelStore
+from store.store_helpers import AGENT
 
 NAME = "registry-v3-pytorch"
 IS_ROOT = os.geteuid() == 0
@@ -43,7 +44,13 @@ def shared(tmp_path: Path) -> Iterator[Path]:
 
 
 _RUN_CLI = "import sys; from modelkiln.cli import main; sys.exit(main(sys.argv[1:]))"
-_NOBODY = {"user": "nobody", "group": "nogroup", "extra_groups": []}
+class _Credentials(TypedDict):
+    user: str
+    group: str
+    extra_groups: list[str]
+
+
+_NOBODY: _Credentials = {"user": "nobody", "group": "nogroup", "extra_groups": []}
 
 
 def _python_for_nobody() -> str:
@@ -53,7 +60,7 @@ def _python_for_nobody() -> str:
     for candidate in (sys.executable, f"/usr/bin/{version}", shutil.which(version)):
         try:
             if candidate and subprocess.run([candidate, "-c", "pass"], capture_output=True,
-                                            **_NOBODY).returncode == 0:  # type: ignore[call-overload]
+                                            **_NOBODY).returncode == 0:
                 return candidate
         except PermissionError:
             continue
@@ -67,7 +74,7 @@ def as_nobody(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"), *site])}
     return subprocess.run([_python_for_nobody(), "-c", _RUN_CLI, *args], cwd=cwd,
                           capture_output=True, text=True, timeout=120, env=env,
-                          **_NOBODY)  # type: ignore[call-overload]
+                          **_NOBODY)
 
 
 def publish_world(base: Path) -> tuple[Path, Path]:

@@ -55,7 +55,7 @@ def test_prune_started_inside_a_noop_publish_keeps_what_the_registry_names(
     prune = [str(BIN / "kiln"), "store", "--store-root", str(store_root), "prune", "tiny",
              "--keep", "1"]
     outcome: dict[str, Any] = {}
-    real_record = rel.record_discovered
+    real_record = R.record_discovered  # what release imported from the registry
 
     def record_with_prune_racing(entry: R.RegistryEntry, **kw: Any) -> R.RegistryEntry:
         child = subprocess.Popen(prune, cwd=project.root, env=os.environ.copy(),

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-from store_helpers import AGENT, debris
 
 from distfactory import bundle_files, make_dist
 from modelkiln.artifacts import manifest as mf
@@ -13,6 +12,7 @@ from modelkiln.artifacts.tarball import write_tarball
 from modelkiln.errors import ConflictError, KilnError, PublishError
 from modelkiln.publish.store import publish_to_store
 from modelkiln.store import ModelStore
+from store.store_helpers import AGENT, debris
 
 
 def test_layout_store_manifest_and_unpacked_bundle(tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_damaged_tarball_is_refused_before_unpacking(tmp_path: Path) -> None:
     assert not (tmp_path / "s" / AGENT / "versions" / "1").exists()
 
 
-def _repack(dist: Path, files: dict[str, bytes], manifest: dict, src: Path) -> None:
+def _repack(dist: Path, files: dict[str, bytes], manifest: mf.BundleManifest, src: Path) -> None:
     """Rewrite a dist dir whose tarball holds `files` + `manifest`, published as `manifest`."""
     src.mkdir()
     for rel, data in files.items():
@@ -80,8 +80,7 @@ def _repack(dist: Path, files: dict[str, bytes], manifest: dict, src: Path) -> N
 
 def test_unpacked_bytes_must_match_the_bundle_manifest(tmp_path: Path) -> None:
     dist = make_dist(tmp_path, version="1", seed=1)
-    manifest = {k: v for k, v in json.loads((dist / "manifest.json").read_bytes()).items()
-                if k != "archive"}
+    manifest = mf.without_archive(mf.load_published(dist / "manifest.json"))
     files = bundle_files("pytorch", 1, 200_000)
     files["thresholds.json"] = b'{"a": 0.9, "b": 0.9}'.ljust(len(files["thresholds.json"]))
     _repack(dist, files, manifest, tmp_path / "src")  # sizes right, one sha256 wrong
@@ -93,8 +92,7 @@ def test_unpacked_bytes_must_match_the_bundle_manifest(tmp_path: Path) -> None:
 
 def test_unlisted_member_is_refused(tmp_path: Path) -> None:
     dist = make_dist(tmp_path, version="1", seed=1)
-    manifest = {k: v for k, v in json.loads((dist / "manifest.json").read_bytes()).items()
-                if k != "archive"}
+    manifest = mf.without_archive(mf.load_published(dist / "manifest.json"))
     files = {**bundle_files("pytorch", 1, 200_000), "smuggled.sh": b"rm -rf /"}
     _repack(dist, files, manifest, tmp_path / "src")
     with pytest.raises(KilnError, match=r"smuggled\.sh"):
