@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from task_specs import ANALYST_SPEC, MEMORY_SPEC, TAGGER_SPEC, VISION_SPEC
 
 from helpers import Project, make_project
+from tasks.task_specs import ANALYST_SPEC, MEMORY_SPEC, TAGGER_SPEC, VISION_SPEC
 
 
 @pytest.fixture(scope="session")

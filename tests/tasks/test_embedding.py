@@ -94,9 +94,8 @@ def _validate(project: Project, spec: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_validate_says_which_sections_a_task_needs(memory_inputs: Path, tmp_path: Path) -> None:
-    from task_specs import MEMORY_SPEC
-
     from helpers import SPEC, make_project
+    from tasks.task_specs import MEMORY_SPEC
 
     project = make_project(tmp_path, memory_inputs, name="memory", spec=MEMORY_SPEC)
     assert project.kiln("validate").returncode == 0
