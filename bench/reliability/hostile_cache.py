@@ -59,14 +59,13 @@ LABELS, THRESHOLDS = ("label_order.json", "registry_label_fields.json"), \
 CHILD = r"""
 import json, os, resource, sys
 from pathlib import Path
-from modelkiln.cache import ActionCache
-from modelkiln.cache.storage import open_storage
+from modelkiln.cache import ActionCache, open_place
 from modelkiln.graph.remote import expected
 from modelkiln.stages.base import StagePlan
 
 spec = json.loads(sys.argv[1])
 warnings = []
-cache = ActionCache(open_storage(spec["uri"]), False, warnings.append)
+cache = ActionCache(open_place(spec["uri"]), False, warnings.append)
 answers = []
 for n, (key, task, stage) in enumerate(spec["lookups"]):
     dest = Path(spec["dest"]) / str(n)

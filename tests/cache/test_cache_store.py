@@ -1,4 +1,4 @@
-"""The action cache's storage promises, on a real directory and a real SeaweedFS.
+"""The action cache's promises over its transport Location, on a real directory and a real SeaweedFS.
 
 - configuration precedence and the trust default (embedded cache writes, named caches read);
 - records: a malformed, mismatched or path-escaping record is a miss, never a write elsewhere;
@@ -17,14 +17,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from modelkiln.artifacts.digest import sha256_file
-from modelkiln.cache import ActionCache, ActionRecord, BadRecord, BlobRef, blob_key, record_key
+from modelkiln.cache import (
+    ActionCache,
+    ActionRecord,
+    BadRecord,
+    BlobRef,
+    blob_key,
+    open_place,
+    record_key,
+)
 from modelkiln.cache.config import resolve
-from modelkiln.cache.storage import LocalStorage, S3Storage, Storage
 from modelkiln.errors import KilnError
+from modelkiln.transport import Bucket, LocalDir, Location
 
 KEY = "ab" * 32
 
@@ -39,7 +48,8 @@ def _outputs(directory: Path, files: dict[str, bytes]) -> tuple[BlobRef, ...]:
     return tuple(refs)
 
 
-def _record(outputs: tuple[BlobRef, ...], key: str = KEY, report: dict | None = None) -> ActionRecord:
+def _record(outputs: tuple[BlobRef, ...], key: str = KEY, report: dict[str, Any] | None = None
+            ) -> ActionRecord:
     return ActionRecord(key=key, task="weights:x", stage="weights", outputs=outputs,
                         report=report or {}, inputs={"bundles/x/a": "0" * 64})
 
@@ -105,8 +115,8 @@ def test_record_round_trip_and_refusals(tmp_path: Path) -> None:
 
 
 def test_malformed_record_is_a_miss_with_a_warning(tmp_path: Path) -> None:
-    storage = LocalStorage((tmp_path / "c").as_uri())
-    storage.put(record_key(KEY), b'{"schema": 1, "key": "nope"}')
+    storage = LocalDir(tmp_path / "c")
+    storage.put_bytes(record_key(KEY), b'{"schema": 1, "key": "nope"}')
     seen, log = _warnings()
     assert ActionCache(storage, False, log).lookup(KEY) is None  # type: ignore[arg-type]
     assert seen and "unusable" in seen[0]
@@ -115,14 +125,19 @@ def test_malformed_record_is_a_miss_with_a_warning(tmp_path: Path) -> None:
 # --- both backends -----------------------------------------------------------------------------
 
 @pytest.fixture(params=["file", "s3"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
     if request.param == "file":
-        return LocalStorage((tmp_path / "cache").as_uri())
+        return open_place((tmp_path / "cache").as_uri())
     s3 = request.getfixturevalue("s3")
-    return S3Storage(s3.uri("cache"))
+    return open_place(s3.uri("cache"))
 
 
-def test_save_then_restore_verified(storage: Storage, tmp_path: Path) -> None:
+def size_of(storage: Location, key: str) -> int | None:
+    info = storage.head(key)
+    return None if info is None else info.size
+
+
+def test_save_then_restore_verified(storage: Location, tmp_path: Path) -> None:
     src = tmp_path / "out"
     rec = _record(_outputs(src, {"model.bin": os.urandom(3000), "sub/x.json": b"{}"}))
     writer = ActionCache(storage, True, print)
@@ -138,7 +153,7 @@ def test_save_then_restore_verified(storage: Storage, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
-def test_damaged_blob_is_refused(storage: Storage, tmp_path: Path, damage: str) -> None:
+def test_damaged_blob_is_refused(storage: Location, tmp_path: Path, damage: str) -> None:
     src = tmp_path / "out"
     rec = _record(_outputs(src, {"model.bin": os.urandom(5000)}))
     assert ActionCache(storage, True, print).save(rec, src)
@@ -160,15 +175,15 @@ def test_damaged_blob_is_refused(storage: Storage, tmp_path: Path, damage: str) 
     assert ActionCache(storage, False, print).restore(rec, dest2) is not None
 
 
-def _overwrite(storage: Storage, key: str, data: bytes | None) -> None:
-    if isinstance(storage, LocalStorage):
+def _overwrite(storage: Location, key: str, data: bytes | None) -> None:
+    if isinstance(storage, LocalDir):
         path = storage.root / key
         if data is None:
             path.unlink()
         else:
             path.write_bytes(data)
         return
-    assert isinstance(storage, S3Storage)
+    assert isinstance(storage, Bucket)
     if data is None:
         storage.client.delete_object(Bucket=storage.bucket, Key=storage.prefix + key)
     else:
@@ -178,9 +193,7 @@ def _overwrite(storage: Storage, key: str, data: bytes | None) -> None:
 def _race_writer(uri: str, endpoint_env: dict[str, str], src: str, n: int, go: float,
                  results: multiprocessing.Queue[tuple[int, bool]]) -> None:
     os.environ.update(endpoint_env)
-    from modelkiln.cache.storage import open_storage
-
-    storage = open_storage(uri)
+    storage = open_place(uri)
     rec = _record(_outputs(Path(src) / str(n), {"model.bin": f"writer {n}".encode() * 1000}),
                   report={"writer": n})
     while time.time() < go:
@@ -188,13 +201,13 @@ def _race_writer(uri: str, endpoint_env: dict[str, str], src: str, n: int, go: f
     results.put((n, ActionCache(storage, True, print).save(rec, Path(src) / str(n))))
 
 
-def test_concurrent_writers_of_one_key_leave_one_valid_record(storage: Storage,
+def test_concurrent_writers_of_one_key_leave_one_valid_record(storage: Location,
                                                               tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
     ctx = multiprocessing.get_context("fork")
     results: multiprocessing.Queue[tuple[int, bool]] = ctx.Queue()
     go = time.time() + 1.5
-    procs = [ctx.Process(target=_race_writer, args=(storage.uri, env, str(tmp_path), n, go, results))
+    procs = [ctx.Process(target=_race_writer, args=(storage.base_uri, env, str(tmp_path), n, go, results))
              for n in range(6)]
     for p in procs:
         p.start()
@@ -215,18 +228,18 @@ KILLED_WRITER = r"""
 import sys
 from pathlib import Path
 from modelkiln.cache import ActionCache, ActionRecord, BlobRef
-from modelkiln.cache.storage import open_storage
+from modelkiln.cache import open_place
 from modelkiln.artifacts.digest import sha256_file
 src = Path(sys.argv[2])
 outs = tuple(BlobRef(p.name, p.stat().st_size, sha256_file(p)) for p in sorted(src.iterdir()))
 rec = ActionRecord(key="ab" * 32, task="weights:x", stage="weights", outputs=outs)
 print("start", flush=True)
-ActionCache(open_storage(sys.argv[1]), True, print).save(rec, src)
+ActionCache(open_place(sys.argv[1]), True, print).save(rec, src)
 print("saved", flush=True)
 """
 
 
-def test_killed_upload_leaves_no_record_naming_a_missing_blob(storage: Storage,
+def test_killed_upload_leaves_no_record_naming_a_missing_blob(storage: Location,
                                                               tmp_path: Path) -> None:
     src = tmp_path / "out"
     src.mkdir()
@@ -235,19 +248,19 @@ def test_killed_upload_leaves_no_record_naming_a_missing_blob(storage: Storage,
     with open(big, "wb") as f:  # large enough that the upload is in flight when the kill lands
         for _ in range(128):
             f.write(os.urandom(1 << 20))
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, storage.uri, str(src)],
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, storage.base_uri, str(src)],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "start"
     small = blob_key(sha256_file(src / "a-small.json"))
     deadline = time.time() + 30
-    while storage.size(small) is None and time.time() < deadline:  # first blob is in: kill now
+    while size_of(storage, small) is None and time.time() < deadline:  # first blob is in: kill now
         pass
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert storage.size(small) == 2, "the first blob should have been written before the kill"
+    assert size_of(storage, small) == 2, "the first blob should have been written before the kill"
     # killed between the first blob and the commit point: no record, and no torn big blob
-    assert storage.read(record_key(KEY), 1 << 20) is None
-    assert storage.size(blob_key(sha256_file(big))) in (None, big.stat().st_size)
+    assert storage.get_small(record_key(KEY), 1 << 20) is None
+    assert size_of(storage, blob_key(sha256_file(big))) in (None, big.stat().st_size)
     assert ActionCache(storage, False, print).lookup(KEY) is None
     # a later writer completes the same key, and its record names only blobs that exist
     assert ActionCache(storage, True, print).save(
@@ -256,4 +269,4 @@ def test_killed_upload_leaves_no_record_naming_a_missing_blob(storage: Storage,
         src)
     rec = ActionCache(storage, False, print).lookup(KEY)
     assert rec is not None
-    assert all(storage.size(blob_key(b.sha256)) == b.size for b in rec.outputs)
+    assert all(size_of(storage, blob_key(b.sha256)) == b.size for b in rec.outputs)

@@ -1,4 +1,4 @@
-"""The TensorRT engine index: listing on both storages (S3 across pages), entries that parse only
+"""The TensorRT engine index: listing on both media (S3 across pages), entries that parse only
 when they describe one engine's files safely, first writer wins, read-only runs write nothing."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from modelkiln.cache import ActionCache, BlobRef, storage
+from modelkiln.cache import ActionCache, BlobRef, open_place
 from modelkiln.cache.engine_index import (
     EngineEntry,
     entry_key,
@@ -15,6 +15,7 @@ from modelkiln.cache.engine_index import (
     put_entry,
 )
 from modelkiln.cache.records import BadRecord
+from modelkiln.transport import Bucket, Location, bucket
 
 FAMILY, OTHER = "f" * 64, "e" * 64
 PLATFORM = "sm80-trt10.3.0-cuda12"
@@ -31,28 +32,28 @@ def entry(**changes: Any) -> EngineEntry:
 
 
 @pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.s3)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> storage.Storage:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
     if request.param == "file":
-        return storage.open_storage((tmp_path / "cache").as_uri())
+        return open_place((tmp_path / "cache").as_uri())
     s3 = request.getfixturevalue("s3")
-    return storage.open_storage(s3.uri("cache"))
+    return open_place(s3.uri("cache"))
 
 
-def test_list_keys_returns_one_prefix_across_pages(store: storage.Storage,
+def test_list_keys_returns_one_prefix_across_pages(store: Location,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(storage, "LIST_PAGE", 2)  # five keys: three ListObjectsV2 pages on S3
+    monkeypatch.setattr(bucket, "LIST_PAGE", 2)  # five keys: three ListObjectsV2 pages on S3
     keys = [f"engines/{FAMILY}/sm{n}0-trt10.3.0-cuda12.json" for n in (5, 7, 8, 9, 10)]
     for key in reversed(keys):
-        store.put(key, b"{}")
-    store.put(f"engines/{OTHER}/sm80-trt10.3.0-cuda12.json", b"{}")  # another family
-    store.put("ac/x.json", b"{}")
+        store.put_bytes(key, b"{}")
+    store.put_bytes(f"engines/{OTHER}/sm80-trt10.3.0-cuda12.json", b"{}")  # another family
+    store.put_bytes("ac/x.json", b"{}")
     assert store.list_keys(f"engines/{FAMILY}/") == sorted(keys)
     assert store.list_keys("engines/nothing-here/") == []
 
 
 def test_a_directory_listing_leaves_out_temp_files(tmp_path: Path) -> None:
-    local = storage.open_storage((tmp_path / "cache").as_uri())
-    local.put(f"engines/{FAMILY}/a.json", b"{}")
+    local = open_place((tmp_path / "cache").as_uri())
+    local.put_bytes(f"engines/{FAMILY}/a.json", b"{}")
     (tmp_path / "cache" / "engines" / FAMILY / ".a.json.1234.tmp").write_bytes(b"half")
     assert local.list_keys(f"engines/{FAMILY}/") == [f"engines/{FAMILY}/a.json"]
 
@@ -80,7 +81,7 @@ def test_entries_round_trip_and_refuse_what_is_unsafe_or_misfiled() -> None:
 
 def test_first_writer_wins_and_read_only_writes_nothing(tmp_path: Path) -> None:
     logged: list[str] = []
-    local = storage.open_storage((tmp_path / "cache").as_uri())
+    local = open_place((tmp_path / "cache").as_uri())
     reader = ActionCache(local, write=False, log=logged.append)
     assert not put_entry(reader, entry())
     assert local.list_keys("engines/") == []
@@ -89,7 +90,7 @@ def test_first_writer_wins_and_read_only_writes_nothing(tmp_path: Path) -> None:
     assert not put_entry(writer, entry(key_sha256="9" * 64))  # a later runner of the platform
     assert [e for e, _ in list_entries(reader, FAMILY)] == [entry()]
     # a malformed entry is left out with a warning, the rest still listed
-    local.put(entry_key(FAMILY, "sm90-trt10.3.0-cuda12"), b"{not json")
+    local.put_bytes(entry_key(FAMILY, "sm90-trt10.3.0-cuda12"), b"{not json")
     assert [e.platform for e, _ in list_entries(reader, FAMILY)] == [PLATFORM]
     assert any("is unusable (not JSON" in line for line in logged)
     assert not logged[:-1]  # nothing else was worth a warning
@@ -101,13 +102,13 @@ def test_s3_listing_without_boto3_matches_boto3(s3: Any, monkeypatch: pytest.Mon
                                                  route: str) -> None:
     """A no-op check of a TensorRT bundle lists the index: the stdlib signed GET does it without
     importing boto3, page after page, and names the same keys (odd characters included)."""
-    monkeypatch.setattr(storage, "LIST_PAGE", 2)
+    monkeypatch.setattr(bucket, "LIST_PAGE", 2)
     prefix = "engines/a b+c/"
     keys = [f"{prefix}{name}.json" for name in ("x ü", "y&z", "sm80", "sm90", "sm100")]
     for key in keys + ["engines/a b+d/other.json"]:
         s3.client.put_object(Bucket=s3.bucket, Key=f"{s3.prefix}cache/{key}", Body=b"{}")
-    store = storage.open_storage(s3.uri("cache"))
-    assert isinstance(store, storage.S3Storage)
+    store = open_place(s3.uri("cache"))
+    assert isinstance(store, Bucket)
     if route == "boto3":
         assert store.client is not None  # a client exists: the listing goes through it
     assert store.list_keys(prefix) == sorted(keys)

@@ -96,13 +96,13 @@ SLOW_WRITER = r"""
 import sys
 from pathlib import Path
 from modelkiln.cache import ActionCache, ActionRecord, BlobRef
-from modelkiln.cache.storage import open_storage
+from modelkiln.cache import open_place
 
 src, size = Path(sys.argv[2]), int(sys.argv[3])
 rec = ActionRecord(key="ab" * 32, task="weights:x", stage="weights",
                    outputs=(BlobRef("big.bin", size, "0" * 64),))
 print("start", flush=True)
-ActionCache(open_storage(sys.argv[1]), True, print).save(rec, src)
+ActionCache(open_place(sys.argv[1]), True, print).save(rec, src)
 """
 
 

@@ -232,8 +232,8 @@ def test_engines_of_another_family_are_never_merged(
 def test_an_unreachable_cache_never_drops_engines_for_good(
         tmp_path: Path, tiny_inputs: Path, fake_host: Use, fake_builder: Callable[[str], None],
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from modelkiln.cache import storage
     from modelkiln.graph import handles
+    from modelkiln.transport import LocalDir
 
     def new_process() -> None:  # a cache that failed stays off for the rest of its process
         monkeypatch.setattr(handles, "_CACHES", {})
@@ -246,31 +246,32 @@ def test_an_unreachable_cache_never_drops_engines_for_good(
     sm80_plan = manifest(a)["parity"]["engines"]["engines"]["sm80"]["plan_sha256"]
 
     # B fetches A's engine while the connection drops: left out for this build only
-    real_fetch = storage.LocalStorage.fetch
+    real_fetch = LocalDir.fetch
 
-    def dropping(self: storage.LocalStorage, key: str, dest: Path, size: int, sha: str) -> None:
+    def dropping(self: LocalDir, key: str, dest: Path, *, size: int, sha256: str,
+                 progress: Any = None) -> None:
         if key.endswith(sm80_plan):
             raise OSError("connection reset by peer")
-        real_fetch(self, key, dest, size, sha)
+        real_fetch(self, key, dest, size=size, sha256=sha256, progress=progress)
 
-    monkeypatch.setattr(storage.LocalStorage, "fetch", dropping)
+    monkeypatch.setattr(LocalDir, "fetch", dropping)
     fake_host(H200)
     b = runner(tmp_path, "B", tiny_inputs)
     new_process()
     build(b, uri, write=True)
     assert "connection reset by peer" in capsys.readouterr().err
     assert engines_in(b) == ["engines/sm90/engine.json", "engines/sm90/model.plan"]
-    monkeypatch.setattr(storage.LocalStorage, "fetch", real_fetch)
+    monkeypatch.setattr(LocalDir, "fetch", real_fetch)
     new_process()
     assert plan(b, uri)["engines:tiny"].run  # the next build tries again ...
     build(b, uri, write=True)
     assert engines_in(b) == BOTH  # ... and gets it
 
     # the listing itself fails: what the last build gathered stands, nothing reruns
-    def unreachable(self: storage.LocalStorage, prefix: str) -> list[str]:
+    def unreachable(self: LocalDir, prefix: str = "") -> list[str]:
         raise OSError("no route to host")
 
-    monkeypatch.setattr(storage.LocalStorage, "list_keys", unreachable)
+    monkeypatch.setattr(LocalDir, "list_keys", unreachable)
     new_process()
     assert not any(r.run for r in plan(b, uri).values())
     build(b, uri, write=True)

@@ -6,9 +6,9 @@
 """
 from __future__ import annotations
 
-from .actions import ActionCache, Restored, blob_key, open_cache, record_key
+from .actions import ActionCache, Restored, blob_key, open_cache, open_place, record_key
 from .config import CacheConfig, resolve
 from .records import ActionRecord, BadRecord, BlobRef, Expected
 
 __all__ = ["ActionCache", "ActionRecord", "BadRecord", "BlobRef", "CacheConfig", "Expected",
-           "Restored", "blob_key", "open_cache", "record_key", "resolve"]
+           "Restored", "blob_key", "open_cache", "open_place", "record_key", "resolve"]

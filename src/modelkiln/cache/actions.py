@@ -6,6 +6,11 @@ Layout under the cache root:
     blobs/sha256/<hex>          output bytes, content-addressed (written first, skipped if present)
     index/<bundle>/<commit>.json  a built bundle's summary (manifests, thresholds), for review
 
+The cache has no storage code of its own: it lives in a `transport.Location` (file://, s3:// or
+an installed plug-in's scheme, one registry in transport.schemes), whose operations carry what
+it relies on: strict bounded reads, checked fetches (a `BadObject` is a miss), conditional
+writes (a record is put if absent, so the first writer wins) and the light no-boto3 reads.
+
 Every failure here is a miss or a skipped write with a warning, never a failed build and never a
 wrong output: a cache is an optimisation. A bad entry (a malformed or mis-bound record, a corrupt
 blob, a FIFO or symlink where a file should be) is a miss for that one task. After the first I/O
@@ -14,14 +19,16 @@ the process, so a broken cache costs one warning.
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..transport import IF_ABSENT, BadObject, Location, PreconditionFailed, Unusable, open_location
+from ..transport.uris import local_path, scheme_of
 from .config import CacheConfig
 from .records import ActionRecord, BadRecord, BlobRef, Expected, shown
-from .storage import Mismatch, Storage, open_storage
 
 RECORD_LIMIT = 16 << 20
 Log = Callable[[str], None]
@@ -44,14 +51,14 @@ class Restored:
 
 
 class ActionCache:
-    def __init__(self, storage: Storage, write: bool, log: Log):
-        self.storage, self.write, self.log = storage, write, log
+    def __init__(self, place: Location, write: bool, log: Log):
+        self.place, self.write, self.log = place, write, log
         self.broken = False
         self.bad_blobs: set[str] = set()  # blobs seen corrupt this process: a writer replaces them
 
     @property
     def uri(self) -> str:
-        return self.storage.uri
+        return self.place.base_uri.rstrip("/")
 
     def _io_failed(self, what: str, exc: BaseException) -> None:
         if not self.broken:
@@ -65,14 +72,14 @@ class ActionCache:
         if self.broken:
             return None
         try:
-            data = self.storage.read(record_key(key), RECORD_LIMIT)
+            data = self.place.get_small(record_key(key), RECORD_LIMIT)
             if data is None:
                 return None
             record = ActionRecord.from_bytes(data, key)
             if expected is not None:
                 record.check(expected)
             return record
-        except (BadRecord, Mismatch) as exc:  # this record: a miss, the cache stays in use
+        except (BadRecord, BadObject) as exc:  # this record: a miss, the cache stays in use
             self.log(f"kiln: warning: cache record {key[:12]} is unusable ({exc}); "
                      "treating it as a miss")
             return None
@@ -105,18 +112,28 @@ class ActionCache:
                 self.log(f"kiln: warning: {record.task}: cannot restore {shown(blob.path)} "
                          f"({exc.strerror}); running the stage instead")
                 return None
-            try:
-                self.storage.fetch(blob_key(blob.sha256), target, blob.size, blob.sha256)
-            except Mismatch as exc:
-                self.log(f"kiln: warning: {record.task}: cache blob for {shown(blob.path)} is "
-                         f"corrupt or missing ({exc}); running the stage instead")
-                self.bad_blobs.add(blob.sha256)
-                return None
-            except Exception as exc:  # a transport failure is a miss
-                self._io_failed(f"fetching {blob.path}", exc)
+            why = self.fetch_blob(blob, target)
+            if why is not None:
+                if not self.broken:  # a broken cache has said so once already
+                    self.log(f"kiln: warning: {record.task}: cache blob for {shown(blob.path)} "
+                             f"is {why}; running the stage instead")
                 return None
             fetched += blob.size
         return Restored(record.digests(), fetched)
+
+    def fetch_blob(self, blob: BlobRef, target: Path) -> str | None:
+        """Fetch `blob` into `target`, checked against its size and sha256; None when it
+        arrived, else why not: a missing, corrupt or unusable blob (remembered, so a writer
+        replaces it) or a failure of the cache itself (which stops using it)."""
+        try:
+            self.place.fetch(blob_key(blob.sha256), target, size=blob.size, sha256=blob.sha256)
+        except BadObject as exc:
+            self.bad_blobs.add(blob.sha256)
+            return f"corrupt or missing ({exc})"
+        except Exception as exc:  # a transport failure is a miss
+            self._io_failed(f"fetching {blob.path}", exc)
+            return f"not fetched ({exc})"
+        return None
 
     def save(self, record: ActionRecord, directory: Path) -> bool:
         """Blobs first (skipping any already present at the right size), then the record,
@@ -127,16 +144,30 @@ class ActionCache:
         try:
             for blob in record.outputs:
                 self._put_blob(blob, directory / blob.path)
-            return self.storage.put_if_absent(record_key(record.key), record.to_bytes())
+            return self.put_if_absent(record_key(record.key), record.to_bytes())
         except Exception as exc:  # a failed cache write never fails the build
             self._io_failed("writing", exc)
             return False
 
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Write `key` unless it is there: True when this call wrote it, False when another
+        writer's is (it wins). Transport failures raise."""
+        try:
+            self.place.put_bytes(key, data, IF_ABSENT)
+        except PreconditionFailed:
+            return False
+        return True
+
     def _put_blob(self, blob: BlobRef, path: Path) -> None:
+        """Upload unless a blob of the right size is there (one that is not a regular file, or
+        was found corrupt this run, is replaced: content-addressed, so any writer's bytes do)."""
         key = blob_key(blob.sha256)
-        if blob.sha256 not in self.bad_blobs and self.storage.size(key) == blob.size:
-            return
-        self.storage.put_file(key, path)
+        if blob.sha256 not in self.bad_blobs:
+            with contextlib.suppress(Unusable):
+                info = self.place.head(key)
+                if info is not None and info.size == blob.size:
+                    return
+        self.place.upload_file(key, path, size=blob.size, sha256=blob.sha256)
 
     def read_blob(self, blob: BlobRef) -> bytes | None:
         """A small output's bytes straight from its blob, checked; None when absent or wrong."""
@@ -152,7 +183,7 @@ class ActionCache:
         if not self.write or self.broken:
             return
         try:
-            self.storage.put(key, data)
+            self.place.put_bytes(key, data)
         except Exception as exc:
             self._io_failed("writing the review index", exc)
 
@@ -161,8 +192,8 @@ class ActionCache:
         if self.broken:
             return None
         try:
-            return self.storage.read(key, limit)
-        except Mismatch as exc:
+            return self.place.get_small(key, limit)
+        except BadObject as exc:
             self.log(f"kiln: warning: cache entry {key} is unusable ({exc}); treating it as a miss")
             return None
         except Exception as exc:
@@ -170,8 +201,17 @@ class ActionCache:
             return None
 
 
+def open_place(uri: str) -> Location:
+    """The Location of the cache at `uri` (any installed transport's scheme); a directory is
+    created when it can be, so a read-only first run finds an empty cache, not an error."""
+    if scheme_of(uri) == "file":
+        with contextlib.suppress(OSError):
+            local_path(uri).mkdir(parents=True, exist_ok=True)
+    return open_location(uri if uri.endswith("/") else uri + "/")
+
+
 def open_cache(config: CacheConfig, log: Log) -> ActionCache | None:
     """The cache `config` names, or None when it is off."""
     if config.uri is None:
         return None
-    return ActionCache(open_storage(config.uri), config.write, log)
+    return ActionCache(open_place(config.uri), config.write, log)

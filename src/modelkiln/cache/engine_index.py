@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts.digest import canonical_json, sha256_bytes
-from .actions import ActionCache, blob_key
+from .actions import ActionCache
 from .records import ActionRecord, BadRecord, BlobRef, parse_json, safe_relpath
-from .storage import Mismatch
 
 SCHEMA = 1
 PREFIX = "engines"
@@ -144,8 +143,7 @@ def put_entry(cache: ActionCache, entry: EngineEntry) -> bool:
     if not cache.write or cache.broken:
         return False
     try:
-        return cache.storage.put_if_absent(entry_key(entry.family, entry.platform),
-                                           entry.to_bytes())
+        return cache.put_if_absent(entry_key(entry.family, entry.platform), entry.to_bytes())
     except Exception as exc:  # a failed cache write never fails the build
         cache._io_failed("writing the engine index", exc)
         return False
@@ -158,7 +156,7 @@ def list_entries(cache: ActionCache, family: str) -> list[tuple[EngineEntry, str
         return []
     prefix = f"{PREFIX}/{family}/"
     try:
-        keys = cache.storage.list_keys(prefix)
+        keys = cache.place.list_keys(prefix)
     except Exception as exc:
         cache._io_failed("listing the engine index", exc)
         return []
@@ -201,12 +199,7 @@ def fetch_entry(cache: ActionCache, entry: EngineEntry, dest: Path) -> str | Non
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # its paths do not fit one directory (`x` beside `x/y`)
             return f"its file {blob.path} cannot be placed ({exc.strerror})"
-        try:
-            cache.storage.fetch(blob_key(blob.sha256), target, blob.size, blob.sha256)
-        except Mismatch as exc:
-            cache.bad_blobs.add(blob.sha256)
-            return f"its blob for {blob.path} is corrupt or missing ({exc})"
-        except Exception as exc:  # a transport failure: the cache is off for this run
-            cache._io_failed(f"fetching {blob.path}", exc)
-            return f"fetching {blob.path} failed ({exc})"
+        why = cache.fetch_blob(blob, target)
+        if why is not None:  # a transport failure also turns the cache off for this run
+            return f"its blob for {blob.path} is {why}"
     return None

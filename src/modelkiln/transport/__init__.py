@@ -12,7 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 from .bucket import Bucket
-from .fetch import DigestMismatch, Progress, TooLarge, download, read_small
+from .fetch import (
+    BadObject,
+    DigestMismatch,
+    Missing,
+    Progress,
+    TooLarge,
+    Unusable,
+    download,
+    read_small,
+)
 from .local import LocalDir
 from .objects import (
     ALWAYS,
@@ -35,9 +44,9 @@ from .s3 import (
 )
 from .uris import local_path, parse_s3, scheme_of, sibling
 
-__all__ = ["ALWAYS", "DEFAULT", "IF_ABSENT", "Bucket", "Condition", "DigestMismatch", "LocalDir",
-           "Location", "ObjectInfo", "PreconditionFailed", "Progress", "TooLarge",
-           "TransferSettings", "download",
+__all__ = ["ALWAYS", "DEFAULT", "IF_ABSENT", "BadObject", "Bucket", "Condition", "DigestMismatch",
+           "LocalDir", "Location", "Missing", "ObjectInfo", "PreconditionFailed", "Progress",
+           "TooLarge", "TransferSettings", "Unusable", "download",
            "error_code", "if_match", "is_permanent", "local_path", "open_location", "parse_s3",
            "read_small", "s3_client", "scheme_of", "sibling", "status_of", "transfer_config",
            "with_retries"]

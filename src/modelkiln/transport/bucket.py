@@ -8,6 +8,11 @@ written. Every object written records its sha256 as `x-amz-meta-sha256`, so `hol
 Servers that reject the transport checksum or conditional writes (501 / InvalidRequest) are
 retried without them; `conditional` then reads False, and conditions are no longer enforced by
 the server (callers' HEAD comparisons still catch most conflicts, but not a close race).
+
+Reads take the light path first: until something needs boto3 (a write, a HEAD, a large
+download), `get_small`, a small `fetch` and `list_keys` go through `s3lite` (a stdlib-only signed
+GET; importing boto3 costs a cold runner ~0.4 s), and ask boto3 only when it does not apply or
+S3 answers anything but 200. The client is made on first use, not when the Bucket is.
 """
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ from typing import Any, TypeVar
 
 from ..artifacts.digest import sha256_bytes
 from ..errors import KilnError, PublishError
-from .fetch import Progress, download, read_small
+from . import s3lite
+from .fetch import DigestMismatch, Progress, download, read_small
 from .objects import ALWAYS, Condition, ObjectInfo, PreconditionFailed
 from .s3 import (
     DEFAULT,
@@ -33,6 +39,8 @@ from .uris import parse_s3
 
 T = TypeVar("T")
 SMALL_LIMIT = 64 << 20
+LIGHT_FETCH = 8 << 20  # a fetch up to this size tries the stdlib-only GET before boto3
+LIST_PAGE = 1000  # keys per ListObjectsV2 page (S3's maximum)
 
 
 def _headers(condition: Condition) -> dict[str, str]:
@@ -51,8 +59,26 @@ class Bucket:
         self.bucket, self.prefix, self.settings = bucket, prefix, settings
         self.conditional = True
         self._conditions: dict[str, dict[str, str]] = {}
-        self.client = client if client is not None else s3_client(settings)
-        self._hook(self.client)
+        self._client: Any = None
+        if client is not None:
+            self.client = client
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client, made (and hooked) on first use."""
+        if self._client is None:
+            self.client = s3_client(self.settings)
+        return self._client
+
+    @client.setter
+    def client(self, client: Any) -> None:
+        self._client = client
+        self._hook(client)
+
+    @property
+    def light(self) -> bool:
+        """No boto3 client yet: reads try the stdlib-only path (s3lite) first."""
+        return self._client is None
 
     @property
     def base_uri(self) -> str:
@@ -108,7 +134,6 @@ class Bucket:
     def _drop_checksums(self) -> None:
         self.settings = dataclasses.replace(self.settings, checksum=None)
         self.client = s3_client(self.settings)
-        self._hook(self.client)
 
     # ----------------------------------------------------------------------------- reading
     def head(self, key: str) -> ObjectInfo | None:
@@ -128,18 +153,43 @@ class Bucket:
         return info is not None and info.size == size and info.sha256 == sha256
 
     def get_small(self, key: str, limit: int = SMALL_LIMIT) -> bytes | None:
-        return read_small(self.uri(key), limit=limit, client=self.client, settings=self.settings)
+        """None when absent; TooLarge (refused, never cut) when over `limit` bytes."""
+        fast = s3lite.get_small(self.bucket, self.prefix + key, limit=limit) \
+            if self.light else None
+        if fast is not None:
+            return fast
+        return read_small(self.uri(key), limit=limit, client=self.client, settings=self.settings,
+                          what="manifest or record")
 
     def fetch(self, key: str, dest: Path, *, size: int, sha256: str,
               progress: Progress | None = None) -> None:
+        """Missing when absent; DigestMismatch when the bytes differ, refused after a HEAD (or
+        the light GET's Content-Length) when the size does, so no more than the size is read."""
+        fast = s3lite.get_small(self.bucket, self.prefix + key, limit=size) \
+            if self.light and size <= LIGHT_FETCH else None
+        if fast is not None:
+            dest.write_bytes(fast)
+            if progress:
+                progress(len(fast))
+            actual = sha256_bytes(fast)
+            if len(fast) != size or actual != sha256:
+                dest.unlink(missing_ok=True)
+                raise DigestMismatch(self.uri(key), size, len(fast), sha256, actual)
+            return
         download(self.uri(key), dest, size=size, sha256=sha256, progress=progress,
                  client=self.client, settings=self.settings)
 
     def list_keys(self, prefix: str = "") -> list[str]:
+        fast = s3lite.list_keys(self.bucket, self.prefix + prefix, page=LIST_PAGE) \
+            if self.light else None
+        if fast is not None:
+            return sorted(k[len(self.prefix):] for k in fast)
+
         def pages() -> list[str]:
             keys: list[str] = []
             paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix,
+                                           PaginationConfig={"PageSize": LIST_PAGE}):
                 keys.extend(o["Key"][len(self.prefix):] for o in page.get("Contents", []))
             return keys
         return sorted(self._call("LIST", prefix, pages))

@@ -23,15 +23,40 @@ if TYPE_CHECKING:  # objects.py imports this module
 Progress = Callable[[int], None]
 
 
-class TooLarge(KilnError):
+class BadObject(PublishError):
+    """One object that cannot be used as asked, though the transport works: absent where a
+    checked fetch wanted it, other bytes than expected, or not an object its writer could have
+    stored. A caller that can do without it (the action cache: "mismatch = miss") treats any of
+    these as a miss of that one entry; every other exception is a failure of the transport."""
+
+
+class Missing(BadObject):
+    """A checked fetch of a key that is not there."""
+
+    def __init__(self, uri: str, hint: str = "check the URI and that it was published"):
+        self.uri = uri
+        super().__init__(f"{uri}: not found; {hint}")
+
+
+class Unusable(BadObject):
+    """An entry that is there but cannot be what a writer stored: not a regular file, reached
+    through a symlink below the location, or over the reader's bound. Refused without being read
+    (a FIFO would block, a device stream forever)."""
+
+    def __init__(self, uri: str, why: str):
+        self.uri = uri
+        super().__init__(f"{uri}: {why}")
+
+
+class TooLarge(Unusable):
     """A small object over the size its reader accepts for it, refused before it is read."""
 
     def __init__(self, uri: str, limit: int, what: str):
-        self.uri, self.limit, self.what = uri, limit, what
-        super().__init__(f"{uri}: larger than {limit} bytes; not a {what}")
+        self.limit, self.what = limit, what
+        super().__init__(uri, f"larger than {limit} bytes; not a {what}")
 
 
-class DigestMismatch(PublishError):
+class DigestMismatch(BadObject):
     """Bytes that arrived intact but differ in size or sha256 from the ones expected: the object
     is corrupt or was replaced. Callers that hold a signature for the expected bytes re-word it
     as a signature refusal. `sha256` / `actual` are None where the size alone already differed."""
@@ -128,8 +153,8 @@ def download(uri: str, dest: Path, *, size: int, sha256: str, progress: Progress
     except Exception as exc:
         dest.unlink(missing_ok=True)
         if status_of(exc) == 404 or isinstance(exc, FileNotFoundError):
-            raise PublishError(f"{uri}: not found; check MODEL_BUNDLE_S3_URI_* and that the "
-                               "version was published") from None
+            raise Missing(uri, "check MODEL_BUNDLE_S3_URI_* and that the version was "
+                          "published") from None
         if isinstance(exc, OSError) and exc.strerror:
             raise PublishError(f"{uri}: cannot read or write ({exc.strerror}: "
                                f"{exc.filename or dest}); check permissions and free space") from None

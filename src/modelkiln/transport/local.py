@@ -1,21 +1,26 @@
 """A local directory as a `Location`: S3's object semantics on a POSIX file system.
 
-Every write goes to a temporary `.<name>.*.tmp` beside its key (ordinary read permissions, not
-mkstemp's 0600: serving processes read these files under another uid), is fsynced, and is then
-put in place in one step, so a reader sees the old object, the new one or none, never a torn one:
+Every write fills an unnamed file (O_TMPFILE; where the file system lacks it, a temporary
+`.<name>.*.tmp` beside its key) with ordinary read permissions (not mkstemp's 0600: serving
+processes read these files under another uid), fsyncs it, and puts it in place in one step, so a
+reader sees the old object, the new one or none, never a torn one:
 
-- `IF_ABSENT`: `os.link(temp, key)`, which fails when the name exists, on local disks and NFS
-  alike: the on-disk twin of S3's `If-None-Match: *`.
+- `IF_ABSENT`: link(2) of the complete file to the key, which fails when the name exists, on
+  local disks and NFS alike: the on-disk twin of S3's `If-None-Match: *` (first writer wins).
 - `ALWAYS`: `os.replace(temp, key)`.
 - `if_match(etag)`: the key's etag is compared, then `os.replace`; not atomic (see objects.py).
 
-The directory is fsynced after every link, rename and unlink, so a crash cannot undo a write
-that was reported done.
+Reads are strict (transport.localfs): regular files only, never through a symlink below the
+root, never past their bound (`get_small`'s limit, `fetch`'s size plus one byte); anything else
+is `Unusable`, which the action cache treats as a miss. The directory is fsynced after every
+link, rename and unlink, so a crash cannot undo a write that was reported done.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +30,8 @@ from ..artifacts.atomic import fsync_dir, new_temp
 from ..artifacts.digest import HashingWriter, sha256_file
 from ..artifacts.extract import check_name
 from ..errors import KilnError, PublishError
-from .fetch import Progress, download
+from .fetch import DigestMismatch, Missing, Progress, TooLarge, Unusable
+from .localfs import NotRegular, anonymous, link_anonymous, open_regular
 from .objects import ALWAYS, Condition, ObjectInfo, PreconditionFailed
 from .s3 import DEFAULT, TransferSettings
 from .uris import local_path
@@ -69,16 +75,24 @@ class LocalDir:
                                "path, its permissions and free space, then run the command "
                                "again") from None
 
+    def _open(self, key: str) -> tuple[int, int] | None:
+        """(fd, size) of the regular file `key` (transport.localfs), None when absent."""
+        try:
+            return open_regular(self.root, key)
+        except NotRegular as exc:
+            raise Unusable(self.uri(key), f"{exc}; move it away, then run the command "
+                           "again") from None
+
     def head(self, key: str) -> ObjectInfo | None:
         path = self._path(key)
         with self._io("read", key):
             try:
-                st = os.stat(path)
+                st = os.stat(path, follow_symlinks=False)
             except FileNotFoundError:
                 return None
-            if not path.is_file():
-                raise PublishError(f"{path}: not a regular file; move it away, then run the "
-                                   "command again")
+        if not stat.S_ISREG(st.st_mode):
+            raise Unusable(self.uri(key), "not a regular file; move it away, then run the "
+                           "command again")
         return ObjectInfo(size=st.st_size, etag=_etag(st))
 
     def holds(self, key: str, size: int, sha256: str) -> bool:
@@ -89,21 +103,34 @@ class LocalDir:
             return sha256_file(self._path(key)) == sha256
 
     def get_small(self, key: str, limit: int = SMALL_LIMIT) -> bytes | None:
-        path = self._path(key)
+        self._path(key)
         with self._io("read", key):
-            try:
-                with open(path, "rb") as f:
-                    if os.fstat(f.fileno()).st_size > limit:
-                        raise PublishError(f"{path}: larger than {limit} bytes; not a manifest "
-                                           "or record")
-                    return f.read()
-            except FileNotFoundError:
+            opened = self._open(key)
+            if opened is None:
                 return None
+            with os.fdopen(opened[0], "rb") as f:
+                data = f.read(limit + 1) if opened[1] <= limit else b""
+        if opened[1] > limit or len(data) > limit:  # refused, never cut to a torn prefix
+            raise TooLarge(self.uri(key), limit, "manifest or record")
+        return data
 
     def fetch(self, key: str, dest: Path, *, size: int, sha256: str,
               progress: Progress | None = None) -> None:
-        # by path, not self.uri(key): a subclass may name its objects with a scheme of its own
-        download(self._path(key).as_uri(), dest, size=size, sha256=sha256, progress=progress)
+        """Copy at most `size` + 1 bytes, hashing them as they are written."""
+        self._path(key)
+        with self._io("read", key):
+            opened = self._open(key)
+            if opened is None:
+                raise Missing(self.uri(key))
+            with os.fdopen(opened[0], "rb") as src, open(dest, "wb") as raw:
+                out = HashingWriter(raw)
+                while out.size <= size and (chunk := src.read(min(CHUNK, size + 1 - out.size))):
+                    out.write(chunk)
+                    if progress:
+                        progress(len(chunk))
+        if out.size != size or out.hexdigest() != sha256:
+            dest.unlink(missing_ok=True)
+            raise DigestMismatch(self.uri(key), size, out.size, sha256, out.hexdigest())
 
     def put_bytes(self, key: str, data: bytes, condition: Condition = ALWAYS, *,
                   content_type: str = "application/json") -> ObjectInfo:
@@ -131,19 +158,34 @@ class LocalDir:
         target = self._path(key)
         with self._io("write", key):
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = new_temp(target)
+            fd, tmp = anonymous(target.parent), None
+            if fd is None:
+                fd, tmp = new_temp(target)
             try:
                 with os.fdopen(fd, "wb") as out:
                     fill(out)
                     out.flush()
                     os.fsync(out.fileno())
                     info = ObjectInfo(size=out.tell(), etag=_etag(os.fstat(out.fileno())))
-                self._place(tmp, target, key, condition)
+                    if tmp is None and condition.if_absent:
+                        self._link_first(out.fileno(), target, key, condition)
+                    elif tmp is None:  # named only now: a killed writer left nothing
+                        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+                        link_anonymous(out.fileno(), tmp)
+                if tmp is not None:
+                    self._place(tmp, target, key, condition)
             finally:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
+                if tmp is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        tmp.unlink()
             fsync_dir(target.parent)
         return info
+
+    def _link_first(self, fd: int, target: Path, key: str, condition: Condition) -> None:
+        try:
+            link_anonymous(fd, target)
+        except FileExistsError:
+            raise PreconditionFailed(self.uri(key), condition) from None
 
     def _place(self, tmp: Path, target: Path, key: str, condition: Condition) -> None:
         if condition.if_absent:

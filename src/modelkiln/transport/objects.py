@@ -75,7 +75,12 @@ class Location(Protocol):
     """A directory of objects addressed by relative keys ("a/b.json"): an s3:// prefix or a path.
 
     Every method raises PublishError (a KilnError) for transport and permission failures, with
-    the URI and the fix in its message, never a library's exception.
+    the URI and the fix in its message, never a library's exception. A failure of one object
+    rather than of the medium is a `BadObject` (transport.fetch): `Missing`, `DigestMismatch`,
+    `Unusable` / `TooLarge`; the action cache reads any of those as a miss ("mismatch = miss"),
+    every other error as the cache being unreachable. Reads are strict: only what a writer of
+    this Location could have stored (on disk: a regular file reached without a symlink below the
+    root), never more bytes than the reader's bound.
     """
 
     @property
@@ -88,7 +93,7 @@ class Location(Protocol):
         ...
 
     def head(self, key: str) -> ObjectInfo | None:
-        """What is stored under `key`, or None when nothing is."""
+        """What is stored under `key`, or None when nothing is (Unusable: not an object)."""
         ...
 
     def holds(self, key: str, size: int, sha256: str) -> bool:
@@ -96,17 +101,22 @@ class Location(Protocol):
         ...
 
     def get_small(self, key: str, limit: int = ...) -> bytes | None:
-        """The bytes of a small object (a manifest, a record), or None when it does not exist."""
+        """The bytes of a small object (a manifest, a record), or None when it does not exist;
+        TooLarge when it is over `limit` bytes (refused, never cut), Unusable when it is not an
+        object (a FIFO, a device, a symlink)."""
         ...
 
     def fetch(self, key: str, dest: Path, *, size: int, sha256: str,
               progress: Progress | None = None) -> None:
-        """Copy `key` into the new file `dest`, refusing bytes other than `size` / `sha256`."""
+        """Copy `key` into the new file `dest`, refusing bytes other than `size` / `sha256`
+        (DigestMismatch, reading at most `size` + 1 bytes; `dest` is removed) and an absent key
+        (Missing)."""
         ...
 
     def put_bytes(self, key: str, data: bytes, condition: Condition = ALWAYS, *,
                   content_type: str = "application/json") -> ObjectInfo:
-        """Write a small object whole; PreconditionFailed when `condition` does not hold."""
+        """Write a small object whole; PreconditionFailed when `condition` does not hold
+        (IF_ABSENT: of concurrent writers exactly one succeeds, so the first writer wins)."""
         ...
 
     def upload_file(self, key: str, path: Path, *, size: int, sha256: str,
