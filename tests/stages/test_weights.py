@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from helpers import LABELS, make_inputs, make_project
+
+if TYPE_CHECKING:  # torch is imported inside the tests that need it
+    import torch
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +23,7 @@ class _Canary:
     def __init__(self, path: Path):
         self.path = path
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[str], int], tuple[str]]:
         return (os.system, (f"touch {self.path}",))
 
 
@@ -36,7 +41,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path: Path, tiny_inputs
     assert not (project.root / "build" / "tiny" / "weights").exists()
 
 
-def _tensors(path: Path) -> dict:
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from shard_helpers import INDEX, bump_shard, shard_names, sharded_inputs
 
 from helpers import SPEC, Project, make_project
 from modelkiln.artifacts.oci.layout import OciLayout
@@ -22,6 +21,7 @@ from modelkiln.publish.oci import OciPush, push
 from modelkiln.publish.store import publish_to_store
 from modelkiln.store import ModelStore
 from ociregistry import DockerRegistry
+from weights.shard_helpers import INDEX, bump_shard, shard_names, sharded_inputs
 
 pytestmark = [pytest.mark.slow, pytest.mark.oci]
 
