@@ -47,6 +47,7 @@ class Quantize:
     op_types: tuple[str, ...] | None
     calibration: Path | None
     exclude_nodes: tuple[str, ...] = ()  # ONNX node names kept in float (not quantized)
+    fuse: str = ""  # onnxruntime transformer-optimizer model type fused before quantizing ("": none)
 
 
 @dataclass(frozen=True)

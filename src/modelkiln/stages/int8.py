@@ -48,13 +48,26 @@ CALIBRATION_ROWS = 256  # static mode: activation ranges from at most this many 
 CALIBRATION_BATCH = 8  # padded batches, as served: the attention-mask path sees its real range
 
 
+# A task kind's int8 default (`quantize: auto` or no settings) fuses the encoder's subgraphs with
+# onnxruntime's transformer optimizer before quantizing: attention into Attention (then
+# QAttention), embeddings + LayerNorm into EmbedLayerNormalization, residual + LayerNorm into
+# SkipLayerNormalization, bias + GELU into BiasGelu. Unfused, dynamic quantization wraps every
+# MatMul in DynamicQuantizeLinear/MatMulInteger/Cast/Mul nodes and blocks the fusions onnxruntime
+# makes itself when it loads the fp32 model, so small encoders got bigger graphs and no speed-up
+# (bench/README.md, Model kinds). Decoders (text-generation) keep the plain default.
+KIND_FUSE = {"feature-extraction": "bert", "token-classification": "bert",
+             "image-classification": "vit"}
+
+
 def settings(bundle: Bundle) -> Quantize:
     """The settings this stage uses: the spec's. `auto` searches only for classifiers, whose
-    parity gate measures decisions at thresholds; other task kinds get the old default."""
+    parity gate measures decisions at thresholds; other task kinds get the plain dynamic
+    default, fused first where KIND_FUSE names the task."""
     assert bundle.onnx is not None
     q = bundle.onnx.quantize
     if q.mode == "auto" and bundle.source.task not in (MULTI_LABEL, SINGLE_LABEL):
-        return replace(q, mode="dynamic", per_channel=True, reduce_range=False, op_types=None)
+        return replace(q, mode="dynamic", per_channel=True, reduce_range=False, op_types=None,
+                       fuse=KIND_FUSE.get(bundle.source.task, ""))
     return q
 
 
@@ -70,6 +83,8 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
                               "op_types": list(q.op_types) if q.op_types else None}
     if q.exclude_nodes:  # only when set, so the plans of specs without it stay as they were
         values["exclude_nodes"] = list(q.exclude_nodes)
+    if q.fuse:  # likewise
+        values["fuse"] = q.fuse
     if static:  # the texts' bytes are an input; how they are cut into tokens is a parameter
         values.update(max_length=bundle.thresholds.max_length, rows=CALIBRATION_ROWS)
     return [stage_plan(
@@ -145,9 +160,15 @@ def _quantize(ctx: RunContext, q: Quantize, src: Path, dst: Path, large: bool) -
     op_types = list(q.op_types) if q.op_types else None
     exclude = list(q.exclude_nodes) or None
     if q.mode == "dynamic":
+        extra: dict[str, Any] = {}
+        if q.fuse:
+            src = _fuse(q.fuse, src, dst.parent / "fused" / src.name, large)
+            # the fused contrib ops' outputs carry no inferred type: they are float
+            extra["DefaultTensorType"] = 1  # onnx.TensorProto.FLOAT
         quantize_dynamic(src, dst, op_types_to_quantize=op_types, per_channel=q.per_channel,
                          reduce_range=q.reduce_range, weight_type=weight_type,
-                         nodes_to_exclude=exclude, use_external_data_format=large)
+                         nodes_to_exclude=exclude, use_external_data_format=large,
+                         extra_options=extra)
         return
     names = [i.name for i in ort_session(src).get_inputs()]
     reader = _TextReader(_calibration_rows(ctx, q, names))
@@ -156,6 +177,18 @@ def _quantize(ctx: RunContext, q: Quantize, src: Path, dst: Path, large: bool) -
                     activation_type=QuantType.QUInt8, weight_type=weight_type,
                     nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
                     use_external_data_format=large)
+
+
+def _fuse(model_type: str, src: Path, dst: Path, large: bool) -> Path:
+    """`src` with onnxruntime's transformer fusions for `model_type` (heads and hidden size read
+    from the graph), written to `dst`; the python fusions only (opt_level 0): the fp32 graph is
+    already what the exporter made, and onnxruntime applies its own level when it loads."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    dst.parent.mkdir(exist_ok=True)
+    fused = optimize_model(str(src), model_type=model_type, opt_level=0, use_gpu=False)
+    fused.save_model_to_file(str(dst), use_external_data_format=large)
+    return dst
 
 
 def _op_counts(path: Path) -> dict[str, int]:
@@ -228,7 +261,8 @@ def run(ctx: RunContext) -> Report:
         data_files = check_external_data(ctx.out / OUTPUT)
     else:
         ctx.log(f"int8:{ctx.bundle.name}: quantizing ({q.mode}, {q.weight_type}, "
-                f"per_channel={q.per_channel}, reduce_range={q.reduce_range})")
+                f"per_channel={q.per_channel}, reduce_range={q.reduce_range}"
+                f"{f', fused as {q.fuse}' if q.fuse else ''})")
         data_files = quantize_into(ctx, q, src, ctx.out)
     size = sum((ctx.out / n).stat().st_size for n in [OUTPUT, *data_files])
     ops = _op_counts(ctx.out / OUTPUT)
@@ -240,6 +274,8 @@ def run(ctx: RunContext) -> Report:
                       "external_data": data_files, "ops": ops}
     if q.exclude_nodes:
         report["exclude_nodes"] = list(q.exclude_nodes)
+    if q.fuse:
+        report["fuse"] = q.fuse
     if auto is not None:
         report["auto"] = auto
     return report
