@@ -1,9 +1,9 @@
 """The lint, type and layer gates run as part of the test command, so a red gate is a red run.
 
 Each gate is the tool itself with its configuration from pyproject.toml: ruff (the rule set is
-stated there), mypy --strict on src/modelkiln, and import-linter's contracts (the layers of the
-flow, a light runtime, doit only in the graph, YAML only in the spec package). A failure prints
-the tool's own report.
+stated there), mypy --strict on src/modelkiln and tests/, and import-linter's contracts (the
+layers of the flow, a light runtime, doit only in the graph, YAML only in the spec package). A
+failure prints the tool's own report.
 """
 from __future__ import annotations
 
