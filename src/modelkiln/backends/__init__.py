@@ -89,7 +89,8 @@ def backends() -> dict[str, Backend]:
     """Every installed backend: the built-ins in their order, then plug-ins by name."""
     found = {n: cast(Backend, b) for n, b in plugins.loaded(plugins.BACKENDS,
                                                             BUILTIN_BACKENDS).items()}
-    return {n: found[n] for n in sorted(found, key=lambda n: (n not in BUILTIN, n))}
+    rank = {n: i for i, n in enumerate(BUILTIN)}
+    return {n: found[n] for n in sorted(found, key=lambda n: (rank.get(n, len(rank)), n))}
 
 
 def backend(name: str) -> Backend:
