@@ -10,6 +10,7 @@ protocol. Stage modules import their heavy libraries inside `run`, so importing 
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from typing import cast
 
@@ -109,6 +110,9 @@ def plan_bundle(bundle: Bundle, skip: frozenset[str] = frozenset()) -> list[Stag
         # package's inputs are its packed stages' inputs: handed over, not planned twice
         found = package.plan(bundle, layout, by_stage) if stage is package \
             else stage.plan(bundle, layout)
+        why = kinds.skip_reason(bundle, name)  # e.g. no TensorRT engine for an LLM: say why
+        if why is not None:
+            found = [dataclasses.replace(p, extra=(*p.extra, ("skip", why))) for p in found]
         by_stage[name] = found
         # A skipped backend takes its own stages (export, quantize, gates, package) with it.
         plans.extend(p for p in found if p.backend not in skip)

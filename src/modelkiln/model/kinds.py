@@ -82,12 +82,8 @@ def generation(c: Checker, data: Data) -> Generation | None:
         if key in data:
             c.fail((key,), f"source.task {TEXT_GENERATION} has no {key}",
                    f"remove the {key} section (classifiers only)", at_key=True)
-    if "tensorrt" in data["backends"]:
-        c.fail(("backends", "tensorrt"), "no TensorRT engine for text-generation here: an LLM "
-               "engine is built by TensorRT-LLM (trtllm-build from the checkpoint, with the "
-               "KV-cache, paged attention and in-flight batching plug-ins), which modelkiln's "
-               "engine stage does not drive", "remove backends.tensorrt; serve the safetensors "
-               "with vLLM (generation.serving) or the int8 ONNX model")
+    # backends.tensorrt is accepted: `kiln plan` shows its engine task skipped with the reason
+    # (stages/kinds/generation.TRT_SKIP), as a host without a GPU shows a classifier's
     p, s = g.get("parity", {}), g.get("serving", {})
     cal = c.path(("generation", "calibration"), g["calibration"], "file")
     return Generation(cal or Path(), int(g.get("steps", 8)), float(p.get("min_agreement", 0.95)),
@@ -100,7 +96,7 @@ class Entities:
     """The `entities:` section of a token-classification (NER) spec."""
 
     calibration: Path  # JSONL rows {"text": ...}
-    aggregation: str  # simple: B-X then I-X tokens make one X span
+    aggregation: str  # simple | first | average | max (artifacts/entities.py: the HF pipeline's)
     max_length: int
     min_agreement: float  # int8: the worst label's entity agreement (span + label) with PyTorch
 

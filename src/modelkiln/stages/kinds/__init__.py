@@ -34,6 +34,9 @@ class Kind:
     card: Callable[[RunContext, str, str, dict[str, Report], dict[str, str]], str]
     head: bool = False  # config.json carries a classification head (labels checked against it)
     keep_shards: bool = False  # ship a sharded safetensors checkpoint sharded
+    # shared stages planned only to be shown skipped, with the reason (`kiln plan`): a backend
+    # the spec may name whose stage cannot build this kind (text-generation's TensorRT engine)
+    skips: tuple[tuple[str, str], ...] = ()
 
 
 def kind_of(bundle: Bundle) -> Kind | None:
@@ -68,6 +71,12 @@ def planned(bundle: Bundle, stage: str) -> bool:
     """Whether a shared stage takes part in this bundle's graph."""
     kind = kind_of(bundle)
     return kind is None or stage not in kind.drops
+
+
+def skip_reason(bundle: Bundle, stage: str) -> str | None:
+    """Why a shared stage that this bundle's kind plans never runs for it (None: it may)."""
+    kind = kind_of(bundle)
+    return dict(kind.skips).get(stage) if kind is not None else None
 
 
 def backend_config(bundle: Bundle, served_model_id: str) -> dict[str, Any]:
