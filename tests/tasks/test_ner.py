@@ -28,14 +28,43 @@ def test_bundle_and_entity_gate(tagger_built: Project) -> None:
 
 
 def test_spans_aggregate_bio_tags() -> None:
+    import numpy as np
+
     from modelkiln.stages.ner_parity import agreement, spans
 
+    labels = ["O", "B-PROC", "I-PROC", "B-DRUG", "I-DRUG"]
     tags = ["O", "B-PROC", "I-PROC", "O", "B-DRUG", "B-DRUG", "I-PROC"]
-    offsets = [(0, 0), (0, 4), (5, 9), (10, 12), (13, 16), (17, 20), (21, 25)]
-    found = spans(tags, offsets, [1, 0, 0, 0, 0, 0, 0])
+    rows = np.eye(len(labels))[[labels.index(t) for t in tags]] * 8.0
+    enc = {"offset_mapping": [(0, 0), (0, 4), (5, 9), (10, 12), (13, 16), (17, 20), (21, 25)],
+           "special_tokens_mask": [1, 0, 0, 0, 0, 0, 0]}
+    found = spans("x" * 25, labels, rows, enc, [False] * 7, "simple")
     assert found == {(0, 9, "PROC"), (13, 16, "DRUG"), (17, 20, "DRUG"), (21, 25, "PROC")}
     report = agreement([found], [{(0, 9, "PROC"), (13, 16, "DRUG")}], ["DRUG", "PROC"])
     assert report["per_label"] == {"DRUG": 0.5, "PROC": 0.5}
+
+
+def test_spec_records_an_aggregation_and_only_the_gate_reruns(tagger_built: Project) -> None:
+    """entities.aggregation: max validates, reruns the entity gate (under max) and the
+    packages that carry its figures, not the export; the manifest tells predict. An unknown
+    strategy is a spec error naming the four."""
+    spec = tagger_built.spec.read_text()
+    try:
+        tagger_built.spec.write_text(spec.replace("entities:\n", "entities:\n  aggregation: max\n"))
+        done = tagger_built.doit("build:tagger")
+        assert done.code == 0, done.output
+        assert "ner_parity:tagger" in done.executed
+        assert not {"onnx:tagger", "int8:tagger", "weights:tagger"} & done.executed
+        manifest = json.loads((tagger_built.dist("onnx") / "manifest.json").read_text())
+        assert manifest["signature"]["entities"]["aggregation"] == "max"
+        assert manifest["parity"]["ner_parity"]["aggregation"] == "max"
+        tagger_built.spec.write_text(spec.replace("entities:\n",
+                                                  "entities:\n  aggregation: longest\n"))
+        bad = tagger_built.kiln("validate")
+        assert bad.returncode != 0 and "entities.aggregation" in bad.stderr
+        assert "'average'" in bad.stderr or "average" in bad.stderr
+    finally:
+        tagger_built.spec.write_text(spec)
+    assert tagger_built.doit("build:tagger").code == 0
 
 
 def test_gate_fails_on_an_export_with_the_wrong_label_order(tagger_built: Project,
@@ -60,15 +89,16 @@ def test_gate_fails_on_an_export_with_the_wrong_label_order(tagger_built: Projec
     labels = json.loads((build / "labels" / "label_order.json").read_text())
     tok = AutoTokenizer.from_pretrained(str(build / "tokenizer" / "tokenizer"))
     session = ort_session(tmp_path / "onnx" / "model.onnx")
-    ref, got = [], []
+    ref: list[set[tuple[int, int, str]]] = []
+    got: list[set[tuple[int, int, str]]] = []
     for text in read_texts(tagger_built.inputs / "calibration.jsonl", 20):
         enc = tok(text, return_offsets_mapping=True, return_special_tokens_mask=True)
         feed = {i.name: np.asarray([enc[i.name]], dtype=np.int64) for i in session.get_inputs()}
         good = AutoModelForTokenClassification.from_pretrained(str(build / "weights"))
         want = good(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits[0].detach()
+        subword = ner_parity.subwords(tok, text, enc)
         for out, rows in ((ref, want.numpy()), (got, session.run(["logits"], feed)[0][0])):
-            out.append(ner_parity.spans([labels[j] for j in rows.argmax(1)],
-                                        enc["offset_mapping"], enc["special_tokens_mask"]))
+            out.append(ner_parity.spans(text, labels, rows, enc, subword, "simple"))
     report = {"fp32": {"max_abs_logit_diff": 0.0}, "int8": ner_parity.agreement(ref, got,
                                                                                ["DRUG", "PROC"]),
               "limits": {"atol": 1e-4, "min_agreement": 0.85}}

@@ -63,11 +63,11 @@ def _same(got: list[dict[str, Any]], want: list[list[Any]], texts: list[str]) ->
         assert all(abs(e["score"] - r[3]) < 1e-4 for e, r in zip(ents, ref, strict=True))
 
 
-@pytest.mark.parametrize("strategy", ["simple", "first"])
+@pytest.mark.parametrize("strategy", ["simple", "first", "average", "max"])
 def test_predict_tags_the_entities_pytorch_tags(tagger_built: Project, tmp_path: Path,
                                                 strategy: str) -> None:
     """fp32 graph: predict's entities are the HF pipeline's on the PyTorch model, with the
-    aggregation the manifest records ("first" written into it to cover the other strategy)."""
+    aggregation the manifest records (each strategy written into it in turn)."""
     bundle = _bundle(tagger_built, tmp_path, fp32=True)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["signature"]["entities"]["aggregation"] == "simple"
@@ -81,14 +81,102 @@ def test_predict_tags_the_entities_pytorch_tags(tagger_built: Project, tmp_path:
     _same(got, want, texts)
 
 
+SUBWORDS = {"as": "bronchoscopy0", "##pir": "sedation1", "##in": "patient", "bro": "sedation2",
+            "##nch": "bronchoscopy1"}  # new word pieces -> the word whose embedding each copies
+
+
+def _subword_tagger(project: Project, out: Path) -> tuple[Path, Path]:
+    """The tagger with word pieces added (SUBWORDS: "aspirin" and "bronch" split into tokens
+    tagged unlike each other): its tokenizer and weights under `out`, and its fp32 graph."""
+    import torch
+    from transformers import AutoModelForTokenClassification, PreTrainedTokenizerFast
+
+    from modelkiln.stages.kinds.ner import _export
+
+    build = project.root / "build" / project.name
+    spec = json.loads((build / "tokenizer" / "tokenizer" / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    size = len(vocab)
+    for i, piece in enumerate(SUBWORDS):
+        vocab[piece] = size + i
+    (out / "tok").mkdir(parents=True)
+    (out / "tok" / "tokenizer.json").write_text(json.dumps(spec))
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(out / "tok" / "tokenizer.json"),
+                                  unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]")
+    tok.save_pretrained(str(out / "tok"))
+    model = AutoModelForTokenClassification.from_pretrained(str(build / "weights")).eval()
+    model.resize_token_embeddings(size + len(SUBWORDS))
+    table = model.get_input_embeddings().weight
+    with torch.no_grad():
+        for i, like in enumerate(SUBWORDS.values()):
+            table[size + i] = table[vocab[like]]
+    model.save_pretrained(str(out / "weights"))
+    _export(None, out / "weights", out / "onnx", None)  # type: ignore[arg-type]
+    return out / "tok", out / "onnx" / "model.onnx"
+
+
+@pytest.mark.parametrize("strategy", ["simple", "first", "average", "max"])
+def test_word_aggregations_match_the_pipeline_on_split_words(
+        tagger_built: Project, tmp_path: Path, strategy: str) -> None:
+    """Words of several tokens whose tokens disagree, on the fp32 graph: predict's entities
+    under each strategy are the HF pipeline's on the PyTorch model, and the gate's grouping
+    (ner_parity.spans) finds the same spans."""
+    import torch
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+
+    from modelkiln.stages.ner_parity import spans, subwords
+
+    tok_dir, graph = _subword_tagger(tagger_built, tmp_path / "subword")
+    bundle = _bundle(tagger_built, tmp_path / "bundle", fp32=False)
+    shutil.copy(graph, bundle / "registry_model_int8.onnx")
+    shutil.copy(tok_dir / "tokenizer.json", bundle / "tokenizer" / "tokenizer.json")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["signature"]["entities"]["aggregation"] = strategy
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    texts = []
+    for i, text in enumerate(_texts(tagger_built, 24)):
+        words = text.split()
+        words.insert(i % len(words), "aspirin" if i % 2 else "bronch")
+        texts.append(" ".join(words) + (" aspirin bronch" if i % 3 == 0 else ""))
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    assert len(tok("aspirin bronch", add_special_tokens=False)["input_ids"]) == 5
+    model = AutoModelForTokenClassification.from_pretrained(str(tmp_path / "subword" / "weights"))
+    nlp = pipeline("token-classification", model=model, tokenizer=tok,
+                   aggregation_strategy=strategy, device="cpu")
+    want = [[(e["entity_group"], int(e["start"]), int(e["end"]), float(e["score"]))
+             for e in nlp(t)] for t in texts]
+    _same(_predict(bundle, [{"text": t} for t in texts]), want, texts)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    for text, ref in zip(texts, want, strict=True):
+        enc = tok(text, return_offsets_mapping=True, return_special_tokens_mask=True)
+        with torch.inference_mode():
+            rows = model(input_ids=torch.tensor([enc["input_ids"]])).logits[0].numpy()
+        assert spans(text, labels, rows, enc, subwords(tok, text, enc), strategy) == \
+            {(r[1], r[2], r[0]) for r in ref}
+
+
+def test_word_aggregations_differ_on_split_words(tagger_built: Project, tmp_path: Path) -> None:
+    """The split words above do tell the strategies apart (else their test could not fail)."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+
+    tok_dir, _ = _subword_tagger(tagger_built, tmp_path / "subword")
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    model = AutoModelForTokenClassification.from_pretrained(str(tmp_path / "subword" / "weights"))
+    text = "patient aspirin noted bronch with " + _texts(tagger_built, 1)[0]
+    found = {s: str([(e["entity_group"], e["start"], e["end"]) for e in pipeline(
+        "token-classification", model=model, tokenizer=tok, aggregation_strategy=s,
+        device="cpu")(text)]) for s in ("simple", "first", "average", "max")}
+    assert len(set(found.values())) >= 3, found
+
+
 def test_predict_entities_match_the_gates_grouping(tagger_built: Project, tmp_path: Path) -> None:
     """The shipped int8 bundle against PyTorch's argmax tags grouped by the gate's spans():
     exact on fp32, and on int8 at least the spec's min_agreement per label (as the gate says)."""
-    import numpy as np
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from modelkiln.stages.ner_parity import agreement, spans
+    from modelkiln.stages.ner_parity import agreement, spans, subwords
 
     build = tagger_built.root / "build" / "tagger"
     tok = AutoTokenizer.from_pretrained(str(build / "tokenizer" / "tokenizer"))
@@ -101,8 +189,7 @@ def test_predict_entities_match_the_gates_grouping(tagger_built: Project, tmp_pa
         with torch.inference_mode():
             rows = model(input_ids=torch.tensor([enc["input_ids"]]),
                          attention_mask=torch.tensor([enc["attention_mask"]])).logits[0].numpy()
-        ref.append(spans([labels[j] for j in np.argmax(rows, 1)], enc["offset_mapping"],
-                         enc["special_tokens_mask"]))
+        ref.append(spans(text, labels, rows, enc, subwords(tok, text, enc), "simple"))
     rows_in = [{"text": t} for t in texts]
     fp32 = _predict(_bundle(tagger_built, tmp_path / "fp32", fp32=True), rows_in)
     int8 = _predict(_bundle(tagger_built, tmp_path / "int8", fp32=False), rows_in)
@@ -118,11 +205,11 @@ def test_predict_entities_match_the_gates_grouping(tagger_built: Project, tmp_pa
 def test_predict_refuses_an_unknown_aggregation(tagger_built: Project, tmp_path: Path) -> None:
     bundle = _bundle(tagger_built, tmp_path, fp32=False)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["signature"]["entities"]["aggregation"] = "max"
+    manifest["signature"]["entities"]["aggregation"] = "longest"
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     done = subprocess.run([sys.executable, "-m", "modelkiln.runtime", "predict", str(bundle)],
                           input="", capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "aggregation 'max'" in done.stderr
+    assert done.returncode != 0 and "aggregation 'longest'" in done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -169,15 +256,15 @@ def test_predict_generates_what_pytorch_generates(analyst_built: Project, tmp_pa
 
 def test_predict_decodes_through_a_kv_cache_graph(analyst_built: Project,
                                                   tmp_path: Path) -> None:
-    """The shipped export (monolith) takes no past_key_values, so predict rereads the sequence
-    each step; a with-past graph (optimum's default export, past inputs kept) is decoded with
-    the cache fed back, to the same tokens as PyTorch. The model is the analyst's config with
-    seeded random weights (initializer_range 0.3): the trained one barely looks back, so wrong
-    positions or a lost cache would still give its tokens."""
+    """The kind's own export (with past key values, as shipped) of the analyst's config with
+    seeded random weights (initializer_range 0.3): predict feeds the cache back, to the same
+    tokens as PyTorch. Random weights because the trained tiny model barely looks back, so
+    wrong positions or a lost cache would still give its tokens."""
     import onnxruntime as ort
     import torch
-    from optimum.exporters.onnx import onnx_export_from_model
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from modelkiln.stages.kinds.generation import _export
 
     weights = analyst_built.root / "build" / "analyst" / "weights"
     config = AutoConfig.from_pretrained(str(weights), initializer_range=0.3)
@@ -186,8 +273,7 @@ def test_predict_decodes_through_a_kv_cache_graph(analyst_built: Project,
                                              attn_implementation="eager").eval()
     model.generation_config = AutoModelForCausalLM.from_pretrained(str(weights)).generation_config
     model.save_pretrained(str(tmp_path / "random"))
-    onnx_export_from_model(model, output=tmp_path / "past", task="text-generation-with-past",
-                           do_validation=False, no_post_process=True)
+    _export(None, tmp_path / "random", tmp_path / "past", None)  # type: ignore[arg-type]
     graph = tmp_path / "past" / "model.onnx"
     assert any(i.name.startswith("past_key_values")
                for i in ort.InferenceSession(str(graph)).get_inputs())
@@ -198,6 +284,32 @@ def test_predict_decodes_through_a_kv_cache_graph(analyst_built: Project,
     want = _torch_greedy(analyst_built, prompts, 10, tmp_path / "random")
     assert [a["tokens"] for a in got] == want
     assert sum(len(w) for w in want) >= 40 and len({tuple(w) for w in want}) > 1
+
+
+def test_predict_reads_one_token_per_step_on_the_shipped_bundle(
+        analyst_built: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped int8 bundle is decoded through its cache: after the prompt, every call of
+    the graph reads one new token and a past as long as the sequence before it."""
+    import onnxruntime as ort
+
+    from modelkiln.runtime import predict
+
+    bundle = _bundle(analyst_built, tmp_path, fp32=False)
+    calls: list[tuple[int, int]] = []  # (input_ids length, past length)
+    run = ort.InferenceSession.run
+
+    def spy(self: Any, names: Any, feed: dict[str, Any], *rest: Any) -> Any:
+        calls.append((feed["input_ids"].shape[1], feed["past_key_values.0.key"].shape[2]))
+        return run(self, names, feed, *rest)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", spy)
+    prompt = _prompts(analyst_built, 1)[0]
+    answer = predict.load(bundle).answer_row({"prompt": prompt, "max_new_tokens": 6})
+    assert len(answer["tokens"]) >= 2, answer
+    (prompt_len, first_past), *later = calls
+    assert first_past == 0 and prompt_len >= 2
+    assert later == [(1, prompt_len + k) for k in range(len(later))]
+    assert len(later) == len(answer["tokens"]) - (answer["finish"] == "length")
 
 
 def test_predict_int8_generation_agrees_as_the_gate_measures(analyst_built: Project,
@@ -230,27 +342,34 @@ def test_predict_refuses_a_bad_max_new_tokens(analyst_built: Project, tmp_path: 
     assert "max_new_tokens" in first["error"] and len(second["tokens"]) <= 2
 
 
-def test_first_aggregation_takes_each_words_first_token() -> None:
-    """The tagger's vocabulary is its words (one token each), so simple and first coincide on
-    it; here a word of three tokens whose later tokens disagree with the first."""
+def test_word_aggregations_on_a_word_of_three_tokens() -> None:
+    """The tagger's vocabulary is its words (one token each), so the strategies coincide on
+    it; here a word of three tokens whose tokens disagree: first takes the first token's tag,
+    max the most confident token's, average the argmax of the averaged rows."""
     import numpy as np
 
-    from modelkiln.runtime.predict import entities
+    from modelkiln.artifacts.entities import entities
 
     labels = ("O", "B-DRUG", "I-DRUG", "B-PROC", "I-PROC")
     text = "give aspirin now"
-    tags = [0, 0, 1, 4, 3, 0, 0]  # [CLS] give as ##pir ##in now [SEP]
-    rows = np.full((7, 5), -4.0)
-    rows[np.arange(7), tags] = 4.0
+    rows = np.full((7, 5), -4.0)  # [CLS] give as ##pir ##in now [SEP]
+    for i, (tag, logit) in enumerate([(0, 4), (0, 4), (1, 2), (4, 5), (3, 3), (0, 4), (0, 4)]):
+        rows[i, tag] = logit
     offsets = [(0, 0), (0, 4), (5, 7), (7, 10), (10, 12), (13, 16), (0, 0)]
-    special, words = [1, 0, 0, 0, 0, 0, 1], [None, 0, 1, 1, 1, 2, None]
-    first = entities(text, labels, rows, offsets, special, words, "first")
-    simple = entities(text, labels, rows, offsets, special, words, "simple")
-    assert [(e["entity"], e["start"], e["end"], e["text"]) for e in first] == \
-        [("DRUG", 5, 12, "aspirin")]
-    assert [(e["entity"], e["start"], e["end"]) for e in simple] == \
-        [("DRUG", 5, 7), ("PROC", 7, 10), ("PROC", 10, 12)]
-    assert abs(first[0]["score"] - float(np.exp(8) / (np.exp(8) + 4))) < 1e-9
+    special = [1, 0, 0, 0, 0, 0, 1]
+    subword = [False, False, False, True, True, False, False]
+
+    def found(strategy: str) -> list[tuple[str, int, int, str]]:
+        got = entities(text, labels, rows, offsets, special, subword, strategy)
+        return [(e["entity"], e["start"], e["end"], e["text"]) for e in got]
+
+    assert found("first") == [("DRUG", 5, 12, "aspirin")]
+    assert found("max") == [("PROC", 5, 12, "aspirin")]  # ##pir's I-PROC (logit 5) is surest
+    assert found("average") == [("PROC", 5, 12, "aspirin")]  # PROC rows outweigh DRUG's
+    assert found("simple") == [("DRUG", 5, 7, "as"), ("PROC", 7, 10, "pir"),
+                               ("PROC", 10, 12, "in")]
+    first = entities(text, labels, rows, offsets, special, subword, "first")
+    assert abs(first[0]["score"] - float(np.exp(6) / (np.exp(6) + 4))) < 1e-9
 
 
 def test_predict_loads_no_torch(tagger_built: Project, analyst_built: Project,

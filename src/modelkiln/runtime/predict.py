@@ -36,6 +36,7 @@ from typing import Any, TextIO
 
 from ..artifacts import names
 from ..artifacts.decisions import cut_vector, decide, scores
+from ..artifacts.entities import AGGREGATIONS, entities, subword_flags
 from ..backends import backends
 from ..errors import KilnError
 
@@ -78,17 +79,17 @@ class Embedder(Predictor):
 
 @dataclass(frozen=True)
 class Tagger(Predictor):
-    """A NER tagger (task token-classification): `logits(text)` gives the per-token logits and
-    the tokenizers Encoding (offsets, special tokens, word ids); the answer is the entities
-    grouped from the argmax BIO tags by the manifest's aggregation strategy:
-    {"entities": [{"entity", "start", "end", "text", "score"}]}."""
+    """A NER tagger (task token-classification): `logits(text)` gives the per-token logits,
+    the tokenizers Encoding (offsets, special tokens) and which tokens continue a word; the
+    answer is the entities grouped by the manifest's aggregation strategy, the gate's rule
+    (artifacts/entities.py): {"entities": [{"entity", "start", "end", "text", "score"}]}."""
 
     aggregation: str = "simple"
 
     def answer(self, text: str) -> dict[str, Any]:
-        rows, enc = self.logits(text)
+        rows, enc, subword = self.logits(text)
         return {"entities": entities(text, self.labels, rows, enc.offsets,
-                                     enc.special_tokens_mask, enc.word_ids, self.aggregation)}
+                                     enc.special_tokens_mask, subword, self.aggregation)}
 
 
 @dataclass(frozen=True)
@@ -108,66 +109,6 @@ class Generator(Predictor):
 
     def answer(self, text: str) -> dict[str, Any]:
         return self.answer_row({self.input_field: text})
-
-
-AGGREGATIONS = ("simple", "first")
-
-
-def entities(text: str, labels: tuple[str, ...], rows: Any, offsets: list[tuple[int, int]],
-             special: list[int], word_ids: list[int | None], aggregation: str) -> list[dict[str, Any]]:
-    """Per-token logits -> entities, as transformers' token-classification pipeline groups them
-    (written here so serving needs no transformers; tests check it against the pipeline).
-
-    "simple": each token keeps its argmax tag and softmax score. "first": the tokens of one word
-    (the tokenizer's word ids) take the tag of the word's first token, with that token's score.
-    Then a B-X unit, or an X unit after a unit of another type, opens an X entity and I-X units
-    extend it; O closes it; special tokens are skipped. An entity's score is its units' mean."""
-    import numpy as np
-
-    if aggregation not in AGGREGATIONS:
-        raise KilnError(f"aggregation {aggregation!r}: predict knows {', '.join(AGGREGATIONS)}")
-    z = np.asarray(rows, dtype=np.float64)
-    probs = np.exp(z - z.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    units: list[tuple[str, float, int, int]] = []  # tag, score, start, end
-    last_word: int | None = None
-    for i, (start, end) in enumerate(offsets):
-        if special[i]:
-            last_word = None
-            continue
-        word = word_ids[i]
-        if aggregation == "first" and word is not None and word == last_word and units:
-            tag, score, first, _ = units[-1]
-            units[-1] = (tag, score, first, end)
-            continue
-        last_word = word
-        best = int(probs[i].argmax())
-        units.append((labels[best], float(probs[i][best]), start, end))
-    found: list[dict[str, Any]] = []
-    scores_: list[float] = []
-
-    def close() -> None:
-        if found and scores_:
-            found[-1]["score"] = float(np.mean(scores_))
-            found[-1]["text"] = text[found[-1]["start"]:found[-1]["end"]]
-        scores_.clear()
-
-    current: str | None = None
-    for tag, score, start, end in units:
-        bi, kind = (tag[:2], tag[2:]) if tag.startswith(("B-", "I-")) else ("I-", tag)
-        if kind == "O":
-            close()
-            current = None
-        elif bi == "I-" and current == kind:
-            found[-1]["end"] = end
-            scores_.append(score)
-        else:
-            close()
-            found.append({"entity": kind, "start": start, "end": end})
-            scores_.append(score)
-            current = kind
-    close()
-    return found
 
 
 def _json_file(path: Path) -> Any:
@@ -288,13 +229,17 @@ def _tagger(bundle_dir: Path, sig: dict[str, Any]) -> Predictor:
     tok.enable_truncation(int(sig.get("max_length") or 512))
     tok.no_padding()
     wanted = [i.name for i in session.get_inputs()]
+    prefix = getattr(tok.model, "continuing_subword_prefix", None)
+    unk = getattr(tok.model, "unk_token", None)
+    unk_id = tok.token_to_id(unk) if isinstance(unk, str) else None
 
     def tag(text: str) -> Any:
         enc = tok.encode(text)
         given = {"input_ids": enc.ids, "attention_mask": enc.attention_mask,
                  "token_type_ids": enc.type_ids}
         feed = {n: np.asarray([given[n]], dtype=np.int64) for n in wanted}
-        return session.run(["logits"], feed)[0][0], enc
+        subword = subword_flags(text, enc.tokens, enc.offsets, enc.ids, unk_id, prefix)
+        return session.run(["logits"], feed)[0][0], enc, subword
 
     return Tagger(str(sig.get("task")), str(sig.get("input", "text")),
                   tuple(str(x) for x in labels), {}, tag, aggregation=aggregation)
@@ -305,10 +250,10 @@ def _generator(bundle_dir: Path, sig: dict[str, Any]) -> Predictor:
 
     The graph is optimum's `text-generation-with-past` export: the first step reads the prompt
     with an empty past, and every later step feeds only the new token and the previous step's
-    present key/values back as the past. A graph without past_key_values inputs is run on the
-    full sequence at every step instead (same tokens, quadratic work): the graphs the
-    generation kind exports today are of that sort (optimum's monolith export drops the past
-    inputs and keeps only the present outputs), so shipped bundles decode that way. Decoding stops at
+    present key/values back as the past; the generation kind ships such a graph (its gate
+    decodes the same way). A graph without past_key_values inputs (a bundle built before, from
+    optimum's monolith export) is run on the full sequence at every step instead (same tokens,
+    quadratic work). Decoding stops at
     generation_config.json's eos_token_id(s) or after max_new_tokens (a request field; its
     default is generation_config.json's max_new_tokens, else 20). The prompt is encoded as is,
     with the tokenizer's special tokens (no chat template: a chat client applies

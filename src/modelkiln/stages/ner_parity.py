@@ -1,9 +1,10 @@
 """ner_parity: a NER tagger's ONNX models must find the entities PyTorch finds, or it fails.
 
 Each calibration text is tagged by PyTorch, fp32 ONNX (all at once) and int8 ONNX (one text at a
-time, as served); tags become entities by simple aggregation (a B-X token and the I-X tokens
-that follow make one X span, as character offsets; special tokens skipped). Per label, agreement
-is matched entities (same span, same label) over the union of both sides' entities. Gates: fp32
+time, as served); tags become entities under the spec's `entities.aggregation` (simple, first,
+average or max, as transformers' token-classification pipeline defines them) by the rule
+`predict` serves with (artifacts/entities.py), as character spans. Per label, agreement is
+matched entities (same span, same label) over the union of both sides' entities. Gates: fp32
 logits within `backends.onnx.parity.atol`; int8's worst label's agreement at least
 `entities.parity.min_agreement`.
 """
@@ -26,7 +27,7 @@ WRITES: tuple[str, ...] | None = (REPORT,)
 OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
 TOOLS: tuple[str, ...] = ("torch", "transformers", "tokenizers", "onnxruntime")
 PLATFORM: str | None = None
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: groups under the recorded aggregation (was simple only)
 
 Span = tuple[int, int, str]  # start, end (characters), label
 
@@ -44,24 +45,23 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
         backend="onnx")]
 
 
-def spans(tags: list[str], offsets: list[tuple[int, int]], special: list[int]) -> set[Span]:
-    """Simple aggregation of BIO tags into (start, end, label) character spans."""
-    found: set[Span] = set()
-    current: list[Any] | None = None
-    for tag, (start, end), skip in zip(tags, offsets, special, strict=True):
-        if skip:
-            continue
-        if tag.startswith("I-") and current is not None and current[2] == tag[2:]:
-            current[1] = end
-            continue
-        if current is not None:
-            found.add((current[0], current[1], current[2]))
-            current = None
-        if tag.startswith(("B-", "I-")):  # an I- without its B- opens a span, as pipelines do
-            current = [start, end, tag[2:]]
-    if current is not None:
-        found.add((current[0], current[1], current[2]))
-    return found
+def spans(text: str, labels: list[str], logits: Any, enc: Any, subword: list[bool],
+          aggregation: str) -> set[Span]:
+    """The entities of one text's logits as (start, end, label) character spans."""
+    from ..artifacts.entities import entities
+
+    return {(e["start"], e["end"], e["entity"])
+            for e in entities(text, labels, logits, enc["offset_mapping"],
+                              enc["special_tokens_mask"], subword, aggregation)}
+
+
+def subwords(tok: Any, text: str, enc: Any) -> list[bool]:
+    """Which tokens continue a word, as the pipeline decides (artifacts/entities.py)."""
+    from ..artifacts.entities import subword_flags
+
+    prefix = getattr(tok.backend_tokenizer.model, "continuing_subword_prefix", None)
+    return subword_flags(text, enc.tokens(), enc["offset_mapping"], enc["input_ids"],
+                         tok.unk_token_id, prefix)
 
 
 def agreement(ref: list[set[Span]], got: list[set[Span]], types: list[str]) -> Report:
@@ -111,12 +111,13 @@ def run(ctx: RunContext) -> Report:
         f32 = fp32_s.run(["logits"], {n: feed[n] for n in wanted})[0][0]
         i8 = int8_s.run(["logits"], {n: feed[n] for n in wanted})[0][0]
         diff = max(diff, float(np.abs(f32 - logits).max()))
+        subword = subwords(tok, text, enc)
         for out, rows in ((ref, logits), (fp32, f32), (int8, i8)):
-            out.append(spans([labels[j] for j in rows.argmax(1)], enc["offset_mapping"],
-                             enc["special_tokens_mask"]))
+            out.append(spans(text, labels, rows, enc, subword, e.aggregation))
     report: Report = {"rows": len(texts), "fp32": {**agreement(ref, fp32, types),
                                                     "max_abs_logit_diff": float(f"{diff:.6g}")},
                       "int8": agreement(ref, int8, types),
+                      "aggregation": e.aggregation,
                       "limits": {"atol": atol, "min_agreement": e.min_agreement}}
     (ctx.out / REPORT).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     bad = failures(report)

@@ -38,11 +38,13 @@ def _export(bundle: Bundle, weights: Path, out: Path, opset: int | None) -> None
 def signature(ctx: RunContext) -> dict[str, Any]:
     order = json.loads((ctx.up("labels") / names.LABEL_ORDER).read_bytes())
     e = ctx.bundle.entities
+    aggregation = e.aggregation if e else "simple"
     return {"task": ctx.bundle.source.task, "input": "text",
             "max_length": e.max_length if e else 128, "labels": [str(x) for x in order],
-            "score": "argmax per token", "decision": "BIO tags -> entities (simple aggregation)",
+            "score": "argmax per token",
+            "decision": f"BIO tags -> entities ({aggregation} aggregation)",
             "output": {"entities": "[{entity, start, end, text, score}] character spans"},
-            "entities": {"scheme": "BIO", "aggregation": e.aggregation if e else "simple"}}
+            "entities": {"scheme": "BIO", "aggregation": aggregation}}
 
 
 def card(ctx: RunContext, backend: str, version: str, reports: dict[str, Report],
@@ -52,7 +54,7 @@ def card(ctx: RunContext, backend: str, version: str, reports: dict[str, Report]
     kinds_ = sorted({lab[2:] for lab in b.labels.names if lab != "O"})
     lines = [f"# {b.name} {version} ({backend})", "", b.description or "", "",
              f"- task: {b.source.task}: entity types {', '.join(kinds_)} (BIO tags per token, "
-             "simple aggregation)"]
+             f"{b.entities.aggregation if b.entities else 'simple'} aggregation)"]
     if gate:
         worst = min(gate["int8"]["per_label"].values(), default=1.0)
         lines.append(f"- int8 vs PyTorch on {gate['rows']} texts: entity agreement "
