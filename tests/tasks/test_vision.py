@@ -1,5 +1,6 @@
 """image-classification bundles: the image processor in the bundle, the gate on calibration
-images (and its failure on an export with the wrong label order), predict on an image file."""
+images (and its failure on an export with the wrong label order), predict on an image file,
+and an image edited in place rerunning only the gate."""
 from __future__ import annotations
 
 import json
@@ -85,3 +86,40 @@ def test_image_classifier_takes_fixed_thresholds_only(vision_built: Project) -> 
     finally:
         vision_built.spec.write_text(text)
     assert done.returncode != 0 and "fixed thresholds only" in done.stderr
+
+
+def test_an_edited_calibration_image_reruns_only_the_vision_gate(vision_built: Project) -> None:
+    """The gate's plan lists the image files the calibration rows name: with nothing changed
+    the build is a no-op; an image edited in place (same name, same calibration file) reruns
+    vision_parity (and the package that carries its figures), no export, quantization or
+    processor stage; an image no row names changes nothing."""
+    from PIL import Image
+
+    first = json.loads((vision_built.inputs / "calibration.jsonl").read_text().splitlines()[0])
+    image = vision_built.inputs / first["image"]
+    before = image.read_bytes()
+    noop = vision_built.doit("build:vision")
+    assert noop.code == 0 and noop.executed == set(), noop.output
+    unused = image.parent / "not-in-any-row.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(unused)
+    try:
+        assert vision_built.doit("build:vision").executed == set()
+        with Image.open(image) as img:
+            edited = img.convert("RGB")
+        pixel = edited.getpixel((0, 0))
+        assert isinstance(pixel, tuple)
+        edited.putpixel((0, 0), tuple(255 - int(c) for c in pixel))
+        edited.save(image)
+        planned = vision_built.kiln("plan", "--json")
+        rows = {r["task"]: r for r in json.loads(planned.stdout)}
+        assert rows["vision_parity:vision"]["action"] == "run"
+        assert any(first["image"].split("/")[-1] in why
+                   for why in rows["vision_parity:vision"]["reasons"]), rows
+        done = vision_built.doit("build:vision")
+        assert done.code == 0, done.output
+        assert "vision_parity:vision" in done.executed
+        assert done.executed <= {"vision_parity:vision", "package:vision-onnx"}, done.executed
+    finally:
+        image.write_bytes(before)
+        unused.unlink()
+    assert vision_built.doit("build:vision").code == 0

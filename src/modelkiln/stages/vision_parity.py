@@ -8,13 +8,17 @@ and gates are the text classifiers' (stages/parity.compare and gate, single-labe
 logits within `parity.atol`, int8 decision flips at the shipped thresholds at most
 `parity.max_decision_flip_rate`, top-1 agreement reported beside them.
 
-The plan tracks the calibration file's bytes; an image edited in place under an unchanged
-calibration file is not seen (plans read no file contents, so the rows' image list is unknown
-there): give an edited image a new name.
+The plan's inputs are the calibration file and the image files its rows name (the first
+`parity.samples` rows when set: the images the gate reads), so an image edited in place reruns
+this gate and nothing else. That makes this plan read the calibration file (names only, one JSON
+parse per line, never an image), remembered per file by its size, mtime and inode so repeated
+plans in one process parse it once. Rows the gate would refuse, and names that are not a file
+beside the calibration file, are left out there: `run` reports them with their line number.
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +51,51 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
         bundle, layout, "vision_parity",
         doc=f"parity gates for {bundle.name} on calibration images: fp32 logits within "
             f"{p.atol:g}, int8 decision flips at most {p.max_decision_flip_rate:g}",
-        inputs=(cal,), upstream=READS,
+        inputs=(cal, *image_inputs(cal, p.samples)), upstream=READS,
         params=params(CODE_VERSION, atol=p.atol, max_decision_flip_rate=p.max_decision_flip_rate,
                       samples=p.samples), backend="onnx")]
+
+
+_NAMED: dict[tuple[str, int | None], tuple[tuple[int, int, int], tuple[Path, ...]]] = {}
+
+
+def image_inputs(path: Path, limit: int | None) -> tuple[Path, ...]:
+    """The image files the first `limit` calibration rows name, sorted, each once (see the
+    module doc); () when the calibration file cannot be read (the run says why)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ()
+    key, stamp = (str(path), limit), (st.st_size, st.st_mtime_ns, st.st_ino)
+    known = _NAMED.get(key)
+    if known is not None and known[0] == stamp:
+        return known[1]
+    base = os.path.normpath(path.parent)
+    found: set[Path] = set()
+    rows = 0
+    try:
+        with open(path, "rb") as fh:
+            for raw in fh:
+                if limit is not None and rows >= limit:
+                    break
+                if not raw.strip():
+                    continue
+                rows += 1
+                try:
+                    row = json.loads(raw) if len(raw) <= MAX_LINE else None
+                except ValueError:
+                    continue
+                name = row.get("image") if isinstance(row, dict) else None
+                if not isinstance(name, str) or not name:
+                    continue
+                image = os.path.normpath(os.path.join(base, name))
+                if image.startswith(base + os.sep) and os.path.isfile(image):
+                    found.add(Path(image))
+    except OSError:
+        return ()
+    named = tuple(sorted(found))
+    _NAMED[key] = (stamp, named)
+    return named
 
 
 def read_images(path: Path, labels: tuple[str, ...], limit: int | None) -> tuple[list[Path], Any]:
