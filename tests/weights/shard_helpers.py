@@ -125,3 +125,41 @@ def bump_shard(path: Path) -> str:
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, path)
     return key
+
+
+_MEASURE = """\
+import resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+sys.stderr.write(done.stdout + done.stderr)
+print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def peak_rss(cmd: list[str], cwd: Path) -> tuple[int, int, str]:
+    """Run `cmd` under a small Python parent that reports its children's peak RSS (getrusage,
+    KiB on Linux) so that nothing this process ran before counts; (exit code, bytes, output)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], cwd=cwd, capture_output=True,
+                          text=True, timeout=1800)
+    code, kib = done.stdout.split()
+    return int(code), int(kib) * 1024, done.stderr
+
+
+def big_project_inputs(directory: Path, *, hidden: int, layers: int, shards: int,
+                       seed: int = 0) -> int:
+    """Inputs of helpers.SPEC (labels, calibration rows, tokenizer) around a big_checkpoint;
+    the weights' bytes. Nothing is trained: the weights stage reads no values."""
+    from modelkiln import demo
+
+    rows = demo.synthetic_rows(LABELS, 80, seed, True)
+    tok = directory / "tokenizer-src"
+    tok.mkdir(parents=True, exist_ok=True)
+    demo.make_tokenizer([r["text"] for r in rows], tok)
+    demo.write_label_files(directory, LABELS)
+    demo.write_jsonl(directory / "calibration.jsonl", rows)
+    size = big_checkpoint(directory / "checkpoint", tok, hidden=hidden, layers=layers,
+                          shards=shards, seed=seed)
+    shutil.rmtree(tok)
+    return size
