@@ -5,10 +5,16 @@ lacks is fetched once (a per-content flock makes a second process wait and then 
 part file that is always a prefix of the content. A killed fetch leaves that prefix; the next one
 hashes it and asks only for the rest. The finished file must have the locked size and sha256, or
 it is removed and the fetch fails with exit 2 (drift): nothing is built from a byte that differs
-from the lock. Memory: one 1 MiB buffer per stream (and the S3 reader's bounded window).
+from the lock. Memory: the S3 reader's bounded buffers (and 1 MiB to hash a resumed prefix).
+
+The part file's remaining size is reserved up front with fallocate(FALLOC_FL_KEEP_SIZE): ext4
+then allocates the blocks once instead of on every write (a quarter faster here, measured by
+bench/bench_sources.py's fetch), while the file's size stays the prefix written so far.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import os
 import uuid
@@ -41,6 +47,27 @@ def drift(uri: str, f: LockedFile, kind: str, actual: str | None = None) -> Drif
                           "and run `kiln lock` for the bundle; if not, restore the locked files")
 
 
+@functools.cache
+def _fallocate() -> Callable[[int, int, int], None]:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.fallocate
+        call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    except (OSError, AttributeError):
+        return lambda fd, offset, length: None
+
+    def reserve(fd: int, offset: int, length: int) -> None:
+        call(fd, 1, offset, length)  # FALLOC_FL_KEEP_SIZE; a failure only costs speed
+    return reserve
+
+
+def reserve(fd: int, offset: int, length: int) -> None:
+    """Allocate [offset, offset+length) of an open file without changing its size (Linux; a
+    no-op elsewhere or where the filesystem cannot)."""
+    if length > 0:
+        _fallocate()(fd, offset, length)
+
+
 def _hash_prefix(part: Path, size: int) -> tuple[hashlib._Hash, int]:
     """The sha256 state of a part file's bytes (discarded when longer than the file can be)."""
     h = hashlib.sha256()
@@ -51,9 +78,10 @@ def _hash_prefix(part: Path, size: int) -> tuple[hashlib._Hash, int]:
     if have > size:
         part.unlink()
         return h, 0
-    with open(part, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
+    buf = memoryview(bytearray(CHUNK))
+    with open(part, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(buf[:n])
     return h, have
 
 
@@ -71,7 +99,9 @@ def fetch_file(cache: FetchCache, rd: Reader, uri: str, f: LockedFile) -> int:
         h, offset = _hash_prefix(part, f.size)
         moved = 0
         with open(part, "ab") as out:
-            def write(data: bytes) -> None:
+            reserve(out.fileno(), offset, f.size - offset)
+
+            def write(data: bytes | memoryview) -> None:
                 nonlocal moved
                 h.update(data)
                 out.write(data)
@@ -126,7 +156,9 @@ def ingester(cache: FetchCache) -> Callable[[str, int, str, Stream], LockedFile]
         got = 0
         try:
             with open(tmp, "wb") as out:
-                def write(data: bytes) -> None:
+                reserve(out.fileno(), 0, size)
+
+                def write(data: bytes | memoryview) -> None:
                     nonlocal got
                     h.update(data)
                     out.write(data)

@@ -13,8 +13,6 @@ The ranged download is our own (not s3transfer's) for two things it lacks: start
 from __future__ import annotations
 
 import base64
-import ctypes
-import functools
 import threading
 import time
 from collections import deque
@@ -31,24 +29,84 @@ from .uris import SourceUri
 
 PART = 8 << 20
 CONCURRENCY = 6  # ranged GETs in flight per file
-PIECE = 256 << 10
+PIECE = 256 << 10  # what `write` gets at a time: hashed, then written, while still in the CPU cache
+SLOTS = 12
 # Parts fetched but not yet written, over every file this process streams at once: memory is at
 # most SLOTS x PART whatever the checkpoint's size or the number of files fetched in parallel
 # (awscli's default is 10 requests of 8 MiB).
-SLOTS = threading.BoundedSemaphore(12)
 
 
-@functools.cache
-def _return_freed_pieces() -> None:
-    """Have glibc map every piece (>= 128 KiB) on its own and unmap it when freed. By default it
-    raises that threshold after the first frees and serves later pieces from per-thread arenas,
-    which keep freed memory: peak RSS then grows with the number of GET threads, not with the
-    bytes in flight. Fixing the threshold keeps RSS at what is in flight. No-op off glibc."""
+class _Buffers:
+    """SLOTS reusable PART-sized buffers that ranged GETs read into (socket -> buffer, no other
+    copy). A fresh buffer per response costs a page fault per 4 KiB touched, as much CPU as the
+    hash; these are touched once, and dropped when the last stream of the process ends."""
+
+    def __init__(self, count: int, size: int):
+        self._free: list[bytearray] = []
+        self._made = 0
+        self._users = 0
+        self._count, self._size = count, size
+        self._cond = threading.Condition()
+
+    def take(self, wait: bool) -> bytearray | None:
+        with self._cond:
+            while not self._free and self._made >= self._count:
+                if not wait:
+                    return None
+                self._cond.wait()
+            if self._free:
+                return self._free.pop()
+            self._made += 1
+        return bytearray(self._size)
+
+    def give(self, buf: bytearray) -> None:
+        with self._cond:
+            if self._users:
+                self._free.append(buf)
+            else:
+                self._made -= 1
+            self._cond.notify()
+
+    def enter(self) -> None:
+        with self._cond:
+            self._users += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._users -= 1
+            if not self._users:
+                self._made -= len(self._free)
+                self._free.clear()
+
+
+BUFFERS = _Buffers(SLOTS, PART)
+
+
+def _read_into(body: Any, view: memoryview) -> int:
+    """Fill `view` from a GET's body; the bytes read (more than asked counts as len + 1). Straight
+    from the socket into the buffer (http.client's readinto under urllib3, which botocore reads
+    undecoded) when the body is the usual urllib3 response, else through botocore's chunks."""
+    raw: Any = getattr(body, "_raw_stream", None)
+    fp: Any = getattr(raw, "_fp", None)
+    if fp is None or not hasattr(fp, "readinto") or not hasattr(raw, "release_conn"):
+        got = 0
+        for chunk in body.iter_chunks(PIECE):
+            take = min(len(chunk), len(view) - got)
+            view[got:got + take] = chunk[:take]
+            got += take
+            if take < len(chunk):
+                return len(view) + 1
+        return got
+    got = 0
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, PIECE // 2)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+        while got < len(view):
+            n = fp.readinto(view[got:])
+            if not n:
+                break
+            got += n
+    finally:
+        raw.release_conn()
+    return got
 
 
 _CLIENT_LOCK = threading.Lock()
@@ -136,19 +194,18 @@ class S3Reader:
     def stream(self, src: SourceUri, f: LockedFile, offset: int, write: Write) -> None:
         from .fetch import drift
 
-        _return_freed_pieces()
         key = _key(src, f.path)
         pin = ({"VersionId": f.ref[8:]} if f.ref.startswith("version:")
                else {"IfMatch": f.ref[5:]} if f.ref.startswith("etag:") else {})
 
-        def get(start: int, n: int) -> list[bytes]:
+        def get(start: int, n: int, buf: bytearray) -> memoryview:
+            view = memoryview(buf)[:n]
             for attempt in range(5):
                 try:
                     body = self.client.get_object(Bucket=src.where, Key=key,
                                                   Range=f"bytes={start}-{start + n - 1}", **pin)["Body"]
-                    pieces = list(body.iter_chunks(PIECE))
-                    if sum(map(len, pieces)) == n:
-                        return pieces
+                    if _read_into(body, view) == n:
+                        return view
                     raise OSError(f"short read at {start}")
                 except Exception as exc:
                     status = s3t.status_of(exc)
@@ -163,37 +220,46 @@ class S3Reader:
             raise AssertionError("unreachable")
 
         ranges = iter([(o, min(PART, f.size - o)) for o in range(offset, f.size, PART)])
+        BUFFERS.enter()
         with ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="kiln-get") as pool:
-            window: deque[Future[list[bytes]]] = deque()
+            window: deque[tuple[Future[memoryview], bytearray]] = deque()
 
             def submit() -> bool:
-                """Start the next range when one is left, holding a slot until it is written;
-                never blocks while this file has a range in flight (a slot frees when it lands)."""
-                if len(window) >= CONCURRENCY or not SLOTS.acquire(blocking=not window):
+                """Start the next range when one is left, holding a buffer until it is written;
+                never waits while this file has a range in flight (a buffer frees when it lands)."""
+                if len(window) >= CONCURRENCY:
+                    return False
+                buf = BUFFERS.take(wait=not window)
+                if buf is None:
                     return False
                 if (r := next(ranges, None)) is None:
-                    SLOTS.release()
+                    BUFFERS.give(buf)
                     return False
-                window.append(pool.submit(get, *r))
+                window.append((pool.submit(get, *r, buf), buf))
                 return True
             try:
                 while submit():
                     pass
                 while window:
-                    head = window.popleft()
+                    head, buf = window.popleft()
                     try:
-                        pieces = head.result()
+                        view = head.result()
+                        for at in range(0, len(view), PIECE):
+                            write(view[at:at + PIECE])
                     finally:
-                        SLOTS.release()  # (one part per file more while it is written)
-                    for piece in pieces:
-                        write(piece)
-                    del pieces
+                        BUFFERS.give(buf)
                     while submit():
                         pass
             finally:
-                for fut in window:
+                for fut, _buf in window:
                     fut.cancel()
-                    SLOTS.release()
+                for fut, buf in window:  # a GET already running fills its buffer: let it end
+                    try:
+                        fut.result()
+                    except BaseException:
+                        pass
+                    BUFFERS.give(buf)
+                BUFFERS.leave()
 
 
 def source_reader() -> S3Reader:

@@ -19,7 +19,8 @@ from ..errors import KilnError
 from .lockfile import LockedFile, LockEntry
 from .uris import SourceUri
 
-Write = Callable[[bytes], None]
+# write(data): the next bytes, in order; a memoryview valid only during the call (copy to keep)
+Write = Callable[[bytes | memoryview], None]
 # ingest(path, size, ref, stream) -> the file as locked: stream(offset, write) sends its bytes,
 # which the fetch cache hashes and keeps as they pass (used by resolvers that must hash)
 Stream = Callable[[int, Write], None]
