@@ -39,7 +39,8 @@ from .convert import to_bundle
 from .observe import Observations, Recheck, recording
 
 FORMAT = 1
-_CODE_FILES = ("model", "artifacts/names.py", "paths.py")  # what a conversion's result depends on
+# what a conversion's result depends on (backends: which sections enable which backend, NEEDS)
+_CODE_FILES = ("model", "backends", "artifacts/names.py", "paths.py")
 
 
 @functools.cache
