@@ -18,14 +18,14 @@ from typing import Any
 
 import doit.cmd_run  # noqa: F401  (now: doit binds sys.stdout at import, capsys's would close)
 import pytest
-from test_plan_trt import TRT_SPEC
-from trt_hosts import A100, H200
 
 from helpers import Project, make_project
 from modelkiln import api
 from modelkiln.artifacts.engine_key import HostFacts
 from modelkiln.cache import CacheConfig
 from modelkiln.runtime.engines import choose
+from trt.test_plan_trt import TRT_SPEC
+from trt.trt_hosts import A100, H200
 
 pytestmark = pytest.mark.slow
 Use = Callable[[HostFacts], None]
