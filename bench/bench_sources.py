@@ -4,18 +4,24 @@
 
 One run, one server started here. A sharded checkpoint of random (incompressible) shards, 2 GiB
 by default (enough to be far above every buffer and the RSS bound; the disk holds several copies):
-  lock           `kiln lock` of the prefix: SeaweedFS gives no SHA-256 checksums, so every byte is
-                 read once through a hash into the fetch cache; beside `openssl dgst -sha256` of
-                 the same shards on local disk (the speed a hash alone reaches here)
+  lock           `kiln lock` of the prefix as `aws s3 cp` uploads it (no SHA-256 checksums
+                 stored), so every byte is read once through a hash into the fetch cache; beside
+                 two peers: `openssl dgst -sha256` of the same shards on local disk (a hash alone,
+                 from the page cache) and, per shard, `aws s3 cp s3://... - | openssl dgst -sha256`
+                 (all shards at once, as kiln lock hashes them: the same bytes over the same wire)
+  lock, digests  the same shards uploaded with SHA-256 checksums (one PUT each, as SeaweedFS
+                 then returns ChecksumSHA256 on HEAD with ChecksumMode=ENABLED): metadata only
   re-lock        the same prefix again: ETags unchanged, metadata only
   first fetch    `sources.fetch.ensure` into an empty cache vs `aws s3 cp --recursive`
-                 (best of 2 each, alternating, after a sync), with peak RSS (VmHWM)
+                 (best of 3 each, alternating, after a sync), with peak RSS (VmHWM)
   one shard      one shard rewritten under the same key: re-lock reads that shard only; a runner
                  holding the old version fetches that shard only
   plan / no-op   `kiln plan` and a no-op `doit build` of a tiny seeded model, local checkpoint vs
                  the same checkpoint as s3:// (locked, fetched), best of 5 fresh processes
-Peak RSS is each child's own VmHWM from /proc (not ru_maxrss, which a fork inherits).
-Prints a table; asserts nothing about time.
+Peak RSS is each child's own VmHWM from /proc (not ru_maxrss, which a fork inherits). The
+1-minute load average is sampled before each row's measurement and printed with the table (the
+machine is shared; ratios within a row are what to compare). Prints a table; asserts nothing
+about time.
 """
 from __future__ import annotations
 
@@ -69,6 +75,31 @@ def probe(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None
     return out
 
 
+LOADS: list[float] = []
+
+
+def load() -> None:
+    LOADS.append(os.getloadavg()[0])
+
+
+def timed_shell(script: str) -> float:
+    t = time.perf_counter()
+    subprocess.run(["bash", "-o", "pipefail", "-c", script], check=True, capture_output=True)
+    return time.perf_counter() - t
+
+
+def put_with_checksums(ckpt: Path, prefix: str) -> None:
+    """Upload the shards as one PUT each with a SHA-256 checksum (what a training job's uploader
+    can do; aws s3 cp of a large file is multipart, whose checksum is of the parts' checksums)."""
+    import boto3
+
+    client = boto3.client("s3")
+    for f in sorted(ckpt.iterdir()):
+        with open(f, "rb") as body:
+            client.put_object(Bucket=BUCKET, Key=f"{prefix}{f.name}", Body=body,
+                              ChecksumAlgorithm="SHA256")
+
+
 def timed(cmd: list[str], **kw: object) -> float:
     t = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, **kw)  # type: ignore[call-overload]
@@ -105,19 +136,44 @@ def big_rows(work: Path, count: int, size: int) -> list[tuple[str, str, str, str
         "checkpoint: big/checkpoint", f"checkpoint: s3://{BUCKET}/run-1/"))
     env = {**os.environ, "KILN_SOURCE_CACHE": str(work / "cache-lock")}
     os.sync()
-    t_ssl = timed(["openssl", "dgst", "-sha256", *sorted(map(str, ckpt.glob("*.safetensors")))])
+    big = sorted(ckpt.glob("*.safetensors"))
+    load()
+    t_ssl = timed(["openssl", "dgst", "-sha256", *map(str, big)])
+    load()
+    t_pipe = timed_shell(" & ".join(
+        f"({' '.join(aws('cp', f's3://{BUCKET}/run-1/{f.name}', '-'))} | openssl dgst -sha256)"
+        for f in big) + " & wait")
+    load()
     lock = probe("kiln", "lock", "big", cwd=proj, env=env)
-    rows.append(("kiln lock (no store digests: read + sha256 once)", f"{total / lock['s']:.0f} MiB/s",
-                 f"{total / t_ssl:.0f} MiB/s (openssl, local)", f"{t_ssl / lock['s']:.2f}x"))
+    rows.append(("kiln lock, no store digests: read + sha256 once", f"{total / lock['s']:.0f} MiB/s",
+                 f"{total / t_pipe:.0f} MiB/s (aws s3 cp - | openssl)", f"{t_pipe / lock['s']:.2f}x"))
+    rows.append(("  the same, beside a local hash alone", f"{total / lock['s']:.0f} MiB/s",
+                 f"{total / t_ssl:.0f} MiB/s (openssl, local file)", f"{t_ssl / lock['s']:.2f}x"))
     rows.append(("kiln lock peak RSS (VmHWM)", f"{lock['hwm_kib'] / 1024:.0f} MiB", "", ""))
+
+    put_with_checksums(ckpt, "summed/")
+    summed = work / "summed"
+    (summed / "bundles").mkdir(parents=True)
+    (summed / "bundles/big.yaml").write_text(SPEC.format(name="big").replace(
+        "checkpoint: big/checkpoint", f"checkpoint: s3://{BUCKET}/summed/"))
+    load()
+    meta = probe("kiln", "lock", "big", cwd=summed,
+                 env={**os.environ, "KILN_SOURCE_CACHE": str(work / "cache-summed")})
+    kept = sum(b.stat().st_size for b in (work / "cache-summed").glob("blobs/*/*"))
+    rows.append(("kiln lock, store gives SHA-256 (metadata only)", f"{meta['s']:.2f} s",
+                 f"{total / meta['s']:.0f} MiB/s equivalent",
+                 f"{t_pipe / meta['s']:.1f}x"))
+    rows.append(("  bytes it read (files <= 1 MiB, for validation)", f"{kept:,} B", "", ""))
+    load()
     relock = probe("kiln", "lock", "big", cwd=proj, env=env)
     rows.append(("re-lock unchanged (ETags: metadata only)", f"{relock['s']:.2f} s", "", ""))
     lockfile = str(proj / "bundles/big.lock")
 
     dest = work / "aws-copy"
     ours_t, peer_t, hwm = [], [], 0
-    for side in ("peer", "ours", "ours", "peer"):
+    for side in ("peer", "ours", "ours", "peer", "peer", "ours"):
         os.sync()
+        load()
         if side == "peer":
             shutil.rmtree(dest, ignore_errors=True)
             peer_t.append(timed(aws("cp", "--recursive", f"s3://{BUCKET}/run-1/", str(dest))))
@@ -168,6 +224,7 @@ def plan_rows(work: Path) -> list[tuple[str, str, str, str]]:
     rows = []
     for what, cmd in (("kiln plan", [str(BIN / "kiln"), "plan", "--cache", "off"]),
                       ("no-op doit build:tiny", [str(BIN / "doit"), "build:tiny"])):
+        load()
         t_local = best(cmd, local.root)
         t_remote = best(cmd, remote.root)
         rows.append((f"{what}: s3:// source vs local checkpoint", f"{t_remote * 1000:.0f} ms",
@@ -198,9 +255,10 @@ def main() -> None:
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    end = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nSources bench: {args.shards} x {args.shard_mib} MiB shards on SeaweedFS (loopback), "
-          f"{os.cpu_count()} CPUs, load avg {load} (was {load0} at start)\n")
+          f"{os.cpu_count()} CPUs, load avg {end} (was {load0} at start; 1-min load during the "
+          f"measurements {min(LOADS, default=0):.1f}-{max(LOADS, default=0):.1f})\n")
     print(f"| {'what':<50} | {'modelkiln':>16} | {'peer':>38} | {'ratio':>6} |")
     print(f"|{'-' * 52}|{'-' * 18}|{'-' * 40}|{'-' * 8}|")
     for what, ours, peer, ratio in rows:
