@@ -4,7 +4,9 @@
     bundle.sig, provenance.sigstore.json   beside them when signed: the signature over the
                                            manifest and the signed build provenance
     inside the bundle:
-      config.json, model.safetensors       the PyTorch model (safetensors only)
+      config.json, model.safetensors       the PyTorch model (safetensors only); a sharded
+                                           checkpoint keeps its model-0000i-of-0000N.safetensors
+                                           shards and model.safetensors.index.json instead
       tokenizer/                           the fast tokenizer
       label_order.json                     the model's output order
       registry_label_fields.json           one entry per label
