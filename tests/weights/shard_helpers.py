@@ -55,17 +55,18 @@ def _split(names: list[str], sizes: dict[str, int], shards: int) -> list[list[st
     return out
 
 
-def sharded_inputs(directory: Path, shards: int = 4, seed: int = 0) -> None:
+def sharded_inputs(directory: Path, shards: int = 4, seed: int = 0, steps: int = 15,
+                   rows: int = 200, calibration: int = 80) -> None:
     """make_inputs' files with a seeded tiny classifier of hidden 64 and two layers (shards of
     about 100 KiB), its weights as `shards` shards."""
     from safetensors.torch import load_file
 
     from modelkiln import demo
 
-    held_out = demo.make_checkpoint(directory / "checkpoint", LABELS, seed=seed, steps=15,
-                                    rows=200)
+    held_out = demo.make_checkpoint(directory / "checkpoint", LABELS, seed=seed, steps=steps,
+                                    rows=rows)
     demo.write_label_files(directory, LABELS)
-    demo.write_jsonl(directory / "calibration.jsonl", held_out[:80])
+    demo.write_jsonl(directory / "calibration.jsonl", held_out[:calibration])
     ckpt = directory / "checkpoint"
     state = load_file(str(ckpt / "model.safetensors"))
     order = sorted(state)

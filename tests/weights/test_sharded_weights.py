@@ -226,3 +226,27 @@ def test_a_dtype_cast_is_streamed_per_tensor_and_loads(spare_inputs: Path, tmp_p
         for t in load_file(str(out / n)).values())
     model = AutoModelForSequenceClassification.from_pretrained(str(out))
     assert model.state_dict().keys() >= load_file(str(out / shard_names(ckpt)[0])).keys()
+
+
+ONNX_SPEC = SPEC + """\
+  onnx:
+    quantize: {{mode: dynamic, weight_type: int8, per_channel: true}}
+    parity: {{atol: 1.0e-4, max_decision_flip_rate: 0.1}}
+"""
+
+
+def test_the_onnx_backend_exports_and_gates_a_sharded_checkpoint(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Downstream of the weights stage, a sharded set is read as transformers reads it: the ONNX
+    export, int8 and its parity gate, the smoke test and both packages build from it."""
+    inputs = tmp_path_factory.mktemp("sharded-onnx")
+    sharded_inputs(inputs, shards=SHARDS, seed=1, steps=150, rows=300, calibration=120)
+    p = make_project(tmp_path_factory.mktemp("sharded-onnx-proj"), inputs, spec=ONNX_SPEC)
+    run = p.doit("build:tiny")
+    assert run.code == 0, run.output
+    assert {"onnx:tiny", "int8:tiny", "parity:tiny", "package:tiny-onnx"} <= run.executed
+    assert _stamp(p, "weights")["report"]["shards"] == SHARDS
+    onnx = json.loads((p.dist("onnx") / "manifest.json").read_text())
+    assert onnx["parity"]["int8"]["decision_flip_rate"] <= 0.1
+    pytorch = {f["path"] for f in json.loads((p.dist() / "manifest.json").read_text())["files"]}
+    assert set(shard_names(inputs / "checkpoint")) | {INDEX} <= pytorch
