@@ -19,6 +19,7 @@ from typing import Any, NotRequired, TypedDict, TypeGuard, cast
 
 from ..errors import FileChange, KilnError, PublishError
 from .digest import StatCache, aggregate, sha256_file
+from .fileref import FileEntry as FileEntry
 from .names import ARCHIVE as ARCHIVE
 from .names import MANIFEST as MANIFEST
 
@@ -26,20 +27,10 @@ SCHEMA_VERSION = 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class FileEntry(TypedDict):
-    """One file of a bundle: POSIX path relative to the bundle root, byte size, hex sha256."""
-
-    path: str
-    size: int
-    sha256: str
-
-
-class ArchiveEntry(TypedDict):
-    """The published tarball itself, so a reader can check the download before unpacking it."""
-
-    path: str  # always names.ARCHIVE, beside the published manifest
-    size: int
-    sha256: str
+# One file of a bundle (POSIX path relative to the bundle root, byte size, hex sha256) and the
+# published tarball itself (`path` always names.ARCHIVE, beside the published manifest, so a
+# reader can check the download before unpacking it): both the JSON form of artifacts.fileref.
+ArchiveEntry = FileEntry
 
 
 class Signature(TypedDict):

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..artifacts.digest import aggregate, canonical_json, sha256_bytes
+from ..artifacts.fileref import FileRef
 
 SCHEMA = 2
 MAX_DEPTH = 64  # arrays/objects inside one another: reports hold a few levels
@@ -40,13 +41,7 @@ class BadRecord(ValueError):
     """A record that does not parse or does not describe a usable output set."""
 
 
-@dataclass(frozen=True)
-class BlobRef:
-    """One output file: where it goes (relative, POSIX) and the bytes it must have."""
-
-    path: str
-    size: int
-    sha256: str
+BlobRef = FileRef  # one output file: where it goes (relative, POSIX) and the bytes it must have
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..artifacts.fileref import FileRef
+
 STATIC = ("backend", "description", "roles", "capabilities", "served_model_id", "metadata", "task",
           "backend_config")
 DYNAMIC = ("version", "artifacts", "files", "aggregate_sha256", "version_lock")
@@ -38,13 +40,7 @@ class Artifacts:
         return Path(chosen) if chosen else None
 
 
-@dataclass(frozen=True)
-class FileRecord:
-    """One file under the artifact directory when it was recorded."""
-
-    path: str
-    size: int
-    sha256: str
+FileRecord = FileRef  # one file under the artifact directory when it was recorded
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..artifacts.atomic import write_bytes
 from ..artifacts.digest import aggregate
+from ..artifacts.fileref import FileRef
 from ..artifacts.statefile import read_regular
 from ..errors import ExitCode, KilnError
 
@@ -35,10 +36,9 @@ class BadLock(KilnError):
 
 
 @dataclass(frozen=True)
-class LockedFile:
-    path: str  # POSIX, relative to the source
-    size: int
-    sha256: str
+class LockedFile(FileRef):
+    """A source's file (path POSIX, relative to the source) and the revision it was locked at."""
+
     ref: str = ""
 
 

@@ -137,8 +137,8 @@ def bundle_files(dist: Path) -> tuple[list[BundleFile], bytes]:
     """The bundle's files (from the published manifest) plus its own manifest.json's bytes."""
     published = mf.load_published(dist / mf.MANIFEST)
     inner = mf.dumps(mf.without_archive(published))
-    files = [BundleFile(f["path"], f["sha256"], f["size"]) for f in published["files"]]
-    files.append(BundleFile(names.MANIFEST, sha256_bytes(inner), len(inner)))
+    files = [BundleFile.of(f) for f in published["files"]]
+    files.append(BundleFile(names.MANIFEST, len(inner), sha256_bytes(inner)))
     return files, inner
 
 

@@ -11,10 +11,10 @@ the bootstrap's `REGISTRY_*` environment, our entrypoint and labels. Times are t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from .. import names
+from ..fileref import FileRef
 from . import media
 from .layout import OciLayout
 
@@ -22,17 +22,7 @@ EPOCH = "1970-01-01T00:00:00Z"
 WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx_data", ".onnx.data", ".bin")
 
 
-@dataclass(frozen=True)
-class BundleFile:
-    """One file of the bundle: its path inside the bundle, sha256 (hex) and size."""
-
-    path: str
-    sha256: str
-    size: int
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.sha256
+BundleFile = FileRef  # one file of the bundle: its path inside the bundle, size and sha256
 
 
 def file_media_type(path: str) -> str:
