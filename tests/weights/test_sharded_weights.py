@@ -226,6 +226,18 @@ def test_a_dtype_cast_is_streamed_per_tensor_and_loads(spare_inputs: Path, tmp_p
         for t in load_file(str(out / n)).values())
     model = AutoModelForSequenceClassification.from_pretrained(str(out))
     assert model.state_dict().keys() >= load_file(str(out / shard_names(ckpt)[0])).keys()
+    # one source shard changes: only its cast is written again, the others keep their inodes
+    names = shard_names(ckpt)
+    inodes = {n: os.stat(out / n).st_ino for n in names}
+    bump_shard(ckpt / names[1])
+    again = p.doit("weights:tiny")
+    assert again.code == 0, again.output
+    assert _stamp(p, "weights")["report"]["placed"] == {"cast": 1, "linked": SHARDS - 1}
+    for n in names:
+        assert (os.stat(out / n).st_ino == inodes[n]) == (n != names[1]), n
+    changed = load_file(str(out / names[1]))
+    assert all(torch.equal(changed[k], t.to(torch.bfloat16) if t.is_floating_point() else t)
+               for k, t in load_file(str(ckpt / names[1])).items())
 
 
 ONNX_SPEC = SPEC + """\

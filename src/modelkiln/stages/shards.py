@@ -14,7 +14,10 @@ dtype cast) or one 1 MiB buffer (a copy):
   recorded digest, and the fetch cache refreshes its blobs' mtimes on every use.
 - `cast_shard` writes a shard with its floating tensors in another dtype, one tensor at a time,
   in the source's tensor order, with a header laid out as safetensors lays its own (8-byte length,
-  JSON padded with spaces to 8 bytes), so the file loads with `safetensors.safe_open`.
+  JSON padded with spaces to 8 bytes), so the file loads with `safetensors.safe_open`. Its
+  header's __metadata__ records the source shard's sha256 and the dtype (`CAST_FROM`, `CAST_TO`),
+  so the next run links it from the previous output when that source shard did not change
+  (`cast_or_link`): a cast checkpoint, too, rewrites only the shard that changed.
 - `check_keys` builds the architecture from config.json on torch's meta device (no storage) and
   compares names and shapes with the shards' headers; tied weights (one parameter under two names)
   may be missing, as `save_pretrained` leaves them out. Anything it cannot match exactly is handed
@@ -43,6 +46,7 @@ _ST_TO_TORCH = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "b
                 "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
                 "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 _FLOATS = frozenset({"F64", "F32", "F16", "BF16"})
+CAST_FROM, CAST_TO = "modelkiln.cast_from_sha256", "modelkiln.cast_to"  # a cast shard's header
 _SIZES = {"F32": 4, "F16": 2, "BF16": 2}
 
 
@@ -113,14 +117,41 @@ def check_index(index: Path, tensors: dict[str, tuple[str, tuple[int, ...], str]
                          f"({len(wrong) + len(unlisted)} such); re-save the checkpoint")
 
 
-def cast_shard(src: Path, dst: Path, dtype: str, chunk: int = 1 << 20) -> int:
+def cast_or_link(src: Path, dst: Path, dtype: str, previous: Path, cache: StatCache) -> str:
+    """`cast_shard`, or a hard link to the previous output's shard when that was cast from the
+    same bytes to the same dtype (its header says so, `CAST_FROM`/`CAST_TO`) and is unchanged
+    since (the stat cache vouches for it); returns "cast" or "linked"."""
+    digest = cache.digest(src)
+    known = cache.peek(previous)
+    if known is not None:
+        try:
+            meta = read_header(previous).get("__metadata__") or {}
+            if meta.get(CAST_FROM) == digest and meta.get(CAST_TO) == dtype:
+                os.link(previous, dst)
+                cache.remember(dst, known)
+                return "linked"
+        except (OSError, ValueError, struct.error):
+            pass  # unreadable or on another filesystem: cast afresh
+    cast_shard(src, dst, dtype, {CAST_FROM: digest, CAST_TO: dtype})
+    return "cast"
+
+
+def data_size(path: Path) -> int:
+    """Bytes of tensor data in a safetensors file (its size less the length and header)."""
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        return os.fstat(f.fileno()).st_size - 8 - int(length)
+
+
+def cast_shard(src: Path, dst: Path, dtype: str, note: dict[str, str] | None = None) -> int:
     """Write `src` to `dst` with every floating tensor cast to `dtype` (float32, float16,
-    bfloat16), one tensor in memory at a time; returns the bytes of tensor data written."""
+    bfloat16), one tensor in memory at a time; returns the bytes of tensor data written.
+    `note` joins the header's __metadata__."""
     import torch
     from safetensors import safe_open
 
     header = read_header(src)
-    meta = header.pop("__metadata__", None) or {"format": "pt"}
+    meta = {**(header.pop("__metadata__", None) or {"format": "pt"}), **(note or {})}
     want = _TORCH_DTYPES[dtype]
     order = sorted(header, key=lambda n: header[n]["data_offsets"][0])
     out: dict[str, Any] = {"__metadata__": meta}

@@ -37,7 +37,7 @@ WRITES: tuple[str, ...] | None = (names.CONFIG, "model*.safetensors")  # one fil
 OPTIONAL: tuple[str, ...] = (names.WEIGHTS_INDEX, "generation_config.json")
 TOOLS: tuple[str, ...] = ("torch", "safetensors", "transformers")
 PLATFORM: str | None = None
-CODE_VERSION = "2"  # 2: sharded safetensors stay sharded (were merged into one file)
+CODE_VERSION = "2"  # 2: sharded safetensors stay sharded (were merged into one file), casts noted
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
@@ -169,14 +169,17 @@ def _keep_shards(ctx: RunContext, ckpt: Path, config: dict[str, Any]) -> Report:
     dtype = ctx.bundle.source.dtype
     how: dict[str, int] = {}
     if dtype:
-        total = sum(sh.cast_shard(s, ctx.out / s.name, dtype) for s in found)
+        for shard in found:
+            way = sh.cast_or_link(shard, ctx.out / shard.name, dtype,
+                                  ctx.plan.out_dir / shard.name, ctx.cache)
+            how[way] = how.get(way, 0) + 1
+        total = sum(sh.data_size(ctx.out / s.name) for s in found)
         index = json.loads((ckpt / names.WEIGHTS_INDEX).read_bytes())
         index.setdefault("metadata", {})["total_size"] = total
         (ctx.out / names.WEIGHTS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True)
                                                    + "\n")
         config["torch_dtype"] = dtype
         tensors = sh.tensor_shapes(ctx.out / s.name for s in found)
-        how["cast"] = len(found)
     else:
         for shard in found:
             way = sh.place(shard, ctx.out / shard.name, ctx.plan.out_dir / shard.name, ctx.cache)
