@@ -250,3 +250,20 @@ def test_a_backend_built_from_another_goes_when_that_one_is_skipped(project: Pro
     assert "package:tiny-pytorch" not in tasks and "weights:tiny" in tasks
     kept = {t["task"] for t in json.loads(run(project, "kiln", "plan", "--json").stdout)}
     assert {"toystamp:tiny", "package:tiny-toy"} <= kept
+    # enabled without what it is built from: a spec error at its key, as tensorrt without onnx
+    spec = project.spec.read_text()
+    project.edit("  pytorch: {}\n", "  pytorch: {enabled: false}\n")
+    try:
+        done = run(project, "kiln", "validate")
+    finally:
+        project.spec.write_text(spec)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "backends.toy: the toy backend is built from the pytorch backend's model" \
+        in done.stderr, done.stderr
+    # its enabled(section) decides whether a section turns it on (here `greeting: ""` is off)
+    project.edit("greeting: hey" if "greeting: hey" in spec else "greeting: hi", 'greeting: ""')
+    try:
+        off = {t["task"] for t in json.loads(run(project, "kiln", "plan", "--json").stdout)}
+    finally:
+        project.spec.write_text(spec)
+    assert "toystamp:tiny" not in off and "package:tiny-pytorch" in off, off
