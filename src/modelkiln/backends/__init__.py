@@ -2,8 +2,9 @@
 
 A backend is one module satisfying `Backend`, registered in the `modelkiln.backends` entry-point
 group (modelkiln's own pytorch, onnx and tensorrt register there like a third party's; see
-modelkiln.plugins). The package stage, the runtime bootstrap and the serving image ask the
-backend instead of comparing its name:
+modelkiln.plugins). Validation, planning, the package stage and model card, the serving image
+and the runtime (bootstrap, OCI fetch, predict) ask the backend instead of comparing its name
+(tests/plugins/test_backend_names.py fails on such a comparison outside this package):
 
     NAME, DOC        the key under `backends:` in a spec, and one line for `kiln plugins`
     STAGES           the stages it adds to the graph (their tasks carry `backend=NAME`)
