@@ -82,7 +82,10 @@ def test_a_sharded_checkpoint_builds_sharded(project: Project) -> None:
     assert set(names) | {INDEX} <= set(listed)
     with tarfile.open(project.dist() / "bundle.tar.gz") as tar:
         members = set(tar.getnames())
-    assert set(names) <= members and "model.safetensors" not in members
+        assert set(names) <= members and "model.safetensors" not in members
+        card = tar.extractfile("model_card.md")
+        assert card is not None
+        assert f"| model file | {INDEX} ({SHARDS} safetensors shards) |" in card.read().decode()
     State.inodes = {n: os.stat(out / n).st_ino for n in names}
 
 

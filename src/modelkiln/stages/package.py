@@ -171,13 +171,25 @@ def model_card(ctx: RunContext, backend: str, version: str, reports: dict[str, R
         labels=metrics_table(order, cuts, metrics, fields), parity=parity_table(parity, order),
         name=b.name, version=version, backend=backend, description=b.description or "",
         task=b.source.task, max_length=b.thresholds.max_length,
-        model_file=model_file(backend),
+        model_file=_model_file(ctx, backend),
         strategy=b.thresholds.strategy, default=b.thresholds.default,
         metadata=", ".join(f"{k}: {v}" for k, v in b.metadata) or "-",
         score="sigmoid of each logit" if multi else "softmax over the labels",
         decision=DECISION_RULE.get(b.source.task, DECISION_RULE[SINGLE_LABEL]),
         inputs=card_inputs(ctx, backend), checks="\n".join(checks),
         tools=", ".join(f"{k} {v}" for k, v in sorted(tools.items())))
+
+
+def _model_file(ctx: RunContext, backend: str) -> str:
+    """The card's model file: the backend's, or a sharded checkpoint's index and its shards (the
+    weights stage keeps a sharded safetensors checkpoint sharded)."""
+    name = model_file(backend)
+    if name == names.WEIGHTS and "weights" in ctx.upstream:
+        outputs = ctx.up_stamp("weights")["outputs"]
+        if names.WEIGHTS_INDEX in outputs:
+            count = sum(1 for rel in outputs if rel.endswith(".safetensors"))
+            return f"{names.WEIGHTS_INDEX} ({count} safetensors shards)"
+    return name
 
 
 def _source_inputs(bundle: Bundle, layout: Layout, backend: str,
