@@ -99,3 +99,27 @@ def test_an_edited_lock_is_seen_by_a_process_that_read_it_before(
     pins.register_lock(spec)
     assert pins.digest(new) == "2" * 64
     assert pins.entries_of([new]) == {uri: [LockedFile("w.safetensors", 3, "2" * 64, "etag:x")]}
+
+
+@pytest.mark.s3
+def test_lock_reads_only_metadata_where_the_store_gives_sha256(tmp_path: Path, s3: Any) -> None:
+    """SeaweedFS returns ChecksumSHA256 for an object PUT with a SHA-256 checksum: that object is
+    locked from its HEAD, never read; one uploaded without a checksum is read through a hash."""
+    import hashlib
+
+    from modelkiln.sources.locking import lock_spec
+
+    summed, plain = os.urandom(3 << 20), os.urandom(2 << 20)
+    s3.client.put_object(Bucket=s3.bucket, Key=f"{s3.prefix}ck/summed.safetensors", Body=summed,
+                         ChecksumAlgorithm="SHA256")
+    s3.client.put_object(Bucket=s3.bucket, Key=f"{s3.prefix}ck/plain.safetensors", Body=plain)
+    spec = tmp_path / "bundles/big.yaml"
+    spec.parent.mkdir()
+    spec.write_text("name: big\n")
+    cache = FetchCache(tmp_path / "cache")
+    done = lock_spec(spec, {"source": {"checkpoint": s3.uri("ck/")}}, None, cache)
+    files = {f.path: f for e in done.entries for f in e.files}
+    want = {"summed.safetensors": summed, "plain.safetensors": plain}
+    assert {p: f.sha256 for p, f in files.items()} == \
+        {p: hashlib.sha256(b).hexdigest() for p, b in want.items()}
+    assert blob_names(tmp_path / "cache") == {files["plain.safetensors"].sha256}
