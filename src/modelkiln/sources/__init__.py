@@ -27,7 +27,8 @@ def ensure_inputs(paths: Iterable[Path], log: Callable[[str], None] | None = Non
     """Fetch the registered remote files among a task's input paths (nothing for local ones);
     the bytes moved. Called by the graph right before a stage runs, never by plan or no-op.
     On drift, a mark is left in `state` so the command that ran the graph (in whichever process)
-    can exit 2 rather than doit's 1."""
+    can tell drift from doit's other exit 2, a crashed action (graph.execute returns the drift to
+    doit as its TaskError, exit 2)."""
     paths = list(paths)
     wanted = pins.entries_of(paths)
     if not wanted:
