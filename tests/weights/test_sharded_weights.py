@@ -265,3 +265,17 @@ def test_the_onnx_backend_exports_and_gates_a_sharded_checkpoint(
     assert onnx["parity"]["int8"]["decision_flip_rate"] <= 0.1
     pytorch = {f["path"] for f in json.loads((p.dist() / "manifest.json").read_text())["files"]}
     assert set(shard_names(inputs / "checkpoint")) | {INDEX} <= pytorch
+
+
+def test_a_clean_build_packs_the_same_bytes_as_the_incremental_one(project: Project,
+                                                                    tmp_path: Path) -> None:
+    """1.0.1 was built by linking three shards from 1.0.0's output; a clean project from the
+    same inputs copies all four. The tarballs and manifests are byte-identical."""
+    clean = make_project(tmp_path / "clean", project.inputs,
+                         spec=project.spec.read_text().replace("{", "{{").replace("}", "}}"))
+    run = clean.doit("package:tiny-pytorch")
+    assert run.code == 0, run.output
+    assert _stamp(clean, "weights")["report"]["placed"] == {"copied": SHARDS}
+    for name in ("bundle.tar.gz", "manifest.json"):
+        assert (clean.dist("pytorch", "1.0.1") / name).read_bytes() == \
+            (project.dist("pytorch", "1.0.1") / name).read_bytes(), name
