@@ -32,7 +32,7 @@ StateDict = dict[str, Any]  # parameter name -> torch.Tensor (torch is imported 
 NAME = "weights"
 DOC = "convert checkpoints to safetensors and check they load"
 READS: tuple[str, ...] = ()
-WRITES: tuple[str, ...] | None = (names.CONFIG, "model*.safetensors")  # one file, or the shards
+WRITES: tuple[str, ...] | None = (names.CONFIG, "*.safetensors")  # one file, or the shards (any names)
 # a sharded checkpoint's index (it stays sharded); generation_config.json where a kind ships it
 OPTIONAL: tuple[str, ...] = (names.WEIGHTS_INDEX, "generation_config.json")
 TOOLS: tuple[str, ...] = ("torch", "safetensors", "transformers")
