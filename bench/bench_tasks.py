@@ -136,6 +136,10 @@ GATES = {"feature-extraction": "embed_parity", "image-classification": "vision_p
          "text-generation": "gen_parity", "token-classification": "ner_parity"}
 
 
+class BuildFailed(Exception):
+    """A ladder rung's `doit build` failed: the climb stops there."""
+
+
 def build(root: Path, name: str, task: str, make: dict[str, Any],
           timeout: float | None = None) -> tuple[float, float | None]:
     """Make the inputs (seeded checkpoint, calibration) and run `doit build:NAME`; returns the
@@ -175,7 +179,11 @@ def build(root: Path, name: str, task: str, make: dict[str, Any],
             proc.communicate()
             return made - start, None
     if proc.returncode:
-        raise SystemExit(f"build of {name} failed:\n{out[-6000:]}")
+        if timeout is None:  # an example or -large row: nothing to climb past
+            raise SystemExit(f"build of {name} failed:\n{out[-6000:]}")
+        last = [line for line in out.splitlines() if line.strip()][-1:] or [""]
+        raise BuildFailed(f"exit {proc.returncode} after {time.perf_counter() - made:.0f} s "
+                          f"(-9: killed, e.g. out of memory); last line: {last[0][:200]}")
     return made - start, time.perf_counter() - made
 
 
@@ -354,7 +362,11 @@ def ladder(root: Path, task: str, args: argparse.Namespace, rows_file: Path | No
         make = ladder_make(task, hidden, layers)
         print(f"[{time.strftime('%H:%M:%S')}] {name}: building {make}", file=sys.stderr,
               flush=True)
-        row = run_one(root, name, task, make, args, rows_file, timeout=args.limit)
+        try:
+            row = run_one(root, name, task, make, args, rows_file, timeout=args.limit)
+        except BuildFailed as exc:
+            notes.append(f"{task}: {name} did not build: {exc}")
+            break
         if row is None:
             notes.append(f"{task}: {name} ran past {args.limit:.0f} s and was killed")
             break
