@@ -30,7 +30,7 @@ from ..artifacts.digest import aggregate, sha256_bytes, sha256_file
 from ..errors import BuildError
 from ..model.bundle import Bundle, TensorRT
 from ..paths import Layout
-from . import onnx_lint, trt_builder
+from . import kinds, onnx_lint, trt_builder, trt_kinds
 from .base import Report, RunContext, StagePlan, params, stage_plan
 
 NAME = "trt"
@@ -83,15 +83,19 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
     source = "int8" if t.precision == "int8" else "onnx"
     cal = bundle.thresholds.calibration
     host = host_facts()
+    # an encoder kind's profile shapes come from its own inputs and max length (trt_kinds)
+    shapes = trt_kinds.input_shapes(bundle, t)
+    kind = {} if shapes is None else {"inputs": shapes, "task": bundle.source.task}
     p = stage_plan(
         bundle, layout, "trt",
         doc=f"build {bundle.name}'s TensorRT engine ({t.precision}) for this host's GPU",
-        inputs=(cal,) if cal else (),
-        upstream=tuple(dict.fromkeys((source, "onnx", "tokenizer"))),
+        inputs=trt_kinds.calibration_inputs(bundle, t) if shapes else (cal,) if cal else (),
+        upstream=tuple(dict.fromkeys((source, "onnx", trt_kinds.reads(bundle)))),
         # the platform is a parameter: an engine built for another GPU is stale on this one
         params=params(CODE_VERSION, tensorrt=settings(t), samples=t.parity.samples,
-                      max_length=bundle.thresholds.max_length,
-                      platform=ek.platform_class(host, t.strict_device_name)),
+                      max_length=trt_kinds.max_length(bundle) if shapes
+                      else bundle.thresholds.max_length,
+                      platform=ek.platform_class(host, t.strict_device_name), **kind),
         backend="tensorrt")
     extra: list[tuple[str, str]] = [("when", t.when), ("source", source),
                                     ("strict", "1" if t.strict_device_name else "")]
@@ -114,12 +118,15 @@ def onnx_files(model: Path, external: list[str]) -> dict[str, str]:
 
 
 def make_key(t: TensorRT, host: ek.HostFacts, version: str, files: dict[str, str],
-             mode: str) -> ek.EngineKey:
-    """The engine key of a build on `host` with TensorRT `version` (pure)."""
+             mode: str, shapes: trt_kinds.Shapes | None = None) -> ek.EngineKey:
+    """The engine key of a build on `host` with TensorRT `version` (pure). An encoder kind's
+    per-input shapes go in with the builder settings (a classifier's key is as it was)."""
+    builder: dict[str, Any] = {"workspace_mb": t.workspace_mb,
+                               "optimization_level": t.optimization_level, "precision_mode": mode}
+    if shapes is not None:
+        builder["input_shapes"] = shapes
     return {"schema": ek.SCHEMA, "onnx_sha256": aggregate(files.items()), "onnx_files": files,
-            "profiles": profiles(t), "precision": t.precision,
-            "builder": {"workspace_mb": t.workspace_mb,
-                        "optimization_level": t.optimization_level, "precision_mode": mode},
+            "profiles": profiles(t), "precision": t.precision, "builder": builder,
             "plugins": {}, "code": CODE_VERSION, "tensorrt": version,
             "cuda": host.cuda or "cuda-unknown", "compute_capability": host.gpu_cc or "",
             "device_name": host.gpu_name if t.strict_device_name else None,
@@ -148,14 +155,16 @@ def _engine_logits(builder: trt_builder.EngineBuilder, plan_bytes: bytes, batch:
                    max_batch: int) -> Any:
     import numpy as np
 
-    n = len(batch["input_ids"])
+    n = len(next(iter(batch.values())))
     parts = [builder.infer(plan_bytes, {k: v[s:s + max_batch] for k, v in batch.items()})
              for s in range(0, n, max_batch)]
     return np.concatenate(parts).astype(np.float32)
 
 
-def _lint(ctx: RunContext, src: Path, t: TensorRT, version: str) -> onnx_lint.LintReport:
-    report = onnx_lint.lint(src, t.precision, trt_builder.major(version), profiles(t))
+def _lint(ctx: RunContext, src: Path, t: TensorRT, version: str,
+          shapes: trt_kinds.Shapes | None = None) -> onnx_lint.LintReport:
+    ranges = trt_kinds.lint_profiles(shapes) if shapes else profiles(t)
+    report = onnx_lint.lint(src, t.precision, trt_builder.major(version), ranges)
     if report.problems:
         raise BuildError(f"{src.name} cannot feed TensorRT {version}: "
                          + " | ".join(report.problems))
@@ -180,30 +189,36 @@ def run(ctx: RunContext) -> Report:
     builder = select_builder(host)
     version = builder.version()
     src = _source(ctx)
-    lint = _lint(ctx, src, t, version)
+    shapes = trt_kinds.input_shapes(ctx.bundle, t)
+    lint = _lint(ctx, src, t, version, shapes)
     sm = host.sm or "sm0"
     key_base = make_key(t, host, version, onnx_files(src, lint.external_data),
-                        trt_builder.precision_mode(version))
+                        trt_builder.precision_mode(version), shapes)
     timing = ctx.layout.state / TIMING_DIR / \
         f"{ek.platform_class(host, t.strict_device_name)}-{ek.family(key_base)[:16]}.cache"
     request = trt_builder.BuildRequest(
         onnx=src, precision=t.precision, profiles=profiles(t), workspace_mb=t.workspace_mb,
         optimization_level=t.optimization_level, hardware_compatibility=t.hardware_compatibility,
-        version_compatible=t.version_compatible, timing_cache=timing)
+        version_compatible=t.version_compatible, timing_cache=timing, shapes=shapes)
     ctx.log(f"trt:{ctx.bundle.name}: building a {t.precision} engine for {sm} with "
             f"{builder.name} TensorRT {version}")
     built = builder.build(request)
-    key = make_key(t, host, version, onnx_files(src, lint.external_data), built.precision_mode)
+    key = make_key(t, host, version, onnx_files(src, lint.external_data), built.precision_mode,
+                   shapes)
     rel = f"{names.ENGINES_DIR}/{sm}/{names.ENGINE_PLAN}"
     (ctx.out / rel).parent.mkdir(parents=True)
     (ctx.out / rel).write_bytes(built.plan)
     side = ek.sidecar(key, rel, len(built.plan), sha256_bytes(built.plan))
     (ctx.out / names.ENGINES_DIR / sm / names.ENGINE_SIDECAR).write_bytes(ek.dumps(side))
-    batch = _parity_rows(ctx, t)
+    kind = kinds.kind_of(ctx.bundle)
+    batch = trt_kinds.parity_rows(ctx, t) if shapes else _parity_rows(ctx, t)
     engine = _engine_logits(builder, built.plan, batch, t.batch[2])
-    reference = ort_logits(ctx.up("onnx") / MODEL, batch)
+    reference = trt_kinds.onnx_outputs(ctx.up("onnx") / MODEL, batch, kind.output) \
+        if shapes and kind else ort_logits(ctx.up("onnx") / MODEL, batch)
     out = ctx.out / PARITY_DIR / sm
     out.mkdir(parents=True)
+    if shapes and "attention_mask" in batch:  # the real tokens, for a per-token gate
+        np.save(out / trt_kinds.MASK, np.asarray(batch["attention_mask"], dtype=bool))
     np.save(out / "engine.npy", engine)
     np.save(out / "onnx.npy", reference)
     ctx.log(f"trt:{ctx.bundle.name}: {len(built.plan):,} byte engine, key {side['key_sha256'][:12]}")

@@ -37,6 +37,9 @@ class BuildRequest:
     hardware_compatibility: str  # none | ampere-plus | same-compute-capability
     version_compatible: bool
     timing_cache: Path  # read before, written after: kept per platform and engine family
+    # an encoder kind's per-input min/opt/max shapes (stages/trt_kinds); None: every input is
+    # batch x sequence from `profiles` (the classifiers)
+    shapes: dict[str, dict[str, list[int]]] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,10 +106,22 @@ class FakeBuilder:
         from .infer import ort_logits
 
         doc = json.loads(plan[len(FAKE_MAGIC):])
-        logits = ort_logits(Path(doc["onnx"]), dict(batch))
+        if doc["settings"].get("shapes"):  # an encoder kind: its graph's first output
+            from .trt_kinds import onnx_outputs
+
+            session_out = _first_output(Path(doc["onnx"]))
+            logits = onnx_outputs(Path(doc["onnx"]), dict(batch), session_out)
+        else:
+            logits = ort_logits(Path(doc["onnx"]), dict(batch))
         if doc["settings"]["precision"] == "fp16":
             logits = logits.astype(np.float16).astype(np.float32)
         return logits
+
+
+def _first_output(model: Path) -> str:
+    from .infer import ort_session
+
+    return str(ort_session(model).get_outputs()[0].name)
 
 
 class TensorRTBuilder:  # pragma: no cover - needs an NVIDIA GPU and TensorRT
@@ -144,7 +159,8 @@ class TensorRTBuilder:  # pragma: no cover - needs an NVIDIA GPU and TensorRT
             elif request.precision == "int8":  # explicit quantization: scales come from Q/DQ
                 config.set_flag(trt.BuilderFlag.INT8)
         self._compat(config, request)
-        config.add_optimization_profile(self._profile(builder, network, request.profiles))
+        config.add_optimization_profile(self._profile(builder, network, request.profiles,
+                                                      request.shapes))
         cache = config.create_timing_cache(request.timing_cache.read_bytes()
                                            if request.timing_cache.is_file() else b"")
         config.set_timing_cache(cache, ignore_mismatch=False)
@@ -170,11 +186,18 @@ class TensorRTBuilder:  # pragma: no cover - needs an NVIDIA GPU and TensorRT
             config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
 
     @staticmethod
-    def _profile(builder: Any, network: Any, profiles: Profiles) -> Any:
+    def _profile(builder: Any, network: Any, profiles: Profiles,
+                 shapes: dict[str, dict[str, list[int]]] | None = None) -> Any:
         profile = builder.create_optimization_profile()
         b, s = profiles["batch"], profiles["sequence"]
         for i in range(network.num_inputs):
             name = network.get_input(i).name
+            if shapes is not None:  # an encoder kind: its own shape per input
+                if name not in shapes:
+                    raise BuildError(f"the ONNX graph's input {name!r} has no profile shape "
+                                     f"(the kind gives {sorted(shapes)})")
+                profile.set_shape(name, *(tuple(shapes[name][lv]) for lv in ("min", "opt", "max")))
+                continue
             profile.set_shape(name, (b["min"], s["min"]), (b["opt"], s["opt"]), (b["max"], s["max"]))
         return profile
 
@@ -191,7 +214,8 @@ class TensorRTBuilder:  # pragma: no cover - needs an NVIDIA GPU and TensorRT
         for name in names:
             if name in outputs:
                 continue
-            dtype = torch.int32 if engine.get_tensor_dtype(name) == trt.int32 else torch.int64
+            dtype = {trt.int32: torch.int32, trt.float32: torch.float32,
+                     trt.float16: torch.float16}.get(engine.get_tensor_dtype(name), torch.int64)
             tensor = torch.as_tensor(np.asarray(batch[name])).to("cuda", dtype).contiguous()
             context.set_input_shape(name, tuple(tensor.shape))
             context.set_tensor_address(name, tensor.data_ptr())

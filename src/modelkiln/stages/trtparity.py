@@ -40,6 +40,17 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
     if t is None:
         return []
     p = t.parity
+    measure = _measure(bundle)
+    if measure is not None:  # an encoder kind without thresholds: its own measure (trt_kinds)
+        text, limit = measure
+        return [stage_plan(
+            bundle, layout, "trtparity",
+            doc=f"parity gates for {bundle.name}'s TensorRT engines: outputs within {p.atol:g} + "
+                f"{p.rtol:g}·|x|, {text} at least {limit:g} vs the fp32 ONNX model",
+            upstream=("engines",),
+            params=params(CODE_VERSION, atol=p.atol, rtol=p.rtol, task=bundle.source.task,
+                          measure=text, limit=limit),
+            backend="tensorrt")]
     return [stage_plan(
         bundle, layout, "trtparity",
         doc=f"parity gates for {bundle.name}'s TensorRT engines: logits within {p.atol:g} + "
@@ -48,6 +59,24 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
         params=params(CODE_VERSION, atol=p.atol, rtol=p.rtol,
                       max_decision_flip_rate=p.max_decision_flip_rate, task=bundle.source.task),
         backend="tensorrt")]
+
+
+def _measure(bundle: Bundle) -> tuple[str, float] | None:
+    """An encoder kind's gate measure and limit (None: logits and decisions at the thresholds,
+    the classifiers' and the image classifier's gate)."""
+    if bundle.embedding is not None:
+        return "cosine", bundle.embedding.parity.min_cosine
+    if bundle.entities is not None:
+        return "token tag agreement", bundle.entities.min_agreement
+    return None
+
+
+def _task(bundle: Bundle) -> str:
+    """The decision rule's task name: an image classifier decides as a single-label one."""
+    from ..artifacts.decisions import SINGLE_LABEL
+    from ..model.kinds import IMAGE_CLASSIFICATION
+
+    return SINGLE_LABEL if bundle.source.task == IMAGE_CLASSIFICATION else bundle.source.task
 
 
 def _r(x: Any) -> float:
@@ -126,13 +155,15 @@ def run(ctx: RunContext) -> Report:
     if t is None:
         raise BuildError(f"{ctx.plan.task}: backends.tensorrt is not enabled; run `kiln plan` again")
     p = t.parity
+    if _measure(ctx.bundle) is not None:
+        return _run_kind(ctx, p.atol, p.rtol)
     labels = tuple(json.loads((ctx.up("labels") / names.LABEL_ORDER).read_bytes()))
     cuts = json.loads((ctx.up("thresholds") / names.THRESHOLDS).read_bytes())
     reports: dict[str, Report] = {}
     failures: list[str] = []
     for d in sorted((ctx.up("engines") / PARITY_DIR).iterdir()):
         report = compare(np.load(d / "onnx.npy"), np.load(d / "engine.npy"), labels, cuts,
-                         ctx.bundle.source.task, p.atol, p.rtol)
+                         _task(ctx.bundle), p.atol, p.rtol)
         failed = gate(report, p.atol, p.rtol, p.max_decision_flip_rate)
         report["limits"] = {"atol": p.atol, "rtol": p.rtol,
                             "max_decision_flip_rate": p.max_decision_flip_rate}
@@ -150,4 +181,45 @@ def run(ctx: RunContext) -> Report:
     for sm, r in reports.items():
         ctx.log(f"trtparity:{ctx.bundle.name}: {sm} max |diff| {r['max_abs_logit_diff']:.3g}, "
                 f"flip rate {r['decision_flip_rate']:.2%}")
+    return {"engines": reports}
+
+
+def _run_kind(ctx: RunContext, atol: float, rtol: float) -> Report:
+    """An embedding's or tagger's gate: trt_kinds.compare per engine, the same files out."""
+    import numpy as np
+
+    from .trt import PARITY_DIR
+    from .trt_kinds import MASK, compare
+
+    reports: dict[str, Report] = {}
+    failures: list[str] = []
+    for d in sorted((ctx.up("engines") / PARITY_DIR).iterdir()):
+        mask = np.load(d / MASK) if (d / MASK).is_file() else None
+        report = compare(ctx.bundle, np.load(d / "onnx.npy"), np.load(d / "engine.npy"), mask,
+                         atol, rtol)
+        failed = report.pop("failures")
+        report["limits"] = {"atol": atol, "rtol": rtol, report["measure"]: report["limit"]}
+        report["gates"] = {g: "fail" if g in failed else "pass"
+                           for g in ("elements", "cosine" if "min_cosine" in report else "tags")}
+        report["passed"] = not failed
+        reports[d.name] = report
+        failures += [f"{d.name}: {why}" for why in failed.values()]
+    if not reports:
+        raise BuildError("the trt stage recorded no parity outputs; rebuild trt")
+    lines = ["# TensorRT parity (against the fp32 ONNX model)", "",
+             "| engine | rows | max abs diff | outside tolerance | measure | value | limit | "
+             "result |", "|---|---|---|---|---|---|---|---|"]
+    for sm, r in reports.items():
+        value = r.get("min_cosine", r.get("tag_agreement"))
+        lines.append(f"| {sm} | {r['rows']} | {r['max_abs_diff']:.3g} | "
+                     f"{r['outside_tolerance']}/{r['elements']} | {r['measure']} | {value:.4f} | "
+                     f"{r['limit']:g} | {'pass' if r['passed'] else 'FAIL'} |")
+    (ctx.out / "trt_parity.json").write_text(json.dumps(reports, indent=2) + "\n")
+    (ctx.out / "trt_parity.md").write_text("\n".join(lines) + "\n")
+    if failures:
+        raise BuildError(f"TensorRT parity gate failed for {ctx.bundle.name}: "
+                         + " | ".join(failures))
+    for sm, r in reports.items():
+        ctx.log(f"trtparity:{ctx.bundle.name}: {sm} max |diff| {r['max_abs_diff']:.3g}, "
+                f"{r['measure']} {r.get('min_cosine', r.get('tag_agreement'))}")
     return {"engines": reports}

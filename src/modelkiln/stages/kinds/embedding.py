@@ -122,9 +122,11 @@ def card(ctx: RunContext, backend: str, version: str, reports: dict[str, Report]
 _SHARED = (("weights", None), ("tokenizer", None))
 KIND = Kind(
     task="feature-extraction",
-    drops=frozenset({"labels", "thresholds", "parity", "smoke", "trt", "engines", "trtparity",
-                     "image", "imagetest"}),
+    drops=frozenset({"labels", "thresholds", "parity", "smoke", "image", "imagetest"}),
     auto_class="AutoModel", output=OUTPUT, export=_export, export_params=export_params,
-    contents={"pytorch": _SHARED, "onnx": (*_SHARED, ("int8", None))},
-    reports={"pytorch": (), "onnx": ("embed_parity",)},
+    # tensorrt: what the onnx bundle holds plus the engines (stages/trt_kinds: profiles, gate)
+    contents={"pytorch": _SHARED, "onnx": (*_SHARED, ("int8", None)),
+              "tensorrt": (*_SHARED, ("int8", None), ("engines", ("engines/",)))},
+    reports={"pytorch": (), "onnx": ("embed_parity",),
+             "tensorrt": ("embed_parity", "engines", "trtparity")},
     signature=signature, card=card)

@@ -66,10 +66,12 @@ def card(ctx: RunContext, backend: str, version: str, reports: dict[str, Report]
 _SHARED = (("weights", None), ("tokenizer", None), ("labels", None))
 KIND = Kind(
     task="token-classification",
-    drops=frozenset({"thresholds", "parity", "smoke", "trt", "engines", "trtparity", "image",
-                     "imagetest"}),
+    drops=frozenset({"thresholds", "parity", "smoke", "image", "imagetest"}),
     auto_class="AutoModelForTokenClassification", output="logits", export=_export,
     export_params=export_params,
-    contents={"pytorch": _SHARED, "onnx": (*_SHARED, ("int8", None))},
-    reports={"pytorch": (), "onnx": ("ner_parity",)},
+    # tensorrt: what the onnx bundle holds plus the engines (stages/trt_kinds: profiles, gate)
+    contents={"pytorch": _SHARED, "onnx": (*_SHARED, ("int8", None)),
+              "tensorrt": (*_SHARED, ("int8", None), ("engines", ("engines/",)))},
+    reports={"pytorch": (), "onnx": ("ner_parity",),
+             "tensorrt": ("ner_parity", "engines", "trtparity")},
     signature=signature, card=card, head=True)

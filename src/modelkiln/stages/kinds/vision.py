@@ -70,10 +70,12 @@ def card(ctx: RunContext, backend: str, version: str, reports: dict[str, Report]
 _SHARED = (("weights", None), ("image_processor", None), ("labels", None), ("thresholds", None))
 KIND = Kind(
     task="image-classification",
-    drops=frozenset({"tokenizer", "parity", "smoke", "trt", "engines", "trtparity", "image",
-                     "imagetest"}),
+    drops=frozenset({"tokenizer", "parity", "smoke", "image", "imagetest"}),
     auto_class="AutoModelForImageClassification", output="logits", export=_export,
     export_params=export_params,
-    contents={"pytorch": _SHARED, "onnx": (*_SHARED, ("int8", None))},
-    reports={"pytorch": (), "onnx": ("vision_parity",)},
+    # tensorrt: what the onnx bundle holds plus the engines (stages/trt_kinds: profiles, gate)
+    contents={"pytorch": _SHARED, "onnx": (*_SHARED, ("int8", None)),
+              "tensorrt": (*_SHARED, ("int8", None), ("engines", ("engines/",)))},
+    reports={"pytorch": (), "onnx": ("vision_parity",),
+             "tensorrt": ("vision_parity", "engines", "trtparity")},
     signature=signature, card=card, head=True)
