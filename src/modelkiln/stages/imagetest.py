@@ -11,8 +11,10 @@ docker-compatible service) from the layout itself, then run with no network:
 The expected answers come from the same bundle run on this host by the same entrypoint
 (`python -m modelkiln.runtime predict DIR` over the unpacked `bundle.tar.gz`): every row's labels
 must be identical (the shipped thresholds, decisions.py's rule) and every score within the
-backend's parity tolerance. The report (image digest, figures) goes into the stamp and
-`imagetest.json`; publishing refuses an image whose digest is not the one that passed.
+backend's parity tolerance. Another task kind sends its own calibration rows and compares its
+own answers (imagetest_kinds: vectors, entities, generated tokens). The report (image digest,
+figures) goes into the stamp and `imagetest.json`; publishing refuses an image whose digest is
+not the one that passed.
 
 Without an engine the task is skipped with the reason (`kiln plan` shows it) when `image.test` is
 auto, fails with one line when it is `required`, and is not planned when it is `off`.
@@ -60,7 +62,9 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
 
     version = resolve(bundle.version, bundle.root)
     backend, name = img.backend, bundle.name
-    cal = bundle.thresholds.calibration
+    from . import imagetest_kinds as kinds
+
+    cal = kinds.calibration(bundle) if kinds.handles(bundle) else bundle.thresholds.calibration
     p = StagePlan(
         task=f"imagetest:{name}-{backend}", stage="imagetest", bundle=name,
         doc=f"run {name}'s serving image in a container engine; its answers must match the build",
@@ -85,7 +89,12 @@ def _rows(bundle: Bundle) -> int:
 
 
 def rows_for(ctx: RunContext, labels: tuple[str, ...]) -> list[str]:
-    """The smoke texts, then the calibration texts (capped), as predict's JSON lines."""
+    """The smoke texts, then the calibration texts (capped), as predict's JSON lines; another
+    task kind's own rows (imagetest_kinds)."""
+    from . import imagetest_kinds as kinds
+
+    if kinds.handles(ctx.bundle):
+        return kinds.requests(ctx.bundle, _rows(ctx.bundle))
     texts = list(SAMPLES)
     cal = ctx.bundle.thresholds.calibration
     if cal is not None:
@@ -129,6 +138,22 @@ def compare(expected: list[dict[str, Any]], got: list[dict[str, Any]],
     return differ, worst
 
 
+def _compare(bundle: Bundle, expected: list[dict[str, Any]],
+             got: list[dict[str, Any]]) -> tuple[int, float]:
+    """The classifiers' compare, or the task kind's (imagetest_kinds)."""
+    from . import imagetest_kinds as kinds
+
+    if kinds.handles(bundle):
+        return kinds.compare(bundle.source.task, expected, got, _atol(bundle))
+    return compare(expected, got, _atol(bundle))
+
+
+def _what(bundle: Bundle) -> str:
+    from . import imagetest_kinds as kinds
+
+    return kinds.WHAT.get(bundle.source.task, "labels")
+
+
 def _answers(stdout: str) -> list[dict[str, Any]]:
     try:
         return [json.loads(x) for x in stdout.splitlines() if x.strip()]
@@ -160,7 +185,7 @@ def run(ctx: RunContext) -> Report:
     if full.status != 0:
         raise BuildError(f"predict in the container exited {full.status}: "
                          f"{full.stderr.strip()[-300:]}")
-    differ, worst = compare(expected, _answers(full.stdout), _atol(ctx.bundle))
+    differ, worst = _compare(ctx.bundle, expected, _answers(full.stdout))
     report: Report = {
         "image_digest": digest, "image_id": image_id, "engine": engine_version(client),
         "rows": len(lines), "decisions_differ": differ, "max_abs_score_diff": worst,
@@ -170,7 +195,8 @@ def run(ctx: RunContext) -> Report:
     (ctx.out / REPORT).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     if differ or worst > _atol(ctx.bundle):
         raise BuildError(f"the image answers differently from the build: {differ} of "
-                         f"{len(lines)} rows change labels, scores differ by up to {worst:.3g} "
+                         f"{len(lines)} rows change {_what(ctx.bundle)}, numbers differ by up to "
+                         f"{worst:.3g} "
                          f"(tolerance {_atol(ctx.bundle):g}); the image's libraries differ from "
                          "the build's: run `kiln image-lock` and rebuild")
     ctx.log(f"imagetest:{ctx.bundle.name}-{backend}: {len(lines)} rows identical, first answer "

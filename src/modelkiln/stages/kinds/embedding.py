@@ -122,7 +122,7 @@ def card(ctx: RunContext, backend: str, version: str, reports: dict[str, Report]
 _SHARED = (("weights", None), ("tokenizer", None))
 KIND = Kind(
     task="feature-extraction",
-    drops=frozenset({"labels", "thresholds", "parity", "smoke", "image", "imagetest"}),
+    drops=frozenset({"labels", "thresholds", "parity", "smoke"}),
     auto_class="AutoModel", output=OUTPUT, export=_export, export_params=export_params,
     # tensorrt: what the onnx bundle holds plus the engines (stages/trt_kinds: profiles, gate)
     contents={"pytorch": _SHARED, "onnx": (*_SHARED, ("int8", None)),

@@ -111,8 +111,7 @@ TRT_SKIP = ("no TensorRT engine for text-generation: an LLM engine is built by T
 _SHARED = (("weights", None), ("tokenizer", None))
 KIND = Kind(
     task="text-generation",
-    drops=frozenset({"labels", "thresholds", "parity", "smoke", "engines", "trtparity",
-                     "image", "imagetest"}),
+    drops=frozenset({"labels", "thresholds", "parity", "smoke", "engines", "trtparity"}),
     auto_class="AutoModelForCausalLM", output="logits", export=_export,
     export_params=export_params,
     # the tensorrt bundle reads the engine task, so it is shown skipped after it

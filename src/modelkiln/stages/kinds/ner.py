@@ -66,7 +66,7 @@ def card(ctx: RunContext, backend: str, version: str, reports: dict[str, Report]
 _SHARED = (("weights", None), ("tokenizer", None), ("labels", None))
 KIND = Kind(
     task="token-classification",
-    drops=frozenset({"thresholds", "parity", "smoke", "image", "imagetest"}),
+    drops=frozenset({"thresholds", "parity", "smoke"}),
     auto_class="AutoModelForTokenClassification", output="logits", export=_export,
     export_params=export_params,
     # tensorrt: what the onnx bundle holds plus the engines (stages/trt_kinds: profiles, gate)

@@ -1,0 +1,143 @@
+"""Serving images of the other task kinds: a `memory` embedding model and a `tagger` NER model
+each build a real image with `doit`, the container's `predict` answers per task (a vector,
+entities), `imagetest` passes on the kind's calibration rows, and the kind's comparison fails
+on a deliberately wrong expectation (a mutated vector, a relabelled entity, another token).
+
+Real parts only: the container engine at DOCKER_HOST, the Debian base (KILN_TEST_BASE_TAR)
+pushed to the test docker-registry, wheels resolved by pip, one image build per kind.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import Project, make_project
+from modelkiln.paths import Layout
+from ociregistry import DockerRegistry
+from tasks.task_specs import MEMORY_SPEC, TAGGER_SPEC
+
+pytestmark = [pytest.mark.slow, pytest.mark.oci, pytest.mark.docker]
+
+IMAGE = """\
+image:
+  repository: {host}/models/{name}-serving
+  base: {base}
+  backend: onnx
+  test: required
+"""
+
+
+def _imaged(root: Path, inputs: Path, name: str, spec: str, host: str, base: str) -> Project:
+    image = IMAGE.replace("{host}", host).replace("{base}", base)
+    p = make_project(root, inputs, name=name, spec=spec + image)
+    locked = p.kiln("image-lock")
+    assert locked.returncode == 0, locked.stderr
+    run = p.doit(f"build:{name}", timeout=1800)
+    assert run.code == 0, run.output
+    assert {f"image:{name}-onnx", f"imagetest:{name}-onnx"} <= run.executed, run.output
+    return p
+
+
+@pytest.fixture(scope="module")
+def memory_image(tmp_path_factory: pytest.TempPathFactory, memory_inputs: Path,
+                 oci_registry: DockerRegistry, debian_base: str, engine: Any) -> Project:
+    return _imaged(tmp_path_factory.mktemp("memory-image"), memory_inputs, "memory",
+                   MEMORY_SPEC, oci_registry.host, debian_base)
+
+
+@pytest.fixture(scope="module")
+def tagger_image(tmp_path_factory: pytest.TempPathFactory, oci_registry: DockerRegistry,
+                 debian_base: str, engine: Any) -> Project:
+    from modelkiln import demo_fleet
+
+    inputs = tmp_path_factory.mktemp("tagger-image-inputs")
+    texts = demo_fleet.make_ner_checkpoint(inputs / "checkpoint")
+    demo_fleet.write_texts(inputs / "calibration.jsonl", texts[:40])
+    (inputs / "label_order.json").write_text(json.dumps(list(demo_fleet.NER_LABELS)))
+    (inputs / "registry_label_fields.json").write_text(json.dumps(
+        {lab: {"entity": lab[2:] or "none"} for lab in demo_fleet.NER_LABELS}))
+    return _imaged(tmp_path_factory.mktemp("tagger-image"), inputs, "tagger", TAGGER_SPEC,
+                   oci_registry.host, debian_base)
+
+
+def _report(p: Project) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads(
+        Layout(p.root).stamp(p.name, "imagetest-onnx").read_text())["report"]
+    return report
+
+
+def _answers(p: Project, engine: Any, lines: list[str]) -> tuple[list[dict[str, Any]],
+                                                                   list[dict[str, Any]]]:
+    """(the host's answers, the container's answers) to `lines` through predict."""
+    from modelkiln.stages import engine as eng
+    from modelkiln.stages.imagetest import on_host
+
+    expected, _ = on_host(p.dist("onnx"), lines)
+    image = eng.load(engine, p.root / f"dist/{p.name}/1.0.0/oci/onnx", "image",
+                     f"modelkiln-test/{p.name}:kind")
+    ran = eng.run(engine, image, ["predict"], ("\n".join(lines) + "\n").encode())
+    assert ran.status == 0, ran.stderr
+    return expected, [json.loads(x) for x in ran.stdout.splitlines()]
+
+
+def _texts(p: Project, n: int) -> list[str]:
+    rows = (p.inputs / "calibration.jsonl").read_text().splitlines()[:n]
+    return [json.dumps({"text": json.loads(r)["text"]}) for r in rows]
+
+
+def test_memory_image_answers_vectors_and_passes_its_gate(memory_image: Project,
+                                                          engine: Any) -> None:
+    from modelkiln.stages.imagetest_kinds import compare
+
+    report = _report(memory_image)
+    assert report["rows"] == 60 and report["decisions_differ"] == 0
+    assert report["max_abs_score_diff"] <= report["atol"]
+    dimension = json.loads((memory_image.dist("onnx") / "manifest.json").read_text())[
+        "signature"]["embedding"]["dimension"]
+    expected, got = _answers(memory_image, engine, _texts(memory_image, 5))
+    assert [len(g["embedding"]) for g in got] == [dimension] * 5
+    differ, worst = compare("feature-extraction", expected, got, 1e-6)
+    assert differ == 0 and worst <= 1e-6
+    # deliberately wrong expectations, one at a time: each fails the comparison
+    def mutated(row: int, vector: list[float]) -> tuple[int, float]:
+        wrong = json.loads(json.dumps(expected))
+        wrong[row]["embedding"] = vector
+        return compare("feature-extraction", wrong, got, 1e-4)
+
+    moved = [float(x) for x in expected[2]["embedding"]]
+    moved[0] += 0.05
+    assert mutated(2, moved)[1] >= 0.05 - 1e-6  # beyond the tolerance: the gate fails
+    opposite = [-float(x) for x in expected[3]["embedding"]]
+    assert mutated(3, opposite)[0] == 1  # cosine -1: a differing row
+    assert mutated(4, expected[4]["embedding"][:-1])[0] == 1  # another dimension
+
+
+def test_tagger_image_answers_entities_and_passes_its_gate(tagger_image: Project,
+                                                           engine: Any) -> None:
+    from modelkiln.stages.imagetest_kinds import compare
+
+    report = _report(tagger_image)
+    assert report["rows"] == 40 and report["decisions_differ"] == 0
+    assert report["max_abs_score_diff"] <= report["atol"]
+    expected, got = _answers(tagger_image, engine, _texts(tagger_image, 10))
+    assert all(isinstance(g["entities"], list) for g in got)
+    tagged = [i for i, g in enumerate(got) if g["entities"]]
+    assert tagged, "the seeded tagger finds entities in its calibration texts"
+    assert compare("token-classification", expected, got, 1e-6)[0] == 0
+    # a deliberately wrong expectation: one entity relabelled is a differing row
+    wrong = json.loads(json.dumps(expected))
+    entity = wrong[tagged[0]]["entities"][0]
+    entity["entity"] = "PROC" if entity["entity"] != "PROC" else "DRUG"
+    assert compare("token-classification", wrong, got, 1e-6)[0] == 1
+
+
+def test_a_generation_differing_by_one_token_fails_the_comparison() -> None:
+    from modelkiln.stages.imagetest_kinds import compare
+
+    want = [{"text": "a b", "tokens": [5, 6], "finish": "length"}]
+    assert compare("text-generation", want, [dict(want[0])], 1e-4) == (0, 0.0)
+    assert compare("text-generation", want,
+                   [{"text": "a c", "tokens": [5, 7], "finish": "length"}], 1e-4)[0] == 1
