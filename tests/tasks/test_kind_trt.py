@@ -13,9 +13,10 @@ import pytest
 from helpers import make_project
 from modelkiln import api, cli
 from modelkiln.artifacts.engine_key import HostFacts
+from modelkiln.errors import BuildError
 from modelkiln.graph.plans import plan_bundle
-from modelkiln.stages import trt, trt_builder
-from tasks.task_specs import MEMORY_SPEC, VISION_SPEC
+from modelkiln.stages import trt, trt_builder, trt_kinds
+from tasks.task_specs import MEMORY_SPEC, TAGGER_SPEC, VISION_SPEC
 
 NO_GPU = HostFacts(None, None, None, None, "linux-x86_64", "nvidia-smi not found")
 H200 = HostFacts("9.0", "NVIDIA H200", "10.3.0", "cuda12", "linux-x86_64")
@@ -37,6 +38,24 @@ def vision_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     demo_fleet.write_label_files(inputs, demo_fleet.VISION_LABELS)
     demo_fleet.write_images(inputs / "images", held_out[:8], inputs / "calibration.jsonl")
     return inputs
+
+
+@pytest.fixture(scope="module")
+def tagger_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from modelkiln import demo_fleet
+
+    inputs = tmp_path_factory.mktemp("tagger-trt-inputs")
+    texts = demo_fleet.make_ner_checkpoint(inputs / "checkpoint", steps=20)
+    demo_fleet.write_texts(inputs / "calibration.jsonl", texts[:12])
+    (inputs / "label_order.json").write_text(json.dumps(list(demo_fleet.NER_LABELS)))
+    (inputs / "registry_label_fields.json").write_text(json.dumps(
+        {lab: {"entity": lab[2:] or "none"} for lab in demo_fleet.NER_LABELS}))
+    return inputs
+
+
+def _fake_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trt, "host_facts", lambda: H200)
+    monkeypatch.setattr(trt, "select_builder", lambda host: trt_builder.FakeBuilder("10.3.0"))
 
 
 def _plan_json(root: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, object]]:
@@ -127,3 +146,60 @@ def test_fake_engine_builds_a_memory_tensorrt_bundle(tmp_path: Path, memory_inpu
     assert "embed_parity" in manifest["parity"]
     with tarfile.open(project.dist("tensorrt") / "bundle.tar.gz") as tar:
         assert "engines/sm90/model.plan" in tar.getnames()
+
+
+@pytest.mark.slow
+def test_fake_engine_builds_tagger_and_vision_bundles(tmp_path: Path, tagger_inputs: Path,
+                                                      vision_inputs: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tagger's gate is token tag agreement on the real tokens; an image classifier's engine
+    takes pixel_values and is gated on top-1 and decisions at its thresholds."""
+    _fake_gpu(monkeypatch)
+    tagger = make_project(tmp_path / "t", tagger_inputs, name="tagger", spec=TAGGER_SPEC + TRT)
+    assert api.build([tagger.root / "bundles"], ["build:tagger"]) == 0
+    manifest = json.loads((tagger.dist("tensorrt") / "manifest.json").read_bytes())
+    gate = manifest["parity"]["trtparity"]["engines"]["sm90"]
+    assert gate["passed"] and gate["measure"] == "token tag agreement" and gate["rows"] == 12
+    from modelkiln import demo_fleet
+
+    padded = gate["elements"] // len(demo_fleet.NER_LABELS)  # rows x padded length
+    assert gate["tag_agreement"] > 0.9 and 0 < gate["tokens"] < padded  # padding left out
+    paths = {f["path"] for f in manifest["files"]}
+    assert {"label_order.json", "engines/sm90/model.plan"} <= paths
+
+    vision = make_project(tmp_path / "v", vision_inputs, name="vision", spec=VISION_SPEC + TRT)
+    assert api.build([vision.root / "bundles"], ["build:vision"]) == 0
+    manifest = json.loads((vision.dist("tensorrt") / "manifest.json").read_bytes())
+    gate = manifest["parity"]["trtparity"]["engines"]["sm90"]
+    assert gate["passed"] and gate["rows"] == 8 and gate["top_label_agreement"] == 1.0
+    key = manifest["parity"]["engines"]["engines"]["sm90"]["key"]
+    assert list(key["builder"]["input_shapes"]) == ["pixel_values"]
+    paths = {f["path"] for f in manifest["files"]}
+    assert {"preprocessor_config.json", "thresholds.json", "engines/sm90/model.plan"} <= paths
+
+
+def test_kind_gate_fails_a_broken_engine(tmp_path: Path, memory_inputs: Path,
+                                         tagger_inputs: Path) -> None:
+    """The task's own measure fails an engine that is off, where rounding alone passes."""
+    import numpy as np
+
+    memory = make_project(tmp_path / "m", memory_inputs, name="memory", spec=MEMORY_SPEC + TRT)
+    bundle = api.load_bundles([memory.root / "bundles" / "memory.yaml"])[0]
+    ref = np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32)
+    ok = trt_kinds.compare(bundle, ref, ref.astype(np.float16).astype(np.float32), None,
+                           1e-2, 1e-2)
+    assert ok["failures"] == {} and ok["min_cosine"] > 0.999
+    broken = ref.copy()
+    broken[2] = -broken[2]  # one row's vector flipped
+    bad = trt_kinds.compare(bundle, ref, broken, None, 1e3, 0.0)  # elements gate wide open
+    assert set(bad["failures"]) == {"cosine"} and bad["min_cosine"] < 0
+    tagger = make_project(tmp_path / "t", tagger_inputs, name="tagger", spec=TAGGER_SPEC + TRT)
+    tbundle = api.load_bundles([tagger.root / "bundles" / "tagger.yaml"])[0]
+    logits = np.random.default_rng(1).normal(size=(2, 4, 5)).astype(np.float32)
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 0]], dtype=bool)
+    swapped = logits.copy()
+    swapped[:, :, [0, 1]] = swapped[:, :, [1, 0]]  # labels out of order
+    worse = trt_kinds.compare(tbundle, logits, swapped, mask, 1e3, 0.0)
+    assert "tags" in worse["failures"] and worse["tokens"] == 5
+    with pytest.raises(BuildError, match="shape"):
+        trt_kinds.compare(tbundle, logits, logits[:1], mask, 1e3, 0.0)
