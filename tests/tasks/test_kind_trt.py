@@ -146,6 +146,10 @@ def test_fake_engine_builds_a_memory_tensorrt_bundle(tmp_path: Path, memory_inpu
     assert "embed_parity" in manifest["parity"]
     with tarfile.open(project.dist("tensorrt") / "bundle.tar.gz") as tar:
         assert "engines/sm90/model.plan" in tar.getnames()
+        card = tar.extractfile("model_card.md")
+        assert card is not None
+        assert "TensorRT engine sm90 vs fp32 ONNX on 60 calibration rows: cosine min" in \
+            card.read().decode()
 
 
 @pytest.mark.slow
@@ -176,6 +180,11 @@ def test_fake_engine_builds_tagger_and_vision_bundles(tmp_path: Path, tagger_inp
     assert list(key["builder"]["input_shapes"]) == ["pixel_values"]
     paths = {f["path"] for f in manifest["files"]}
     assert {"preprocessor_config.json", "thresholds.json", "engines/sm90/model.plan"} <= paths
+    with tarfile.open(vision.dist("tensorrt") / "bundle.tar.gz") as tar:
+        card = tar.extractfile("model_card.md")
+        assert card is not None
+        assert "TensorRT engine sm90 vs fp32 ONNX on 8 calibration rows: top-1 agreement " \
+            "100.00%" in card.read().decode()
 
 
 def test_kind_gate_fails_a_broken_engine(tmp_path: Path, memory_inputs: Path,

@@ -207,3 +207,20 @@ def compare(bundle: Bundle, reference: Any, engine: Any, mask: Any, atol: float,
                               f"min_agreement {limit:g}); try precision: fp32")
     report["failures"] = failed
     return report
+
+
+def card_lines(reports: dict[str, Report]) -> list[str]:
+    """The model card's TensorRT lines of an encoder kind's tensorrt bundle ([] for the others)."""
+    lines = []
+    for sm, r in sorted(((reports.get("trtparity") or {}).get("engines") or {}).items()):
+        if "min_cosine" in r:
+            measure = f"cosine min {r['min_cosine']:.4f}, mean {r['mean_cosine']:.4f}"
+        elif "tag_agreement" in r:
+            measure = f"token tag agreement {r['tag_agreement']:.2%} over {r['tokens']} tokens"
+        else:
+            measure = (f"top-1 agreement {r['top_label_agreement']:.2%}, decision flip rate "
+                       f"{r['decision_flip_rate']:.2%}")
+        diff = r.get("max_abs_diff", r.get("max_abs_logit_diff", 0.0))
+        lines.append(f"- TensorRT engine {sm} vs fp32 ONNX on {r['rows']} calibration rows: "
+                     f"{measure}; max |diff| {diff:.3g}")
+    return lines

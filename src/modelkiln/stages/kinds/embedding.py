@@ -115,6 +115,9 @@ def card(ctx: RunContext, backend: str, version: str, reports: dict[str, Report]
                      f"{gate['int8']['min_cosine']:.4f}, mean {gate['int8']['mean_cosine']:.4f}; "
                      f"top-{gate['limits']['top_k']} retrieval agreement "
                      f"{gate['int8']['topk_agreement']:.2%}")
+    from ..trt_kinds import card_lines  # the tensorrt bundle's engine gate, when it has one
+
+    lines += card_lines(reports)
     lines += ["", "tools: " + ", ".join(f"{k} {v}" for k, v in sorted(tools.items())), ""]
     return "\n".join(lines)
 

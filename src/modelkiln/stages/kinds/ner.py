@@ -59,6 +59,9 @@ def card(ctx: RunContext, backend: str, version: str, reports: dict[str, Report]
         worst = min(gate["int8"]["per_label"].values(), default=1.0)
         lines.append(f"- int8 vs PyTorch on {gate['rows']} texts: entity agreement "
                      f"{gate['int8']['agreement']:.2%} (worst label {worst:.2%})")
+    from ..trt_kinds import card_lines  # the tensorrt bundle's engine gate, when it has one
+
+    lines += card_lines(reports)
     lines += ["", "tools: " + ", ".join(f"{k} {v}" for k, v in sorted(tools.items())), ""]
     return "\n".join(lines)
 

@@ -63,6 +63,9 @@ def card(ctx: RunContext, backend: str, version: str, reports: dict[str, Report]
                      f"{gate['int8']['top_label_agreement']:.2%}, decision flip rate "
                      f"{gate['int8']['decision_flip_rate']:.2%}; fp32 max |logit diff| "
                      f"{gate['fp32']['max_abs_logit_diff']:.3g}")
+    from ..trt_kinds import card_lines  # the tensorrt bundle's engine gate, when it has one
+
+    lines += card_lines(reports)
     lines += ["", "tools: " + ", ".join(f"{k} {v}" for k, v in sorted(tools.items())), ""]
     return "\n".join(lines)
 
