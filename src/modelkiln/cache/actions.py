@@ -25,8 +25,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..transport import IF_ABSENT, BadObject, Location, PreconditionFailed, Unusable, open_location
-from ..transport.uris import local_path, scheme_of
+from ..transport import (
+    IF_ABSENT,
+    BadObject,
+    Location,
+    PreconditionFailed,
+    Unusable,
+    ensure,
+    open_location,
+)
 from .config import CacheConfig
 from .records import ActionRecord, BadRecord, BlobRef, Expected, shown
 
@@ -204,10 +211,9 @@ class ActionCache:
 def open_place(uri: str) -> Location:
     """The Location of the cache at `uri` (any installed transport's scheme); a directory is
     created when it can be, so a read-only first run finds an empty cache, not an error."""
-    if scheme_of(uri) == "file":
-        with contextlib.suppress(OSError):
-            local_path(uri).mkdir(parents=True, exist_ok=True)
-    return open_location(uri if uri.endswith("/") else uri + "/")
+    place = open_location(uri if uri.endswith("/") else uri + "/")
+    ensure(place)
+    return place
 
 
 def open_cache(config: CacheConfig, log: Log) -> ActionCache | None:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from ..errors import KilnError
 from ..transport.schemes import supports
-from ..transport.uris import scheme_of
 
 URI_ENV = "KILN_CACHE_URI"
 WRITE_ENV = "KILN_CACHE_WRITE"
@@ -82,7 +81,7 @@ def _env_bool(env: Mapping[str, str], name: str) -> bool | None:
 
 
 def _check_uri(uri: str, where: str) -> str:
-    if scheme_of(uri) not in ("s3", "file") and not supports(uri):  # or a plug-in's scheme
+    if not supports(uri):  # s3://, file:// or an installed plug-in transport's scheme
         raise KilnError(f"{where}: cache {uri!r} is not s3://bucket/prefix or file:///path; "
                         "name one of those (or 'off')")
     return uri.rstrip("/")

@@ -30,6 +30,7 @@ from .objects import (
     Location,
     ObjectInfo,
     PreconditionFailed,
+    ensure,
     if_match,
 )
 from .s3 import (
@@ -46,7 +47,7 @@ from .uris import local_path, parse_s3, scheme_of, sibling
 
 __all__ = ["ALWAYS", "DEFAULT", "IF_ABSENT", "BadObject", "Bucket", "Condition", "DigestMismatch",
            "LocalDir", "Location", "Missing", "ObjectInfo", "PreconditionFailed", "Progress",
-           "TooLarge", "TransferSettings", "Unusable", "download",
+           "TooLarge", "TransferSettings", "Unusable", "download", "ensure",
            "error_code", "if_match", "is_permanent", "local_path", "open_location", "parse_s3",
            "read_small", "s3_client", "scheme_of", "sibling", "status_of", "transfer_config",
            "with_retries"]

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..artifacts.digest import sha256_bytes
+from ..artifacts.digest import HashingWriter, sha256_bytes
 from ..errors import KilnError, PublishError
 from . import s3lite
-from .fetch import DigestMismatch, Progress, download, read_small
+from .fetch import DigestMismatch, Missing, Progress, TooLarge
 from .objects import ALWAYS, Condition, ObjectInfo, PreconditionFailed
 from .s3 import (
     DEFAULT,
@@ -158,8 +158,27 @@ class Bucket:
             if self.light else None
         if fast is not None:
             return fast
-        return read_small(self.uri(key), limit=limit, client=self.client, settings=self.settings,
-                          what="manifest or record")
+        uri, client = self.uri(key), self.client
+
+        def get() -> bytes | None:
+            try:
+                response = client.get_object(Bucket=self.bucket, Key=self.prefix + key)
+            except Exception as exc:
+                if status_of(exc) == 404:
+                    return None
+                raise
+            if response["ContentLength"] > limit:
+                raise TooLarge(uri, limit, "manifest or record")
+            data: bytes = response["Body"].read()
+            return data
+
+        try:
+            return with_retries(f"download {uri}", get, self.settings)
+        except KilnError:
+            raise
+        except Exception as exc:
+            raise PublishError(f"{uri}: cannot read ({exc}); check credentials and the "
+                               "URI") from None
 
     def fetch(self, key: str, dest: Path, *, size: int, sha256: str,
               progress: Progress | None = None) -> None:
@@ -176,8 +195,40 @@ class Bucket:
                 dest.unlink(missing_ok=True)
                 raise DigestMismatch(self.uri(key), size, len(fast), sha256, actual)
             return
-        download(self.uri(key), dest, size=size, sha256=sha256, progress=progress,
-                 client=self.client, settings=self.settings)
+        self._download(key, dest, size=size, sha256=sha256, progress=progress)
+
+    def _download(self, key: str, dest: Path, *, size: int, sha256: str,
+                  progress: Progress | None) -> None:
+        """The ranged boto3 download (transport.ranged), hashing as it writes; a broken
+        transfer is retried (per range, then whole), other bytes are refused at once."""
+        from .ranged import s3_download
+
+        uri, client = self.uri(key), self.client
+
+        def fetch_once() -> tuple[int, str]:
+            with open(dest, "wb") as raw:
+                writer = HashingWriter(raw)
+                s3_download(client, self.bucket, self.prefix + key, writer, size=size,
+                            settings=self.settings, progress=progress)
+            return writer.size, writer.hexdigest()
+
+        try:
+            got, actual = with_retries(f"download {uri}", fetch_once, self.settings)
+        except KilnError:
+            dest.unlink(missing_ok=True)
+            raise
+        except Exception as exc:
+            dest.unlink(missing_ok=True)
+            if status_of(exc) == 404:
+                raise Missing(uri) from None
+            if isinstance(exc, OSError) and exc.strerror:
+                raise PublishError(f"{uri}: cannot read or write ({exc.strerror}: "
+                                   f"{exc.filename or dest}); check permissions and free "
+                                   "space") from None
+            raise PublishError(f"{uri}: download failed ({exc})") from None
+        if got != size or actual != sha256:
+            dest.unlink(missing_ok=True)
+            raise DigestMismatch(uri, size, got, sha256, actual)
 
     def list_keys(self, prefix: str = "") -> list[str]:
         fast = s3lite.list_keys(self.bucket, self.prefix + prefix, page=LIST_PAGE) \

@@ -1,4 +1,4 @@
-"""Reading published objects from s3:// or file:// locations, checking what arrives.
+"""Reading published objects from any scheme's location, checking what arrives.
 
 Shared by the runtime bootstrap and the publishers: a small object (a manifest) by `read_small`,
 a large one (a tarball) by `download`, which hashes while it writes and refuses bytes that differ
@@ -7,15 +7,12 @@ from what the manifest promised.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..artifacts.digest import HashingWriter
 from ..errors import KilnError, PublishError
-from .s3 import DEFAULT, MIB, TransferSettings, s3_client, status_of, with_retries
-from .uris import local_path, parse_s3, scheme_of
+from .s3 import DEFAULT, MIB, TransferSettings
 
 if TYPE_CHECKING:  # objects.py imports this module
     from .objects import Location
@@ -76,46 +73,23 @@ def read_small(uri: str, *, limit: int = 64 * MIB, client: Any = None,
     """The bytes of a small object (a manifest), or None when it does not exist; TooLarge
     (naming `what` the object should have been) when it is over `limit` bytes.
 
-    Without a `client`, an s3:// read first tries `s3lite` (no boto3 import: the cached
-    bootstrap's 0.5 s budget), and falls back to boto3 for anything but a plain 200.
+    Read through the Location of the URI's scheme (transport.schemes), strictly: a file://
+    object must be a regular file (a FIFO or device is refused, never waited on). An s3://
+    Location without a `client` first tries `s3lite` (no boto3 import: the cached bootstrap's
+    0.5 s budget), and falls back to boto3 for anything but a plain 200.
     """
-    if scheme_of(uri) == "file":
-        return _read_local(local_path(uri), uri, limit, what)
-    if scheme_of(uri) != "s3":  # a plug-in scheme: through its Location
-        place, name = _plugin_place(uri, settings)
-        return place.get_small(name, limit)
-    bucket, key = parse_s3(uri)
-    if client is None:  # nobody paid for boto3 yet: try the stdlib-only signed GET first
-        from .s3lite import get_small
-        fast = get_small(bucket, key, limit=limit)
-        if fast is not None:
-            return fast
-    client = client or s3_client(settings)
-
-    def get() -> bytes | None:
-        try:
-            response = client.get_object(Bucket=bucket, Key=key)
-        except Exception as exc:
-            if status_of(exc) == 404:
-                return None
-            raise
-        if response["ContentLength"] > limit:
-            raise TooLarge(uri, limit, what)
-        data: bytes = response["Body"].read()
-        return data
-
+    place, name = _place(uri, settings, client)
     try:
-        return with_retries(f"download {uri}", get, settings)
-    except KilnError:
-        raise
-    except Exception as exc:
-        raise PublishError(f"{uri}: cannot read ({exc}); check credentials and the URI") from None
+        return place.get_small(name, limit)
+    except TooLarge as exc:
+        raise TooLarge(exc.uri, limit, what) from None
 
 
 def download(uri: str, dest: Path, *, size: int, sha256: str, progress: Progress | None = None,
              client: Any = None, settings: TransferSettings = DEFAULT,
              durable: bool = False) -> None:
-    """Fetch `uri` into the new file `dest` and check it has exactly `size` bytes and `sha256`.
+    """Fetch `uri` into the new file `dest` and check it has exactly `size` bytes and `sha256`,
+    through the Location of the URI's scheme (its `fetch`: transport.schemes).
 
     `dest` is not fsynced unless `durable`: the bootstrap unpacks and deletes it, and fsyncs
     what it unpacks instead, so flushing a GiB it is about to delete would only cost time.
@@ -124,81 +98,32 @@ def download(uri: str, dest: Path, *, size: int, sha256: str, progress: Progress
     that breaks is retried (per range, then whole); bytes that arrive intact but differ from the
     manifest are refused at once: re-downloading a corrupt object only repeats the corruption.
     """
-    if scheme_of(uri) not in ("file", "s3"):  # a plug-in scheme: through its Location
-        place, name = _plugin_place(uri, settings)
-        place.fetch(name, dest, size=size, sha256=sha256, progress=progress)
-        return
-
-    def fetch_once() -> tuple[int, str]:
-        with open(dest, "wb") as raw:
-            writer = HashingWriter(raw)
-            if scheme_of(uri) == "file":
-                _copy(local_path(uri), writer, progress)
-            else:
-                from .ranged import s3_download
-                bucket, key = parse_s3(uri)
-                s3_download(s3, bucket, key, writer, size=size, settings=settings,
-                            progress=progress)
-            if durable:
-                raw.flush()
-                os.fsync(raw.fileno())
-        return writer.size, writer.hexdigest()
-
-    s3 = None if scheme_of(uri) == "file" else (client or s3_client(settings))
+    place, name = _place(uri, settings, client)
     try:
-        got, actual = with_retries(f"download {uri}", fetch_once, settings)
+        place.fetch(name, dest, size=size, sha256=sha256, progress=progress)
+        if durable:
+            fd = os.open(dest, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except Missing:
+        dest.unlink(missing_ok=True)
+        raise Missing(uri, "check MODEL_BUNDLE_S3_URI_* and that the version was "
+                      "published") from None
     except KilnError:
         dest.unlink(missing_ok=True)
         raise
-    except Exception as exc:
+    except OSError as exc:
         dest.unlink(missing_ok=True)
-        if status_of(exc) == 404 or isinstance(exc, FileNotFoundError):
-            raise Missing(uri, "check MODEL_BUNDLE_S3_URI_* and that the version was "
-                          "published") from None
-        if isinstance(exc, OSError) and exc.strerror:
-            raise PublishError(f"{uri}: cannot read or write ({exc.strerror}: "
-                               f"{exc.filename or dest}); check permissions and free space") from None
-        raise PublishError(f"{uri}: download failed ({exc})") from None
-    if got != size or actual != sha256:
-        dest.unlink(missing_ok=True)
-        raise DigestMismatch(uri, size, got, sha256, actual)
+        raise PublishError(f"{uri}: cannot read or write ({exc.strerror or exc}: "
+                           f"{exc.filename or dest}); check permissions and free space") from None
 
 
-def _plugin_place(uri: str, settings: TransferSettings) -> tuple[Location, str]:
-    """(the Location of the URI's "directory", the object's name in it) for a scheme a plug-in
-    transport serves (transport.schemes); its `fetch` checks size and sha256 as `download` does."""
+def _place(uri: str, settings: TransferSettings, client: Any) -> tuple[Location, str]:
+    """(the Location of the URI's "directory", the object's name in it), from the transport
+    registered for its scheme (transport.schemes). `client`: an S3 client to reuse (s3://)."""
     from .schemes import open_location
 
     cut = uri.rfind("/") + 1
-    return open_location(uri[:cut], settings), uri[cut:]
-
-
-def _copy(src: Path, out: HashingWriter, progress: Progress | None) -> None:
-    """Copy a local file through `out` in 256 KiB chunks (see ranged.PIECE), with progress."""
-    with open(src, "rb") as fin:
-        while chunk := fin.read(256 << 10):
-            out.write(chunk)
-            if progress:
-                progress(len(chunk))
-
-
-def _read_local(path: Path, uri: str, limit: int, what: str) -> bytes | None:
-    """A small file of a file:// destination: regular files only (opened without blocking, so a
-    FIFO planted where a manifest belongs is refused instead of waiting for a writer forever),
-    at most `limit` bytes (a device or a file growing while read is over the limit, not read on)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise PublishError(f"{path}: cannot read ({exc.strerror or exc}); check that this "
-                           "user may read it (published files are world-readable unless "
-                           "the publisher's umask says otherwise)") from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise PublishError(f"{path}: not a regular file, so not a published {what}; "
-                               "re-publish the bundle")
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise TooLarge(uri, limit, what)
-    return data
+    return open_location(uri[:cut], settings, client), uri[cut:]

@@ -80,8 +80,8 @@ class LocalDir:
         try:
             return open_regular(self.root, key)
         except NotRegular as exc:
-            raise Unusable(self.uri(key), f"{exc}; move it away, then run the command "
-                           "again") from None
+            raise Unusable(self.uri(key), f"cannot read ({exc}); check that this user may "
+                           "read it, or move it away, then run the command again") from None
 
     def head(self, key: str) -> ObjectInfo | None:
         path = self._path(key)
@@ -216,6 +216,12 @@ class LocalDir:
                 return
             fsync_dir(path.parent)
 
+    def ensure(self) -> None:
+        """Create the directory when it can be (transport.objects.ensure); an error to create
+        it is left to the first write, which reports it."""
+        with contextlib.suppress(OSError):
+            self.root.mkdir(parents=True, exist_ok=True)
+
     def clean_stale(self, older_than: float = STALE_S) -> None:
         """Remove `.*.tmp` files older than `older_than` seconds in the directory itself."""
         now = time.time()
@@ -228,6 +234,9 @@ class LocalDir:
                 with contextlib.suppress(OSError):
                     if entry.is_file() and now - entry.lstat().st_mtime > older_than:
                         entry.unlink()
+
+
+__all__ = ["LocalDir", "local_path", "open_location"]  # local_path: a capability (schemes)
 
 
 def open_location(uri: str, settings: TransferSettings = DEFAULT) -> LocalDir:

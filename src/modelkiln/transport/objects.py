@@ -137,3 +137,12 @@ class Location(Protocol):
     def clean_stale(self) -> None:
         """Remove what killed writers left behind (temporary files), where the medium has any."""
         ...
+
+
+def ensure(place: object) -> None:
+    """Create `place` where that means something and can be done (a directory: `LocalDir.ensure`),
+    so a first run that only reads finds an empty location instead of an error. An optional
+    method of a Location: one without it (a bucket exists or it does not) is left as it is."""
+    make = getattr(place, "ensure", None)
+    if callable(make):
+        make()

@@ -13,6 +13,8 @@ serves it. A transport module offers one or more capabilities, each a module-lev
                                                listings publishing, the cache and the runtime use
     source_reader() -> object                  a source reader (sources.scheme.Reader: resolve a
                                                URI to locked files, stream one); typed there
+    local_path(uri) -> Path                    the path on this machine the URI names, for a
+                                               scheme whose objects are local files (file://)
 
 `transport_for(scheme)` gives the module (a KilnError naming the installed schemes when none
 serves it); `supports(uri, capability)` answers whether a URI can be used for something without
@@ -21,6 +23,7 @@ importing anything heavy (boto3 is imported only when an s3:// location is opene
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 from .. import plugins
@@ -30,7 +33,7 @@ from .objects import Location
 from .s3 import DEFAULT, TransferSettings
 from .uris import scheme_of
 
-OPEN_LOCATION, SOURCE_READER = "open_location", "source_reader"
+OPEN_LOCATION, SOURCE_READER, LOCAL_PATH = "open_location", "source_reader", "local_path"
 
 
 class Transport(Protocol):
@@ -75,8 +78,12 @@ def schemes(capability: str = OPEN_LOCATION) -> tuple[str, ...]:
 
 
 def supports(uri: str, capability: str = OPEN_LOCATION) -> bool:
-    """Does an installed transport serve this URI's scheme with `capability`?"""
-    return scheme_of(uri) in schemes(capability)
+    """Does an installed transport serve this URI's scheme with `capability`? A built-in
+    scheme is answered without loading the plug-ins (`kiln build`'s no-op stays fast)."""
+    scheme = scheme_of(uri)
+    if callable(getattr(BUILTIN_TRANSPORTS.get(scheme), capability, None)):
+        return True
+    return scheme in schemes(capability)
 
 
 def open_location(uri: str, settings: TransferSettings = DEFAULT, client: Any = None) -> Location:
@@ -91,3 +98,18 @@ def open_location(uri: str, settings: TransferSettings = DEFAULT, client: Any = 
 def source_reader(scheme: str) -> object:
     """The source reader of `scheme` (sources.scheme.Reader; the sources package types it)."""
     return transport_for(scheme, SOURCE_READER).source_reader()
+
+
+def local_path_of(uri: str) -> Path | None:
+    """The path on this machine `uri` names when its scheme's objects are local files (file://,
+    plain paths: the transport offers `local_path`), else None: the bytes are elsewhere, fetch
+    them through `open_location`. A KilnError for a file:// URI naming another host."""
+    scheme = scheme_of(uri)
+    module: object = BUILTIN_TRANSPORTS.get(scheme)
+    if module is None:
+        try:
+            module = transport_for(scheme, LOCAL_PATH)
+        except KilnError:
+            return None
+    to_path = getattr(module, LOCAL_PATH, None)
+    return cast(Path, to_path(uri)) if callable(to_path) else None
