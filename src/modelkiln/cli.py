@@ -64,10 +64,8 @@ def _cache_uri(value: str) -> str:
     """`--cache`: checked as the option is read, so a wrong scheme is a usage error (64)."""
     from .cache.config import OFF
     from .transport.schemes import supports
-    from .transport.uris import scheme_of
 
-    if value.strip().lower() not in OFF and scheme_of(value) not in ("s3", "file") \
-            and not supports(value):  # or an installed transport's scheme (kiln plugins)
+    if value.strip().lower() not in OFF and not supports(value):  # any installed transport
         raise argparse.ArgumentTypeError(f"{value!r} is not s3://bucket/prefix, file:///path "
                                          "or 'off'")
     return value
@@ -206,7 +204,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         what = _sent(remote.unchanged, remote.forced, remote.replaced, remote.bytes_uploaded)
         print(f"{r.name} {r.version} {r.backend}: {remote.destination} ({what})")
         if r.oci is not None:
-            _print_oci(r.oci, remote_is_artifact=r.remote.destination.startswith("oci://"))
+            _print_oci(r.oci, remote_is_artifact=r.remote_is_artifact)
         if r.store is not None:
             state = ("repaired from the tarball" if r.store.repaired
                      else "unchanged" if r.store.noop else "finalized")

@@ -251,13 +251,15 @@ def _candidates(store: Any, agent: str, version: str, record: Any, registry: str
 
 @contextlib.contextmanager
 def _local_copy(where: str) -> Iterator[Path | None]:
-    """A local path to the tarball `where` names (downloaded for s3://), or None if absent."""
+    """A local path to the tarball `where` names (downloaded when it is not on this machine), or
+    None if absent."""
     from . import transport
     from .artifacts import manifest as mf
     from .artifacts.names import ARCHIVE
+    from .transport.schemes import local_path_of
 
-    if transport.scheme_of(where) != "s3":
-        path = transport.local_path(where)
+    path = local_path_of(where)  # None: the tarball is elsewhere, fetched through its Location
+    if path is not None:
         path = path / ARCHIVE if path.is_dir() else path
         yield path if path.is_file() else None
         return

@@ -61,6 +61,13 @@ class Release:
     registry_name: str | None
     oci: OciRelease | None = None  # the model artifact / serving image pushed or recorded
 
+    @property
+    def remote_is_artifact(self) -> bool:
+        """The remote copy is the OCI artifact push (`to=oci://...`), not a tarball upload:
+        callers ask this rather than the destination's scheme."""
+        pushed = self.oci.artifact if self.oci is not None else None
+        return pushed is not None and self.remote.archive_uri == pushed.pinned
+
 
 def default_destination(root: Path) -> str:
     return Layout(root).published.as_uri() + "/{name}/{version}/{backend}/"

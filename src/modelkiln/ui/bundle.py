@@ -23,7 +23,8 @@ from ..artifacts.statefile import read_regular
 from ..errors import KilnError
 from ..registry import RegistryEntry
 from ..store import BUNDLE_DIR, read_manifest
-from ..transport.uris import local_path, scheme_of, sibling
+from ..transport.schemes import local_path_of
+from ..transport.uris import sibling
 
 SMALL = 16 << 20  # a manifest, thresholds or signature file is KiB; anything over is not one
 Json = dict[str, Any]
@@ -91,12 +92,13 @@ def published_dir(entry: RegistryEntry) -> Path | None:
     if entry.artifacts.local:
         return Path(entry.artifacts.local)
     uri = entry.artifacts.s3
-    if uri and scheme_of(uri) == "file":
-        try:
-            return local_path(sibling(uri, names.ARCHIVE)).parent
-        except KilnError:
-            return None
-    return None
+    if not uri:
+        return None
+    try:  # None where the published files are not on this machine (s3://, a plug-in's scheme)
+        path = local_path_of(sibling(uri, names.ARCHIVE))
+    except KilnError:
+        return None
+    return path.parent if path is not None else None
 
 
 def _member(entry: RegistryEntry, name: str) -> bytes | None:
