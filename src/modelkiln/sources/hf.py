@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from ..errors import KilnError
 from .lockfile import LockedFile, LockEntry
 from .scheme import Ingest, Write
-from .uris import SourceUri
+from .uris import BadSourceUri, SourceUri
+
+_URI = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*(?:/[\w.-]+)?)@(?P<rev>[0-9a-f]{40})"
+                  r"(?:/(?P<sub>[\w./-]+?))?/?$")
 
 CHUNK = 1 << 20
 
@@ -71,6 +75,16 @@ def _read(path: Path, offset: int, write: Write) -> None:
         fh.seek(offset)
         while chunk := fh.read(CHUNK):
             write(chunk)
+
+
+def parse_source_uri(text: str) -> SourceUri:
+    """hf://ORG/REPO@<40-hex commit>[/subfolder]: pinned, since a branch moves;
+    sources.uris.parse."""
+    m = _URI.match(text)
+    if m is None:
+        raise BadSourceUri(text, "a Hugging Face source must be pinned by a full commit id",
+                           "write hf://ORG/REPO@<40-hex commit>[/subfolder] (a branch can move)")
+    return SourceUri(text, "hf", m["repo"], m["sub"] or "", m["rev"])
 
 
 def source_reader() -> HfReader:

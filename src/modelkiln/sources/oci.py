@@ -8,6 +8,7 @@ file name (a packed tarball) are not files of a checkpoint and are left out.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from ..artifacts.oci import media
@@ -15,7 +16,10 @@ from ..errors import KilnError, PublishError
 from ..transport.oci import Registry
 from .lockfile import LockedFile, LockEntry, safe_rel
 from .scheme import Ingest, Write
-from .uris import SourceUri
+from .uris import BadSourceUri, SourceUri
+
+_URI = re.compile(r"^oci://(?P<host>[^/@]+)/(?P<repo>[a-z0-9][a-z0-9._/-]*)"
+                  r"@(?P<digest>sha256:[0-9a-f]{64})(?:/(?P<sub>[\w./-]+?))?/?$")
 
 
 class _Skip:
@@ -74,6 +78,16 @@ class OciReader:
             raise
         finally:
             reg.close()
+
+
+def parse_source_uri(text: str) -> SourceUri:
+    """oci://HOST/REPO@sha256:<digest>[/folder]: pinned, since a tag moves; sources.uris.parse."""
+    m = _URI.match(text)
+    if m is None:
+        raise BadSourceUri(text, "an OCI source must be pinned by its manifest digest",
+                           "write oci://HOST/REPO@sha256:<64 hex>[/folder] (a tag can move; "
+                           "`kiln publish` prints the digest it pushed)")
+    return SourceUri(text, "oci", m["host"], m["repo"], m["digest"], m["sub"] or "")
 
 
 def source_reader() -> OciReader:

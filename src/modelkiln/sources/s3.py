@@ -25,7 +25,7 @@ from ..errors import KilnError
 from ..transport import s3 as s3t
 from .lockfile import LockedFile, LockEntry
 from .scheme import Ingest, Write
-from .uris import SourceUri
+from .uris import BadSourceUri, SourceUri
 
 PART = 8 << 20
 CONCURRENCY = 6  # ranged GETs in flight per file
@@ -260,6 +260,15 @@ class S3Reader:
                         pass
                     BUFFERS.give(buf)
                 BUFFERS.leave()
+
+
+def parse_source_uri(text: str) -> SourceUri:
+    """s3://bucket/prefix/ (a directory) or s3://bucket/key (one file); sources.uris.parse."""
+    bucket, _, key = text[len("s3://"):].partition("/")
+    if not bucket or not key or key.startswith("/") or ".." in key.split("/"):
+        raise BadSourceUri(text, "needs a bucket and a key or prefix",
+                           "write s3://bucket/prefix/ (a directory) or s3://bucket/key (a file)")
+    return SourceUri(text, "s3", bucket, key, single=not text.endswith("/"))
 
 
 def source_reader() -> S3Reader:

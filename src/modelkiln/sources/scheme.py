@@ -55,3 +55,10 @@ def reader(scheme: str) -> Reader:
 
 
 _BUILTIN = {"s3": ".s3", "oci": ".oci", "hf": ".hf"}
+
+
+def builtin_module(scheme: str) -> object | None:
+    """modelkiln's own source module of `scheme` (imported; it imports boto3 or
+    huggingface_hub only when a reader is used), or None for any other scheme."""
+    name = _BUILTIN.get(scheme)
+    return importlib.import_module(name, __package__) if name else None

@@ -2,20 +2,21 @@
 
 `s3://bucket/prefix/` (or one object) is pinned by the lock (ETags / version ids); `oci://` must
 carry a manifest digest and `hf://` a 40-hex commit, since a tag or a branch moves and the lock
-must name what it resolved. `file://` and plain paths are local, as before.
+must name what it resolved. `file://` and plain paths are local, as before. Each scheme's
+source module (sources.s3, oci, hf, or a plug-in's `<scheme>+source`) parses its own URIs, so a
+new source scheme is one module.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from ..errors import KilnError
 
 REMOTE = ("s3", "oci", "hf")
-_OCI = re.compile(r"^oci://(?P<host>[^/@]+)/(?P<repo>[a-z0-9][a-z0-9._/-]*)@(?P<digest>sha256:[0-9a-f]{64})"
-                  r"(?:/(?P<sub>[\w./-]+?))?/?$")
-_HF = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*(?:/[\w.-]+)?)@(?P<rev>[0-9a-f]{40})"
-                 r"(?:/(?P<sub>[\w./-]+?))?/?$")
+PARSE = "parse_source_uri"  # a source module's own parser: (text) -> SourceUri
 
 
 class BadSourceUri(KilnError):
@@ -37,11 +38,7 @@ class SourceUri:
     path: str
     pin: str = ""
     sub: str = ""  # oci: a folder inside the artifact (its tokenizer/), like hf's subfolder
-
-    @property
-    def single(self) -> bool:
-        """An s3:// URI of one object (no trailing '/'): a file, such as calibration.jsonl."""
-        return self.scheme == "s3" and not self.uri.endswith("/")
+    single: bool = False  # one object, not a directory (s3://bucket/calibration.jsonl)
 
 
 def scheme(text: str) -> str:
@@ -50,37 +47,45 @@ def scheme(text: str) -> str:
 
 
 def is_remote(text: str | None) -> bool:
-    """Any URI but file://: s3, oci and hf built in, other schemes through a plug-in's reader."""
-    return text is not None and "://" in text and scheme(text) != "file"
+    """Any URI whose bytes are not on this machine: s3, oci and hf built in, other schemes
+    through a plug-in's reader (file:// names a local path: transport.schemes)."""
+    if text is None or "://" not in text:
+        return False
+    from ..transport.schemes import LOCAL_PATH, supports
+
+    return not supports(text, LOCAL_PATH)
 
 
 def parse(text: str) -> SourceUri:
-    """The parts of a remote source URI; `BadSourceUri` (saying what to write) when unusable."""
+    """The parts of a remote source URI; `BadSourceUri` (saying what to write) when unusable.
+    Each scheme's source module parses its own URIs (its `parse_source_uri`: sources.s3, oci,
+    hf, or a plug-in's); a scheme whose module has none gets `where` and `path` split at the
+    first '/' for its reader to read."""
     kind = scheme(text)
-    if kind == "s3":
-        bucket, _, key = text[5:].partition("/")
-        if not bucket or not key or key.startswith("/") or ".." in key.split("/"):
-            raise BadSourceUri(text, "needs a bucket and a key or prefix",
-                               "write s3://bucket/prefix/ (a directory) or s3://bucket/key (a file)")
-        return SourceUri(text, "s3", bucket, key)
-    if kind == "oci":
-        m = _OCI.match(text)
-        if m is None:
-            raise BadSourceUri(text, "an OCI source must be pinned by its manifest digest",
-                               "write oci://HOST/REPO@sha256:<64 hex>[/folder] (a tag can move; "
-                               "`kiln publish` prints the digest it pushed)")
-        return SourceUri(text, "oci", m["host"], m["repo"], m["digest"], m["sub"] or "")
-    if kind == "hf":
-        m = _HF.match(text)
-        if m is None:
-            raise BadSourceUri(text, "a Hugging Face source must be pinned by a full commit id",
-                               "write hf://ORG/REPO@<40-hex commit>[/subfolder] (a branch can move)")
-        return SourceUri(text, "hf", m["repo"], m["sub"] or "", m["rev"])
     if not re.fullmatch(r"[a-z][a-z0-9.+-]*", kind):
         raise BadSourceUri(text, f"'{kind}://' is not a URI scheme",
                            "use s3://, oci://, hf://, file:// or a path relative to the spec")
-    where, _, rest = text.split("://", 1)[1].partition("/")  # a plug-in's scheme: its reader parses
+    own = _parser(kind)
+    if own is not None:
+        return own(text)
+    where, _, rest = text.split("://", 1)[1].partition("/")
     return SourceUri(text, kind, where, rest)
+
+
+def _parser(kind: str) -> Callable[[str], SourceUri] | None:
+    """The `parse_source_uri` of the scheme's source module: a built-in one's without loading
+    the plug-ins (validation stays fast), else the transport registry's `<scheme>+source`."""
+    from ..transport import schemes
+    from .scheme import builtin_module
+
+    module = builtin_module(kind)
+    if module is None:
+        try:
+            module = schemes.transport_for(kind, PARSE)
+        except KilnError:
+            return None
+    own = getattr(module, PARSE, None)
+    return cast(Callable[[str], SourceUri], own) if callable(own) else None
 
 
 def short(uri: str, keep: int = 1) -> str:
