@@ -16,6 +16,10 @@ The source model is the fp32 export (precision fp32/fp16) or the int8 stage's mo
 int8, which must then be static Q/DQ); `onnx_lint` checks it before the builder sees it. The
 engine's bytes differ between rebuilds, so its cache platform class (`platform_class`) names the
 architecture, TensorRT version and CUDA flavour it was built with.
+
+The encoder task kinds (embedding, NER, vision) build through this same stage: their profile
+shapes, parity rows and reference output come from stages/trt_kinds (their `parity/sm<cc>/` may
+also hold mask.npy, the real tokens of a tagger's rows).
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ from .base import Report, RunContext, StagePlan, params, stage_plan
 
 NAME = "trt"
 DOC = "build a TensorRT engine for this host's GPU from the ONNX model (skipped without one)"
-READS: tuple[str, ...] = ("onnx", "int8", "tokenizer")
+READS: tuple[str, ...] = ("onnx", "int8", "tokenizer", "image_processor")  # the latter: vision
 WRITES: tuple[str, ...] | None = ("engines/sm*/*", "parity/sm*/*")
 OPTIONAL: tuple[str, ...] = ()  # outputs a run may leave out (stages.base.Stage)
 PLATFORM: str | None = None  # its own class: platform_class(plan)

@@ -12,6 +12,10 @@ This stage reads thresholds and the recorded logits only, never the engine: edit
 reruns it (cheaply, on any machine) and never rebuilds an engine. `compare` and `gate` are pure
 functions on arrays. The report goes to trt_parity.json/.md and, through the stamp, into the
 tensorrt bundle's manifest and model card.
+
+An encoder task kind is gated in its own measure instead (stages/trt_kinds.compare): cosine for an
+embedding, token tag agreement for a tagger, beside the elements gate; an image classifier keeps
+the two gates above, its decisions taken as a single-label classifier's.
 """
 from __future__ import annotations
 
