@@ -83,6 +83,8 @@ def test_memory_plan_shows_engine_tasks_skipped(tmp_path: Path, memory_inputs: P
         assert rows[task]["action"] == "skip", rows[task]
     assert rows["trt:memory"]["reasons"] == [SKIP]
     assert rows["engines:memory"]["reasons"] == ["trt:memory is skipped here"]
+    assert rows["trtparity:memory"]["reasons"] == ["engines:memory is skipped here"]
+    assert rows["package:memory-tensorrt"]["reasons"] == ["engines:memory is skipped here"]
     assert rows["package:memory-onnx"]["action"] == "run"
     bundle = api.load_bundles([root / "bundles" / "memory.yaml"])[0]
     assert bundle.embedding is not None
@@ -146,6 +148,12 @@ def test_fake_engine_builds_a_memory_tensorrt_bundle(tmp_path: Path, memory_inpu
     assert "embed_parity" in manifest["parity"]
     with tarfile.open(project.dist("tensorrt") / "bundle.tar.gz") as tar:
         assert "engines/sm90/model.plan" in tar.getnames()
+        tar.extractall(tmp_path / "u", filter="data")
+    from modelkiln.runtime.engines import choose
+
+    assert choose(tmp_path / "u", H200).path == tmp_path / "u" / "engines/sm90/model.plan"
+    assert "no GPU" in choose(tmp_path / "u", NO_GPU).rejected["engines/sm90"]
+    with tarfile.open(project.dist("tensorrt") / "bundle.tar.gz") as tar:
         card = tar.extractfile("model_card.md")
         assert card is not None
         assert "TensorRT engine sm90 vs fp32 ONNX on 60 calibration rows: cosine min" in \
