@@ -354,6 +354,8 @@ def ladder(root: Path, task: str, args: argparse.Namespace, rows_file: Path | No
     last: tuple[int, float] | None = None  # (hidden^2 x layers, build s) of the last rung
     for hidden, layers in LADDER[task]:
         name = f"{EXAMPLE[task]}-{hidden}x{layers}"
+        if args.rung and f"{hidden}x{layers}" not in args.rung:
+            continue
         size = hidden * hidden * layers
         if last is not None and last[1] * size / last[0] > args.limit:
             notes.append(f"{task}: {name} not built: projected {last[1] * size / last[0]:.0f} s "
@@ -414,6 +416,9 @@ def main() -> None:
                         help="after the examples, climb each task's size ladder (LADDER)")
     parser.add_argument("--limit", type=float, default=600.0,
                         help="ladder: build seconds a rung may take (default 600)")
+    parser.add_argument("--rung", nargs="+", metavar="HxL",
+                        help="ladder: only these rungs (e.g. 1024x16), built whatever the "
+                             "projection says, killed at --limit")
     parser.add_argument("--rows", type=Path, help="append each row as JSON to this file")
     parser.add_argument("--table-from", type=Path, nargs="*",
                         help="only print the table of rows saved by --rows (one or more files)")
