@@ -4,7 +4,7 @@ size ladder to the largest model that builds here within 10 minutes.
 
     .venv/bin/python bench/bench_tasks.py [--threads 1] [--least 5] [--budget-1 15]
         [--budget-32 30] [--keep DIR] [--no-large] [--only NAME] [--ladder] [--limit 600]
-        [--rows FILE.jsonl]
+        [--rung HxL ...] [--rows FILE.jsonl]
     .venv/bin/python bench/bench_tasks.py --table-from A.jsonl B.jsonl   # one table of saved rows
 
 Each model is made by code with a fixed seed (modelkiln.demo_fleet), built through the real
