@@ -57,6 +57,11 @@ def reader(scheme: str) -> Reader:
 _BUILTIN = {"s3": ".s3", "oci": ".oci", "hf": ".hf"}
 
 
+def builtin_scheme(scheme: str) -> bool:
+    """Is `scheme` one of modelkiln's own source schemes (remote by definition)?"""
+    return scheme in _BUILTIN
+
+
 def builtin_module(scheme: str) -> object | None:
     """modelkiln's own source module of `scheme` (imported; it imports boto3 or
     huggingface_hub only when a reader is used), or None for any other scheme."""

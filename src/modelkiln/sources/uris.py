@@ -51,9 +51,13 @@ def is_remote(text: str | None) -> bool:
     through a plug-in's reader (file:// names a local path: transport.schemes)."""
     if text is None or "://" not in text:
         return False
-    from ..transport.schemes import LOCAL_PATH, supports
+    from .scheme import builtin_scheme
 
-    return not supports(text, LOCAL_PATH)
+    if builtin_scheme(scheme(text)):  # s3, oci, hf: answered without loading the plug-ins
+        return True
+    from ..transport.schemes import is_local
+
+    return not is_local(text)
 
 
 def parse(text: str) -> SourceUri:

@@ -100,6 +100,15 @@ def source_reader(scheme: str) -> object:
     return transport_for(scheme, SOURCE_READER).source_reader()
 
 
+def is_local(uri: str) -> bool:
+    """Are the URI's objects files on this machine (its transport offers `local_path`)? A
+    built-in scheme is answered without loading the plug-ins."""
+    module = BUILTIN_TRANSPORTS.get(scheme_of(uri))
+    if module is not None:
+        return callable(getattr(module, LOCAL_PATH, None))
+    return supports(uri, LOCAL_PATH)
+
+
 def local_path_of(uri: str) -> Path | None:
     """The path on this machine `uri` names when its scheme's objects are local files (file://,
     plain paths: the transport offers `local_path`), else None: the bytes are elsewhere, fetch
