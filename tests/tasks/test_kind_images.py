@@ -1,7 +1,9 @@
-"""Serving images of the other task kinds: a `memory` embedding model and a `tagger` NER model
-each build a real image with `doit`, the container's `predict` answers per task (a vector,
-entities), `imagetest` passes on the kind's calibration rows, and the kind's comparison fails
-on a deliberately wrong expectation (a mutated vector, a relabelled entity, another token).
+"""Serving images of the other task kinds: a `memory` embedding model, a `tagger` NER model and
+a `vision` image classifier each build a real image with `doit`, the container's `predict`
+answers per task (a vector, entities, image labels), `imagetest` passes on the kind's calibration
+rows (the vision rows' image files bound read-only into the container), and the kind's comparison
+fails on a deliberately wrong expectation (a mutated vector, a relabelled entity, a flipped
+label, another token).
 
 Real parts only: the container engine at DOCKER_HOST, the Debian base (KILN_TEST_BASE_TAR)
 pushed to the test docker-registry, wheels resolved by pip, one image build per kind.
@@ -17,7 +19,7 @@ import pytest
 from helpers import Project, make_project
 from modelkiln.paths import Layout
 from ociregistry import DockerRegistry
-from tasks.task_specs import MEMORY_SPEC, TAGGER_SPEC
+from tasks.task_specs import MEMORY_SPEC, TAGGER_SPEC, VISION_SPEC
 
 pytestmark = [pytest.mark.slow, pytest.mark.oci, pytest.mark.docker]
 
@@ -63,22 +65,37 @@ def tagger_image(tmp_path_factory: pytest.TempPathFactory, oci_registry: DockerR
                    oci_registry.host, debian_base)
 
 
+@pytest.fixture(scope="module")
+def vision_image(tmp_path_factory: pytest.TempPathFactory, oci_registry: DockerRegistry,
+                 debian_base: str, engine: Any) -> Project:
+    from modelkiln import demo_fleet
+
+    inputs = tmp_path_factory.mktemp("vision-image-inputs")
+    held_out = demo_fleet.make_vision_checkpoint(inputs / "checkpoint", steps=20)
+    demo_fleet.write_label_files(inputs, demo_fleet.VISION_LABELS)
+    demo_fleet.write_images(inputs / "images", held_out[:20], inputs / "calibration.jsonl")
+    return _imaged(tmp_path_factory.mktemp("vision-image"), inputs, "vision", VISION_SPEC,
+                   oci_registry.host, debian_base)
+
+
 def _report(p: Project) -> dict[str, Any]:
     report: dict[str, Any] = json.loads(
         Layout(p.root).stamp(p.name, "imagetest-onnx").read_text())["report"]
     return report
 
 
-def _answers(p: Project, engine: Any, lines: list[str]) -> tuple[list[dict[str, Any]],
-                                                                   list[dict[str, Any]]]:
+def _answers(p: Project, engine: Any, lines: list[str], host_lines: list[str] | None = None,
+             mounts: dict[str, str] | None = None) -> tuple[list[dict[str, Any]],
+                                                            list[dict[str, Any]]]:
     """(the host's answers, the container's answers) to `lines` through predict."""
     from modelkiln.stages import engine as eng
     from modelkiln.stages.imagetest import on_host
 
-    expected, _ = on_host(p.dist("onnx"), lines)
+    expected, _ = on_host(p.dist("onnx"), host_lines or lines)
     image = eng.load(engine, p.root / f"dist/{p.name}/1.0.0/oci/onnx", "image",
                      f"modelkiln-test/{p.name}:kind")
-    ran = eng.run(engine, image, ["predict"], ("\n".join(lines) + "\n").encode())
+    ran = eng.run(engine, image, ["predict"], ("\n".join(lines) + "\n").encode(),
+                  mounts=mounts)
     assert ran.status == 0, ran.stderr
     return expected, [json.loads(x) for x in ran.stdout.splitlines()]
 
@@ -132,6 +149,33 @@ def test_tagger_image_answers_entities_and_passes_its_gate(tagger_image: Project
     entity = wrong[tagged[0]]["entities"][0]
     entity["entity"] = "PROC" if entity["entity"] != "PROC" else "DRUG"
     assert compare("token-classification", wrong, got, 1e-6)[0] == 1
+
+
+def test_vision_image_labels_bound_image_files_and_passes_its_gate(vision_image: Project,
+                                                                   engine: Any) -> None:
+    from modelkiln.api import load_bundles
+    from modelkiln.stages.imagetest import compare
+    from modelkiln.stages.imagetest_kinds import IMAGE_MOUNT, image_requests
+
+    report = _report(vision_image)
+    assert report["rows"] == 20 and report["decisions_differ"] == 0
+    assert report["max_abs_score_diff"] <= report["atol"]
+    bundle = load_bundles([vision_image.spec])[0]
+    inside, host, mounts = image_requests(bundle, 8)
+    # an image edited in place reruns the test: the files are among its inputs
+    from modelkiln.stages import imagetest
+
+    planned = imagetest.plan(bundle, Layout(vision_image.root))[0].inputs
+    assert sum(path.suffix == ".png" for path in planned) == 20
+    assert json.loads(inside[0])["image"].startswith(IMAGE_MOUNT + "/images/")
+    expected, got = _answers(vision_image, engine, inside, host, mounts)
+    assert all(set(g["scores"]) == set(expected[0]["scores"]) for g in got)
+    differ, worst = compare(expected, got, 1e-4)
+    assert differ == 0 and worst <= 1e-4
+    # a deliberately wrong expectation: one image's labels flipped is a differing row
+    wrong = json.loads(json.dumps(expected))
+    wrong[0]["labels"] = [] if wrong[0]["labels"] else [next(iter(wrong[0]["scores"]))]
+    assert compare(wrong, got, 1e-4)[0] == 1
 
 
 def test_a_generation_differing_by_one_token_fails_the_comparison() -> None:

@@ -130,12 +130,15 @@ def _frames(sock: Any, deadline: float) -> Any:
 
 
 def run(engine: Any, image: str, args: list[str], stdin: bytes, timeout: float = 300,
-        environment: dict[str, str] | None = None) -> Ran:
-    """Run `image` with `args` (network none), feed `stdin`, collect output; remove it after."""
+        environment: dict[str, str] | None = None,
+        mounts: dict[str, str] | None = None) -> Ran:
+    """Run `image` with `args` (network none), feed `stdin`, collect output; remove it after.
+    `mounts`: host directory -> path in the container, bound read-only."""
     api = engine.api
+    binds = {host: {"bind": dest, "mode": "ro"} for host, dest in (mounts or {}).items()}
     container = api.create_container(
         image, command=args, stdin_open=True, environment=environment or {}, use_config_proxy=False,
-        host_config=api.create_host_config(network_mode="none"))["Id"]
+        host_config=api.create_host_config(network_mode="none", binds=binds or None))["Id"]
     try:
         attached = api.attach_socket(container, params={"stdin": 1, "stdout": 1, "stderr": 1,
                                                         "stream": 1})

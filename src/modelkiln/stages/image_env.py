@@ -66,13 +66,19 @@ def _name(requirement: str) -> str:
     return requirement[:cut].strip().lower().replace("_", "-")
 
 
-def requested(img: ImageSpec) -> list[str]:
-    """What the image's environment asks for: the backend's defaults at this build's versions,
-    then the spec's `image.packages` (an entry replaces the default of the same name)."""
+# what a task kind's `predict` loads beyond the backend's defaults (runtime/predict.py)
+KIND_PACKAGES: dict[str, tuple[str, ...]] = {"image-classification": ("pillow",)}
+
+
+def requested(img: ImageSpec, task: str | None = None) -> list[str]:
+    """What the image's environment asks for: the backend's defaults (and the task kind's,
+    KIND_PACKAGES) at this build's versions, then the spec's `image.packages` (an entry
+    replaces the default of the same name)."""
     from .base import tool_versions
 
+    defaults = (*_defaults(img.backend), *KIND_PACKAGES.get(task or "", ()))
     wanted = {_name(d): f"{d}=={v}" if v != "absent" else d
-              for d, v in tool_versions(*_defaults(img.backend)).items()}
+              for d, v in tool_versions(*defaults).items()}
     for extra in img.packages:
         wanted[_name(extra)] = extra
     return sorted(wanted.values())
@@ -101,7 +107,7 @@ def _pip_target(img: ImageSpec) -> list[str]:
 def header(bundle: Bundle, img: ImageSpec) -> str:
     """The lock's first lines: what it was resolved for; compared on every image build."""
     return (f"# modelkiln image lock: {bundle.name} ({img.backend}), python {img.python}, "
-            f"{img.platform}\n# requested: {' '.join(requested(img))}\n")
+            f"{img.platform}\n# requested: {' '.join(requested(img, bundle.source.task))}\n")
 
 
 def resolve(bundle: Bundle, img: ImageSpec, timeout: float = 900) -> str:
@@ -110,7 +116,7 @@ def resolve(bundle: Bundle, img: ImageSpec, timeout: float = 900) -> str:
         report = Path(tmp) / "report.json"
         run_cmd([sys.executable, "-m", "pip", "install", "--quiet", "--dry-run",
                  "--ignore-installed", "--target", str(Path(tmp) / "t"), "--report", str(report),
-                 *_pip_target(img), *requested(img)], timeout=timeout)
+                 *_pip_target(img), *requested(img, bundle.source.task)], timeout=timeout)
         doc = json.loads(report.read_bytes())
     lines = [header(bundle, img), "# written by `kiln image-lock`; install: pip install "
              "--no-deps --require-hashes -r this-file\n"]
@@ -143,7 +149,8 @@ def check_lock(bundle: Bundle, img: ImageSpec) -> bytes:
                          f"it: run `kiln image-lock {bundle.name}` and commit the file") from None
     if not data.decode(errors="replace").startswith(header(bundle, img)):
         raise BuildError(f"{path.name}: resolved for other requirements than the spec asks "
-                         f"({' '.join(requested(img))}, python {img.python}, {img.platform}); "
+                         f"({' '.join(requested(img, bundle.source.task))}, "
+                         f"python {img.python}, {img.platform}); "
                          f"run `kiln image-lock {bundle.name}` and commit the file")
     return data
 

@@ -70,13 +70,27 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
         doc=f"run {name}'s serving image in a container engine; its answers must match the build",
         out_dir=layout.stage_dir(name, f"imagetest-{backend}"),
         stamp=layout.stamp(name, f"imagetest-{backend}"),
-        inputs=(cal,) if cal else (),
+        inputs=_inputs(bundle, cal),
         upstream=(f"image:{name}-{backend}", f"package:{name}-{backend}"),
         params=params(CODE_VERSION, backend=backend, atol=_atol(bundle), rows=_rows(bundle),
                       samples=list(SAMPLES), required=img.test == "required"),
         backend=backend, extra=(("version", version),))
     why = engine_hint() if img.test == "auto" else None
     return [dataclasses.replace(p, extra=(*p.extra, ("skip", why))) if why else p]
+
+
+def _inputs(bundle: Bundle, cal: Path | None) -> tuple[Path, ...]:
+    """The calibration file, and for an image classifier the image files its rows name (an
+    image edited in place reruns the test, as it reruns vision_parity)."""
+    if cal is None:
+        return ()
+    from . import imagetest_kinds as kinds
+
+    if kinds.takes_images(bundle):
+        from .vision_parity import image_inputs
+
+        return (cal, *image_inputs(cal, _rows(bundle)))
+    return (cal,)
 
 
 def _atol(bundle: Bundle) -> float:
@@ -164,6 +178,7 @@ def _answers(stdout: str) -> list[dict[str, Any]]:
 
 def run(ctx: RunContext) -> Report:
     from . import engine
+    from . import imagetest_kinds as kinds
 
     backend = ctx.plan.backend
     assert backend is not None, "imagetest plans one task for the image's backend"
@@ -172,16 +187,22 @@ def run(ctx: RunContext) -> Report:
     digest = ctx.up_stamp("image")["report"].get("image_digest")
     labels = tuple(json.loads((dist / mf.MANIFEST).read_bytes()).get("signature", {})
                    .get("labels", ()))
-    lines = rows_for(ctx, labels)
-    expected, host_s = on_host(dist, lines)
+    mounts: dict[str, str] = {}
+    if kinds.takes_images(ctx.bundle):  # {"image": PATH}: the files bound into the container
+        lines, host_lines, mounts = kinds.image_requests(ctx.bundle, _rows(ctx.bundle))
+    else:
+        lines = host_lines = rows_for(ctx, labels)
+    expected, host_s = on_host(dist, host_lines)
     client = engine.client()
     tag = f"modelkiln-imagetest/{ctx.bundle.name}:{ctx.plan.get('version')}-{backend}"
     image_id = engine.load(client, layout_dir, IMAGE_TAG, tag)
-    first = engine.run(client, image_id, ["predict"], (lines[0] + "\n").encode())
+    first = engine.run(client, image_id, ["predict"], (lines[0] + "\n").encode(),
+                       mounts=mounts)
     if first.status != 0 or first.first_answer_s is None:
         raise BuildError(f"the image did not answer one row (exit {first.status}): "
                          f"{first.stderr.strip()[-300:]}")
-    full = engine.run(client, image_id, ["predict"], ("\n".join(lines) + "\n").encode())
+    full = engine.run(client, image_id, ["predict"], ("\n".join(lines) + "\n").encode(),
+                      mounts=mounts)
     if full.status != 0:
         raise BuildError(f"predict in the container exited {full.status}: "
                          f"{full.stderr.strip()[-300:]}")

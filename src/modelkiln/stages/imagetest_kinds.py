@@ -10,7 +10,9 @@ and its answers are compared by what they are:
 - token-classification: the calibration texts; the entities must be the same spans with the same
   labels, their scores within the tolerance;
 - text-generation: the calibration prompts, each for `generation.steps` new tokens; the tokens,
-  the text and the finish reason must be equal (greedy decoding has no tolerance).
+  the text and the finish reason must be equal (greedy decoding has no tolerance);
+- image-classification: the calibration rows' image files, the calibration file's directory bound
+  read-only into the container; compared as a classifier's answers (labels, scores).
 
 Every compare returns (rows that differ, largest numeric difference), the two figures the gate
 holds: a differing row fails it whatever the tolerance.
@@ -26,7 +28,12 @@ from typing import Any
 from ..errors import BuildError
 from ..model.bundle import Bundle
 from ..model.calibration import MAX_LINE
-from ..model.kinds import FEATURE_EXTRACTION, TEXT_GENERATION, TOKEN_CLASSIFICATION
+from ..model.kinds import (
+    FEATURE_EXTRACTION,
+    IMAGE_CLASSIFICATION,
+    TEXT_GENERATION,
+    TOKEN_CLASSIFICATION,
+)
 
 Answers = list[dict[str, Any]]
 
@@ -80,6 +87,37 @@ def requests(bundle: Bundle, limit: int) -> list[str]:
         return [json.dumps({"prompt": p, "max_new_tokens": steps})
                 for p in _texts(path, ("prompt", "text"), limit)]
     return [json.dumps({"text": t}) for t in _texts(path, ("text",), limit)]
+
+
+IMAGE_MOUNT = "/opt/kiln-calibration"  # where the calibration directory is bound (read-only)
+
+
+def takes_images(bundle: Bundle) -> bool:
+    """Whether the bundle's `predict` reads image files ({"image": PATH} rows)."""
+    return bundle.source.task == IMAGE_CLASSIFICATION
+
+
+def image_requests(bundle: Bundle, limit: int) -> tuple[list[str], list[str], dict[str, str]]:
+    """An image classifier's rows: (the container's lines, naming the images under
+    IMAGE_MOUNT; the host's lines, naming the same files where they are; the mount: the
+    calibration file's directory -> IMAGE_MOUNT). Image paths are relative to the calibration
+    file, as vision_parity reads them, and must lie under its directory."""
+    path = bundle.thresholds.calibration
+    if path is None:
+        raise BuildError(f"{bundle.spec_path.name}: an image classifier's image test needs "
+                         "thresholds.calibration (rows naming image files)")
+    root = path.parent.resolve()
+    inside, host = [], []
+    for rel in _texts(path, ("image",), limit):
+        where = (root / rel).resolve()
+        try:
+            under = where.relative_to(root).as_posix()
+        except ValueError:
+            raise BuildError(f"{path}: image {rel!r} lies outside {root}; the image test binds "
+                             "only the calibration file's directory into the container") from None
+        inside.append(json.dumps({"image": f"{IMAGE_MOUNT}/{under}"}))
+        host.append(json.dumps({"image": str(where)}))
+    return inside, host, {str(root): IMAGE_MOUNT}
 
 
 def _refuse(want: dict[str, Any], have: dict[str, Any]) -> BuildError:

@@ -73,7 +73,7 @@ def card(ctx: RunContext, backend: str, version: str, reports: dict[str, Report]
 _SHARED = (("weights", None), ("image_processor", None), ("labels", None), ("thresholds", None))
 KIND = Kind(
     task="image-classification",
-    drops=frozenset({"tokenizer", "parity", "smoke", "image", "imagetest"}),
+    drops=frozenset({"tokenizer", "parity", "smoke"}),
     auto_class="AutoModelForImageClassification", output="logits", export=_export,
     export_params=export_params,
     # tensorrt: what the onnx bundle holds plus the engines (stages/trt_kinds: profiles, gate)
