@@ -1,9 +1,9 @@
-"""Serving images of the other task kinds: a `memory` embedding model, a `tagger` NER model and
-a `vision` image classifier each build a real image with `doit`, the container's `predict`
-answers per task (a vector, entities, image labels), `imagetest` passes on the kind's calibration
-rows (the vision rows' image files bound read-only into the container), and the kind's comparison
-fails on a deliberately wrong expectation (a mutated vector, a relabelled entity, a flipped
-label, another token).
+"""Serving images of the other task kinds: a `memory` embedding model, a `tagger` NER model, a
+`vision` image classifier and an `analyst` decoder LLM each build a real image with `doit`, the
+container's `predict` answers per task (a vector, entities, image labels, generated tokens),
+`imagetest` passes on the kind's calibration rows (the vision rows' image files bound read-only
+into the container), and the kind's comparison fails on a deliberately wrong expectation (a
+mutated vector, a relabelled entity, a flipped label, another token).
 
 Real parts only: the container engine at DOCKER_HOST, the Debian base (KILN_TEST_BASE_TAR)
 pushed to the test docker-registry, wheels resolved by pip, one image build per kind.
@@ -19,7 +19,7 @@ import pytest
 from helpers import Project, make_project
 from modelkiln.paths import Layout
 from ociregistry import DockerRegistry
-from tasks.task_specs import MEMORY_SPEC, TAGGER_SPEC, VISION_SPEC
+from tasks.task_specs import ANALYST_SPEC, MEMORY_SPEC, TAGGER_SPEC, VISION_SPEC
 
 pytestmark = [pytest.mark.slow, pytest.mark.oci, pytest.mark.docker]
 
@@ -75,6 +75,19 @@ def vision_image(tmp_path_factory: pytest.TempPathFactory, oci_registry: DockerR
     demo_fleet.write_label_files(inputs, demo_fleet.VISION_LABELS)
     demo_fleet.write_images(inputs / "images", held_out[:20], inputs / "calibration.jsonl")
     return _imaged(tmp_path_factory.mktemp("vision-image"), inputs, "vision", VISION_SPEC,
+                   oci_registry.host, debian_base)
+
+
+@pytest.fixture(scope="module")
+def analyst_image(tmp_path_factory: pytest.TempPathFactory, oci_registry: DockerRegistry,
+                  debian_base: str, engine: Any) -> Project:
+    from modelkiln import demo_fleet
+
+    inputs = tmp_path_factory.mktemp("analyst-image-inputs")
+    prompts = demo_fleet.make_generation_checkpoint(inputs / "checkpoint", steps=30)
+    (inputs / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n"
+                                                  for p in prompts[:8]))
+    return _imaged(tmp_path_factory.mktemp("analyst-image"), inputs, "analyst", ANALYST_SPEC,
                    oci_registry.host, debian_base)
 
 
@@ -176,6 +189,23 @@ def test_vision_image_labels_bound_image_files_and_passes_its_gate(vision_image:
     wrong = json.loads(json.dumps(expected))
     wrong[0]["labels"] = [] if wrong[0]["labels"] else [next(iter(wrong[0]["scores"]))]
     assert compare(wrong, got, 1e-4)[0] == 1
+
+
+def test_analyst_image_generates_the_hosts_tokens_and_passes_its_gate(analyst_image: Project,
+                                                                      engine: Any) -> None:
+    from modelkiln.stages.imagetest_kinds import compare
+
+    report = _report(analyst_image)
+    assert report["rows"] == 8 and report["decisions_differ"] == 0
+    prompts = (analyst_image.inputs / "prompts.jsonl").read_text().splitlines()[:3]
+    lines = [json.dumps({"prompt": json.loads(r)["prompt"], "max_new_tokens": 6})
+             for r in prompts]
+    expected, got = _answers(analyst_image, engine, lines)
+    assert all(g["tokens"] and isinstance(g["text"], str) for g in got)
+    assert compare("text-generation", expected, got, 1e-4) == (0, 0.0)
+    wrong = json.loads(json.dumps(expected))
+    wrong[1]["tokens"][-1] += 1  # another last token: a differing row
+    assert compare("text-generation", wrong, got, 1e-4)[0] == 1
 
 
 def test_a_generation_differing_by_one_token_fails_the_comparison() -> None:
