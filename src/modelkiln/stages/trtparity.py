@@ -20,6 +20,7 @@ the two gates above, its decisions taken as a single-label classifier's.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from ..artifacts import names
@@ -177,14 +178,21 @@ def run(ctx: RunContext) -> Report:
         failures += [f"{d.name}: {why}" for why in failed.values()]
     if not reports:
         raise BuildError("the trt stage recorded no parity logits; rebuild trt")
+    return _finish(ctx, reports, markdown(reports), failures,
+                   lambda r: f"max |diff| {r['max_abs_logit_diff']:.3g}, "
+                             f"flip rate {r['decision_flip_rate']:.2%}")
+
+
+def _finish(ctx: RunContext, reports: dict[str, Report], md: str, failures: list[str],
+            summary: Callable[[Report], str]) -> Report:
+    """Write both gates' report files, fail with every engine's reason, else log each engine."""
     (ctx.out / "trt_parity.json").write_text(json.dumps(reports, indent=2) + "\n")
-    (ctx.out / "trt_parity.md").write_text(markdown(reports))
+    (ctx.out / "trt_parity.md").write_text(md)
     if failures:
         raise BuildError(f"TensorRT parity gate failed for {ctx.bundle.name}: "
                          + " | ".join(failures))
     for sm, r in reports.items():
-        ctx.log(f"trtparity:{ctx.bundle.name}: {sm} max |diff| {r['max_abs_logit_diff']:.3g}, "
-                f"flip rate {r['decision_flip_rate']:.2%}")
+        ctx.log(f"trtparity:{ctx.bundle.name}: {sm} {summary(r)}")
     return {"engines": reports}
 
 
@@ -218,12 +226,6 @@ def _run_kind(ctx: RunContext, atol: float, rtol: float) -> Report:
         lines.append(f"| {sm} | {r['rows']} | {r['max_abs_diff']:.3g} | "
                      f"{r['outside_tolerance']}/{r['elements']} | {r['measure']} | {value:.4f} | "
                      f"{r['limit']:g} | {'pass' if r['passed'] else 'FAIL'} |")
-    (ctx.out / "trt_parity.json").write_text(json.dumps(reports, indent=2) + "\n")
-    (ctx.out / "trt_parity.md").write_text("\n".join(lines) + "\n")
-    if failures:
-        raise BuildError(f"TensorRT parity gate failed for {ctx.bundle.name}: "
-                         + " | ".join(failures))
-    for sm, r in reports.items():
-        ctx.log(f"trtparity:{ctx.bundle.name}: {sm} max |diff| {r['max_abs_diff']:.3g}, "
-                f"{r['measure']} {r.get('min_cosine', r.get('tag_agreement'))}")
-    return {"engines": reports}
+    return _finish(ctx, reports, "\n".join(lines) + "\n", failures,
+                   lambda r: f"max |diff| {r['max_abs_diff']:.3g}, "
+                             f"{r['measure']} {r.get('min_cosine', r.get('tag_agreement'))}")
