@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,16 +69,16 @@ def _row(value: Any, where: str, index: dict[str, int]) -> tuple[str, tuple[int,
     return text, tuple(sorted({index[n] for n in names}))
 
 
-def read_rows(path: Path, labels: tuple[str, ...], limit: int | None = None) -> Rows:
-    """Every row of a calibration file (at most `limit`); `BadFile` names the first bad line."""
-    index = {name: i for i, name in enumerate(labels)}
-    texts: list[str] = []
-    hits: list[tuple[int, ...]] = []
+def json_lines(path: Path, limit: int | None = None) -> Iterator[tuple[str, Any]]:
+    """`(path:line, value)` for each non-blank line of a JSON Lines file, at most `limit` of
+    them; `BadFile` naming the line when the file is not a regular file, a line is over
+    MAX_LINE (read no further than that), not UTF-8 or not JSON. Every calibration reader (the
+    classifiers' rows here, the other kinds' texts, prompts and images) reads through it."""
     fd = open_regular(path)
     try:
         with os.fdopen(fd, "rb", closefd=False) as f:
-            lineno = 0
-            while limit is None or len(texts) < limit:
+            lineno = rows = 0
+            while limit is None or rows < limit:
                 raw = f.readline(MAX_LINE + 1)
                 if not raw:
                     break
@@ -89,13 +90,23 @@ def read_rows(path: Path, labels: tuple[str, ...], limit: int | None = None) -> 
                     raw = raw[3:]
                 if not raw.strip():
                     continue
-                text, found = _row(_decode(raw, where), where, index)
-                texts.append(text)
-                hits.append(found)
+                rows += 1
+                yield where, _decode(raw, where)
     except OSError as exc:
         raise BadFile(f"{path}: cannot read it ({exc.strerror})", "check the file") from None
     finally:
         os.close(fd)
+
+
+def read_rows(path: Path, labels: tuple[str, ...], limit: int | None = None) -> Rows:
+    """Every row of a calibration file (at most `limit`); `BadFile` names the first bad line."""
+    index = {name: i for i, name in enumerate(labels)}
+    texts: list[str] = []
+    hits: list[tuple[int, ...]] = []
+    for where, value in json_lines(path, limit):
+        text, found = _row(value, where, index)
+        texts.append(text)
+        hits.append(found)
     if not texts:
         raise BadFile(f"{path}: no calibration rows", "add JSONL lines of text + labels")
     return Rows(tuple(texts), tuple(hits))

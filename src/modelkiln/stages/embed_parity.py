@@ -22,7 +22,8 @@ from typing import Any
 from ..artifacts import names
 from ..errors import BuildError
 from ..model.bundle import Bundle
-from ..model.calibration import MAX_LINE
+from ..model.calibration import json_lines
+from ..model.files import BadFile
 from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, stage_plan
 
@@ -60,24 +61,13 @@ def read_texts(path: Path, limit: int | None) -> list[str]:
     reader (model/calibration.py) insists on a `labels` list, which an embedding has none of."""
     texts: list[str] = []
     try:
-        with open(path, "rb") as fh:
-            for number, raw in enumerate(fh, 1):
-                if limit is not None and len(texts) >= limit:
-                    break
-                if not raw.strip():
-                    continue
-                if len(raw) > MAX_LINE:
-                    raise BuildError(f"{path}:{number}: longer than {MAX_LINE} bytes")
-                try:
-                    row = json.loads(raw)
-                except ValueError:
-                    row = None
-                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                    raise BuildError(f'{path}:{number}: expected a JSON object with a string '
-                                     '"text", e.g. {"text": "left knee MRI"}')
-                texts.append(row["text"])
-    except OSError as exc:
-        raise BuildError(f"{path}: cannot read it ({exc.strerror})") from None
+        for where, row in json_lines(path, limit):
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise BuildError(f'{where}: expected a JSON object with a string '
+                                 '"text", e.g. {"text": "left knee MRI"}')
+            texts.append(row["text"])
+    except BadFile as exc:
+        raise exc.build_error() from None
     return texts
 
 

@@ -21,7 +21,8 @@ from typing import Any
 from ..artifacts import names
 from ..errors import BuildError
 from ..model.bundle import Bundle
-from ..model.calibration import MAX_LINE
+from ..model.calibration import json_lines
+from ..model.files import BadFile
 from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, stage_plan
 
@@ -54,15 +55,14 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
 
 def read_prompts(path: Path) -> list[str]:
     prompts = []
-    with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            row = json.loads(raw) if len(raw) <= MAX_LINE else None
+    try:
+        for where, row in json_lines(path):
             text = row.get("prompt", row.get("text")) if isinstance(row, dict) else None
             if not isinstance(text, str):
-                raise BuildError(f'{path}:{number}: expected {{"prompt": "..."}}')
+                raise BuildError(f'{where}: expected {{"prompt": "..."}}')
             prompts.append(text)
+    except BadFile as exc:
+        raise exc.build_error() from None
     if not prompts:
         raise BuildError(f"{path}: no prompts")
     return prompts

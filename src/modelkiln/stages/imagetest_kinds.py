@@ -27,7 +27,8 @@ from typing import Any
 
 from ..errors import BuildError
 from ..model.bundle import Bundle
-from ..model.calibration import MAX_LINE
+from ..model.calibration import json_lines
+from ..model.files import BadFile
 from ..model.kinds import (
     FEATURE_EXTRACTION,
     IMAGE_CLASSIFICATION,
@@ -58,17 +59,14 @@ def handles(bundle: Bundle) -> bool:
 def _texts(path: Path, keys: tuple[str, ...], limit: int) -> list[str]:
     """The first `limit` rows' text under the first of `keys` a row has (JSONL)."""
     out: list[str] = []
-    with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            row = json.loads(raw) if len(raw) <= MAX_LINE else None
+    try:
+        for where, row in json_lines(path, limit):
             text = next((row[k] for k in keys if isinstance(row, dict) and k in row), None)
             if not isinstance(text, str):
-                raise BuildError(f'{path}:{number}: expected a JSON object with "{keys[0]}"')
+                raise BuildError(f'{where}: expected a JSON object with "{keys[0]}"')
             out.append(text)
-            if len(out) >= limit:
-                break
+    except BadFile as exc:
+        raise exc.build_error() from None
     if not out:
         raise BuildError(f"{path}: no rows to send the serving image")
     return out

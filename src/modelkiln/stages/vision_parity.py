@@ -25,7 +25,8 @@ from typing import Any
 from ..artifacts import names
 from ..errors import BuildError
 from ..model.bundle import Bundle
-from ..model.calibration import MAX_LINE
+from ..model.calibration import json_lines
+from ..model.files import BadFile
 from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, stage_plan
 
@@ -72,27 +73,16 @@ def image_inputs(path: Path, limit: int | None) -> tuple[Path, ...]:
         return known[1]
     base = os.path.normpath(path.parent)
     found: set[Path] = set()
-    rows = 0
     try:
-        with open(path, "rb") as fh:
-            for raw in fh:
-                if limit is not None and rows >= limit:
-                    break
-                if not raw.strip():
-                    continue
-                rows += 1
-                try:
-                    row = json.loads(raw) if len(raw) <= MAX_LINE else None
-                except ValueError:
-                    continue
-                name = row.get("image") if isinstance(row, dict) else None
-                if not isinstance(name, str) or not name:
-                    continue
-                image = os.path.normpath(os.path.join(base, name))
-                if image.startswith(base + os.sep) and os.path.isfile(image):
-                    found.add(Path(image))
-    except OSError:
-        return ()
+        for _where, row in json_lines(path, limit):
+            name = row.get("image") if isinstance(row, dict) else None
+            if not isinstance(name, str) or not name:
+                continue
+            image = os.path.normpath(os.path.join(base, name))
+            if image.startswith(base + os.sep) and os.path.isfile(image):
+                found.add(Path(image))
+    except BadFile:  # an unreadable file or line: the run names it; plan what was readable
+        pass
     named = tuple(sorted(found))
     _NAMED[key] = (stamp, named)
     return named
@@ -103,24 +93,21 @@ def read_images(path: Path, labels: tuple[str, ...], limit: int | None) -> tuple
     base = path.parent.resolve()
     images: list[Path] = []
     truth: list[list[int]] = []
-    with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, 1):
-            if limit is not None and len(images) >= limit:
-                break
-            if not raw.strip():
-                continue
-            row = json.loads(raw) if len(raw) <= MAX_LINE else None
+    try:
+        for where, row in json_lines(path, limit):
             name = row.get("image") if isinstance(row, dict) else None
             found = row.get("labels") if isinstance(row, dict) else None
             if not isinstance(name, str) or not isinstance(found, list) or \
                     any(lab not in labels for lab in found):
-                raise BuildError(f'{path}:{number}: expected {{"image": "<file beside it>", '
+                raise BuildError(f'{where}: expected {{"image": "<file beside it>", '
                                  f'"labels": [one of {", ".join(labels)}]}}')
             image = (base / name).resolve()
             if not image.is_relative_to(base) or not image.is_file():
-                raise BuildError(f"{path}:{number}: image {name!r} is not a file under {base}")
+                raise BuildError(f"{where}: image {name!r} is not a file under {base}")
             images.append(image)
             truth.append([labels.index(lab) for lab in found])
+    except BadFile as exc:
+        raise exc.build_error() from None
     if not images:
         raise BuildError(f"{path}: no calibration images")
     return images, truth
