@@ -98,6 +98,20 @@ def json_lines(path: Path, limit: int | None = None) -> Iterator[tuple[str, Any]
         os.close(fd)
 
 
+def json_texts(path: Path, keys: tuple[str, ...], example: str,
+               limit: int | None = None) -> list[str]:
+    """Each row's string under the first of `keys` it has (the other kinds' texts, prompts,
+    image names); `BadFile` naming the line, with `example`, when a row has none."""
+    out: list[str] = []
+    for where, row in json_lines(path, limit):
+        text = next((row[k] for k in keys if isinstance(row, dict) and k in row), None)
+        if not isinstance(text, str):
+            raise BadFile(f'{where}: expected a JSON object with a string "{keys[0]}"',
+                          f"e.g. {example}")
+        out.append(text)
+    return out
+
+
 def read_rows(path: Path, labels: tuple[str, ...], limit: int | None = None) -> Rows:
     """Every row of a calibration file (at most `limit`); `BadFile` names the first bad line."""
     index = {name: i for i, name in enumerate(labels)}

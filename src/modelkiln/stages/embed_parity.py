@@ -22,7 +22,7 @@ from typing import Any
 from ..artifacts import names
 from ..errors import BuildError
 from ..model.bundle import Bundle
-from ..model.calibration import json_lines
+from ..model.calibration import json_texts
 from ..model.files import BadFile
 from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, stage_plan
@@ -59,16 +59,10 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
 def read_texts(path: Path, limit: int | None) -> list[str]:
     """The calibration texts: JSONL rows {"text": ...} (other keys are ignored). The classifiers'
     reader (model/calibration.py) insists on a `labels` list, which an embedding has none of."""
-    texts: list[str] = []
     try:
-        for where, row in json_lines(path, limit):
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise BuildError(f'{where}: expected a JSON object with a string '
-                                 '"text", e.g. {"text": "left knee MRI"}')
-            texts.append(row["text"])
+        return json_texts(path, ("text",), '{"text": "left knee MRI"}', limit)
     except BadFile as exc:
         raise exc.build_error() from None
-    return texts
 
 
 def pool(hidden: Any, mask: Any, pooling: str, normalize: bool) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 from ..artifacts import names
 from ..errors import BuildError
 from ..model.bundle import Bundle
-from ..model.calibration import json_lines
+from ..model.calibration import json_texts
 from ..model.files import BadFile
 from ..paths import Layout
 from .base import Report, RunContext, StagePlan, params, stage_plan
@@ -54,13 +54,8 @@ def plan(bundle: Bundle, layout: Layout) -> list[StagePlan]:
 
 
 def read_prompts(path: Path) -> list[str]:
-    prompts = []
     try:
-        for where, row in json_lines(path):
-            text = row.get("prompt", row.get("text")) if isinstance(row, dict) else None
-            if not isinstance(text, str):
-                raise BuildError(f'{where}: expected {{"prompt": "..."}}')
-            prompts.append(text)
+        prompts = json_texts(path, ("prompt", "text"), '{"prompt": "..."}')
     except BadFile as exc:
         raise exc.build_error() from None
     if not prompts:

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import BuildError
 from ..model.bundle import Bundle
-from ..model.calibration import json_lines
+from ..model.calibration import json_texts
 from ..model.files import BadFile
 from ..model.kinds import (
     FEATURE_EXTRACTION,
@@ -58,13 +58,8 @@ def handles(bundle: Bundle) -> bool:
 
 def _texts(path: Path, keys: tuple[str, ...], limit: int) -> list[str]:
     """The first `limit` rows' text under the first of `keys` a row has (JSONL)."""
-    out: list[str] = []
     try:
-        for where, row in json_lines(path, limit):
-            text = next((row[k] for k in keys if isinstance(row, dict) and k in row), None)
-            if not isinstance(text, str):
-                raise BuildError(f'{where}: expected a JSON object with "{keys[0]}"')
-            out.append(text)
+        out = json_texts(path, keys, f'{{"{keys[0]}": "..."}}', limit)
     except BadFile as exc:
         raise exc.build_error() from None
     if not out:
